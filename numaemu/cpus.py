@@ -1,0 +1,66 @@
+"""CPU lists and pinning.
+
+The pure half (`parse_cpu_list`, `format_cpu_list`) uses the kernel's cpulist syntax, as in
+``/sys/devices/system/node/node0/cpulist`` and ``taskset -c`` (lib/bitmap.c ``bitmap_parselist``):
+comma-separated CPU numbers and inclusive ranges, ``0-3,8,10-11``.
+
+The OS half is two functions: which CPUs this process may run on, and pinning to a set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+__all__ = ["parse_cpu_list", "format_cpu_list", "host_cpus", "pin_to"]
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """``'0-2,5'`` -> ``(0, 1, 2, 5)``. Sorted, without duplicates. Raises ValueError."""
+    text = text.strip()
+    if not text:
+        return ()
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo_s, sep, hi_s = part.partition("-")
+        try:
+            lo = int(lo_s)
+            hi = int(hi_s) if sep else lo
+        except ValueError:
+            raise ValueError(f"'{part}' is not a CPU number or range such as 0-3") from None
+        if lo < 0 or hi < lo:
+            raise ValueError(f"'{part}' is not a CPU range: need 0 <= first <= last")
+        cpus.update(range(lo, hi + 1))
+    return tuple(sorted(cpus))
+
+
+def format_cpu_list(cpus: Iterable[int]) -> str:
+    """``(0, 1, 2, 5)`` -> ``'0-2,5'``: the inverse of `parse_cpu_list`."""
+    out: list[str] = []
+    run: list[int] = []
+    for cpu in sorted(set(cpus)):
+        if run and cpu == run[-1] + 1:
+            run.append(cpu)
+            continue
+        if run:
+            out.append(_fmt_run(run))
+        run = [cpu]
+    if run:
+        out.append(_fmt_run(run))
+    return ",".join(out)
+
+
+def _fmt_run(run: Sequence[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
+
+
+def host_cpus() -> tuple[int, ...]:
+    """The host CPUs this process may use (its affinity mask, which honours cgroups/taskset)."""
+    return tuple(sorted(os.sched_getaffinity(0)))
+
+
+def pin_to(cpus: Iterable[int]) -> tuple[int, ...]:
+    """Pin the calling process to `cpus`; return the affinity the kernel actually set."""
+    os.sched_setaffinity(0, set(cpus))
+    return tuple(sorted(os.sched_getaffinity(0)))
