@@ -1,0 +1,22 @@
+"""numaemu: emulate a NUMA machine on a multicore host to study kernel-text replication."""
+
+from .errors import NodeFailure, UsageError
+from .image import KernelImage, synthetic_image
+from .placement import POLICIES, Placement, place
+from .topology import HostPlacement, Topology, load_topology, place_on_host
+
+__version__ = "0.1.0"
+__all__ = [
+    "NodeFailure",
+    "UsageError",
+    "KernelImage",
+    "synthetic_image",
+    "POLICIES",
+    "Placement",
+    "place",
+    "HostPlacement",
+    "Topology",
+    "load_topology",
+    "place_on_host",
+    "__version__",
+]

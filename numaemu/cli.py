@@ -1,0 +1,344 @@
+"""The command line: ``numaemu topology|image|run``.
+
+All input is validated here, before anything is started; bad input raises `UsageError`, which
+`main` prints as one line ``error: <parameter>: <rule>`` and exit code 2 (no traceback). A node
+failure at run time prints ``error: node N (pid P) failed in phase 'X': ...`` and exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .coordinator import START_METHODS, RunSpec, calibrate_scale, expected_checksum, run_policy
+from .cpus import format_cpu_list, host_cpus
+from .errors import NodeFailure, UsageError
+from .image import KernelImage, synthetic_image
+from .memory import prune_stale
+from .placement import POLICIES, REPLICATE_SCOPES
+from .results import SCHEMA, add_speedups, format_run_table, host_metadata, policy_record, write_json
+from .topology import HostPlacement, Topology, format_numactl, load_topology, parse_host_cpus, place_on_host
+from .workloads import WORKLOADS, build_workload
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_NODE_FAILURE = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one `UsageError` line like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        param, _, rule = message.partition(": ")
+        if message.startswith("argument ") and rule:
+            raise UsageError(param.removeprefix("argument ").split("/")[-1], rule)
+        raise UsageError(self.prog, message)
+
+
+def _positive_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability per request in 0..1, got '{text}'")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in 0..4294967295, got '{text}'")
+    return value
+
+
+def _scale(text: str) -> float:
+    value = _positive_float("scale")(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got '{text}'")
+    return value
+
+
+def _add_topology_options(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("topology", nargs="?", default="2s-xeon", metavar="TOPO", help="preset, spec, file or 'host' (default 2s-xeon)")
+    else:
+        p.add_argument("--topology", default="2s-xeon", help="preset (2s-xeon, kunpeng920, epyc-nps4), numa=fake-style spec (4, 2:10,21,21,10), .json/.toml file, or 'host' (default 2s-xeon)")
+    p.add_argument("--host-cpus", help="host CPUs for each node, ';'-separated cpulists, e.g. '0-1;2-3' (default: automatic)")
+    p.add_argument("--local-ns", type=_positive_float("local-ns"), help="derive the latency matrix from the distances with this local latency (ns)")
+    p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
+
+
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-scale", type=_scale, default=1.0, help="shrink the embedded image by this factor (0, 1] (for tests; default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="numaemu", description="Emulate a NUMA machine on a multicore host to study kernel-text replication.")
+    parser.add_argument("--version", action="version", version=f"numaemu {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("topology", help="print a topology as numactl --hardware does")
+    _add_topology_options(p, positional=True)
+    p.add_argument("--json", action="store_true", help="print JSON instead")
+
+    p = sub.add_parser("image", help="print the kernel image's sections, sizes and patch sites")
+    _add_image_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead")
+
+    p = sub.add_parser("run", help="run a workload under each placement policy and compare (the main job)")
+    _add_topology_options(p)
+    _add_image_options(p)
+    p.add_argument("--policy", default=",".join(POLICIES), help=f"comma list of {', '.join(POLICIES)} (default: all three)")
+    p.add_argument("--replicate", default="text+rodata", help="what replicate copies: text or text+rodata (default)")
+    p.add_argument("--workload", default="db", help=f"one of {', '.join(WORKLOADS)} (default db)")
+    p.add_argument("--trace", type=Path, help="for --workload trace: a file of virtual addresses, one a line")
+    p.add_argument("--cache", default="hot", help="hot (caches kept between requests, default) or cold (flushed before each)")
+    p.add_argument("--user-data", default="local", help="local (NUMA-aware user space, default) or interleave")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--duration", type=_positive_float("duration"), help="seconds per policy (default 2)")
+    g.add_argument("--requests", type=_positive_int, help="total requests per policy, instead of --duration")
+    p.add_argument("--migrate-rate", type=_rate, default=0.01, help="probability that a task migrates after a request (default 0.01)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the workload, request choices and migrations (default 0)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="where to write the JSON ('-' for stdout; default results/run-<time>.json)")
+    p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
+    p.add_argument("--time-scale", type=_positive_float("time-scale"), help="wall ns per emulated ns (default: calibrated)")
+    p.add_argument("--verify", action="store_true", help="replay every task's requests on the master image and check what the nodes read")
+    return parser
+
+
+def _choice(value: str, choices: Sequence[str], param: str) -> str:
+    if value not in choices:
+        raise UsageError(param, f"'{value}' is not one of {', '.join(choices)}")
+    return value
+
+
+def _topology(args: argparse.Namespace) -> tuple[Topology, HostPlacement]:
+    topo = load_topology(args.topology, sysfs_root=args.sysfs_root, local_ns=args.local_ns)
+    override = parse_host_cpus(args.host_cpus) if args.host_cpus else None
+    return topo, place_on_host(topo, host_cpus(), override)
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    topo, host = _topology(args)
+    if args.json:
+        print(json.dumps({"schema": SCHEMA, "command": "topology", "topology": topo.to_json(), "host_placement": host.to_json()}, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(format_numactl(topo, host))
+    return 0
+
+
+def _image(args: argparse.Namespace) -> KernelImage:
+    return synthetic_image(args.image_scale)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    s = _image(args).summary()
+    if args.json:
+        print(json.dumps({"schema": SCHEMA, "command": "image", "image": s}, indent=2, sort_keys=True))
+        return 0
+    print(f"image: {s['name']} ({s['arch']}), base {s['base']}, seed {s['seed']}")
+    print(f"{'section':<10}{'vaddr':>20}{'size':>14}{'pages':>8}")
+    for sec in s["sections"]:
+        print(f"{sec['name']:<10}{sec['vaddr']:>20}{sec['size']:>14,}{sec['pages']:>8}")
+    print(f"functions: {s['functions']:,} (each with a 5-byte ftrace site, NOP5 while tracing is off)")
+    print(f"jump-label sites: {s['jump_label_sites']:,} ({s['jump_label_sites_2byte']:,} 2-byte, {s['jump_label_sites_5byte']:,} 5-byte) over {s['static_keys']:,} static keys")
+    print(f"mapped: {s['mapped_bytes']:,} bytes")
+    return 0
+
+
+def _json_target(path: str | None) -> str:
+    if path is None:
+        return os.path.join("results", time.strftime("run-%Y%m%d-%H%M%S.json"))
+    if path == "-":
+        return path
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError("--json", f"'{path}' is a directory; give a file path")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError("--json", f"'{path}': directory '{parent}' does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError("--json", f"'{path}' is not writable")
+    return path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # Validate everything before starting anything.
+    policies = [x.strip() for x in args.policy.split(",") if x.strip()]
+    if not policies:
+        raise UsageError("--policy", "give at least one policy")
+    for pol in policies:
+        _choice(pol, POLICIES, "--policy")
+    if len(set(policies)) != len(policies):
+        raise UsageError("--policy", f"'{args.policy}' names a policy twice")
+    _choice(args.replicate, REPLICATE_SCOPES, "--replicate")
+    _choice(args.cache, ("hot", "cold"), "--cache")
+    _choice(args.user_data, ("local", "interleave"), "--user-data")
+    start_method = args.start_method or mp.get_start_method()
+    _choice(start_method, START_METHODS, "--start-method")
+    json_path = _json_target(args.json_path)
+    topo, host = _topology(args)
+    image = _image(args)
+    workload = build_workload(args.workload, image, args.seed, args.trace)
+    duration = None if args.requests else (args.duration or 2.0)
+    log = sys.stderr if json_path == "-" else sys.stdout
+
+    pruned = prune_stale()
+    if pruned:
+        print(f"removed {len(pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(pruned)}", file=log)
+
+    cpus_used = len({c for s in host.cpus for c in s})
+    sharing = topo.n_nodes / cpus_used
+    cal: dict = {}
+    if args.time_scale:
+        scale = args.time_scale
+    else:
+        scale, cal = calibrate_scale(image, workload, topo, cold=args.cache == "cold", user_local=args.user_data == "local", sharing=sharing, seed=args.seed)
+    print(
+        f"numaemu run: {topo.name} ({topo.n_nodes} nodes), image {image.name}, workload {workload.name}, "
+        f"cache {args.cache}, user data {args.user_data}, "
+        + (f"{duration:g} s per policy" if duration else f"{args.requests} requests per policy"),
+        file=log,
+    )
+    placement_text = ", ".join(f"node {i} -> CPU {format_cpu_list(c)}" for i, c in enumerate(host.cpus))
+    print(f"host: {placement_text}; time scale {scale:g} (1 emulated ns = {scale:g} wall ns)", file=log)
+    if host.oversubscribed:
+        print(
+            f"oversubscribed: {topo.n_nodes} nodes on {cpus_used} host CPU(s); emulated-time results stay exact, "
+            "wall-clock fidelity is reduced (see pacing_overrun_pct)",
+            file=log,
+        )
+
+    spec = RunSpec(
+        topology=topo,
+        host=host,
+        image=image,
+        workload=workload,
+        cold=args.cache == "cold",
+        user_local=args.user_data == "local",
+        duration_s=duration,
+        requests=args.requests,
+        migrate_rate=args.migrate_rate,
+        seed=args.seed,
+        start_method=start_method,
+        scale=scale,
+        replicate=args.replicate,
+        oversleep_ns=cal.get("oversleep_ns", 60_000),
+    )
+    records = []
+    for policy in policies:
+        run = run_policy(spec, policy)
+        rec = policy_record(policy, run, topo.n_nodes, duration)
+        if args.verify:
+            tasks = run["tasks"]
+            bad = [t for t in range(len(tasks)) if expected_checksum(image.data, workload, args.seed, t, int(tasks["done"][t])) != int(tasks["checksum"][t])]
+            rec["verified"] = not bad
+            rec["verify_failed_tasks"] = bad
+        records.append(rec)
+    add_speedups(records)
+
+    print(format_run_table(records), file=log)
+    over = max(r["pacing_overrun_pct"] for r in records)
+    print(
+        f"speedup: wall-clock throughput against single; model: what the latency model predicts "
+        f"(emulated time per request). Pacing overrun (fidelity lost): at most {over:.1f}%.",
+        file=log,
+    )
+    if args.verify:
+        ok = all(r["verified"] for r in records)
+        print("verify: " + ("every task read the master's bytes at every address, on every node, across migrations" if ok else "MISMATCH: " + "; ".join(f"{r['policy']}: tasks {r['verify_failed_tasks']}" for r in records if not r["verified"])), file=log)
+    doc = {
+        "schema": SCHEMA,
+        "command": "run",
+        "argv": sys.argv[1:],
+        "topology": topo.to_json(),
+        "host_placement": host.to_json(),
+        "image": image.summary(),
+        "workload": workload.summary(),
+        "host": host_metadata(),
+        "settings": {
+            "policies": policies,
+            "replicate": args.replicate,
+            "cache": args.cache,
+            "user_data": args.user_data,
+            "duration_s": duration,
+            "requests": args.requests,
+            "migrate_rate": args.migrate_rate,
+            "seed": args.seed,
+            "start_method": start_method,
+            "time_scale": scale,
+            "calibration": cal,
+            "oversubscribed": host.oversubscribed,
+        },
+        "results": records,
+    }
+    where = write_json(doc, json_path)
+    if where != "stdout":
+        print(f"wrote {where}", file=log)
+    if args.verify and not all(r["verified"] for r in records):
+        return 1
+    return 0
+
+
+COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NodeFailure as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NODE_FAILURE
+    except KeyboardInterrupt:
+        print("error: interrupted; every node stopped and every segment removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Turning emulated time into wall-clock time.
+
+Each worker charges emulated time per batch, never per access: one ``perf_counter_ns()`` costs
+as much as an emulated access (BACKGROUND.md s.5). After a batch that emulated E ns, the worker
+holds the batch's wall time to ``scale * E`` from when the batch began, as Quartz injects its
+delay at the end of an epoch (Middleware 2015). If the batch's own processing took longer than
+that, nothing is waited and the excess is recorded as an *overrun*: the share of paced time lost
+to overruns is the fidelity the run reports.
+
+Waiting spins for the last stretch only: longer waits sleep first (calibrated by the measured
+oversleep of ``time.sleep``), and when nodes share cores every spin yields, so a waiting node
+never starves one that shares its core (pure spinning collapses under oversubscription).
+
+`time_scale` picks the scale: the smallest dilation (>= 1) at which a worker's processing
+cost fits in a given share of the paced time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Pacer", "measure_oversleep_ns", "time_scale", "TARGET_BUSY_SHARE"]
+
+TARGET_BUSY_SHARE = 0.5  # processing may take at most half the paced time, leaving room for noise
+SPIN_ONLY_NS = 200_000  # below this remaining wait, spin rather than sleep
+
+
+def measure_oversleep_ns(samples: int = 20, clock: Callable[[], int] = time.perf_counter_ns) -> int:
+    """Median extra time `time.sleep(100 us)` takes beyond what was asked, on this host."""
+    extra = []
+    for _ in range(samples):
+        t0 = clock()
+        time.sleep(100e-6)
+        extra.append(clock() - t0 - 100_000)
+    extra.sort()
+    return max(0, extra[len(extra) // 2])
+
+
+@dataclass
+class Pacer:
+    scale: float
+    shared_core: bool  # nodes outnumber the cores they run on: yield while spinning
+    oversleep_ns: int = 60_000
+    clock: Callable[[], int] = time.perf_counter_ns
+    sleep: Callable[[float], None] = time.sleep
+    yield_cpu: Callable[[], object] = os.sched_yield
+    paced_ns: int = 0  # wall time the batches were held to
+    overrun_ns: int = 0  # processing time beyond the paced time (fidelity lost)
+
+    def pace(self, batch_start_ns: int, emulated_ns: float) -> int:
+        """Hold the batch that began at `batch_start_ns` to `scale * emulated_ns`. Returns now."""
+        target = int(self.scale * emulated_ns)
+        deadline = batch_start_ns + target
+        self.paced_ns += target
+        now = self.clock()
+        if now >= deadline:
+            self.overrun_ns += now - deadline
+            return now
+        return self.wait_until(deadline)
+
+    def wait_until(self, deadline_ns: int) -> int:
+        now = self.clock()
+        remaining = deadline_ns - now
+        if remaining > SPIN_ONLY_NS + self.oversleep_ns:
+            self.sleep((remaining - self.oversleep_ns) / 1e9)
+            now = self.clock()
+        while now < deadline_ns:
+            if self.shared_core:
+                self.yield_cpu()
+            now = self.clock()
+        return now
+
+    @property
+    def overrun_share(self) -> float:
+        return self.overrun_ns / self.paced_ns if self.paced_ns else 0.0
+
+
+def time_scale(processing_ns: float, emulated_ns: float, sharing: float = 1.0, busy_share: float = TARGET_BUSY_SHARE) -> float:
+    """Dilation so that processing (x `sharing` processes per core) fits in `busy_share` of the
+    paced time; at least 1, rounded up to two significant digits so reports read cleanly."""
+    if emulated_ns <= 0:
+        raise ValueError("emulated_ns must be > 0")
+    raw = max(1.0, processing_ns * max(1.0, sharing) / (busy_share * emulated_ns))
+    digits = 10 ** (math.floor(math.log10(raw)) - 1)
+    return math.ceil(raw / digits) * digits

@@ -1,0 +1,288 @@
+"""The coordinator: owns every OS resource of a run, starts the nodes, and collects results.
+
+`run_policy` runs one placement policy in fresh node processes (as pyperf runs each benchmark
+in fresh workers): create the segments, write the master image and the control block, start one
+pinned worker per node, wait until every node has filled its memory, give one start time to all,
+wait for their reports, then stop and unlink everything, on every path, errors included.
+
+A node that dies or fails is reported as `NodeFailure` with its node, pid and phase; the other
+nodes are told to abort at once, and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_any
+
+import numpy as np
+
+from .cache import DirectMappedCache
+from .clock import measure_oversleep_ns, time_scale
+from .engine import NodeEngine
+from .errors import NodeFailure, UsageError
+from .image import LINE_SIZE, KernelImage
+from .memory import (
+    PHASES,
+    STATE_ABORT,
+    TASK_SLOT,
+    STATE_RUN,
+    CONTROL_MAGIC,
+    CONTROL_VERSION,
+    Control,
+    MemoryLayout,
+    Segment,
+    new_token,
+    segment_name,
+)
+from .placement import Placement, place
+from .tasks import TASKS_PER_NODE, plan_requests
+from .topology import HostPlacement, Topology
+from .worker import BATCH_FETCHES, SETUP_TIMEOUT_S, WorkerConfig, run_batch, worker_main
+from .workloads import Workload
+
+__all__ = ["RunSpec", "run_policy", "calibrate_scale", "expected_checksum", "START_METHODS"]
+
+START_METHODS = ("fork", "spawn", "forkserver")
+START_DELAY_NS = 20_000_000  # every node starts at the same instant, 20 ms after the signal
+JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run of one policy needs, already validated."""
+
+    topology: Topology
+    host: HostPlacement
+    image: KernelImage
+    workload: Workload
+    cold: bool
+    user_local: bool
+    duration_s: float | None
+    requests: int | None
+    migrate_rate: float
+    seed: int
+    start_method: str
+    scale: float
+    replicate: str = "text+rodata"
+    oversleep_ns: int = 60_000
+
+
+def check_reachable(topology: Topology, placement: Placement) -> None:
+    for node in range(topology.n_nodes):
+        for home in placement.homes_of(node):
+            if topology.latency_ns[node][home] is None:
+                raise UsageError(
+                    "--policy",
+                    f"{placement.policy}: node {node} cannot reach node {home}, whose memory backs its "
+                    f"kernel image (distance {topology.distance[node][home]} = unreachable)",
+                )
+
+
+def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, MemoryLayout, Placement], None] | None = None) -> dict:
+    """Run `policy` in fresh node processes; return its raw per-node reports and run facts.
+
+    `on_ready` (for tests) is called once every node has filled its memory, before the start.
+    """
+    topo, n = spec.topology, spec.topology.n_nodes
+    placement = place(spec.image, n, policy, spec.replicate)
+    check_reachable(topo, placement)
+    layout = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)))
+    n_tasks = TASKS_PER_NODE * n
+    token = new_token()
+    ctx = mp.get_context(spec.start_method)
+    segments: list[Segment] = []
+    procs: list[mp.process.BaseProcess] = []
+    conns = []
+    ctl: Control | None = None
+    try:
+        ctl_seg = Segment.create(segment_name("ctl", token), Control.size(n, n_tasks))
+        segments.append(ctl_seg)
+        master = Segment.create(segment_name("master", token), len(spec.image.data))
+        segments.append(master)
+        mem = Segment.create(segment_name("mem", token), layout.size)
+        segments.append(mem)
+        master.array(np.uint8)[:] = spec.image.data
+
+        ctl = Control(ctl_seg, n, n_tasks)
+        ctl.set("magic", CONTROL_MAGIC)
+        ctl.set("version", CONTROL_VERSION)
+        ctl.set("n_nodes", n)
+        ctl.set("n_tasks", n_tasks)
+        ctl.set("coordinator_pid", os.getpid())
+        ctl.tasks["owner"] = np.arange(n_tasks) % n
+        if spec.requests is None:
+            ctl.tasks["budget"] = -1
+        else:
+            share, extra = divmod(spec.requests, n_tasks)
+            ctl.tasks["budget"] = share + (np.arange(n_tasks) < extra)
+
+        for node in range(n):
+            lat = tuple(float(x) if x is not None else float("inf") for x in topo.latency_ns[node])
+            cfg = WorkerConfig(
+                node=node,
+                n_nodes=n,
+                n_tasks=n_tasks,
+                mem_name=mem.name,
+                master_name=master.name,
+                ctl_name=ctl_seg.name,
+                host_cpus=spec.host.cpus[node],
+                hosted=placement.hosted[node],
+                table=placement.tables[node],
+                layout=layout,
+                latency_row=lat,
+                workload=spec.workload,
+                cold=spec.cold,
+                user_local=spec.user_local,
+                seed=spec.seed,
+                migrate_rate=spec.migrate_rate,
+                scale=spec.scale,
+                shared_core=spec.host.oversubscribed,
+                oversleep_ns=spec.oversleep_ns,
+                coordinator_pid=os.getpid(),
+            )
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=worker_main, args=(cfg, child), name=f"numaemu-node{node}", daemon=True)
+            proc.start()
+            child.close()
+            procs.append(proc)
+            conns.append(parent)
+
+        _wait_phase(ctl, procs, conns, "ready", time.monotonic() + SETUP_TIMEOUT_S)
+        if on_ready is not None:
+            on_ready(mem, layout, placement)
+        start = time.perf_counter_ns() + START_DELAY_NS
+        ctl.set("start_ns", start)
+        ctl.set("end_ns", start + int(spec.duration_s * 1e9) if spec.duration_s else 0)
+        ctl.set("state", STATE_RUN)
+        reports = _collect(ctl, procs, conns, spec)
+        tasks = ctl.tasks.copy()
+        for proc in procs:
+            proc.join(JOIN_TIMEOUT_S)
+        return {
+            "policy": policy,
+            "placement": placement,
+            "layout": layout,
+            "reports": sorted(reports, key=lambda r: r["node"]),
+            "tasks": tasks,
+        }
+    finally:
+        if ctl is not None:
+            ctl.set("state", STATE_ABORT)
+        ctl = None
+        _stop(procs)
+        for c in conns:
+            c.close()
+        for seg in segments:
+            seg.close()
+            seg.unlink()
+
+
+def _node_phase(ctl: Control, node: int) -> str:
+    return PHASES[int(ctl.nodes["phase"][node])]
+
+
+def _failure(ctl: Control, procs, node: int, detail: str, phase: str | None = None) -> NodeFailure:
+    return NodeFailure(node, procs[node].pid, phase or _node_phase(ctl, node), detail)
+
+
+def _wait_phase(ctl: Control, procs, conns, phase: str, deadline: float) -> None:
+    """Wait until every node reached `phase`; fail fast when one dies or reports an error."""
+    target = PHASES.index(phase)
+    while not np.all(ctl.nodes["phase"] >= target):
+        ready = wait_any([p.sentinel for p in procs] + list(conns), timeout=0.01)
+        for node, (proc, conn) in enumerate(zip(procs, conns)):
+            if conn in ready:
+                msg = conn.recv()
+                raise _failure(ctl, procs, node, msg.get("error", "unexpected message"), msg.get("phase"))
+            if proc.sentinel in ready and not proc.is_alive():
+                raise _failure(ctl, procs, node, f"process exited with code {proc.exitcode}")
+        if time.monotonic() > deadline:
+            late = [i for i in range(len(procs)) if ctl.nodes["phase"][i] < target]
+            raise _failure(ctl, procs, late[0], f"did not reach phase '{phase}' in time")
+
+
+def _collect(ctl: Control, procs, conns, spec: RunSpec) -> list[dict]:
+    limit = (spec.duration_s or 0) + 60.0 + (spec.requests or 0) * 0.01
+    deadline = time.monotonic() + limit
+    reports: dict[int, dict] = {}
+    pending = dict(enumerate(conns))
+    while pending:
+        ready = wait_any(list(pending.values()) + [procs[i].sentinel for i in pending], timeout=0.1)
+        for node, conn in list(pending.items()):
+            if conn in ready:
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    raise _failure(ctl, procs, node, f"process exited with code {procs[node].exitcode}") from None
+                if "error" in msg:
+                    raise _failure(ctl, procs, node, msg["error"], msg.get("phase"))
+                reports[node] = msg
+                del pending[node]
+            elif procs[node].sentinel in ready and not conn.poll():
+                procs[node].join(0.1)
+                raise _failure(ctl, procs, node, f"process exited with code {procs[node].exitcode}")
+        if pending and time.monotonic() > deadline:
+            node = min(pending)
+            raise _failure(ctl, procs, node, f"no report within {limit:.0f} s")
+    return list(reports.values())
+
+
+def _stop(procs) -> None:
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(JOIN_TIMEOUT_S)
+
+
+def calibrate_scale(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, sharing: float, seed: int, seconds: float = 0.3) -> tuple[float, dict]:
+    """Time the node engine in-process on all-local memory and choose the time scale.
+
+    The all-local case has the least emulated time per request, so the scale that fits it fits
+    every policy; every policy of a run then uses the same scale.
+    """
+    placement = place(image, 1, "single")
+    layout = MemoryLayout.for_nodes((placement.image_bytes(0),))
+    mem = np.zeros(layout.size, dtype=np.uint8)
+    mem[: layout.image_bytes[0]] = image.data.reshape(-1, 4096)[placement.hosted[0]].reshape(-1)
+    local = min(x for row in topology.latency_ns for x in row if x is not None)
+    engine = NodeEngine(0, mem, placement.tables[0], layout.part_offset, (layout.user_offset(0),), layout.user_bytes, np.array([local]), workload, cold=cold, user_local=user_local, cache=DirectMappedCache(), seed=seed)
+    tasks = np.zeros(TASKS_PER_NODE, dtype=TASK_SLOT)
+    tasks["budget"] = -1
+    owned = np.arange(TASKS_PER_NODE)
+    emulated = 0.0
+    for _ in range(2):  # warm up: page faults, caches
+        run_batch(engine, tasks, owned, seed, 0.0)
+    t0 = time.perf_counter_ns()
+    batches = 0
+    while time.perf_counter_ns() - t0 < seconds * 1e9 or batches < 3:
+        e, _ = run_batch(engine, tasks, owned, seed, 0.0)
+        emulated += e
+        batches += 1
+    processing = time.perf_counter_ns() - t0
+    scale = time_scale(processing, emulated, sharing)
+    return scale, {
+        "processing_ns_per_batch": processing / batches,
+        "emulated_ns_per_batch": emulated / batches,
+        "sharing": sharing,
+        "oversleep_ns": measure_oversleep_ns(),
+    }
+
+
+def expected_checksum(master: np.ndarray, workload: Workload, seed: int, task: int, n_requests: int) -> int:
+    """Replay `task`'s first `n_requests` requests against the master image (see tasks.py)."""
+    words = master.view(np.uint64).reshape(-1, LINE_SIZE // 8)
+    total = 0
+    step = 4096
+    for first in range(0, n_requests, step):
+        count = min(step, n_requests - first)
+        plan = plan_requests(seed, task, first, count, workload.n_templates, 0, 1, 0.0)
+        lines = workload.gather(plan.templates)
+        total += int(words.take(lines, axis=0).sum(dtype=np.uint64))
+    return total & ((1 << 64) - 1)

@@ -1,0 +1,200 @@
+"""The kernel image: an embedded, deterministic synthetic image shaped like a distro kernel.
+
+Sizes default to Debian 6.1 cloud amd64 (BACKGROUND.md s.2): ``.text`` 14,687,986 bytes and
+``.rodata`` 4,056,054 bytes, text at the x86-64 default ``__START_KERNEL_map`` + 16 MiB,
+0xffffffff81000000 (arch/x86/include/asm/page_64_types.h), rodata at the next 2 MiB boundary as
+the linker script aligns it (arch/x86/kernel/vmlinux.lds.S).
+
+What the image contains, and why:
+- functions start 16-byte aligned (``-falign-functions=16``) and the gaps between them are INT3
+  (0xcc) padding, as x86 builds pad them;
+- every function starts with a 5-byte ftrace site: NOP5 ``0f 1f 44 00 00`` while tracing is off
+  (``ftrace_nop_replace()``, arch/x86/kernel/ftrace.c). About 35,000 at full size;
+- about a third of the functions hold a jump-label site: 2 bytes (JMP8 <-> NOP2 ``66 90``) or
+  5 bytes (JMP32 <-> NOP5), each belonging to a static key (kernel/jump_label.c); keys start
+  disabled, so sites start as NOPs;
+- everything else is seeded random bytes, so that a wrong frame or a wrong offset reads
+  different bytes, and every checksum depends on where it read.
+
+`data` holds the mapped span from `base` up to the end of the last section, page aligned;
+offsets everywhere in numaemu are relative to `base`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "PAGE_SIZE",
+    "LINE_SIZE",
+    "KERNEL_BASE",
+    "TEXT_SIZE",
+    "RODATA_SIZE",
+    "NOP5",
+    "NOP2",
+    "Section",
+    "KernelImage",
+    "synthetic_image",
+]
+
+PAGE_SIZE = 4096
+LINE_SIZE = 64
+LINES_PER_PAGE = PAGE_SIZE // LINE_SIZE
+KERNEL_BASE = 0xFFFFFFFF81000000
+TEXT_SIZE = 14_687_986
+RODATA_SIZE = 4_056_054
+SECTION_ALIGN = 2 << 20  # rodata starts on a 2 MiB boundary (vmlinux.lds.S, x86 PMD size)
+
+NOP5 = bytes.fromhex("0f1f440000")  # ideal_nops / x86_nops[5]
+NOP2 = bytes.fromhex("6690")
+INT3 = 0xCC
+
+FUNC_ALIGN = 16
+MEAN_FUNC_BYTES = 412  # 14,687,986 B / ~35,000 functions, less the mean alignment padding
+JUMP_SITE_SHARE = 0.33  # share of functions holding one jump-label site
+JUMP_SITES_PER_KEY = 20  # mean use sites per static key
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    vaddr: int
+    size: int
+
+    @property
+    def offset(self) -> int:
+        """Offset of the section from the image base."""
+        return self.vaddr - KERNEL_BASE
+
+    def pages(self) -> range:
+        """Page numbers (offset // PAGE_SIZE) the section spans."""
+        first = self.offset // PAGE_SIZE
+        return range(first, -(-(self.offset + self.size) // PAGE_SIZE))
+
+
+@dataclass(frozen=True, eq=False)
+class KernelImage:
+    """One kernel image. Arrays are offsets from `base`; `data` must not be written."""
+
+    name: str
+    arch: str
+    base: int
+    sections: tuple[Section, ...]
+    data: np.ndarray  # uint8, the mapped span, page aligned
+    functions: np.ndarray  # int64 offsets of function starts (also the ftrace sites)
+    function_sizes: np.ndarray  # int64, without alignment padding
+    jump_sites: np.ndarray  # int64 offsets of jump-label sites
+    jump_lengths: np.ndarray  # int8: 2 or 5
+    jump_keys: np.ndarray  # int32: the static key each site belongs to
+    n_keys: int
+    seed: int
+    scale: float
+
+    def section(self, name: str) -> Section:
+        for sec in self.sections:
+            if sec.name == name:
+                return sec
+        raise KeyError(name)
+
+    @property
+    def ftrace_sites(self) -> np.ndarray:
+        return self.functions
+
+    @property
+    def n_pages(self) -> int:
+        return len(self.data) // PAGE_SIZE
+
+    def mapped_pages(self) -> np.ndarray:
+        """Page numbers that belong to a section (the gap between sections is unmapped)."""
+        return np.concatenate([np.arange(s.pages().start, s.pages().stop) for s in self.sections])
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "base": hex(self.base),
+            "seed": self.seed,
+            "scale": self.scale,
+            "sections": [
+                {"name": s.name, "vaddr": hex(s.vaddr), "size": s.size, "pages": len(s.pages())}
+                for s in self.sections
+            ],
+            "functions": int(len(self.functions)),
+            "ftrace_sites": int(len(self.functions)),
+            "jump_label_sites": int(len(self.jump_sites)),
+            "jump_label_sites_2byte": int(np.count_nonzero(self.jump_lengths == 2)),
+            "jump_label_sites_5byte": int(np.count_nonzero(self.jump_lengths == 5)),
+            "static_keys": self.n_keys,
+            "mapped_bytes": int(sum(len(s.pages()) for s in self.sections) * PAGE_SIZE),
+        }
+
+
+def _align(x: int, a: int) -> int:
+    return -(-x // a) * a
+
+
+def synthetic_image(scale: float = 1.0, seed: int = 0) -> KernelImage:
+    """Build the embedded image. Deterministic in (`scale`, `seed`); ~0.2 s at full size."""
+    if not 0 < scale <= 1:
+        raise ValueError("scale must be in (0, 1]")
+    rng = np.random.default_rng([seed, 0x6B65726E])  # "kern"
+    text_size = max(PAGE_SIZE, round(TEXT_SIZE * scale))
+    rodata_size = max(PAGE_SIZE, round(RODATA_SIZE * scale))
+    text = Section(".text", KERNEL_BASE, text_size)
+    rodata_off = _align(text_size, SECTION_ALIGN)
+    rodata = Section(".rodata", KERNEL_BASE + rodata_off, rodata_size)
+    span = _align(rodata_off + rodata_size, PAGE_SIZE)
+
+    data = np.zeros(span, dtype=np.uint8)
+    data[rodata_off : rodata_off + rodata_size] = rng.integers(0, 256, rodata_size, dtype=np.uint8)
+
+    # Function sizes: a gamma distribution (many small functions, a long tail), at least 16 bytes.
+    est = int(text_size / (MEAN_FUNC_BYTES + FUNC_ALIGN / 2) * 1.3) + 16
+    sizes = 16 + rng.gamma(1.5, (MEAN_FUNC_BYTES - 16) / 1.5, est).astype(np.int64)
+    slots = -(-sizes // FUNC_ALIGN) * FUNC_ALIGN
+    starts = np.concatenate(([0], np.cumsum(slots)[:-1]))
+    keep = starts + sizes <= text_size
+    starts, sizes = starts[keep], sizes[keep]
+
+    # Function bodies: random bytes; INT3 in the alignment padding after each function and in
+    # the tail; then the ftrace NOP5 at each entry.
+    data[:text_size] = rng.integers(0, 256, text_size, dtype=np.uint8)
+    ends = starts + sizes
+    pads = np.append(starts[1:], text_size) - ends
+    pad_at = np.repeat(ends, pads) + (np.arange(pads.sum()) - np.repeat(np.cumsum(pads) - pads, pads))
+    data[pad_at] = INT3
+    data[starts[:, None] + np.arange(5)] = np.frombuffer(NOP5, dtype=np.uint8)
+
+    # Jump-label sites: one per chosen function, after the ftrace site and inside the body.
+    room = sizes - 5 - 5
+    chosen = np.flatnonzero((rng.random(len(starts)) < JUMP_SITE_SHARE) & (room > 0))
+    lengths = np.where(rng.random(len(chosen)) < 0.55, 2, 5).astype(np.int8)
+    where = starts[chosen] + 5 + (rng.random(len(chosen)) * room[chosen]).astype(np.int64)
+    n_keys = max(1, len(chosen) // JUMP_SITES_PER_KEY)
+    # Few keys have many sites, most have few (a Zipf-like law): draw key ranks from a power law.
+    keys = np.minimum((n_keys * rng.random(len(chosen)) ** 2.5).astype(np.int32), n_keys - 1)
+    nop2 = np.frombuffer(NOP2, dtype=np.uint8)
+    nop5 = np.frombuffer(NOP5, dtype=np.uint8)
+    two, five = where[lengths == 2], where[lengths == 5]
+    data[two[:, None] + np.arange(2)] = nop2
+    data[five[:, None] + np.arange(5)] = nop5
+
+    data.flags.writeable = False
+    name = "synthetic" if scale == 1 else f"synthetic@{scale:g}"
+    return KernelImage(
+        name=name,
+        arch="x86_64",
+        base=KERNEL_BASE,
+        sections=(text, rodata),
+        data=data,
+        functions=starts,
+        function_sizes=sizes,
+        jump_sites=where,
+        jump_lengths=lengths,
+        jump_keys=keys,
+        n_keys=n_keys,
+        seed=seed,
+        scale=scale,
+    )

@@ -1,0 +1,111 @@
+"""Placement policies and per-node page tables (pure logic).
+
+A policy decides which node's memory backs each page of the kernel image, as seen from each node:
+
+- ``single``: one copy, in node 0's memory; every node maps it. This is arm64 today (the image is
+  wherever the boot CPU's node put it) and what King's ``CONFIG_REPLICATE_KTEXT`` fixes.
+- ``interleave``: one copy, pages spread round-robin over the nodes (what x86 gets when the
+  kernel is loaded interleaved; uniform but mostly remote).
+- ``replicate``: every node has its own copy and maps it (King 2023, Kuzin 2023). ``--replicate
+  text`` copies ``.text`` only and leaves ``.rodata`` as ``single`` would; ``text+rodata`` copies
+  both, as both series do (King: ``_stext`` to ``__start_ro_after_init``; Kuzin: the top 2 GiB).
+
+Each node gets a `PageTable`: for every image page, the home node whose frames back it and the
+frame number within that node's image area. Every node's table maps the same virtual addresses;
+only the frames differ. So a task reads the same bytes at the same address whichever node it runs
+on, as TTBR1 per CPU (arm64) or ``pgd_numa[numa_node_id()]`` (x86) make it in the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .image import PAGE_SIZE, KernelImage
+
+__all__ = ["POLICIES", "REPLICATE_SCOPES", "PageTable", "Placement", "place"]
+
+POLICIES = ("single", "interleave", "replicate")
+REPLICATE_SCOPES = ("text", "text+rodata")
+UNMAPPED = -1
+
+
+@dataclass(frozen=True, eq=False)
+class PageTable:
+    """One node's view of the image: page number -> (home node, frame in that node's image area)."""
+
+    node: int
+    home: np.ndarray  # int16 per image page; UNMAPPED for the gap between sections
+    frame: np.ndarray  # int64 per image page; UNMAPPED where unmapped
+
+    def translate(self, offset: int) -> tuple[int, int]:
+        """Image offset -> (home node, byte offset in that node's image area). KeyError if unmapped."""
+        page = offset // PAGE_SIZE
+        if not 0 <= page < len(self.home) or self.home[page] == UNMAPPED:
+            raise KeyError(f"offset {offset:#x} is not mapped")
+        return int(self.home[page]), int(self.frame[page]) * PAGE_SIZE + offset % PAGE_SIZE
+
+
+@dataclass(frozen=True, eq=False)
+class Placement:
+    policy: str
+    replicate: str
+    n_nodes: int
+    hosted: tuple[np.ndarray, ...]  # per node: image page numbers held in its frames, frame order
+    tables: tuple[PageTable, ...]
+    mapped_pages: int  # pages of one copy of the image
+
+    def image_bytes(self, node: int) -> int:
+        """Memory the image takes in `node`'s memory."""
+        return len(self.hosted[node]) * PAGE_SIZE
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.image_bytes(n) for n in range(self.n_nodes))
+
+    @property
+    def extra_bytes(self) -> int:
+        """Memory beyond one copy of the image, i.e. against ``single``."""
+        return self.total_bytes - self.mapped_pages * PAGE_SIZE
+
+    def homes_of(self, node: int) -> set[int]:
+        """The nodes whose memory `node` reads image bytes from."""
+        home = self.tables[node].home
+        return set(np.unique(home[home != UNMAPPED]).tolist())
+
+
+def place(image: KernelImage, n_nodes: int, policy: str, replicate: str = "text+rodata") -> Placement:
+    """Decide the frames of every copy and build each node's page table."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
+    if replicate not in REPLICATE_SCOPES:
+        raise ValueError(f"replicate must be one of {', '.join(REPLICATE_SCOPES)}")
+    if n_nodes < 1:
+        raise ValueError("n_nodes must be >= 1")
+    mapped = image.mapped_pages()
+    replicated_sections = {".text"} if replicate == "text" else {".text", ".rodata"}
+    in_replica = np.zeros(image.n_pages, dtype=bool)
+    for sec in image.sections:
+        if sec.name in replicated_sections:
+            in_replica[sec.pages().start : sec.pages().stop] = True
+
+    # home[n, p]: the node whose frames back page p as node n sees it.
+    home = np.full((n_nodes, image.n_pages), UNMAPPED, dtype=np.int16)
+    if policy == "single":
+        home[:, mapped] = 0
+    elif policy == "interleave":
+        home[:, mapped] = np.arange(len(mapped)) % n_nodes
+    else:
+        home[:, mapped] = 0
+        for n in range(n_nodes):
+            home[n, mapped[in_replica[mapped]]] = n
+
+    # Node h hosts every page some node maps onto h, once, in page order (its copy is contiguous).
+    hosted = tuple(np.unique(np.nonzero(home == h)[1]) for h in range(n_nodes))
+    frame = np.full((n_nodes, image.n_pages), UNMAPPED, dtype=np.int64)
+    for h, pages in enumerate(hosted):
+        rows, cols = np.nonzero(home == h)
+        frame[rows, cols] = np.searchsorted(pages, cols)
+    tables = tuple(PageTable(n, home[n].copy(), frame[n].copy()) for n in range(n_nodes))
+    return Placement(policy, replicate, n_nodes, hosted, tables, len(mapped))

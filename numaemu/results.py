@@ -1,0 +1,152 @@
+"""Results: turning node reports into per-policy records, the JSON document, and the table.
+
+JSON is versioned (`SCHEMA`), written with sorted keys, and carries the host's metadata, as
+pyperf's result files do. Field names are documented in the README ("JSON formats").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .cpus import format_cpu_list
+from .placement import Placement
+
+__all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "format_run_table", "write_json"]
+
+SCHEMA = 1
+
+
+def policy_record(policy: str, run: dict, n_nodes: int, duration_s: float | None) -> dict:
+    """Summarise one policy's raw run (from `coordinator.run_policy`) as a JSON record."""
+    reports = run["reports"]
+    placement: Placement = run["placement"]
+    per_node = []
+    for r in reports:
+        node = r["node"]
+        text = np.asarray(r["text_fetches_by_home"])
+        user = np.asarray(r["user_fetches_by_home"])
+        emulated_ns = r["kernel_ns"] + r["user_ns"]
+        per_node.append(
+            {
+                "node": node,
+                "pid": r["pid"],
+                "cpus": format_cpu_list(r["cpus"]),
+                "wall_s": r["wall_s"],
+                "busy_s": r["busy_s"],
+                "requests": r["requests"],
+                "us_per_request": 1e6 * r["busy_s"] / r["requests"] if r["requests"] else None,
+                "emulated_us_per_request": emulated_ns / 1e3 / r["requests"] if r["requests"] else None,
+                "fetches_local": int(text[node]),
+                "fetches_remote": int(text.sum() - text[node]),
+                "cache_hits": r["cache_hits"],
+                "user_local": int(user[node]),
+                "user_remote": int(user.sum() - user[node]),
+                "kernel_share": r["kernel_ns"] / emulated_ns if emulated_ns else 0.0,
+                "pacing_overrun_pct": 100.0 * r["overrun_ns"] / r["paced_ns"] if r["paced_ns"] else 0.0,
+                "image_bytes": placement.image_bytes(node),
+            }
+        )
+    requests = sum(n["requests"] for n in per_node)
+    wall = max(n["wall_s"] for n in per_node)
+    if duration_s:
+        wall = max(wall, duration_s)
+    fl = sum(n["fetches_local"] for n in per_node)
+    fr = sum(n["fetches_remote"] for n in per_node)
+    kernel = sum(r["kernel_ns"] for r in reports)
+    emulated = kernel + sum(r["user_ns"] for r in reports)
+    times = [n["us_per_request"] for n in per_node if n["us_per_request"]]
+    paced = sum(r["paced_ns"] for r in reports)
+    return {
+        "policy": policy,
+        "replicate": placement.replicate if policy == "replicate" else None,
+        "wall_s": wall,
+        "requests": requests,
+        "throughput_rps": requests / wall if wall else 0.0,
+        "emulated_us_per_request": emulated / 1e3 / requests if requests else None,
+        "fetches_local": fl,
+        "fetches_remote": fr,
+        "remote_fetch_share": fr / (fl + fr) if fl + fr else 0.0,
+        "cache_hits": sum(n["cache_hits"] for n in per_node),
+        "kernel_share": kernel / emulated if emulated else 0.0,
+        "node_spread_pct": 100.0 * (max(times) - min(times)) / min(times) if len(times) > 1 else 0.0,
+        "pacing_overrun_pct": 100.0 * sum(r["overrun_ns"] for r in reports) / paced if paced else 0.0,
+        "memory_bytes": placement.total_bytes,
+        "extra_memory_bytes": placement.extra_bytes,
+        "migrations": int(run["tasks"]["migrations"].sum()),
+        "per_node": per_node,
+    }
+
+
+def add_speedups(records: list[dict]) -> None:
+    """Speedup against ``single`` run in the same invocation: measured (wall-clock throughput)
+    and predicted (the latency model: emulated time per request)."""
+    base = next((r for r in records if r["policy"] == "single"), None)
+    for r in records:
+        if base is None:
+            r["speedup_vs_single"] = r["predicted_speedup_vs_single"] = None
+            continue
+        r["speedup_vs_single"] = r["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else None
+        be, re_ = base["emulated_us_per_request"], r["emulated_us_per_request"]
+        r["predicted_speedup_vs_single"] = be / re_ if be and re_ else None
+
+
+def host_metadata() -> dict:
+    try:
+        import cpuinfo
+
+        model = cpuinfo.get_cpu_info().get("brand_raw") or platform.processor()
+    except Exception:  # py-cpuinfo probes the machine and can fail on odd platforms
+        model = platform.processor()
+    return {
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": format_cpu_list(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+    }
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def format_run_table(records: list[dict]) -> str:
+    head = f"{'policy':<11}{'req/s':>9}{'wall s':>8}{'remote':>8}  {'per node us/req':<22}{'spread':>7}{'extra mem':>11}{'speedup':>9}{'model':>7}"
+    lines = [head]
+    for r in records:
+        nodes = " ".join(f"{n['node']}:{n['us_per_request']:.0f}" if n["us_per_request"] else f"{n['node']}:-" for n in r["per_node"])
+        if len(nodes) > 21:
+            med = statistics.median(n["us_per_request"] for n in r["per_node"] if n["us_per_request"])
+            nodes = f"median {med:.0f} (see JSON)"
+        sp = r.get("speedup_vs_single")
+        pr = r.get("predicted_speedup_vs_single")
+        name = r["policy"] if r["policy"] != "replicate" or r["replicate"] == "text+rodata" else "replicate:t"
+        lines.append(
+            f"{name:<11}{r['throughput_rps']:>9.1f}{r['wall_s']:>8.2f}{100 * r['remote_fetch_share']:>7.1f}%  {nodes:<22}"
+            f"{r['node_spread_pct']:>6.1f}%{_mib(r['extra_memory_bytes']):>11}"
+            f"{(f'{sp:.3f}' if sp else '-'):>9}{(f'{pr:.3f}' if pr else '-'):>7}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(doc: dict, path: str) -> str:
+    """Write `doc` to `path` ('-' = stdout); return where it went."""
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        return "stdout"
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+    return str(p)

@@ -1,0 +1,86 @@
+"""Tasks: which request a task runs next, and when it migrates (pure, deterministic).
+
+Every choice is a counter-based hash of (seed, task, request number): no random state travels
+with a task, so a task that migrates continues exactly where it was, on any node, and the
+coordinator can replay any task's requests afterwards to check what the nodes read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["TASKS_PER_NODE", "RequestPlan", "plan_requests", "choose_destination", "splitmix64"]
+
+TASKS_PER_NODE = 4
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_MIGRATE_SALT = np.uint64(0xD1B54A32D192ED03)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (Steele, Lea, Flood 2014), elementwise on uint64."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    templates: np.ndarray  # int64, the template of each request to run now
+    migrate_to: int  # node the task moves to after the last of these requests; -1 = stays
+
+
+def _hash(seed: int, task: int, first: int, count: int, salt: np.uint64) -> np.ndarray:
+    base = splitmix64(np.array([seed ^ (task << 32)], dtype=np.uint64))[0] ^ salt
+    return splitmix64(base + np.arange(first, first + count, dtype=np.uint64))
+
+
+def plan_requests(
+    seed: int,
+    task: int,
+    first: int,
+    count: int,
+    n_templates: int,
+    node: int,
+    n_nodes: int,
+    migrate_rate: float,
+) -> RequestPlan:
+    """Requests `first`..`first+count-1` of `task` on `node`, cut short at the first migration.
+
+    `migrate_rate` is the probability that a task migrates after any one request; the
+    destination is another node, uniformly.
+    """
+    choice = (_hash(seed, task, first, count, np.uint64(0)) % np.uint64(n_templates)).astype(np.int64)
+    if migrate_rate <= 0 or n_nodes < 2:
+        return RequestPlan(choice, -1)
+    h = _hash(seed, task, first, count, _MIGRATE_SALT)
+    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    moves = np.flatnonzero(u < migrate_rate)
+    if len(moves) == 0:
+        return RequestPlan(choice, -1)
+    k = int(moves[0])
+    dest = (node + 1 + int(h[k] % np.uint64(n_nodes - 1))) % n_nodes
+    return RequestPlan(choice[: k + 1], dest)
+
+
+def choose_destination(owned: np.ndarray, src: int, preferred: int, per_node: int = TASKS_PER_NODE) -> int:
+    """Where a task that wants to leave `src` may go, given each node's task count `owned`.
+
+    Migration must not empty a node (an idle node would distort throughput) nor pile tasks on
+    one, as a scheduler's load balancing would prevent: a node gives a task away only while it
+    has at least `per_node`, to a node that has at most `per_node`, so every node keeps between
+    per_node - 1 and per_node + 1 tasks (concurrent moves aside). The preferred destination is
+    tried first, then the next nodes in order. Returns -1 when no move is allowed.
+    """
+    n = len(owned)
+    if owned[src] < per_node:
+        return -1
+    for i in range(n):
+        dest = (preferred + i) % n
+        if dest != src and owned[dest] <= per_node:
+            return dest
+    return -1

@@ -1,0 +1,221 @@
+"""The node process: one emulated NUMA node, pinned to its host CPUs.
+
+Lifecycle, each step recorded as the node's phase in its control slot, so that the coordinator
+can say where a node failed: ``attach`` (map the segments, pin), ``fill`` (first-touch this
+node's partition: its frames of the image, copied from the master, and its user data),
+``ready`` (wait for the start signal), ``run``, ``report`` (send counters over the pipe), ``done``.
+
+A worker never unlinks a segment; it only closes its mappings. Every wait has a deadline and
+also ends when the coordinator aborts or dies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from .cache import DirectMappedCache
+from .clock import Pacer
+from .cpus import pin_to
+from .engine import NodeEngine
+from .image import PAGE_SIZE
+from .memory import PHASES, STATE_ABORT, STATE_RUN, Control, MemoryLayout, Segment
+from .placement import PageTable
+from .tasks import choose_destination, plan_requests
+from .workloads import Workload
+
+__all__ = ["WorkerConfig", "worker_main", "BATCH_FETCHES", "run_batch"]
+
+BATCH_FETCHES = 16384  # kernel fetches per paced batch: ~1 ms emulated for db
+SETUP_TIMEOUT_S = 120.0
+IDLE_SLEEP_S = 200e-6
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    node: int
+    n_nodes: int
+    n_tasks: int
+    mem_name: str
+    master_name: str
+    ctl_name: str
+    host_cpus: tuple[int, ...]
+    hosted: np.ndarray  # image pages this node's frames hold
+    table: PageTable
+    layout: MemoryLayout
+    latency_row: tuple[float, ...]
+    workload: Workload
+    cold: bool
+    user_local: bool
+    seed: int
+    migrate_rate: float
+    scale: float
+    shared_core: bool
+    oversleep_ns: int
+    coordinator_pid: int
+
+
+def run_batch(engine: NodeEngine, tasks: np.ndarray, owned: np.ndarray, cfg_seed: int, migrate_rate: float) -> tuple[float, list[tuple[int, int]]]:
+    """Run one batch: a few requests of each owned task. Updates the task slots (done, budget,
+    checksum) and returns (emulated ns, [(task, destination) for tasks that migrate])."""
+    wl = engine.workload
+    per_task = max(1, int(BATCH_FETCHES // (float(wl.lengths.mean()) * len(owned))))
+    plans = []
+    for t in owned:
+        budget = int(tasks["budget"][t])
+        count = per_task if budget < 0 else min(per_task, budget)
+        plans.append((int(t), plan_requests(cfg_seed, int(t), int(tasks["done"][t]), count, wl.n_templates, engine.node, engine.n_nodes, migrate_rate)))
+    result = engine.run(np.concatenate([p.templates for _, p in plans]))
+    moves = []
+    i = 0
+    for t, plan in plans:
+        k = len(plan.templates)
+        slot = tasks[t : t + 1]
+        slot["checksum"] += result.checksums[i : i + k].sum(dtype=np.uint64)
+        slot["done"] += k
+        if slot["budget"][0] > 0:
+            slot["budget"] -= k
+        i += k
+        if plan.migrate_to >= 0:
+            moves.append((t, plan.migrate_to))
+    return result.emulated_ns, moves
+
+
+def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
+    segs: list[Segment] = []
+    ctl: Control | None = None
+    phase = "attach"
+
+    def set_phase(name: str) -> None:
+        nonlocal phase
+        phase = name
+        if ctl is not None:
+            ctl.nodes["phase"][cfg.node] = PHASES.index(name)
+
+    try:
+        ctl_seg = Segment.attach(cfg.ctl_name)
+        segs.append(ctl_seg)
+        ctl = Control(ctl_seg, cfg.n_nodes, cfg.n_tasks)
+        ctl.nodes["pid"][cfg.node] = os.getpid()
+        set_phase("attach")
+        mem_seg, master_seg = Segment.attach(cfg.mem_name), Segment.attach(cfg.master_name)
+        segs += [mem_seg, master_seg]
+        cpus = pin_to(cfg.host_cpus)
+
+        set_phase("fill")
+        lay = cfg.layout
+        mem = mem_seg.array(np.uint8)
+        master_pages = master_seg.array(np.uint8).reshape(-1, PAGE_SIZE)
+        own = mem[lay.part_offset[cfg.node] : lay.part_offset[cfg.node] + lay.image_bytes[cfg.node]]
+        own.reshape(-1, PAGE_SIZE)[:] = master_pages[cfg.hosted]
+        user = mem[lay.user_offset(cfg.node) : lay.user_offset(cfg.node) + lay.user_bytes]
+        user[:] = np.random.default_rng([cfg.seed, cfg.node, 0x64617461]).integers(0, 256, len(user), dtype=np.uint8)
+        del master_pages, own, user
+
+        engine = NodeEngine(
+            cfg.node,
+            mem,
+            cfg.table,
+            lay.part_offset,
+            tuple(lay.user_offset(n) for n in range(cfg.n_nodes)),
+            lay.user_bytes,
+            np.array(cfg.latency_row),
+            cfg.workload,
+            cold=cfg.cold,
+            user_local=cfg.user_local,
+            cache=DirectMappedCache(),
+            seed=cfg.seed,
+        )
+        pacer = Pacer(cfg.scale, cfg.shared_core, cfg.oversleep_ns)
+
+        set_phase("ready")
+        deadline = time.monotonic() + SETUP_TIMEOUT_S
+        while ctl.get("state") != STATE_RUN:
+            _check_alive(ctl, cfg)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no start signal within {SETUP_TIMEOUT_S:.0f} s")
+            time.sleep(1e-3)
+        start_ns, end_ns = ctl.get("start_ns"), ctl.get("end_ns")
+        pacer.wait_until(start_ns)
+
+        set_phase("run")
+        tasks = ctl.tasks
+        busy_ns = 0
+        finish_ns = start_ns
+        batches = 0
+        while True:
+            now = time.perf_counter_ns()
+            if end_ns and now >= end_ns:
+                break
+            owned = np.flatnonzero((tasks["owner"] == cfg.node) & (tasks["budget"] != 0))
+            if len(owned) == 0:
+                if not end_ns and not np.any(tasks["budget"] != 0):
+                    break  # request mode: every task is done
+                _check_alive(ctl, cfg)
+                time.sleep(IDLE_SLEEP_S)
+                continue
+            emulated, moves = run_batch(engine, tasks, owned, cfg.seed, cfg.migrate_rate)
+            finish_ns = pacer.pace(now, emulated)
+            busy_ns += finish_ns - now
+            for t, preferred in moves:  # hand over only once the request's paced time is over
+                counts = np.bincount(tasks["owner"], minlength=cfg.n_nodes)
+                dest = choose_destination(counts, cfg.node, preferred)
+                if dest >= 0:
+                    tasks["migrations"][t] += 1
+                    tasks["owner"][t] = dest
+            batches += 1
+            ctl.nodes["requests"][cfg.node] = engine.counters.requests
+            ctl.nodes["heartbeat_ns"][cfg.node] = finish_ns
+            if batches % 64 == 0:
+                _check_alive(ctl, cfg)
+
+        set_phase("report")
+        c = engine.counters
+        conn.send(
+            {
+                "node": cfg.node,
+                "pid": os.getpid(),
+                "cpus": list(cpus),
+                "wall_s": (finish_ns - start_ns) / 1e9,
+                "busy_s": busy_ns / 1e9,
+                "requests": c.requests,
+                "batches": batches,
+                "cache_hits": c.cache_hits,
+                "text_fetches_by_home": c.text_fetches.tolist(),
+                "user_fetches_by_home": c.user_fetches.tolist(),
+                "kernel_ns": c.kernel_ns,
+                "user_ns": c.user_ns,
+                "paced_ns": pacer.paced_ns,
+                "overrun_ns": pacer.overrun_ns,
+                "user_sink": int(engine.user_sink),
+            }
+        )
+        set_phase("done")
+    except BaseException as exc:  # report, then exit non-zero; the coordinator names node and phase
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        try:
+            conn.send({"node": cfg.node, "error": detail, "phase": phase})
+        except (OSError, ValueError):
+            pass
+        raise SystemExit(1) from None
+    finally:
+        ctl = None
+        for seg in segs:
+            seg.close()
+        conn.close()
+
+
+class _Aborted(Exception):
+    pass
+
+
+def _check_alive(ctl: Control, cfg: WorkerConfig) -> None:
+    if ctl.get("state") == STATE_ABORT:
+        raise _Aborted("the coordinator aborted the run")
+    if os.getppid() != cfg.coordinator_pid:
+        raise _Aborted("the coordinator is gone")
