@@ -82,10 +82,11 @@ def check_reachable(topology: Topology, placement: Placement) -> None:
                 )
 
 
-def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, MemoryLayout, Placement], None] | None = None) -> dict:
+def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, MemoryLayout, Placement, list[int]], None] | None = None) -> dict:
     """Run `policy` in fresh node processes; return its raw per-node reports and run facts.
 
-    `on_ready` (for tests) is called once every node has filled its memory, before the start.
+    `on_ready` (for tests) is called once every node has filled its memory, before the start,
+    with the ``mem`` segment, its layout, the placement and the node pids.
     """
     topo, n = spec.topology, spec.topology.n_nodes
     placement = place(spec.image, n, policy, spec.replicate)
@@ -153,7 +154,7 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
 
         _wait_phase(ctl, procs, conns, "ready", time.monotonic() + SETUP_TIMEOUT_S)
         if on_ready is not None:
-            on_ready(mem, layout, placement)
+            on_ready(mem, layout, placement, [p.pid for p in procs])
         start = time.perf_counter_ns() + START_DELAY_NS
         ctl.set("start_ns", start)
         ctl.set("end_ns", start + int(spec.duration_s * 1e9) if spec.duration_s else 0)

@@ -217,5 +217,9 @@ class _Aborted(Exception):
 def _check_alive(ctl: Control, cfg: WorkerConfig) -> None:
     if ctl.get("state") == STATE_ABORT:
         raise _Aborted("the coordinator aborted the run")
-    if os.getppid() != cfg.coordinator_pid:
-        raise _Aborted("the coordinator is gone")
+    # Under forkserver the parent is the fork server, not the coordinator: ask about the
+    # coordinator's pid itself (signal 0 only checks that it exists).
+    try:
+        os.kill(cfg.coordinator_pid, 0)
+    except ProcessLookupError:
+        raise _Aborted("the coordinator is gone") from None
