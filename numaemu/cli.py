@@ -12,6 +12,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -323,6 +324,9 @@ COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run}
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    # SIGINT and SIGTERM take one path, so the coordinator's cleanup runs either way (also when
+    # a shell started us in the background with SIGINT ignored).
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -338,6 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; every node stopped and every segment removed", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

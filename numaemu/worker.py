@@ -12,6 +12,7 @@ also ends when the coordinator aborts or dies.
 from __future__ import annotations
 
 import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -97,6 +98,9 @@ def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
         if ctl is not None:
             ctl.nodes["phase"][cfg.node] = PHASES.index(name)
 
+    # Ctrl-C reaches the whole process group; the coordinator alone decides how to stop
+    # (it sets STATE_ABORT), so a node never dies half-way through on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ctl_seg = Segment.attach(cfg.ctl_name)
         segs.append(ctl_seg)

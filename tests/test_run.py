@@ -160,3 +160,33 @@ def test_cli_trace_workload_and_json_to_stdout(no_leaks, tmp_path):
     doc = json.loads(proc.stdout)
     assert doc["results"][0]["requests"] == 50
     assert doc["workload"]["templates"] == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_cleanly(no_leaks, sig):
+    import subprocess
+    import sys
+    import time
+
+    from numaemu.memory import list_segments
+
+    from .conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "numaemu", "run", "--image-scale", "0.05", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    mine = f"numaemu-{proc.pid}-"
+    deadline = time.monotonic() + 60
+    while not any(n.startswith(mine) for n in list_segments()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the nodes get going
+    nodes = psutil.Process(proc.pid).children(recursive=True)
+    assert nodes, "no node processes"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "error: interrupted; every node stopped and every segment removed"
+    assert not any(n.startswith(mine) for n in list_segments())
+    gone, alive = psutil.wait_procs(nodes, timeout=5)
+    assert not alive, f"node processes left running: {alive}"

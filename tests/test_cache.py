@@ -1,0 +1,156 @@
+"""Tests for numaemu.cache: the batched direct-mapped cache against a scalar reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from numaemu.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
+
+
+class ScalarCache:
+    """The obvious direct-mapped cache: one access at a time, a dict of tags per set."""
+
+    def __init__(self, n_sets: int) -> None:
+        self.n_sets = n_sets
+        self.tags: dict[int, tuple[int, int]] = {}
+
+    def access(self, line: int, epoch: int = 0) -> bool:
+        s = line % self.n_sets
+        key = (epoch, line)
+        hit = self.tags.get(s) == key
+        self.tags[s] = key
+        return hit
+
+
+def _reference(n_sets: int, lines: list[int], epochs: list[int] | None) -> list[bool]:
+    ref = ScalarCache(n_sets)
+    if epochs is None:
+        return [ref.access(x) for x in lines]
+    return [ref.access(x, e) for x, e in zip(lines, epochs)]
+
+
+def _split(n: int, cuts: list[int]) -> list[tuple[int, int]]:
+    points = sorted({0, n, *(c % (n + 1) for c in cuts)})
+    return list(zip(points[:-1], points[1:]))
+
+
+@st.composite
+def streams(draw, cold: bool):
+    n_sets = draw(st.sampled_from([1, 2, 4, 16, 64]))
+    # Few distinct lines relative to the sets, so that hits and conflicts both happen.
+    span = draw(st.integers(1, 4 * n_sets + 4))
+    n = draw(st.integers(0, 400))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    lines = rng.integers(0, span, n).tolist()
+    epochs = None
+    if cold:
+        # Epochs are request numbers: non-decreasing, each request a run of accesses.
+        new_request = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+        epochs = np.cumsum(rng.random(n) < new_request).tolist()
+    cuts = draw(st.lists(st.integers(0, 400), max_size=8))
+    return n_sets, lines, epochs, cuts
+
+
+def _run_batched(n_sets: int, lines: list[int], epochs: list[int] | None, cuts: list[int]) -> list[bool]:
+    cache = DirectMappedCache(n_sets * 64)
+    assert cache.n_sets == n_sets
+    out: list[bool] = []
+    for lo, hi in _split(len(lines), cuts):
+        batch = np.array(lines[lo:hi], dtype=np.int64)
+        ep = None if epochs is None else np.array(epochs[lo:hi], dtype=np.int64)
+        hit = cache.access(batch, ep)
+        assert hit.dtype == bool and len(hit) == hi - lo
+        out += hit.tolist()
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams(cold=False))
+def test_hot_matches_scalar_reference(stream) -> None:
+    n_sets, lines, epochs, cuts = stream
+    assert _run_batched(n_sets, lines, epochs, cuts) == _reference(n_sets, lines, None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams(cold=True))
+def test_cold_matches_scalar_reference(stream) -> None:
+    n_sets, lines, epochs, cuts = stream
+    assert _run_batched(n_sets, lines, epochs, cuts) == _reference(n_sets, lines, epochs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 5000))
+def test_large_random_stream_with_default_size(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    # Kernel-like line numbers: up to ~300,000 lines (18 MiB of text and rodata).
+    lines = rng.integers(0, 300_000, n).tolist()
+    lines += lines[: n // 2]  # repeats, so that some accesses hit
+    n_sets = DEFAULT_CACHE_BYTES // 64
+    cache = DirectMappedCache()
+    assert cache.n_sets == n_sets == 16384
+    half = len(lines) // 2
+    got = cache.access(np.array(lines[:half], dtype=np.int64)).tolist()
+    got += cache.access(np.array(lines[half:], dtype=np.int64)).tolist()
+    assert got == _reference(n_sets, lines, None)
+
+
+def test_same_line_twice_hits() -> None:
+    cache = DirectMappedCache(1024)  # 16 sets
+    assert cache.access(np.array([5, 5])).tolist() == [False, True]
+    # And across batches.
+    assert cache.access(np.array([5])).tolist() == [True]
+
+
+def test_conflicting_lines_evict() -> None:
+    cache = DirectMappedCache(1024)  # 16 sets: lines 3 and 19 share set 3
+    assert cache.access(np.array([3, 19, 3, 19])).tolist() == [False, False, False, False]
+    assert cache.access(np.array([19, 4, 20, 4])).tolist() == [True, False, False, False]
+    # Lines in different sets do not disturb each other.
+    assert cache.access(np.array([1, 2, 1, 2])).tolist() == [False, False, True, True]
+
+
+def test_cold_line_from_previous_epoch_misses() -> None:
+    cache = DirectMappedCache(1024)
+    hit = cache.access(np.array([7, 7, 8, 7, 8]), np.array([0, 0, 0, 1, 1]))
+    assert hit.tolist() == [False, True, False, False, False]
+    # Across batches: a line left by epoch 1 misses in epoch 2, hits in epoch 1 again.
+    assert cache.access(np.array([7]), np.array([2])).tolist() == [False]
+    assert cache.access(np.array([8]), np.array([1])).tolist() == [True]
+
+
+def test_empty_batch() -> None:
+    cache = DirectMappedCache(1024)
+    hit = cache.access(np.zeros(0, dtype=np.int64))
+    assert hit.dtype == bool and hit.shape == (0,)
+    assert np.all(cache.tags == -1)
+
+
+def test_clear_forgets_everything() -> None:
+    cache = DirectMappedCache(1024)
+    cache.access(np.arange(16))
+    cache.clear()
+    assert not cache.access(np.arange(16)).any()
+
+
+def test_largest_cache() -> None:
+    cache = DirectMappedCache(65536 * 64)
+    assert cache.n_sets == 65536
+    lines = np.array([65535, 65535 + 65536, 65535, 0, 0], dtype=np.int64)
+    assert cache.access(lines).tolist() == [False, False, False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("size", "line"),
+    [(0, 64), (32, 64), (64 * 3, 64), (1000 * 64, 64), (65536 * 64 * 2, 64), (64, 128)],
+)
+def test_invalid_sizes_raise(size: int, line: int) -> None:
+    with pytest.raises(ValueError, match=r"^cache size / line size must be a power of two in 1\.\.65536$"):
+        DirectMappedCache(size, line)
+
+
+@pytest.mark.parametrize(("size", "line", "sets"), [(64, 64, 1), (1 << 20, 64, 16384), (4096, 32, 128)])
+def test_valid_sizes(size: int, line: int, sets: int) -> None:
+    assert DirectMappedCache(size, line).n_sets == sets
