@@ -85,5 +85,8 @@ def time_scale(processing_ns: float, emulated_ns: float, sharing: float = 1.0, b
     if emulated_ns <= 0:
         raise ValueError("emulated_ns must be > 0")
     raw = max(1.0, processing_ns * max(1.0, sharing) / (busy_share * emulated_ns))
-    digits = 10 ** (math.floor(math.log10(raw)) - 1)
-    return math.ceil(raw / digits) * digits
+    exp = math.floor(math.log10(raw)) - 1
+    # Scale by exact integer powers of ten, so 1.2 comes back as 1.2, not 1.2000000000000002.
+    if exp >= 0:
+        return float(math.ceil(raw / 10**exp) * 10**exp)
+    return math.ceil(raw * 10**-exp) / 10**-exp

@@ -41,7 +41,7 @@ from .memory import (
 from .placement import Placement, place
 from .tasks import TASKS_PER_NODE, plan_requests
 from .topology import HostPlacement, Topology
-from .worker import BATCH_FETCHES, SETUP_TIMEOUT_S, WorkerConfig, run_batch, worker_main
+from .worker import SETUP_TIMEOUT_S, WorkerConfig, run_batch, worker_main
 from .workloads import Workload
 
 __all__ = ["RunSpec", "run_policy", "calibrate_scale", "expected_checksum", "START_METHODS"]

@@ -199,7 +199,7 @@ def parse_trace(path: Path, image: KernelImage) -> Workload:
             continue
         if not _ADDR.match(item):
             raise UsageError("--trace", f"{path}:{lineno}: '{item}' is not an address (hex with 0x, or decimal)")
-        addr = int(item, 0)
+        addr = int(item, 16) if item[:2].lower() == "0x" else int(item, 10)
         if not any(lo <= addr < hi for lo, hi in spans):
             raise UsageError("--trace", f"{path}:{lineno}: address {addr:#x} is outside the image ({where})")
         current.append((addr - image.base) // LINE_SIZE)

@@ -177,11 +177,6 @@ def test_time_scale_rejects_non_positive_emulated(emulated) -> None:
         time_scale(100, emulated)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: time_scale multiplies by the float 10**-1, so values below 10 that are already "
-    "two significant digits come back as e.g. 1.2000000000000002 (and land in results JSON)",
-)
 @pytest.mark.parametrize("raw", [1.2, 4.1, 9.7])
 def test_time_scale_returns_clean_two_digit_values(raw: float) -> None:
     assert time_scale(raw, 2.0) == raw  # raw is already two significant digits

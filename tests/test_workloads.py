@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -186,15 +185,6 @@ def test_parse_trace_directory(image, tmp_path: Path) -> None:
     assert str(info.value) == f"--trace: cannot read '{tmp_path}': Is a directory"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_parse_trace_unreadable_file(image, tmp_path: Path) -> None:
-    path = _write(tmp_path, "0xffffffff81000000\n")
-    path.chmod(0)
-    with pytest.raises(UsageError) as info:
-        parse_trace(path, image)
-    assert str(info.value) == f"--trace: cannot read '{path}': Permission denied"
-
-
 def test_parse_trace_binary_file(image, tmp_path: Path) -> None:
     path = tmp_path / "binary.trace"
     path.write_bytes(b"\xff\xfe\x00\x81")
@@ -237,15 +227,10 @@ def test_parse_trace_empty_file(image, tmp_path: Path, text: str) -> None:
     assert str(info.value) == f"--trace: {path}: no addresses in the file"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: parse_trace's regex accepts decimal with leading zeros ('0123'), but int(item, 0) "
-    "rejects it, so a zero-padded decimal address escapes as a bare ValueError, not a UsageError",
-)
-@pytest.mark.parametrize("token", ["0123", "018446744071578845184"])
-def test_parse_trace_zero_padded_decimal(image, tmp_path: Path, token: str) -> None:
-    path = _write(tmp_path, f"{token}\n")
-    with pytest.raises(UsageError) as info:
+def test_parse_trace_zero_padded_decimal(image, tmp_path: Path) -> None:
+    # Zero-padded decimal is decimal (not octal, not an error).
+    path = _write(tmp_path, "018446744071578845184\n")  # == 0xffffffff81000000
+    assert parse_trace(path, image).lines.tolist() == [0]
+    path = _write(tmp_path, "0123\n")
+    with pytest.raises(UsageError, match=r"^--trace: .*address 0x7b is outside the image"):
         parse_trace(path, image)
-    assert str(info.value).startswith("--trace: ")
