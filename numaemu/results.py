@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -125,8 +124,8 @@ def format_run_table(records: list[dict]) -> str:
     for r in records:
         nodes = " ".join(f"{n['node']}:{n['us_per_request']:.0f}" if n["us_per_request"] else f"{n['node']}:-" for n in r["per_node"])
         if len(nodes) > 21:
-            med = statistics.median(n["us_per_request"] for n in r["per_node"] if n["us_per_request"])
-            nodes = f"median {med:.0f} (see JSON)"
+            times = [n["us_per_request"] for n in r["per_node"] if n["us_per_request"]]
+            nodes = f"{min(times):.0f}..{max(times):.0f} (JSON)"
         sp = r.get("speedup_vs_single")
         pr = r.get("predicted_speedup_vs_single")
         name = r["policy"] if r["policy"] != "replicate" or r["replicate"] == "text+rodata" else "replicate:t"
@@ -135,6 +134,8 @@ def format_run_table(records: list[dict]) -> str:
             f"{r['node_spread_pct']:>6.1f}%{_mib(r['extra_memory_bytes']):>11}"
             f"{(f'{sp:.3f}' if sp else '-'):>9}{(f'{pr:.3f}' if pr else '-'):>7}"
         )
+    lines.append("memory per node (MiB): " + "; ".join(
+        f"{r['policy']} " + "/".join(f"{n['image_bytes'] / 2**20:.1f}" for n in r["per_node"]) for r in records))
     return "\n".join(lines)
 
 
