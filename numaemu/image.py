@@ -47,7 +47,9 @@ TEXT_SIZE = 14_687_986
 RODATA_SIZE = 4_056_054
 SECTION_ALIGN = 2 << 20  # rodata starts on a 2 MiB boundary (vmlinux.lds.S, x86 PMD size)
 
+ARCHES = ("x86_64", "arm64")
 NOP5 = bytes.fromhex("0f1f440000")  # ideal_nops / x86_nops[5]
+ARM64_NOP = bytes.fromhex("1f2003d5")  # d503201f, little-endian (arch/arm64/include/asm/insn.h)
 NOP2 = bytes.fromhex("6690")
 INT3 = 0xCC
 
@@ -103,6 +105,11 @@ class KernelImage:
         return self.functions
 
     @property
+    def ftrace_length(self) -> int:
+        """Bytes of the ftrace site: NOP5 / ``call`` on x86-64, one instruction on arm64."""
+        return 4 if self.arch == "arm64" else 5
+
+    @property
     def n_pages(self) -> int:
         return len(self.data) // PAGE_SIZE
 
@@ -135,10 +142,19 @@ def _align(x: int, a: int) -> int:
     return -(-x // a) * a
 
 
-def synthetic_image(scale: float = 1.0, seed: int = 0) -> KernelImage:
-    """Build the embedded image. Deterministic in (`scale`, `seed`); ~0.2 s at full size."""
+def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> KernelImage:
+    """Build the embedded image. Deterministic in (`scale`, `seed`, `arch`); ~0.2 s at full size.
+
+    ``arch="arm64"``: the same layout with fixed 4-byte, 4-byte-aligned instructions: the ftrace
+    site is one NOP at the function entry (``-fpatchable-function-entry``), jump-label sites are
+    a NOP <-> B, and padding is zero (``udf #0``).
+    """
     if not 0 < scale <= 1:
         raise ValueError("scale must be in (0, 1]")
+    if arch not in ARCHES:
+        raise ValueError(f"arch must be one of {', '.join(ARCHES)}")
+    arm = arch == "arm64"
+    insn = 4 if arm else 1  # instruction alignment
     rng = np.random.default_rng([seed, 0x6B65726E])  # "kern"
     text_size = max(PAGE_SIZE, round(TEXT_SIZE * scale))
     rodata_size = max(PAGE_SIZE, round(RODATA_SIZE * scale))
@@ -153,6 +169,7 @@ def synthetic_image(scale: float = 1.0, seed: int = 0) -> KernelImage:
     # Function sizes: a gamma distribution (many small functions, a long tail), at least 16 bytes.
     est = int(text_size / (MEAN_FUNC_BYTES + FUNC_ALIGN / 2) * 1.3) + 16
     sizes = 16 + rng.gamma(1.5, (MEAN_FUNC_BYTES - 16) / 1.5, est).astype(np.int64)
+    sizes = -(-sizes // insn) * insn
     slots = -(-sizes // FUNC_ALIGN) * FUNC_ALIGN
     starts = np.concatenate(([0], np.cumsum(slots)[:-1]))
     keep = starts + sizes <= text_size
@@ -164,14 +181,19 @@ def synthetic_image(scale: float = 1.0, seed: int = 0) -> KernelImage:
     ends = starts + sizes
     pads = np.append(starts[1:], text_size) - ends
     pad_at = np.repeat(ends, pads) + (np.arange(pads.sum()) - np.repeat(np.cumsum(pads) - pads, pads))
-    data[pad_at] = INT3
-    data[starts[:, None] + np.arange(5)] = np.frombuffer(NOP5, dtype=np.uint8)
+    data[pad_at] = 0 if arm else INT3
+    entry = np.frombuffer(ARM64_NOP if arm else NOP5, dtype=np.uint8)
+    data[starts[:, None] + np.arange(len(entry))] = entry
 
     # Jump-label sites: one per chosen function, after the ftrace site and inside the body.
-    room = sizes - 5 - 5
+    room = sizes - len(entry) - (4 if arm else 5)
     chosen = np.flatnonzero((rng.random(len(starts)) < JUMP_SITE_SHARE) & (room > 0))
-    lengths = np.where(rng.random(len(chosen)) < 0.55, 2, 5).astype(np.int8)
-    where = starts[chosen] + 5 + (rng.random(len(chosen)) * room[chosen]).astype(np.int64)
+    if arm:
+        lengths = np.full(len(chosen), 4, dtype=np.int8)
+    else:
+        lengths = np.where(rng.random(len(chosen)) < 0.55, 2, 5).astype(np.int8)
+    step = (rng.random(len(chosen)) * room[chosen]).astype(np.int64) // insn * insn
+    where = starts[chosen] + len(entry) + step
     n_keys = max(1, len(chosen) // JUMP_SITES_PER_KEY)
     # Few keys have many sites, most have few (a Zipf-like law): draw key ranks from a power law.
     keys = np.minimum((n_keys * rng.random(len(chosen)) ** 2.5).astype(np.int32), n_keys - 1)
@@ -180,12 +202,14 @@ def synthetic_image(scale: float = 1.0, seed: int = 0) -> KernelImage:
     two, five = where[lengths == 2], where[lengths == 5]
     data[two[:, None] + np.arange(2)] = nop2
     data[five[:, None] + np.arange(5)] = nop5
+    four = where[lengths == 4]
+    data[four[:, None] + np.arange(4)] = np.frombuffer(ARM64_NOP, dtype=np.uint8)
 
     data.flags.writeable = False
-    name = "synthetic" if scale == 1 else f"synthetic@{scale:g}"
+    name = ("synthetic" if scale == 1 else f"synthetic@{scale:g}") + ("-arm64" if arm else "")
     return KernelImage(
         name=name,
-        arch="x86_64",
+        arch=arch,
         base=KERNEL_BASE,
         sections=(text, rodata),
         data=data,
