@@ -44,7 +44,7 @@ from .topology import HostPlacement, Topology
 from .worker import SETUP_TIMEOUT_S, WorkerConfig, run_batch, worker_main
 from .workloads import Workload
 
-__all__ = ["RunSpec", "run_policy", "calibrate_scale", "expected_checksum", "START_METHODS"]
+__all__ = ["NodeSession", "RunSpec", "run_policy", "calibrate_scale", "expected_checksum", "START_METHODS"]
 
 START_METHODS = ("fork", "spawn", "forkserver")
 START_DELAY_NS = 20_000_000  # every node starts at the same instant, 20 ms after the signal
@@ -82,6 +82,89 @@ def check_reachable(topology: Topology, placement: Placement) -> None:
                 )
 
 
+class NodeSession:
+    """Owns every OS resource of one run of node processes; `close` frees them on every path.
+
+    Create segments, open the control block, start one worker per node, wait until every node is
+    ready, give one start time to all, collect their reports. As CPython's multiprocessing
+    documents for shared memory: the coordinator creates and unlinks; workers only attach.
+    """
+
+    def __init__(self, start_method: str, n_nodes: int, n_tasks: int) -> None:
+        self.token = new_token()
+        self.ctx = mp.get_context(start_method)
+        self.n_nodes = n_nodes
+        self.n_tasks = n_tasks
+        self.segments: list[Segment] = []
+        self.procs: list[mp.process.BaseProcess] = []
+        self.conns: list = []
+        self.ctl: Control | None = None
+
+    def __enter__(self) -> NodeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create(self, kind: str, size: int) -> Segment:
+        seg = Segment.create(segment_name(kind, self.token), size)
+        self.segments.append(seg)
+        return seg
+
+    def open_control(self) -> Control:
+        seg = self.create("ctl", Control.size(self.n_nodes, self.n_tasks))
+        self.ctl_name = seg.name
+        ctl = self.ctl = Control(seg, self.n_nodes, self.n_tasks)
+        ctl.set("magic", CONTROL_MAGIC)
+        ctl.set("version", CONTROL_VERSION)
+        ctl.set("n_nodes", self.n_nodes)
+        ctl.set("n_tasks", self.n_tasks)
+        ctl.set("coordinator_pid", os.getpid())
+        return ctl
+
+    def start(self, target: Callable, configs: list) -> None:
+        for node, cfg in enumerate(configs):
+            parent, child = self.ctx.Pipe(duplex=False)
+            proc = self.ctx.Process(target=target, args=(cfg, child), name=f"numaemu-node{node}", daemon=True)
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+
+    def wait_ready(self) -> None:
+        assert self.ctl is not None
+        _wait_phase(self.ctl, self.procs, self.conns, "ready", time.monotonic() + SETUP_TIMEOUT_S)
+
+    def go(self, duration_s: float | None) -> None:
+        assert self.ctl is not None
+        start = time.perf_counter_ns() + START_DELAY_NS
+        self.ctl.set("start_ns", start)
+        self.ctl.set("end_ns", start + int(duration_s * 1e9) if duration_s else 0)
+        self.ctl.set("state", STATE_RUN)
+
+    def collect(self, limit_s: float) -> list[dict]:
+        assert self.ctl is not None
+        reports = _collect(self.ctl, self.procs, self.conns, limit_s)
+        for proc in self.procs:
+            proc.join(JOIN_TIMEOUT_S)
+        return sorted(reports, key=lambda r: r["node"])
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def close(self) -> None:
+        if self.ctl is not None:
+            self.ctl.set("state", STATE_ABORT)
+        self.ctl = None
+        _stop(self.procs)
+        for c in self.conns:
+            c.close()
+        for seg in self.segments:
+            seg.close()
+            seg.unlink()
+
+
 def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, MemoryLayout, Placement, list[int]], None] | None = None) -> dict:
     """Run `policy` in fresh node processes; return its raw per-node reports and run facts.
 
@@ -93,27 +176,11 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
     check_reachable(topo, placement)
     layout = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)))
     n_tasks = TASKS_PER_NODE * n
-    token = new_token()
-    ctx = mp.get_context(spec.start_method)
-    segments: list[Segment] = []
-    procs: list[mp.process.BaseProcess] = []
-    conns = []
-    ctl: Control | None = None
-    try:
-        ctl_seg = Segment.create(segment_name("ctl", token), Control.size(n, n_tasks))
-        segments.append(ctl_seg)
-        master = Segment.create(segment_name("master", token), len(spec.image.data))
-        segments.append(master)
-        mem = Segment.create(segment_name("mem", token), layout.size)
-        segments.append(mem)
+    with NodeSession(spec.start_method, n, n_tasks) as session:
+        ctl = session.open_control()
+        master = session.create("master", len(spec.image.data))
+        mem = session.create("mem", layout.size)
         master.array(np.uint8)[:] = spec.image.data
-
-        ctl = Control(ctl_seg, n, n_tasks)
-        ctl.set("magic", CONTROL_MAGIC)
-        ctl.set("version", CONTROL_VERSION)
-        ctl.set("n_nodes", n)
-        ctl.set("n_tasks", n_tasks)
-        ctl.set("coordinator_pid", os.getpid())
         ctl.tasks["owner"] = np.arange(n_tasks) % n
         if spec.requests is None:
             ctl.tasks["budget"] = -1
@@ -121,65 +188,46 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
             share, extra = divmod(spec.requests, n_tasks)
             ctl.tasks["budget"] = share + (np.arange(n_tasks) < extra)
 
+        configs = []
         for node in range(n):
             lat = tuple(float(x) if x is not None else float("inf") for x in topo.latency_ns[node])
-            cfg = WorkerConfig(
-                node=node,
-                n_nodes=n,
-                n_tasks=n_tasks,
-                mem_name=mem.name,
-                master_name=master.name,
-                ctl_name=ctl_seg.name,
-                host_cpus=spec.host.cpus[node],
-                hosted=placement.hosted[node],
-                table=placement.tables[node],
-                layout=layout,
-                latency_row=lat,
-                workload=spec.workload,
-                cold=spec.cold,
-                user_local=spec.user_local,
-                seed=spec.seed,
-                migrate_rate=spec.migrate_rate,
-                scale=spec.scale,
-                shared_core=spec.host.oversubscribed,
-                oversleep_ns=spec.oversleep_ns,
-                coordinator_pid=os.getpid(),
+            configs.append(
+                WorkerConfig(
+                    node=node,
+                    n_nodes=n,
+                    n_tasks=n_tasks,
+                    mem_name=mem.name,
+                    master_name=master.name,
+                    ctl_name=session.ctl_name,
+                    host_cpus=spec.host.cpus[node],
+                    hosted=placement.hosted[node],
+                    table=placement.tables[node],
+                    layout=layout,
+                    latency_row=lat,
+                    workload=spec.workload,
+                    cold=spec.cold,
+                    user_local=spec.user_local,
+                    seed=spec.seed,
+                    migrate_rate=spec.migrate_rate,
+                    scale=spec.scale,
+                    shared_core=spec.host.oversubscribed,
+                    oversleep_ns=spec.oversleep_ns,
+                    coordinator_pid=os.getpid(),
+                )
             )
-            parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=worker_main, args=(cfg, child), name=f"numaemu-node{node}", daemon=True)
-            proc.start()
-            child.close()
-            procs.append(proc)
-            conns.append(parent)
-
-        _wait_phase(ctl, procs, conns, "ready", time.monotonic() + SETUP_TIMEOUT_S)
+        session.start(worker_main, configs)
+        session.wait_ready()
         if on_ready is not None:
-            on_ready(mem, layout, placement, [p.pid for p in procs])
-        start = time.perf_counter_ns() + START_DELAY_NS
-        ctl.set("start_ns", start)
-        ctl.set("end_ns", start + int(spec.duration_s * 1e9) if spec.duration_s else 0)
-        ctl.set("state", STATE_RUN)
-        reports = _collect(ctl, procs, conns, spec)
-        tasks = ctl.tasks.copy()
-        for proc in procs:
-            proc.join(JOIN_TIMEOUT_S)
+            on_ready(mem, layout, placement, session.pids)
+        session.go(spec.duration_s)
+        reports = session.collect((spec.duration_s or 0) + 60.0 + (spec.requests or 0) * 0.01)
         return {
             "policy": policy,
             "placement": placement,
             "layout": layout,
-            "reports": sorted(reports, key=lambda r: r["node"]),
-            "tasks": tasks,
+            "reports": reports,
+            "tasks": ctl.tasks.copy(),
         }
-    finally:
-        if ctl is not None:
-            ctl.set("state", STATE_ABORT)
-        ctl = None
-        _stop(procs)
-        for c in conns:
-            c.close()
-        for seg in segments:
-            seg.close()
-            seg.unlink()
 
 
 def _node_phase(ctl: Control, node: int) -> str:
@@ -206,8 +254,7 @@ def _wait_phase(ctl: Control, procs, conns, phase: str, deadline: float) -> None
             raise _failure(ctl, procs, late[0], f"did not reach phase '{phase}' in time")
 
 
-def _collect(ctl: Control, procs, conns, spec: RunSpec) -> list[dict]:
-    limit = (spec.duration_s or 0) + 60.0 + (spec.requests or 0) * 0.01
+def _collect(ctl: Control, procs, conns, limit: float) -> list[dict]:
     deadline = time.monotonic() + limit
     reports: dict[int, dict] = {}
     pending = dict(enumerate(conns))

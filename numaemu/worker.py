@@ -15,6 +15,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -30,7 +31,7 @@ from .placement import PageTable
 from .tasks import choose_destination, plan_requests
 from .workloads import Workload
 
-__all__ = ["WorkerConfig", "worker_main", "BATCH_FETCHES", "run_batch"]
+__all__ = ["WorkerConfig", "NodeContext", "node_shell", "fill_partition", "worker_main", "BATCH_FETCHES", "run_batch"]
 
 BATCH_FETCHES = 16384  # kernel fetches per paced batch: ~1 ms emulated for db
 SETUP_TIMEOUT_S = 120.0
@@ -87,7 +88,41 @@ def run_batch(engine: NodeEngine, tasks: np.ndarray, owned: np.ndarray, cfg_seed
     return result.emulated_ns, moves
 
 
-def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
+class NodeContext:
+    """What the generic node shell hands to a node body: the control block, the segments it
+    attached, and `phase` to record where the node is."""
+
+    def __init__(self, cfg, ctl: Control, segs: list[Segment], set_phase: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.ctl = ctl
+        self.segs = segs
+        self.phase = set_phase
+
+    def attach(self, name: str) -> Segment:
+        seg = Segment.attach(name)
+        self.segs.append(seg)
+        return seg
+
+    def check_alive(self) -> None:
+        _check_alive(self.ctl, self.cfg)
+
+    def wait_start(self, pacer: Pacer) -> tuple[int, int]:
+        """Phase ``ready``: wait for the start signal; return (start_ns, end_ns) once it is time."""
+        self.phase("ready")
+        deadline = time.monotonic() + SETUP_TIMEOUT_S
+        while self.ctl.get("state") != STATE_RUN:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no start signal within {SETUP_TIMEOUT_S:.0f} s")
+            time.sleep(1e-3)
+        start_ns, end_ns = self.ctl.get("start_ns"), self.ctl.get("end_ns")
+        pacer.wait_until(start_ns)
+        return start_ns, end_ns
+
+
+def node_shell(cfg, conn: Connection, body: Callable[[NodeContext], dict]) -> None:
+    """Run `body` as node ``cfg.node``: attach the control block, record phases, send the
+    body's report, or the error with the phase it happened in, and always detach."""
     segs: list[Segment] = []
     ctl: Control | None = None
     phase = "attach"
@@ -107,98 +142,9 @@ def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
         ctl = Control(ctl_seg, cfg.n_nodes, cfg.n_tasks)
         ctl.nodes["pid"][cfg.node] = os.getpid()
         set_phase("attach")
-        mem_seg, master_seg = Segment.attach(cfg.mem_name), Segment.attach(cfg.master_name)
-        segs += [mem_seg, master_seg]
-        cpus = pin_to(cfg.host_cpus)
-
-        set_phase("fill")
-        lay = cfg.layout
-        mem = mem_seg.array(np.uint8)
-        master_pages = master_seg.array(np.uint8).reshape(-1, PAGE_SIZE)
-        own = mem[lay.part_offset[cfg.node] : lay.part_offset[cfg.node] + lay.image_bytes[cfg.node]]
-        own.reshape(-1, PAGE_SIZE)[:] = master_pages[cfg.hosted]
-        user = mem[lay.user_offset(cfg.node) : lay.user_offset(cfg.node) + lay.user_bytes]
-        user[:] = np.random.default_rng([cfg.seed, cfg.node, 0x64617461]).integers(0, 256, len(user), dtype=np.uint8)
-        del master_pages, own, user
-
-        engine = NodeEngine(
-            cfg.node,
-            mem,
-            cfg.table,
-            lay.part_offset,
-            tuple(lay.user_offset(n) for n in range(cfg.n_nodes)),
-            lay.user_bytes,
-            np.array(cfg.latency_row),
-            cfg.workload,
-            cold=cfg.cold,
-            user_local=cfg.user_local,
-            cache=DirectMappedCache(),
-            seed=cfg.seed,
-        )
-        pacer = Pacer(cfg.scale, cfg.shared_core, cfg.oversleep_ns)
-
-        set_phase("ready")
-        deadline = time.monotonic() + SETUP_TIMEOUT_S
-        while ctl.get("state") != STATE_RUN:
-            _check_alive(ctl, cfg)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no start signal within {SETUP_TIMEOUT_S:.0f} s")
-            time.sleep(1e-3)
-        start_ns, end_ns = ctl.get("start_ns"), ctl.get("end_ns")
-        pacer.wait_until(start_ns)
-
-        set_phase("run")
-        tasks = ctl.tasks
-        busy_ns = 0
-        finish_ns = start_ns
-        batches = 0
-        while True:
-            now = time.perf_counter_ns()
-            if end_ns and now >= end_ns:
-                break
-            owned = np.flatnonzero((tasks["owner"] == cfg.node) & (tasks["budget"] != 0))
-            if len(owned) == 0:
-                if not end_ns and not np.any(tasks["budget"] != 0):
-                    break  # request mode: every task is done
-                _check_alive(ctl, cfg)
-                time.sleep(IDLE_SLEEP_S)
-                continue
-            emulated, moves = run_batch(engine, tasks, owned, cfg.seed, cfg.migrate_rate)
-            finish_ns = pacer.pace(now, emulated)
-            busy_ns += finish_ns - now
-            for t, preferred in moves:  # hand over only once the request's paced time is over
-                counts = np.bincount(tasks["owner"], minlength=cfg.n_nodes)
-                dest = choose_destination(counts, cfg.node, preferred)
-                if dest >= 0:
-                    tasks["migrations"][t] += 1
-                    tasks["owner"][t] = dest
-            batches += 1
-            ctl.nodes["requests"][cfg.node] = engine.counters.requests
-            ctl.nodes["heartbeat_ns"][cfg.node] = finish_ns
-            if batches % 64 == 0:
-                _check_alive(ctl, cfg)
-
+        report = body(NodeContext(cfg, ctl, segs, set_phase))
         set_phase("report")
-        c = engine.counters
-        conn.send(
-            {
-                "node": cfg.node,
-                "pid": os.getpid(),
-                "cpus": list(cpus),
-                "wall_s": (finish_ns - start_ns) / 1e9,
-                "busy_s": busy_ns / 1e9,
-                "requests": c.requests,
-                "batches": batches,
-                "cache_hits": c.cache_hits,
-                "text_fetches_by_home": c.text_fetches.tolist(),
-                "user_fetches_by_home": c.user_fetches.tolist(),
-                "kernel_ns": c.kernel_ns,
-                "user_ns": c.user_ns,
-                "paced_ns": pacer.paced_ns,
-                "overrun_ns": pacer.overrun_ns,
-                "user_sink": int(engine.user_sink),
-            }
-        )
+        conn.send(report)
         set_phase("done")
     except BaseException as exc:  # report, then exit non-zero; the coordinator names node and phase
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -214,11 +160,102 @@ def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
         conn.close()
 
 
+def fill_partition(cfg, mem: np.ndarray, master: np.ndarray) -> None:
+    """Phase ``fill``: this node's frames of the image, from the master, and its user data,
+    written by this node itself (first touch)."""
+    lay = cfg.layout
+    master_pages = master.reshape(-1, PAGE_SIZE)
+    own = mem[lay.part_offset[cfg.node] : lay.part_offset[cfg.node] + lay.image_bytes[cfg.node]]
+    own.reshape(-1, PAGE_SIZE)[:] = master_pages[cfg.hosted]
+    user = mem[lay.user_offset(cfg.node) : lay.user_offset(cfg.node) + lay.user_bytes]
+    user[:] = np.random.default_rng([cfg.seed, cfg.node, 0x64617461]).integers(0, 256, len(user), dtype=np.uint8)
+
+
+def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
+    node_shell(cfg, conn, _run_body)
+
+
+def _run_body(nc: NodeContext) -> dict:
+    cfg, ctl = nc.cfg, nc.ctl
+    mem_seg, master_seg = nc.attach(cfg.mem_name), nc.attach(cfg.master_name)
+    cpus = pin_to(cfg.host_cpus)
+    nc.phase("fill")
+    lay = cfg.layout
+    mem = mem_seg.array(np.uint8)
+    fill_partition(cfg, mem, master_seg.array(np.uint8))
+    engine = NodeEngine(
+        cfg.node,
+        mem,
+        cfg.table,
+        lay.part_offset,
+        tuple(lay.user_offset(n) for n in range(cfg.n_nodes)),
+        lay.user_bytes,
+        np.array(cfg.latency_row),
+        cfg.workload,
+        cold=cfg.cold,
+        user_local=cfg.user_local,
+        cache=DirectMappedCache(),
+        seed=cfg.seed,
+    )
+    pacer = Pacer(cfg.scale, cfg.shared_core, cfg.oversleep_ns)
+    start_ns, end_ns = nc.wait_start(pacer)
+
+    nc.phase("run")
+    tasks = ctl.tasks
+    busy_ns = 0
+    finish_ns = start_ns
+    batches = 0
+    while True:
+        now = time.perf_counter_ns()
+        if end_ns and now >= end_ns:
+            break
+        owned = np.flatnonzero((tasks["owner"] == cfg.node) & (tasks["budget"] != 0))
+        if len(owned) == 0:
+            if not end_ns and not np.any(tasks["budget"] != 0):
+                break  # request mode: every task is done
+            nc.check_alive()
+            time.sleep(IDLE_SLEEP_S)
+            continue
+        emulated, moves = run_batch(engine, tasks, owned, cfg.seed, cfg.migrate_rate)
+        finish_ns = pacer.pace(now, emulated)
+        busy_ns += finish_ns - now
+        for t, preferred in moves:  # hand over only once the request's paced time is over
+            counts = np.bincount(tasks["owner"], minlength=cfg.n_nodes)
+            dest = choose_destination(counts, cfg.node, preferred)
+            if dest >= 0:
+                tasks["migrations"][t] += 1
+                tasks["owner"][t] = dest
+        batches += 1
+        ctl.nodes["requests"][cfg.node] = engine.counters.requests
+        ctl.nodes["heartbeat_ns"][cfg.node] = finish_ns
+        if batches % 64 == 0:
+            nc.check_alive()
+
+    c = engine.counters
+    return {
+        "node": cfg.node,
+        "pid": os.getpid(),
+        "cpus": list(cpus),
+        "wall_s": (finish_ns - start_ns) / 1e9,
+        "busy_s": busy_ns / 1e9,
+        "requests": c.requests,
+        "batches": batches,
+        "cache_hits": c.cache_hits,
+        "text_fetches_by_home": c.text_fetches.tolist(),
+        "user_fetches_by_home": c.user_fetches.tolist(),
+        "kernel_ns": c.kernel_ns,
+        "user_ns": c.user_ns,
+        "paced_ns": pacer.paced_ns,
+        "overrun_ns": pacer.overrun_ns,
+        "user_sink": int(engine.user_sink),
+    }
+
+
 class _Aborted(Exception):
     pass
 
 
-def _check_alive(ctl: Control, cfg: WorkerConfig) -> None:
+def _check_alive(ctl: Control, cfg) -> None:
     if ctl.get("state") == STATE_ABORT:
         raise _Aborted("the coordinator aborted the run")
     # Under forkserver the parent is the fork server, not the coordinator: ask about the

@@ -1,0 +1,190 @@
+"""Kernel text in shared memory, as the patchers see it: the master, every copy, and the
+shared patching state (the ``txt`` segment).
+
+`TextCopies` writes bytes at image offsets into the master and into every copy that holds the
+page (one under ``single`` and ``interleave``, one per node under ``replicate``), as Kuzin's
+``__text_poke()`` loops over the replicas and King's ``aarch64_insn_patch_text_nosync()``
+writes node 0's copy, then every other node's.
+
+Byte layout of the ``txt`` segment (numpy dtypes below; all integers little-endian):
+
+    0                     TXT_HEADER, 128 bytes
+    128                   n_nodes x TXT_NODE, 64 bytes each
+    ...                   site_seq   int64 [n_sites]  even: stable; odd: a patch call is in flight
+    ...                   site_state int8  [n_sites]  state committed by the last call that returned
+    ...                   site_live  uint8 [n_sites]  1 where the site may be executed (modules)
+    ...                   key_count  int64 [n_keys]   static-key reference counts
+    ...                   desc       TXT_DESC          the text_poke_bp descriptor (256 entries)
+    ...                   task_klp   int8  [n_tasks]  each reader task's livepatch state
+    ...                   failures   TXT_FAILURE [64] unexpected ops seen by patchers
+
+Every field has one writer at a time: the holder of ``text_mutex`` for the header's sync and
+descriptor fields and for site_seq/site_state; each node for its own TXT_NODE slot; the holder of
+the static-key lock for key_count (unless the ``key-race`` bug is planted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .image import PAGE_SIZE
+from .memory import MemoryLayout, Segment
+from .placement import Placement
+
+__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "TextState", "TextCopies", "text_segment_size"]
+
+MAX_BATCH = 256  # text_poke_bp batch limit (TP_VEC_MAX in arch/x86/kernel/alternative.c)
+MAX_FAILURES = 64
+
+TXT_HEADER = np.dtype(
+    [
+        ("sync_seq", "<i8"),  # syncs requested
+        ("stop_seq", "<i8"),  # stop_machine rounds requested
+        ("stop_arrived", "<i8"),  # nodes parked in the current round
+        ("stop_released", "<i8"),  # last round whose patch is done
+        ("desc_gen", "<i8"),  # descriptor generation: odd while being written
+        ("desc_live", "<i8"),  # 1 while the patcher holds its reference (bp_desc.refs)
+        ("desc_count", "<i8"),
+        ("patch_calls", "<i8"),
+        ("failures", "<i8"),
+        ("klp_target", "<i8"),  # livepatch: state every task is moving to
+        ("module_gen", "<i8"),
+        ("pad", "V40"),
+    ]
+)
+TXT_NODE = np.dtype(
+    [
+        ("sync_ack", "<i8"),  # last sync this node took part in
+        ("stop_ack", "<i8"),  # last stop_machine round this node left
+        ("in_int3", "<i8"),  # references this node holds on the descriptor (inside its INT3 handler)
+        ("pad", "V40"),
+    ]
+)
+TXT_DESC = np.dtype(
+    [
+        ("offset", "<i8", (MAX_BATCH,)),  # sorted, for the handler's bsearch
+        ("site", "<i8", (MAX_BATCH,)),
+        ("new", "u1", (MAX_BATCH, 8)),
+    ]
+)
+TXT_FAILURE = np.dtype([("node", "<i8"), ("site", "<i8"), ("expected", "u1", (8,)), ("found", "u1", (8,))])
+assert TXT_HEADER.itemsize == 128 and TXT_NODE.itemsize == 64
+
+
+def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> list[tuple[str, np.dtype, int]]:
+    return [
+        ("header", TXT_HEADER, 1),
+        ("nodes", TXT_NODE, n_nodes),
+        ("site_seq", np.dtype("<i8"), n_sites),
+        ("site_state", np.dtype("i1"), n_sites),
+        ("site_live", np.dtype("u1"), n_sites),
+        ("key_count", np.dtype("<i8"), n_keys),
+        ("desc", TXT_DESC, 1),
+        ("task_klp", np.dtype("i1"), n_tasks),
+        ("failure_log", TXT_FAILURE, MAX_FAILURES),
+    ]
+
+
+def _layout(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> tuple[dict[str, tuple[int, np.dtype, int]], int]:
+    out, off = {}, 0
+    for name, dt, count in _sections(n_nodes, n_sites, n_keys, n_tasks):
+        off = -(-off // 8) * 8
+        out[name] = (off, dt, count)
+        off += dt.itemsize * count
+    return out, off
+
+
+def text_segment_size(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> int:
+    return _layout(n_nodes, n_sites, n_keys, n_tasks)[1]
+
+
+class TextState:
+    """Typed views of the ``txt`` segment."""
+
+    def __init__(self, seg: Segment, n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> None:
+        layout, _ = _layout(n_nodes, n_sites, n_keys, n_tasks)
+        views = {name: seg.array(dt, off, count) for name, (off, dt, count) in layout.items()}
+        self.header = views["header"]
+        self.nodes = views["nodes"]
+        self.site_seq = views["site_seq"]
+        self.site_state = views["site_state"]
+        self.site_live = views["site_live"]
+        self.key_count = views["key_count"]
+        self.desc = views["desc"][0]
+        self.task_klp = views["task_klp"]
+        self.failure_log = views["failure_log"]
+
+    def get(self, field: str) -> int:
+        return int(self.header[field][0])
+
+    def set(self, field: str, value: int) -> None:
+        self.header[field] = value
+
+    def add(self, field: str, delta: int = 1) -> int:
+        """Single-writer increment (the caller holds the lock that owns `field`)."""
+        value = int(self.header[field][0]) + delta
+        self.header[field] = value
+        return value
+
+    def record_failure(self, node: int, site: int, expected: bytes, found: bytes) -> None:
+        i = self.add("failures")
+        if i <= MAX_FAILURES:
+            rec = self.failure_log[i - 1 : i]
+            rec["node"], rec["site"] = node, site
+            rec["expected"][0, : len(expected)] = np.frombuffer(expected, np.uint8)
+            rec["found"][0, : len(found)] = np.frombuffer(found, np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class TextCopies:
+    """Where each image byte lives: the master, and each copy in the ``mem`` segment.
+
+    `where[page]` lists the byte offset in ``mem`` of the page's frame in every node that hosts
+    it (-1 padding), so a write reaches every copy.
+    """
+
+    where: np.ndarray  # int64 [n_pages, n_copies]
+
+    @classmethod
+    def build(cls, placement: Placement, layout: MemoryLayout, n_pages: int) -> TextCopies:
+        hosts = [h for h in range(placement.n_nodes) if len(placement.hosted[h])]
+        where = np.full((n_pages, max(1, len(hosts))), -1, dtype=np.int64)
+        for col, h in enumerate(hosts):
+            pages = placement.hosted[h]
+            where[pages, col] = layout.part_offset[h] + np.arange(len(pages), dtype=np.int64) * PAGE_SIZE
+        return cls(where)
+
+    def targets(self, offsets: np.ndarray) -> np.ndarray:
+        """Offsets in ``mem`` of each image byte in `offsets`, one row per copy (-1: none)."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        base = self.where[offsets // PAGE_SIZE]  # [n, copies]
+        return np.where(base >= 0, base + (offsets % PAGE_SIZE)[:, None], -1).T
+
+    def write(self, master: np.ndarray, mem: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> None:
+        """Write `values` at image `offsets` in the master, then in every copy, in node order."""
+        master[offsets] = values
+        for row in self.targets(offsets):
+            ok = row >= 0
+            mem[row[ok]] = values[ok]
+
+    def write_word(self, master: np.ndarray, mem: np.ndarray, offset: int, word: bytes) -> None:
+        """One aligned 4-byte store per copy: a single-copy-atomic write, as arm64 patching uses."""
+        assert offset % 4 == 0 and len(word) == 4
+        value = np.frombuffer(word, dtype="<u4")[0]
+        master.view("<u4")[offset // 4] = value
+        mem32 = mem.view("<u4")
+        for t in self.targets(np.array([offset]))[:, 0]:
+            if t >= 0:
+                mem32[t // 4] = value
+
+    def mismatches(self, master: np.ndarray, mem: np.ndarray, pages: np.ndarray) -> list[tuple[int, int]]:
+        """(page, copy) pairs among `pages` where a copy differs from the master."""
+        bad = []
+        for p in np.unique(pages):
+            ref = master[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]
+            for col, base in enumerate(self.where[p]):
+                if base >= 0 and not np.array_equal(mem[base : base + PAGE_SIZE], ref):
+                    bad.append((int(p), col))
+        return bad
