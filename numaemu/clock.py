@@ -23,10 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Pacer", "measure_oversleep_ns", "time_scale", "TARGET_BUSY_SHARE"]
+__all__ = ["spin", "Pacer", "measure_oversleep_ns", "time_scale", "TARGET_BUSY_SHARE"]
 
 TARGET_BUSY_SHARE = 0.5  # processing may take at most half the paced time, leaving room for noise
 SPIN_ONLY_NS = 200_000  # below this remaining wait, spin rather than sleep
+
+
+def spin(ns: int, clock: Callable[[], int] = time.perf_counter_ns) -> None:
+    """Busy-wait `ns` nanoseconds (for short, deliberate windows; `Pacer` for pacing)."""
+    end = clock() + ns
+    while clock() < end:
+        pass
 
 
 def measure_oversleep_ns(samples: int = 20, clock: Callable[[], int] = time.perf_counter_ns) -> int:

@@ -1,0 +1,208 @@
+"""How a node executes patch sites, and the checker that judges what it observed.
+
+Real cores may run bytes they fetched before a patch until a serialising event (x86 ``sync_core``
+after the IPI, arm64 ISB): that is what the protocols' syncs are for. So a node here keeps the
+64-byte lines it fetched in an *instruction buffer* (direct-mapped, `IBUF_LINES` lines) that is
+only flushed when the node takes part in a sync or a stop_machine round, and it fetches each x86
+instruction in two steps: the first byte decides (through the buffer), the rest is read from its
+copy in memory a little later (`FETCH_GAP_NS`). A skipped or early sync can then really produce a
+torn or stale execution.
+
+`execute` runs a batch of sites: step 1 for all, the gap, step 2 for all, then the INT3 handler for
+sites whose first byte was INT3 (it takes a reference on the descriptor, takes part in pending
+syncs, bsearches the descriptor and emulates the new instruction). The node reads each site's
+sequence number before and after, and the state the last returned call committed.
+
+`check_batch` is the checker. It is told nothing about bugs; it judges only the observations:
+- a *stable* site (sequence even and unchanged across the batch: no call in flight) must hold
+  exactly its committed encoding: anything else is ``stale`` (old code after the call returned)
+  or ``int3-after-return``;
+- any site must hold one of its valid encodings (after INT3 emulation): anything else is
+  ``torn``; an INT3 with no live descriptor, or a descriptor that changed under the handler, is
+  ``int3-no-descriptor``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .clock import spin
+from .image import LINE_SIZE, PAGE_SIZE
+from .placement import UNMAPPED, PageTable
+from .sites import INT3, MAX_INSN, SiteTable
+from .textmem import TextState
+
+__all__ = ["IBUF_LINES", "Observation", "Reader", "check_batch", "Violation"]
+
+IBUF_LINES = 512  # 32 KiB, an L1i
+FETCH_GAP_NS = 5_000  # between deciding on the first byte and reading the rest
+HANDLER_NS = 20_000  # time inside the INT3 handler (exception entry, bsearch, emulation)
+
+
+@dataclass(frozen=True)
+class Observation:
+    sites: np.ndarray  # int64
+    observed: np.ndarray  # uint8 [n, MAX_INSN]: the instruction executed (after INT3 emulation)
+    via_int3: np.ndarray  # bool: the first byte fetched was INT3
+    handler_ok: np.ndarray  # bool: the INT3 handler found a live, unchanged descriptor entry
+    seq_before: np.ndarray  # int64
+    seq_after: np.ndarray  # int64
+    committed: np.ndarray  # int8: the committed state at seq_before
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    node: int
+    site: int
+    offset: int
+    observed: str
+    detail: str
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "node": self.node, "site": self.site, "address": hex(self.offset), "observed": self.observed, "detail": self.detail}
+
+
+class Reader:
+    """One node's instruction fetch through its page table and instruction buffer."""
+
+    def __init__(self, node: int, mem: np.ndarray, table: PageTable, part_offset: tuple[int, ...], sites: SiteTable, state: TextState, safe_point, *, fetch_gap_ns: int = FETCH_GAP_NS, handler_ns: int = HANDLER_NS) -> None:
+        self.node = node
+        self.mem = mem
+        self.sites = sites
+        self.st = state
+        self.safe_point = safe_point
+        self.arm = sites.arch == "arm64"
+        self.fetch_gap_ns = fetch_gap_ns
+        self.handler_ns = handler_ns
+        base = np.full(len(table.home), UNMAPPED, dtype=np.int64)
+        mapped = table.home != UNMAPPED
+        base[mapped] = np.asarray(part_offset, dtype=np.int64)[table.home[mapped]] + table.frame[mapped] * PAGE_SIZE
+        self.page_base = base
+        self.tag = np.full(IBUF_LINES, -1, dtype=np.int64)
+        self.data = np.zeros((IBUF_LINES, LINE_SIZE), dtype=np.uint8)
+        self.flushes = 0
+        self.int3_hits = 0
+
+    def flush(self) -> None:
+        self.tag.fill(-1)
+        self.flushes += 1
+
+    def _phys(self, offsets: np.ndarray) -> np.ndarray:
+        return self.page_base[offsets // PAGE_SIZE] + offsets % PAGE_SIZE
+
+    def _through_buffer(self, offsets: np.ndarray, width: int) -> np.ndarray:
+        """Bytes [offset, offset+width) from the buffered line (fetching it on a miss)."""
+        lines = offsets // LINE_SIZE
+        slot = lines % IBUF_LINES
+        col = offsets % LINE_SIZE
+        hit = self.tag[slot] == lines
+        out = np.empty((len(offsets), width), dtype=np.uint8)
+        if np.any(hit):
+            out[hit] = self.data[slot[hit][:, None], col[hit][:, None] + np.arange(width)]
+        miss = ~hit
+        if np.any(miss):
+            line_start = self._phys(lines[miss] * LINE_SIZE)
+            fresh = self.mem[line_start[:, None] + np.arange(LINE_SIZE)]
+            out[miss] = fresh[np.arange(len(line_start))[:, None], col[miss][:, None] + np.arange(width)]
+            self.data[slot[miss]] = fresh
+            self.tag[slot[miss]] = lines[miss]
+        return out
+
+    def execute(self, sites: np.ndarray) -> Observation:
+        st, t = self.st, self.sites
+        s1 = st.site_seq[sites].copy()
+        committed = st.site_state[sites].copy()
+        offs = t.offset[sites]
+        lens = t.length[sites].astype(np.int64)
+        observed = np.zeros((len(sites), MAX_INSN), dtype=np.uint8)
+        via_int3 = np.zeros(len(sites), dtype=bool)
+        handler_ok = np.ones(len(sites), dtype=bool)
+        if self.arm:
+            # One aligned 4-byte fetch: single-copy atomic, never torn, but it may be stale.
+            observed[:, :4] = self._through_buffer(offs, 4)
+        else:
+            observed[:, 0] = self._through_buffer(offs, 1)[:, 0]
+            spin(self.fetch_gap_ns)
+            via_int3 = observed[:, 0] == INT3
+            rest = ~via_int3 & (lens > 1)
+            if np.any(rest):
+                width = int(lens[rest].max())
+                idx = offs[rest][:, None] + np.arange(1, width)
+                tail = self.mem[self._phys(np.minimum(idx, offs[rest][:, None] + lens[rest][:, None] - 1))]
+                observed[rest, 1:width] = tail
+                observed[rest] *= np.arange(MAX_INSN) < lens[rest][:, None]
+            if np.any(via_int3):
+                self.int3_hits += int(via_int3.sum())
+                observed[via_int3], handler_ok[via_int3] = self._int3(sites[via_int3])
+        s2 = st.site_seq[sites].copy()
+        return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed)
+
+    def _int3(self, sites: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """poke_int3_handler: take a reference, find the site, emulate its new instruction."""
+        st, me = self.st, self.st.nodes[self.node : self.node + 1]
+        me["in_int3"] += 1
+        try:
+            live = st.get("desc_live") == 1
+            gen = st.get("desc_gen")
+            # Inside the handler the node still answers syncs (every read of this batch is
+            # done, so it is not part-way through any fetch), so the handler can outlive the
+            # patcher's syncs and even the rest of its call; only the reference keeps the
+            # descriptor alive (the 2019 fix: bp_desc refcount, arch/x86/kernel/alternative.c).
+            end = time.perf_counter_ns() + self.handler_ns
+            while True:
+                self.safe_point()
+                if time.perf_counter_ns() >= end:
+                    break
+            n = st.get("desc_count")
+            d = st.desc
+            offs = d["offset"][:n].copy()
+            new = d["new"][:n].copy()
+            same = st.get("desc_gen") == gen and gen % 2 == 0
+        finally:
+            me["in_int3"] -= 1
+        want = self.sites.offset[sites]
+        idx = np.minimum(np.searchsorted(offs, want), max(n - 1, 0))
+        found = (offs[idx] == want) if n else np.zeros(len(sites), dtype=bool)
+        ok = found & live & same
+        out = np.zeros((len(sites), MAX_INSN), dtype=np.uint8)
+        if n:
+            out[ok] = new[idx[ok]]
+        return out, ok
+
+
+def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) -> tuple[int, list[Violation]]:
+    """(number of violations, the first `limit` described). Pure: judges observations only."""
+    s = obs.sites
+    n_states = sites.n_states[s]
+    lens = sites.length[s].astype(np.int64)
+    mask = np.arange(MAX_INSN) < lens[:, None]
+    enc = sites.enc[s]  # [n, states, 8]
+    match = np.all((enc == obs.observed[:, None, :]) | ~mask[:, None, :], axis=2)
+    match &= np.arange(enc.shape[1]) < n_states[:, None]
+    valid = match.any(axis=1)
+    stable = (obs.seq_before == obs.seq_after) & (obs.seq_before % 2 == 0)
+    exact = match[np.arange(len(s)), obs.committed.astype(np.int64)]
+    kinds = np.full(len(s), "", dtype=object)
+    kinds[~obs.handler_ok] = "int3-no-descriptor"
+    kinds[(kinds == "") & ~valid] = "torn"
+    kinds[(kinds == "") & stable & obs.via_int3] = "int3-after-return"
+    kinds[(kinds == "") & stable & ~exact] = "stale"
+    bad = np.flatnonzero(kinds != "")
+    out = []
+    for i in bad[:limit]:
+        site = int(s[i])
+        L = int(lens[i])
+        got = bytes(obs.observed[i, :L]).hex(" ")
+        want = sites.encoding(site, int(obs.committed[i])).hex(" ")
+        detail = {
+            "torn": "not any valid instruction of this site",
+            "stale": f"the last call that returned left {want}",
+            "int3-after-return": "INT3 executed after the patch call returned",
+            "int3-no-descriptor": "INT3 handler found no live descriptor entry (or it changed under the handler)",
+        }[kinds[i]]
+        out.append(Violation(str(kinds[i]), node, site, int(sites.offset[site]), got, detail))
+    return len(bad), out

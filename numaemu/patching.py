@@ -1,0 +1,296 @@
+"""Text patching as the kernel does it, executed by node processes on shared memory.
+
+One `NodeKernel` per node process. It patches (as the node whose task called static_key_enable,
+ftrace, ...) and it takes part in the other nodes' patches (syncs, stop_machine rounds) at its
+*safe points*: between the instructions its readers execute, and inside its INT3 handler.
+
+Protocols (BACKGROUND.md s.3):
+
+``stop_machine`` (kernel/stop_machine.c, arm64 ``aarch64_insn_patch_text``): the patching node
+raises a round; every node parks at a safe point and counts itself in under a lock; the LAST to
+arrive applies the patch to every copy, then releases the others, which resynchronise (flush their
+instruction buffers) before they run again.
+
+``text_poke_bp`` (arch/x86/kernel/alternative.c, ``text_poke_bp_batch``): up to 256 sites sorted
+by address, published in a descriptor; (1) INT3 over the first byte of every site, sync;
+(2) bytes 1..len-1, sync; (3) the new first byte, sync; (4) drop the patcher's reference and
+wait until no INT3 handler still holds one before the descriptor can be reused.
+
+``nosync`` (arm64 ``aarch64_insn_patch_text_nosync`` + ``kick_all_cpus_sync``): one aligned
+4-byte store per copy per site, then a kick: every node synchronises before the call returns.
+
+A *sync* (``text_poke_sync`` / ``sync_core`` IPI, ``kick_all_cpus_sync``) completes when every
+node has acknowledged it at a safe point, after flushing its instruction buffer: so no node is
+still part-way through fetching what was there before. Waiting spins briefly, then yields, then
+sleeps, so it does not burn a core that another node needs (BACKGROUND.md s.5).
+
+Bugs that `--inject-bug` plants, each the kernel's own (BACKGROUND.md s.4):
+``early-master`` the first node to arrive patches; ``descriptor-reuse`` the descriptor is
+released while a node is still in its INT3 handler; ``no-sync`` a sync between phases is skipped
+(stop_machine: the released nodes do not resynchronise); ``no-final-sync`` the call returns
+before every node has synchronised; ``key-race`` a static key's count is updated outside its
+lock (see sources.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .sites import INT3, SiteTable
+from .textmem import MAX_BATCH, TextCopies, TextState
+
+__all__ = ["PROTOCOLS", "BUGS", "Locks", "NodeKernel", "PatchTimeout"]
+
+PROTOCOLS = ("stop_machine", "text_poke_bp", "nosync")
+BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync")
+SPIN_TRIES = 200  # polls before yielding; ~50 us of spinning
+YIELD_TRIES = 200  # sched_yield polls before sleeping
+WAIT_TIMEOUT_S = 30.0
+
+
+class PatchTimeout(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Locks:
+    """Cross-process locks (multiprocessing.Lock), created by the coordinator."""
+
+    text_mutex: object  # kernel/... text_mutex: one patcher of kernel text at a time
+    stop_arrival: object  # the rendezvous counter's lock (stop_machine's atomic_inc)
+    jump_label: object  # jump_label_mutex
+    ftrace: object  # ftrace_lock
+    klp: object  # klp_mutex
+    module: object  # module_mutex
+
+
+@dataclass
+class PatchStats:
+    calls: int = 0
+    sites: int = 0
+    syncs: int = 0
+    stop_rounds: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+
+
+class NodeKernel:
+    def __init__(
+        self,
+        node: int,
+        n_nodes: int,
+        state: TextState,
+        copies: TextCopies,
+        master: np.ndarray,
+        mem: np.ndarray,
+        sites: SiteTable,
+        locks: Locks,
+        *,
+        protocol: str,
+        bug: str | None,
+        shared_core: bool,
+        flush: Callable[[], None],
+        check_alive: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.node = node
+        self.n_nodes = n_nodes
+        self.st = state
+        self.copies = copies
+        self.master = master
+        self.mem = mem
+        self.sites = sites
+        self.locks = locks
+        self.protocol = protocol
+        self.bug = bug
+        self.shared_core = shared_core
+        self.flush = flush
+        self.check_alive = check_alive
+        self.me = state.nodes[node : node + 1]
+        self.stats = PatchStats()
+        self.unexpected = 0
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def wait_for(self, cond: Callable[[], bool], what: str, service: bool = True) -> None:
+        """Spin, then yield, then sleep until `cond()`; take part in other nodes' syncs meanwhile
+        (unless `service` is False: inside a stop_machine round nothing else can be pending)."""
+        tries = 0
+        deadline = 0.0
+        while not cond():
+            if service:
+                self.safe_point()
+            tries += 1
+            if tries < (10 if self.shared_core else SPIN_TRIES):
+                continue
+            if tries < SPIN_TRIES + YIELD_TRIES:
+                os.sched_yield()
+                continue
+            if not deadline:
+                deadline = time.monotonic() + WAIT_TIMEOUT_S
+            elif time.monotonic() > deadline:
+                raise PatchTimeout(f"node {self.node}: waited {WAIT_TIMEOUT_S:.0f} s for {what}")
+            if tries % 64 == 0:
+                self.check_alive()
+            time.sleep(20e-6)
+
+    def lock(self, lock) -> None:
+        if not lock.acquire(False):
+            self.wait_for(lambda: lock.acquire(False), "a lock")
+
+    # -- taking part in other nodes' patches --------------------------------------------------
+
+    def safe_point(self) -> None:
+        st = self.st
+        seq = int(st.header["sync_seq"][0])
+        if seq > self.me["sync_ack"][0]:
+            self.flush()
+            self.me["sync_ack"] = seq
+        stop = int(st.header["stop_seq"][0])
+        if stop > self.me["stop_ack"][0]:
+            self._stop_round(stop)
+
+    # -- syncs and rendezvous ------------------------------------------------------------------
+
+    def sync(self, wait: bool = True) -> None:
+        """Ask every node to synchronise (the IPI); with `wait`, return once all have."""
+        seq = self.st.add("sync_seq")
+        self.flush()
+        self.me["sync_ack"] = seq
+        self.stats.syncs += 1
+        if wait:
+            acks = self.st.nodes["sync_ack"]
+            self.wait_for(lambda: bool(np.all(acks >= seq)), f"sync {seq}", service=False)
+
+    def _stop_round(self, seq: int) -> None:
+        st = self.st
+        with self.locks.stop_arrival:
+            arrived = st.add("stop_arrived")
+        first, last = arrived == 1, arrived == self.n_nodes
+        if (self.bug == "early-master" and first) or (self.bug != "early-master" and last):
+            self._apply_descriptor()
+            if self.bug == "early-master":  # patched already; now wait for the others to park
+                self.wait_for(lambda: st.get("stop_arrived") >= self.n_nodes, "stop_machine arrivals", service=False)
+            st.set("stop_arrived", 0)
+            st.set("stop_released", seq)
+        else:
+            self.wait_for(lambda: st.get("stop_released") >= seq, "stop_machine release", service=False)
+        if self.bug != "no-sync":
+            self.flush()  # resynchronise: nothing prefetched before the patch survives
+        self.me["stop_ack"] = seq
+
+    # -- the descriptor -----------------------------------------------------------------------
+
+    def _publish(self, sites: np.ndarray, new: np.ndarray) -> None:
+        st, d = self.st, self.st.desc
+        st.add("desc_gen")  # odd: being written
+        n = len(sites)
+        d["offset"][:n] = self.sites.offset[sites]
+        d["site"][:n] = sites
+        d["new"][:n] = new
+        st.set("desc_count", n)
+        st.add("desc_gen")  # even: complete
+        st.set("desc_live", 1)
+
+    def _apply_descriptor(self) -> None:
+        """Write every entry's whole new instruction (stop_machine's patch function)."""
+        d, n = self.st.desc, self.st.get("desc_count")
+        sites = d["site"][:n]
+        lens = self.sites.length[sites].astype(np.int64)
+        offs = np.repeat(d["offset"][:n], lens) + _ranges(lens)
+        vals = d["new"][:n][np.repeat(np.arange(n), lens), _ranges(lens)]
+        self.copies.write(self.master, self.mem, offs, vals)
+
+    # -- the API the patch sources call ------------------------------------------------------
+
+    def patch(self, sites: np.ndarray, old_states: np.ndarray, new_states: np.ndarray) -> int:
+        """Move `sites` from `old_states` to `new_states` with this run's protocol. The caller
+        holds no text lock. Old bytes are verified first; a site whose bytes are not its old
+        state's is an *unexpected op*: recorded, left untouched. Returns sites patched."""
+        sites = np.asarray(sites, dtype=np.int64)
+        if len(sites) == 0:
+            return 0
+        order = np.argsort(self.sites.offset[sites], kind="stable")
+        sites, old_states, new_states = sites[order], np.asarray(old_states)[order], np.asarray(new_states)[order]
+        t0 = time.perf_counter_ns()
+        self.lock(self.locks.text_mutex)
+        try:
+            ok = self._verify_old(sites, old_states)
+            sites, new_states = sites[ok], new_states[ok]
+            if len(sites):
+                st = self.st
+                st.site_seq[sites] += 1  # odd: in flight
+                for i in range(0, len(sites), MAX_BATCH):
+                    self._one_batch(sites[i : i + MAX_BATCH], new_states[i : i + MAX_BATCH])
+                st.site_state[sites] = new_states
+                st.site_seq[sites] += 1  # even: the call has returned
+                st.add("patch_calls")
+                bad = self.copies.mismatches(self.master, self.mem, self.sites.offset[sites] // 4096)
+                for page, copy in bad[:4]:
+                    st.record_failure(self.node, -1 - page, b"", bytes([copy]))
+        finally:
+            self.locks.text_mutex.release()
+        self.stats.calls += 1
+        self.stats.sites += len(sites)
+        self.stats.latencies_ns.append(time.perf_counter_ns() - t0)
+        return len(sites)
+
+    def _verify_old(self, sites: np.ndarray, old_states: np.ndarray) -> np.ndarray:
+        t = self.sites
+        lens = t.length[sites].astype(np.int64)
+        width = int(lens.max())
+        idx = t.offset[sites][:, None] + np.arange(width)
+        cur = self.master[np.minimum(idx, len(self.master) - 1)]
+        want = t.enc[sites, old_states, :width]
+        mask = np.arange(width) < lens[:, None]
+        ok = np.all((cur == want) | ~mask, axis=1)
+        for i in np.flatnonzero(~ok)[:8]:  # "unexpected op": the kernel BUG()s here
+            L = int(lens[i])
+            self.st.record_failure(self.node, int(sites[i]), bytes(want[i, :L]), bytes(cur[i, :L]))
+        self.unexpected += int(np.count_nonzero(~ok))
+        return ok
+
+    def _one_batch(self, sites: np.ndarray, new_states: np.ndarray) -> None:
+        t = self.sites
+        new = t.enc[sites, new_states]  # [n, 8]
+        if self.protocol == "nosync":
+            for s, row in zip(sites, new):
+                self.copies.write_word(self.master, self.mem, int(t.offset[s]), bytes(row[:4]))
+            if self.bug != "no-sync":
+                self.sync(wait=self.bug != "no-final-sync")
+            return
+        self._publish(sites, new)
+        if self.protocol == "stop_machine":
+            seq = self.st.add("stop_seq")
+            self.stats.stop_rounds += 1
+            self._stop_round(seq)
+            self.st.set("desc_live", 0)
+            return
+        # text_poke_bp
+        offs = t.offset[sites]
+        lens = t.length[sites].astype(np.int64)
+        self.copies.write(self.master, self.mem, offs, np.full(len(sites), INT3, dtype=np.uint8))
+        if self.bug != "no-sync":
+            self.sync()
+        tail = lens > 1
+        if np.any(tail):
+            tl = lens[tail] - 1
+            toffs = np.repeat(offs[tail], tl) + _ranges(tl) + 1
+            tvals = new[tail][np.repeat(np.arange(int(tail.sum())), tl), _ranges(tl) + 1]
+            self.copies.write(self.master, self.mem, toffs, tvals)
+            self.sync()
+        self.copies.write(self.master, self.mem, offs, new[:, 0].copy())
+        self.sync(wait=self.bug != "no-final-sync")
+        self.st.set("desc_live", 0)  # drop the patcher's reference
+        if self.bug != "descriptor-reuse":
+            refs = self.st.nodes["in_int3"]
+            self.wait_for(lambda: not np.any(refs), "INT3 handlers to drop the descriptor")
+
+
+def _ranges(lens: np.ndarray) -> np.ndarray:
+    """[0..l0-1, 0..l1-1, ...] for lengths `lens`."""
+    lens = np.asarray(lens, dtype=np.int64)
+    return np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)

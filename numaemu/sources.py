@@ -1,0 +1,248 @@
+"""Patch sources: what asks the kernel to patch its text (BACKGROUND.md s.3).
+
+Each node runs one instance of the source; `step` performs one operation when the node's turn
+comes (at ``--rate`` operations per second over all nodes), `finish` undoes what this node still
+holds at the end, and `hot_sites` tells the readers which sites to execute most. State shared
+between nodes lives in the ``txt`` segment (site states, key counts, livepatch target).
+
+- ``static_keys``: a few keys with many 2- and 5-byte use sites; every node enables and disables
+  them concurrently, holding references (``static_key_slow_inc/dec``, kernel/jump_label.c): the
+  0 -> 1 transition patches every site NOP -> JMP and 1 -> 0 patches them back, with the count
+  and the patch under ``jump_label_mutex``. With the ``key-race`` bug the count is read and
+  written outside the lock, as in the 2024 bug, so concurrent enable/disable can lose an update
+  and the count and the code disagree (the next patch finds unexpected bytes).
+- ``ftrace``: enable tracing on a random filter of functions or on all of them, and disable it:
+  NOP5 <-> ``call ftrace_caller``, old bytes of every site verified before the batched write.
+- ``bpf``: attach and detach a trampoline at one function's ftrace site (NOP5 <-> ``call``).
+- ``livepatch``: redirect a set of functions through the livepatch handler; each reader task
+  switches to the new version only at a safe point between its requests, and only once every
+  site of the set is patched (kernel/livepatch/transition.c), so it never runs a mix.
+- ``mixed``: all of these in turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .clock import spin
+from .patching import NodeKernel
+from .sites import FTRACE_BPF, FTRACE_CALLER, FTRACE_KLP, FTRACE_OFF, SiteTable
+from .textmem import TextState
+
+__all__ = ["SOURCES", "SourcePlan", "plan_sources", "NodeSource", "key_agreement"]
+
+SOURCES = ("static_keys", "ftrace", "bpf", "livepatch", "mixed")
+HOT_KEYS = 8
+MAX_KEY_SITES = 300
+FTRACE_FILTER = 400  # functions in one random filter
+FTRACE_ALL_EVERY = 8  # every n-th enable traces every function
+LIVEPATCH_FUNCS = 8
+RESERVED_FUNCS = 4  # functions 1..3 are the trampolines; keep them untraced
+MAX_HELD = 3
+KEY_RACE_WINDOW_NS = 500_000
+
+
+@dataclass(frozen=True, eq=False)
+class SourcePlan:
+    """Which sites each source owns; the same on every node (pure, from the image)."""
+
+    names: tuple[str, ...]
+    keys: np.ndarray  # hot static keys
+    key_sites: tuple[np.ndarray, ...]
+    ftrace_sites: np.ndarray  # ftrace-managed sites (excluding bpf and livepatch ones)
+    bpf_site: int
+    klp_sites: np.ndarray
+
+    def hot_sites(self) -> np.ndarray:
+        parts = []
+        if "static_keys" in self.names:
+            parts += list(self.key_sites)
+        if "ftrace" in self.names:
+            parts.append(self.ftrace_sites)
+        if "bpf" in self.names:
+            parts.append(np.array([self.bpf_site]))
+        if "livepatch" in self.names:
+            parts.append(self.klp_sites)
+        return np.unique(np.concatenate(parts)).astype(np.int64)
+
+
+def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
+    names = ("static_keys", "ftrace", "bpf", "livepatch") if source == "mixed" else (source,)
+    counts = np.bincount(sites.key[: sites.n_jump], minlength=n_keys)
+    candidates = np.flatnonzero((counts > 0) & (counts <= MAX_KEY_SITES))
+    keys = candidates[np.argsort(-counts[candidates], kind="stable")][:HOT_KEYS]
+    n_funcs = len(sites) - sites.n_jump
+    bpf_func = min(100, n_funcs - 1)
+    klp_funcs = np.arange(200, 200 + LIVEPATCH_FUNCS) % n_funcs
+    excluded = set(range(RESERVED_FUNCS)) | {bpf_func} | set(klp_funcs.tolist())
+    ftrace_funcs = np.array([f for f in range(n_funcs) if f not in excluded], dtype=np.int64)
+    return SourcePlan(
+        names=names,
+        keys=keys.astype(np.int64),
+        key_sites=tuple(sites.key_sites(int(k)) for k in keys),
+        ftrace_sites=sites.n_jump + ftrace_funcs,
+        bpf_site=sites.n_jump + bpf_func,
+        klp_sites=sites.n_jump + klp_funcs,
+    )
+
+
+class NodeSource:
+    def __init__(self, plan: SourcePlan, kernel: NodeKernel, state: TextState, rng: np.random.Generator, key_race: bool) -> None:
+        self.plan = plan
+        self.k = kernel
+        self.st = state
+        self.rng = rng
+        self.key_race = key_race
+        self.held = np.zeros(len(plan.keys), dtype=np.int64)
+        self.turn = 0
+        self.ops = 0
+        self.ftrace_enables = 0
+
+    def step(self) -> None:
+        name = self.plan.names[self.turn % len(self.plan.names)]
+        self.turn += 1
+        getattr(self, "_" + name)()
+        self.ops += 1
+
+    # -- static keys -----------------------------------------------------------------------
+
+    def _static_keys(self) -> None:
+        i = int(self.rng.integers(len(self.plan.keys)))
+        if self.held[i] and (self.held[i] >= MAX_HELD or self.rng.random() < 0.5):
+            self._key_dec(i)
+        else:
+            self._key_inc(i)
+
+    def _key_update(self, i: int, delta: int) -> int:
+        """count += delta; return the count before. The caller holds jump_label_mutex, unless
+        the key-race bug makes this a plain read-modify-write with nobody's lock."""
+        k = int(self.plan.keys[i])
+        before = int(self.st.key_count[k])
+        if self.key_race:
+            # The window between the read and the write, widened (as a delay-injecting stress
+            # test would) so that concurrent enable/disable collide within seconds.
+            spin(KEY_RACE_WINDOW_NS)
+        self.st.key_count[k] = before + delta
+        return before
+
+    def _key_inc(self, i: int) -> None:
+        sites = self.plan.key_sites[i]
+        if self.key_race:
+            before = self._key_update(i, +1)
+            if before == 0:
+                self.k.lock(self.k.locks.jump_label)
+                try:
+                    self.k.patch(sites, np.zeros(len(sites), np.int64), np.ones(len(sites), np.int64))
+                finally:
+                    self.k.locks.jump_label.release()
+        else:
+            self.k.lock(self.k.locks.jump_label)
+            try:
+                if int(self.st.key_count[int(self.plan.keys[i])]) == 0:
+                    self.k.patch(sites, np.zeros(len(sites), np.int64), np.ones(len(sites), np.int64))
+                self._key_update(i, +1)
+            finally:
+                self.k.locks.jump_label.release()
+        self.held[i] += 1
+
+    def _key_dec(self, i: int) -> None:
+        sites = self.plan.key_sites[i]
+        if self.key_race:
+            before = self._key_update(i, -1)
+            if before == 1:
+                self.k.lock(self.k.locks.jump_label)
+                try:
+                    self.k.patch(sites, np.ones(len(sites), np.int64), np.zeros(len(sites), np.int64))
+                finally:
+                    self.k.locks.jump_label.release()
+        else:
+            self.k.lock(self.k.locks.jump_label)
+            try:
+                if self._key_update(i, -1) == 1:
+                    self.k.patch(sites, np.ones(len(sites), np.int64), np.zeros(len(sites), np.int64))
+            finally:
+                self.k.locks.jump_label.release()
+        self.held[i] -= 1
+
+    # -- ftrace and bpf --------------------------------------------------------------------
+
+    def _ftrace(self) -> None:
+        sites = self.plan.ftrace_sites
+        self.k.lock(self.k.locks.ftrace)
+        try:
+            state = self.st.site_state[sites]
+            on = sites[state == FTRACE_CALLER]
+            if len(on) and self.rng.random() < 0.5:
+                self.k.patch(on, np.full(len(on), FTRACE_CALLER), np.full(len(on), FTRACE_OFF))
+                return
+            self.ftrace_enables += 1
+            if self.ftrace_enables % FTRACE_ALL_EVERY == 0:
+                target = sites[state == FTRACE_OFF]
+            else:
+                pick = self.rng.choice(len(sites), size=min(FTRACE_FILTER, len(sites)), replace=False)
+                target = sites[pick][state[pick] == FTRACE_OFF]
+            self.k.patch(target, np.full(len(target), FTRACE_OFF), np.full(len(target), FTRACE_CALLER))
+        finally:
+            self.k.locks.ftrace.release()
+
+    def _bpf(self) -> None:
+        s = np.array([self.plan.bpf_site])
+        self.k.lock(self.k.locks.ftrace)
+        try:
+            attached = int(self.st.site_state[s[0]]) == FTRACE_BPF
+            old, new = (FTRACE_BPF, FTRACE_OFF) if attached else (FTRACE_OFF, FTRACE_BPF)
+            self.k.patch(s, np.array([old]), np.array([new]))
+        finally:
+            self.k.locks.ftrace.release()
+
+    # -- livepatch ---------------------------------------------------------------------------
+
+    def _livepatch(self) -> None:
+        """One step of the livepatch state machine (enable -> transition -> disable -> ...)."""
+        sites = self.plan.klp_sites
+        st = self.st
+        self.k.lock(self.k.locks.klp)
+        try:
+            target = st.get("klp_target")
+            settled = bool(np.all(st.task_klp == target))
+            if not settled:
+                return  # a transition is in progress: tasks switch at their safe points
+            patched = bool(np.all(st.site_state[sites] == FTRACE_KLP))
+            if target == 0 and not patched:
+                # Redirect every function of the set first; only then may tasks switch.
+                self.k.lock(self.k.locks.ftrace)
+                try:
+                    self.k.patch(sites, np.full(len(sites), FTRACE_OFF), np.full(len(sites), FTRACE_KLP))
+                finally:
+                    self.k.locks.ftrace.release()
+                st.set("klp_target", 1)
+            elif target == 1:
+                st.set("klp_target", 0)  # unpatch: tasks switch back first
+            else:
+                self.k.lock(self.k.locks.ftrace)
+                try:
+                    self.k.patch(sites, np.full(len(sites), FTRACE_KLP), np.full(len(sites), FTRACE_OFF))
+                finally:
+                    self.k.locks.ftrace.release()
+        finally:
+            self.k.locks.klp.release()
+
+    def finish(self) -> None:
+        """Drop every static-key reference this node holds."""
+        for i in range(len(self.held)):
+            while self.held[i] > 0:
+                self._key_dec(i)
+
+
+def key_agreement(plan: SourcePlan, key_count: np.ndarray, site_state: np.ndarray) -> list[str]:
+    """After every node dropped its references: each hot key's count must be 0 and each of its
+    sites NOP; and at any quiescent moment, count > 0 iff the sites jump."""
+    problems = []
+    for k, sites in zip(plan.keys, plan.key_sites):
+        count = int(key_count[k])
+        states = set(site_state[sites].tolist())
+        if count != 0 or states != {0}:
+            problems.append(f"static key {int(k)}: count {count} but its {len(sites)} sites are {'/'.join(['NOP', 'JMP'][s] for s in sorted(states))} after every reference was dropped")
+    return problems

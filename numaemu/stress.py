@@ -1,0 +1,272 @@
+"""``numaemu stress``: readers on every node execute patch sites while patches fire.
+
+Each node process alternates between its readers and its share of the patch source: a batch of
+site executions (`fetch.Reader`), checked at once (`fetch.check_batch`), a safe point (where it
+takes part in other nodes' syncs and stop_machine rounds), and, when its turn comes at
+``--rate`` operations per second over all nodes, one patch operation of the source. After the
+duration every node stops patching, drops what it holds, and keeps answering syncs until every
+node is done, so no patch is left half-way.
+
+The coordinator then compares every copy with the master byte for byte, reads the unexpected ops
+the patchers logged, and checks that static-key counts and code agree.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .coordinator import NodeSession, check_reachable
+from .cpus import pin_to
+from .fetch import Reader, check_batch
+from .image import PAGE_SIZE, KernelImage
+from .memory import MemoryLayout
+from .patching import Locks, NodeKernel
+from .placement import PageTable, place
+from .sites import FTRACE_KLP, SiteTable, site_table
+from .sources import NodeSource, SourcePlan, key_agreement, plan_sources
+from .textmem import TextCopies, TextState, text_segment_size
+from .topology import HostPlacement, Topology
+from .worker import NodeContext, fill_partition, node_shell
+from .clock import Pacer
+
+__all__ = ["StressSpec", "run_stress", "READER_TASKS", "BATCH_SITES"]
+
+READER_TASKS = 2  # per node, for livepatch's per-task consistency
+BATCH_SITES = 48  # sites executed per reader batch (between two safe points)
+HOT_SHARE = 0.75  # share of executions aimed at the sites the source patches
+MAX_REPORTED = 10
+
+
+@dataclass(frozen=True)
+class StressSpec:
+    topology: Topology
+    host: HostPlacement
+    image: KernelImage
+    policy: str
+    protocol: str
+    source: str
+    duration_s: float
+    rate: float
+    seed: int
+    bug: str | None
+    start_method: str
+
+
+@dataclass(frozen=True)
+class StressConfig:
+    node: int
+    n_nodes: int
+    n_tasks: int
+    ctl_name: str
+    mem_name: str
+    master_name: str
+    txt_name: str
+    host_cpus: tuple[int, ...]
+    hosted: np.ndarray
+    table: PageTable
+    layout: MemoryLayout
+    copies: TextCopies
+    sites: SiteTable
+    plan: SourcePlan
+    n_keys: int
+    locks: Locks
+    protocol: str
+    bug: str | None
+    rate: float
+    seed: int
+    shared_core: bool
+    coordinator_pid: int
+
+
+def stress_worker_main(cfg: StressConfig, conn) -> None:
+    node_shell(cfg, conn, _stress_body)
+
+
+def _stress_body(nc: NodeContext) -> dict:
+    cfg, ctl = nc.cfg, nc.ctl
+    mem_seg, master_seg, txt_seg = nc.attach(cfg.mem_name), nc.attach(cfg.master_name), nc.attach(cfg.txt_name)
+    cpus = pin_to(cfg.host_cpus)
+    nc.phase("fill")
+    mem, master = mem_seg.array(np.uint8), master_seg.array(np.uint8)
+    fill_partition(cfg, mem, master)
+    st = TextState(txt_seg, cfg.n_nodes, len(cfg.sites), cfg.n_keys, cfg.n_tasks)
+    reader: Reader | None = None
+    kernel = NodeKernel(
+        cfg.node, cfg.n_nodes, st, cfg.copies, master, mem, cfg.sites, cfg.locks,
+        protocol=cfg.protocol, bug=cfg.bug, shared_core=cfg.shared_core,
+        flush=lambda: reader.flush() if reader is not None else None,
+        check_alive=nc.check_alive,
+    )
+    reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point)
+    rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273])  # "strs"
+    source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")
+    hot = cfg.plan.hot_sites()
+    klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
+    n_sites = len(cfg.sites)
+    start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))
+
+    nc.phase("run")
+    interval = int(1e9 * cfg.n_nodes / cfg.rate)
+    next_op = start_ns + interval * cfg.node // cfg.n_nodes
+    executions = violations = batches = 0
+    examples: list[dict] = []
+    task = 0
+    me = st.nodes[cfg.node : cfg.node + 1]
+    while True:
+        now = time.perf_counter_ns()
+        if now >= end_ns:
+            break
+        kernel.safe_point()
+        if now >= next_op:
+            source.step()
+            next_op += interval
+            if next_op < now:  # fell behind (a slow patch): do not burst to catch up
+                next_op = now + interval
+        # A reader task's request: its livepatch set first (one consistent version), then a mix
+        # of the source's sites and any site of the image.
+        t = cfg.node * READER_TASKS + task
+        task = (task + 1) % READER_TASKS
+        if klp is not None:
+            st.task_klp[t] = st.get("klp_target")  # switch only here, between requests
+        n_hot = int(BATCH_SITES * HOT_SHARE)
+        batch = np.concatenate([
+            klp if klp is not None else np.zeros(0, np.int64),
+            hot[rng.integers(0, len(hot), n_hot)],
+            rng.integers(0, n_sites, BATCH_SITES - n_hot),
+        ])
+        obs = reader.execute(batch)
+        bad, found = check_batch(obs, cfg.sites, cfg.node, MAX_REPORTED - len(examples))
+        if klp is not None:
+            mix = _livepatch_mix(obs, cfg.sites, len(klp), int(st.task_klp[t]))
+            if mix:
+                bad += 1
+                if len(examples) < MAX_REPORTED:
+                    examples.append({"kind": "livepatch-mix", "node": cfg.node, "task": t, "detail": mix})
+        executions += len(batch)
+        violations += bad
+        examples += [v.to_json() for v in found]
+        batches += 1
+        if batches % 256 == 0:
+            nc.check_alive()
+
+    # Wind down: drop what this node holds, then keep answering syncs until every node is done.
+    source.finish()
+    me["pad"] = b"\x01" + b"\x00" * 39  # done flag: first byte of the slot's padding
+    done = lambda: all(bytes(x)[0] == 1 for x in st.nodes["pad"])  # noqa: E731
+    kernel.wait_for(done, "the other nodes to finish")
+    lat = np.array(kernel.stats.latencies_ns, dtype=np.float64) / 1e3
+    return {
+        "node": cfg.node,
+        "pid": os.getpid(),
+        "cpus": list(cpus),
+        "executions": executions,
+        "violations": violations,
+        "examples": examples,
+        "int3_hits": reader.int3_hits,
+        "flushes": reader.flushes,
+        "patch_calls": kernel.stats.calls,
+        "sites_patched": kernel.stats.sites,
+        "syncs": kernel.stats.syncs,
+        "stop_rounds": kernel.stats.stop_rounds,
+        "unexpected_ops": kernel.unexpected,
+        "source_ops": source.ops,
+        "latencies_us": lat.tolist(),
+    }
+
+
+def _livepatch_mix(obs, sites: SiteTable, n_klp: int, task_state: int) -> str:
+    """The livepatch set is the first `n_klp` sites of the batch: which version of each
+    function ran? Site NOP: the old one; site -> handler: the task's version."""
+    versions = set()
+    for i in range(n_klp):
+        state = sites.state_of(int(obs.sites[i]), bytes(obs.observed[i, : sites.length[obs.sites[i]]]))
+        if state is None:
+            continue  # torn: already a violation of its own
+        versions.add(task_state if state == FTRACE_KLP else 0)
+    return "" if len(versions) <= 1 else "one request ran old and new versions of the patched set"
+
+
+def run_stress(spec: StressSpec) -> dict:
+    topo, n = spec.topology, spec.topology.n_nodes
+    image = spec.image
+    placement = place(image, n, spec.policy)
+    check_reachable(topo, placement)
+    layout = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)), user_bytes=PAGE_SIZE)
+    sites = site_table(image)
+    plan = plan_sources(spec.source, sites, image.n_keys)
+    copies = TextCopies.build(placement, layout, image.n_pages)
+    n_tasks = READER_TASKS * n
+    ctx = mp.get_context(spec.start_method)
+    locks = Locks(*(ctx.Lock() for _ in range(6)))
+    with NodeSession(spec.start_method, n, n_tasks) as session:
+        session.open_control()
+        master = session.create("master", len(image.data))
+        mem = session.create("mem", layout.size)
+        txt = session.create("txt", text_segment_size(n, len(sites), image.n_keys, n_tasks))
+        master.array(np.uint8)[:] = image.data
+        configs = [
+            StressConfig(
+                node=node, n_nodes=n, n_tasks=n_tasks, ctl_name=session.ctl_name, mem_name=mem.name,
+                master_name=master.name, txt_name=txt.name, host_cpus=spec.host.cpus[node],
+                hosted=placement.hosted[node], table=placement.tables[node], layout=layout, copies=copies,
+                sites=sites, plan=plan, n_keys=image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
+                rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
+            )
+            for node in range(n)
+        ]
+        session.start(stress_worker_main, configs)
+        session.wait_ready()
+        t0 = time.perf_counter()
+        session.go(spec.duration_s)
+        reports = session.collect(spec.duration_s + 120.0)
+        wall = time.perf_counter() - t0
+        st = TextState(txt, n, len(sites), image.n_keys, n_tasks)
+        m = master.array(np.uint8)
+        mm = mem.array(np.uint8)
+        identical_pages = copies.mismatches(m, mm, np.arange(image.n_pages)[copies.where[:, 0] >= 0])
+        failures = [_failure_json(rec, sites) for rec in st.failure_log[: min(st.get("failures"), 10)]]
+        n_failures = st.get("failures")
+        key_problems = key_agreement(plan, st.key_count, st.site_state) if "static_keys" in plan.names else []
+        # The master's bytes agree with the committed state of every site.
+        drift = _state_drift(m, sites, st.site_state)
+        del m, mm, st
+    return {
+        "reports": reports,
+        "wall_s": wall,
+        "replica_mismatches": identical_pages,
+        "failures": failures,
+        "n_failures": n_failures,
+        "key_problems": key_problems,
+        "state_drift": drift,
+        "plan": plan,
+    }
+
+
+def _failure_json(rec, sites: SiteTable) -> dict:
+    site = int(rec["site"])
+    if site < 0:
+        return {"kind": "replica-differs", "node": int(rec["node"]), "page": -1 - site, "copy": int(rec["found"][0])}
+    L = int(sites.length[site])
+    return {
+        "kind": "unexpected-op",
+        "node": int(rec["node"]),
+        "site": site,
+        "address": hex(int(sites.offset[site])),
+        "expected": bytes(rec["expected"][:L]).hex(" "),
+        "found": bytes(rec["found"][:L]).hex(" "),
+    }
+
+
+def _state_drift(master: np.ndarray, sites: SiteTable, state: np.ndarray) -> int:
+    """Sites whose master bytes are not the encoding of their committed state."""
+    lens = sites.length.astype(np.int64)
+    width = int(lens.max())
+    idx = np.minimum(sites.offset[:, None] + np.arange(width), len(master) - 1)
+    want = sites.enc[np.arange(len(sites)), state.astype(np.int64), :width]
+    mask = np.arange(width) < lens[:, None]
+    return int(np.count_nonzero(~np.all((master[idx] == want) | ~mask, axis=1)))
