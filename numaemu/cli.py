@@ -22,7 +22,10 @@ from . import __version__
 from .coordinator import START_METHODS, RunSpec, calibrate_scale, expected_checksum, run_policy
 from .cpus import format_cpu_list, host_cpus
 from .errors import NodeFailure, UsageError
-from .image import KernelImage, synthetic_image
+from .image import ARCHES, KernelImage, synthetic_image
+from .patching import BUGS, PROTOCOLS
+from .sources import SOURCES
+from .stress import StressSpec, format_stress_summary, run_stress, stress_document
 from .memory import prune_stale
 from .placement import POLICIES, REPLICATE_SCOPES
 from .results import SCHEMA, add_speedups, format_run_table, host_metadata, policy_record, write_json
@@ -142,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
     p.add_argument("--time-scale", type=_positive_float("time-scale"), help="wall ns per emulated ns (default: calibrated)")
     p.add_argument("--verify", action="store_true", help="replay every task's requests on the master image and check what the nodes read")
+
+    p = sub.add_parser("stress", help="patch kernel text on every copy while every node executes it, and check what they observed")
+    _add_topology_options(p)
+    _add_image_options(p)
+    p.add_argument("--arch", default="x86_64", help="image variant: x86_64 (default) or arm64 (aligned 4-byte instructions)")
+    p.add_argument("--protocol", default=None, help="stop_machine, text_poke_bp (x86 default) or nosync (arm64 only; arm64 default)")
+    p.add_argument("--source", default="static_keys", help=f"what patches: {', '.join(SOURCES)} (default static_keys)")
+    p.add_argument("--policy", default="replicate", help="where the copies are: replicate (default), single or interleave")
+    p.add_argument("--duration", type=_positive_float("duration"), default=10.0, help="seconds of patching (default 10)")
+    p.add_argument("--rate", type=_positive_float("rate"), default=200.0, help="patch operations per second over all nodes (default 200)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the readers' and patchers' choices (default 0)")
+    p.add_argument("--inject-bug", default=None, metavar="NAME", help=f"plant one of the kernel's historical bugs: {', '.join(BUGS)}")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/stress-<time>.json)")
+    p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
     return parser
 
 
@@ -185,9 +202,9 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_target(path: str | None) -> str:
+def _json_target(path: str | None, command: str = "run") -> str:
     if path is None:
-        return os.path.join("results", time.strftime("run-%Y%m%d-%H%M%S.json"))
+        return os.path.join("results", time.strftime(f"{command}-%Y%m%d-%H%M%S.json"))
     if path == "-":
         return path
     p = Path(path)
@@ -199,6 +216,69 @@ def _json_target(path: str | None) -> str:
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise UsageError("--json", f"'{path}' is not writable")
     return path
+
+
+# Which bugs each protocol can have (BACKGROUND.md s.4): stop_machine has no INT3 descriptor
+# and no final sync (each node resynchronises itself); text_poke_bp has no rendezvous; nosync
+# has neither.
+BUG_PROTOCOLS = {
+    "early-master": ("stop_machine",),
+    "descriptor-reuse": ("text_poke_bp",),
+    "no-sync": PROTOCOLS,
+    "no-final-sync": ("text_poke_bp", "nosync"),
+    "key-race": PROTOCOLS,
+}
+
+
+def cmd_stress(args: argparse.Namespace) -> int:
+    _choice(args.arch, ARCHES, "--arch")
+    arm = args.arch == "arm64"
+    protocol = args.protocol or ("nosync" if arm else "text_poke_bp")
+    _choice(protocol, PROTOCOLS, "--protocol")
+    if protocol == "nosync" and not arm:
+        raise UsageError("--protocol", "nosync (single aligned 4-byte writes) is only for the arm64 image; add --arch arm64, or use text_poke_bp or stop_machine")
+    if protocol == "text_poke_bp" and arm:
+        raise UsageError("--protocol", "text_poke_bp is the x86 INT3 protocol; the arm64 image uses nosync or stop_machine")
+    _choice(args.source, SOURCES, "--source")
+    _choice(args.policy, POLICIES, "--policy")
+    if args.inject_bug is not None:
+        _choice(args.inject_bug, BUGS, "--inject-bug")
+        if protocol not in BUG_PROTOCOLS[args.inject_bug]:
+            raise UsageError("--inject-bug", f"{args.inject_bug} is a bug of {' and '.join(BUG_PROTOCOLS[args.inject_bug])}, not of {protocol}")
+        if args.inject_bug == "key-race" and args.source not in ("static_keys", "mixed"):
+            raise UsageError("--inject-bug", f"key-race is a static-key bug: use --source static_keys or mixed, not {args.source}")
+    start_method = args.start_method or mp.get_start_method()
+    _choice(start_method, START_METHODS, "--start-method")
+    json_path = _json_target(args.json_path, "stress")
+    topo, host = _topology(args)
+    image = synthetic_image(args.image_scale, arch=args.arch)
+    log = sys.stderr if json_path == "-" else sys.stdout
+    _prune(log)
+    print(
+        f"numaemu stress: {protocol}, source {args.source}, {topo.name} ({topo.n_nodes} nodes), policy {args.policy}, "
+        f"image {image.name}, {args.duration:g} s at {args.rate:g} ops/s, bug: {args.inject_bug or 'none'}",
+        file=log,
+    )
+    if host.oversubscribed:
+        print(f"oversubscribed: {topo.n_nodes} nodes share host CPUs; the checks stay exact, patch latencies are inflated", file=log)
+    spec = StressSpec(topo, host, image, args.policy, protocol, args.source, args.duration, args.rate, args.seed, args.inject_bug, start_method)
+    result = run_stress(spec)
+    doc = stress_document(spec, result)
+    doc["argv"] = sys.argv[1:]
+    doc["host"] = host_metadata()
+    doc["topology"] = topo.to_json()
+    doc["host_placement"] = host.to_json()
+    print(format_stress_summary(doc), file=log)
+    where = write_json(doc, json_path)
+    if where != "stdout":
+        print(f"wrote {where}", file=log)
+    return 0 if doc["ok"] else 1
+
+
+def _prune(log) -> None:
+    pruned = prune_stale()
+    if pruned:
+        print(f"removed {len(pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(pruned)}", file=log)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -222,9 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     duration = None if args.requests else (args.duration or 2.0)
     log = sys.stderr if json_path == "-" else sys.stdout
 
-    pruned = prune_stale()
-    if pruned:
-        print(f"removed {len(pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(pruned)}", file=log)
+    _prune(log)
 
     cpus_used = len({c for s in host.cpus for c in s})
     sharing = topo.n_nodes / cpus_used
@@ -319,7 +397,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run}
+COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run, "stress": cmd_stress}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

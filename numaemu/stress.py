@@ -270,3 +270,79 @@ def _state_drift(master: np.ndarray, sites: SiteTable, state: np.ndarray) -> int
     want = sites.enc[np.arange(len(sites)), state.astype(np.int64), :width]
     mask = np.arange(width) < lens[:, None]
     return int(np.count_nonzero(~np.all((master[idx] == want) | ~mask, axis=1)))
+
+
+def stress_document(spec: StressSpec, result: dict) -> dict:
+    """The JSON record of a stress run (see the README's JSON formats)."""
+    from .results import SCHEMA
+
+    reports = result["reports"]
+    lat = np.array([x for r in reports for x in r["latencies_us"]], dtype=np.float64)
+    examples = [e for r in reports for e in r["examples"]][:MAX_REPORTED]
+    violations = sum(r["violations"] for r in reports)
+    examples += result["failures"][: max(0, MAX_REPORTED - len(examples))]
+    violations += result["n_failures"]
+    for problem in result["key_problems"]:
+        violations += 1
+        if len(examples) < MAX_REPORTED:
+            examples.append({"kind": "key-mismatch", "detail": problem})
+    if result["state_drift"]:
+        violations += result["state_drift"]
+        examples.append({"kind": "state-drift", "detail": f"{result['state_drift']} sites hold bytes other than their committed state in the master"})
+    identical = not result["replica_mismatches"]
+    return {
+        "schema": 1 if SCHEMA == 1 else SCHEMA,
+        "command": "stress",
+        "protocol": spec.protocol,
+        "source": spec.source,
+        "policy": spec.policy,
+        "arch": spec.image.arch,
+        "image": spec.image.summary(),
+        "inject_bug": spec.bug,
+        "duration_s": spec.duration_s,
+        "rate": spec.rate,
+        "seed": spec.seed,
+        "start_method": spec.start_method,
+        "wall_s": result["wall_s"],
+        "patches_applied": sum(r["patch_calls"] for r in reports),
+        "source_ops": sum(r["source_ops"] for r in reports),
+        "sites_patched": sum(r["sites_patched"] for r in reports),
+        "executions_checked": sum(r["executions"] for r in reports),
+        "violations": violations,
+        "violation_examples": examples,
+        "replicas_identical": identical,
+        "replica_mismatches": [{"page": p, "copy": c} for p, c in result["replica_mismatches"][:MAX_REPORTED]],
+        "patch_latency_us": {
+            "median": float(np.median(lat)) if len(lat) else None,
+            "p99": float(np.percentile(lat, 99)) if len(lat) else None,
+            "max": float(lat.max()) if len(lat) else None,
+        },
+        "sync_rounds": sum(r["syncs"] for r in reports),
+        "stop_rounds": sum(r["stop_rounds"] for r in reports),
+        "int3_hits": sum(r["int3_hits"] for r in reports),
+        "unexpected_ops": sum(r["unexpected_ops"] for r in reports),
+        "ok": violations == 0 and identical,
+        "per_node": [
+            {k: r[k] for k in ("node", "pid", "cpus", "executions", "violations", "int3_hits", "flushes", "patch_calls", "sites_patched", "syncs", "unexpected_ops", "source_ops")}
+            for r in reports
+        ],
+    }
+
+
+def format_stress_summary(doc: dict) -> str:
+    lat = doc["patch_latency_us"]
+    lines = [
+        f"executions checked: {doc['executions_checked']:,} on {len(doc['per_node'])} nodes (INT3 hits {doc['int3_hits']:,})",
+        f"patch calls: {doc['patches_applied']:,} from {doc['source_ops']:,} source operations, {doc['sites_patched']:,} sites patched; "
+        f"sync rounds {doc['sync_rounds']:,}, stop_machine rounds {doc['stop_rounds']:,}",
+        "patch latency: " + (f"median {lat['median']:.0f} us, p99 {lat['p99']:.0f} us" if lat["median"] is not None else "no patch calls"),
+        f"replicas identical to the master: {'yes' if doc['replicas_identical'] else 'NO'}",
+        f"violations: {doc['violations']:,}",
+    ]
+    for e in doc["violation_examples"][:5]:
+        where = f" node {e['node']}" if "node" in e else ""
+        addr = f" at {e['address']}" if "address" in e else ""
+        seen = f": executed {e['observed']}" if "observed" in e else ""
+        lines.append(f"  {e['kind']}{where}{addr}{seen} ({e.get('detail', '')})".rstrip())
+    lines.append("OK: nothing violated" if doc["ok"] else "FAILED: see the violations above")
+    return "\n".join(lines)
