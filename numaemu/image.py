@@ -22,7 +22,7 @@ offsets everywhere in numaemu are relative to `base`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,6 +37,8 @@ __all__ = [
     "Section",
     "KernelImage",
     "synthetic_image",
+    "with_module_area",
+    "MODULE_SLOT_BYTES",
 ]
 
 PAGE_SIZE = 4096
@@ -136,6 +138,30 @@ class KernelImage:
             "static_keys": self.n_keys,
             "mapped_bytes": int(sum(len(s.pages()) for s in self.sections) * PAGE_SIZE),
         }
+
+
+MODULE_SLOT_BYTES = 16 << 10  # one loaded module's text
+MODULE_SLOTS = 4
+
+
+def with_module_area(image: KernelImage, slots: int = MODULE_SLOTS) -> KernelImage:
+    """The image plus a ``.modules`` area of `slots` module slots, empty until a module loads.
+
+    The area starts at the next 2 MiB boundary after ``.rodata`` rather than at the kernel's
+    MODULES_VADDR (0xffffffffa0000000): only its reach from the text matters (rel32 calls), and
+    this keeps the emulated span small. Placement treats it like text: ``replicate`` gives every
+    node its own copy, as Kuzin's replica-aware vmalloc does (King's series leaves modules on one
+    node).
+    """
+    end = max(s.offset + s.size for s in image.sections)
+    off = _align(end, SECTION_ALIGN)
+    size = slots * MODULE_SLOT_BYTES
+    data = np.zeros(off + size, dtype=np.uint8)
+    data[: len(image.data)] = image.data
+    data[off:] = 0 if image.arch == "arm64" else INT3
+    data.flags.writeable = False
+    area = Section(".modules", image.base + off, size)
+    return replace(image, sections=image.sections + (area,), data=data)
 
 
 def _align(x: int, a: int) -> int:

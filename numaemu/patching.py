@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .clock import spin
 from .sites import INT3, SiteTable
 from .textmem import MAX_BATCH, TextCopies, TextState
 
@@ -51,6 +52,12 @@ BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-syn
 SPIN_TRIES = 200  # polls before yielding; ~50 us of spinning
 YIELD_TRIES = 200  # sched_yield polls before sleeping
 WAIT_TIMEOUT_S = 30.0
+IPI_DELAY_NS = 100_000  # mean delay before a node notices a sync request
+# What one write of one site into one copy costs the patcher: text_poke() maps the page through
+# poking_mm, writes, unmaps and flushes the TLB entry (arch/x86/kernel/alternative.c), and
+# Kuzin's __text_poke() repeats that for every replica. About a microsecond each.
+TEXT_POKE_NS = 1_000
+POKE_CHUNK = 16  # sites written between two checks of the clock
 
 
 class PatchTimeout(RuntimeError):
@@ -112,6 +119,9 @@ class NodeKernel:
         self.me = state.nodes[node : node + 1]
         self.stats = PatchStats()
         self.unexpected = 0
+        self.idle: Callable[[], None] | None = None  # what to run while blocked on a lock
+        self.rng = np.random.default_rng([node, 0x697069])  # "ipi"
+        self._ipi_due = 0
 
     # -- waiting ------------------------------------------------------------------------------
 
@@ -138,8 +148,19 @@ class NodeKernel:
             time.sleep(20e-6)
 
     def lock(self, lock) -> None:
-        if not lock.acquire(False):
-            self.wait_for(lambda: lock.acquire(False), "a lock")
+        """Take a mutex. Like a task sleeping on a mutex, the node meanwhile runs its readers
+        (`idle`), which also take part in other nodes' syncs."""
+        if lock.acquire(False):
+            return
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while not lock.acquire(False):
+            if self.idle is not None:
+                self.idle()
+            else:
+                self.safe_point()
+                os.sched_yield()
+            if time.monotonic() > deadline:
+                raise PatchTimeout(f"node {self.node}: waited {WAIT_TIMEOUT_S:.0f} s for a lock")
 
     # -- taking part in other nodes' patches --------------------------------------------------
 
@@ -147,8 +168,15 @@ class NodeKernel:
         st = self.st
         seq = int(st.header["sync_seq"][0])
         if seq > self.me["sync_ack"][0]:
-            self.flush()
-            self.me["sync_ack"] = seq
+            # An IPI is not taken the instant it is sent: the node keeps running until it
+            # notices (interrupts off, a long instruction, wake-up). Model that delivery delay,
+            # so a protocol that does not wait for the sync really lets nodes run stale code.
+            if self._ipi_due == 0:
+                self._ipi_due = int(st.header["sync_req_ns"][0]) + int(self.rng.exponential(IPI_DELAY_NS))
+            if time.perf_counter_ns() >= self._ipi_due:
+                self.flush()
+                self.me["sync_ack"] = seq
+                self._ipi_due = 0
         stop = int(st.header["stop_seq"][0])
         if stop > self.me["stop_ack"][0]:
             self._stop_round(stop)
@@ -157,6 +185,7 @@ class NodeKernel:
 
     def sync(self, wait: bool = True) -> None:
         """Ask every node to synchronise (the IPI); with `wait`, return once all have."""
+        self.st.set("sync_req_ns", time.perf_counter_ns())
         seq = self.st.add("sync_seq")
         self.flush()
         self.me["sync_ack"] = seq
@@ -195,14 +224,29 @@ class NodeKernel:
         st.add("desc_gen")  # even: complete
         st.set("desc_live", 1)
 
+    def _poke(self, offsets: np.ndarray, values: np.ndarray, site_of_byte: np.ndarray) -> None:
+        """Write bytes site by site (chunks of POKE_CHUNK sites), charging TEXT_POKE_NS per site
+        and copy: other nodes see the sites change one after another, as they would."""
+        n_copies = self.copies.where.shape[1]
+        bounds = np.flatnonzero(np.diff(site_of_byte)) + 1
+        starts = np.concatenate([[0], bounds])
+        for i in range(0, len(starts), POKE_CHUNK):
+            lo = starts[i]
+            hi = starts[i + POKE_CHUNK] if i + POKE_CHUNK < len(starts) else len(offsets)
+            t0 = time.perf_counter_ns()
+            self.copies.write(self.master, self.mem, offsets[lo:hi], values[lo:hi])
+            n_sites = min(POKE_CHUNK, len(starts) - i)
+            spin(max(0, n_sites * n_copies * TEXT_POKE_NS - (time.perf_counter_ns() - t0)))
+
     def _apply_descriptor(self) -> None:
         """Write every entry's whole new instruction (stop_machine's patch function)."""
         d, n = self.st.desc, self.st.get("desc_count")
         sites = d["site"][:n]
         lens = self.sites.length[sites].astype(np.int64)
+        owner = np.repeat(np.arange(n), lens)
         offs = np.repeat(d["offset"][:n], lens) + _ranges(lens)
-        vals = d["new"][:n][np.repeat(np.arange(n), lens), _ranges(lens)]
-        self.copies.write(self.master, self.mem, offs, vals)
+        vals = d["new"][:n][owner, _ranges(lens)]
+        self._poke(offs, vals, owner)
 
     # -- the API the patch sources call ------------------------------------------------------
 
@@ -257,8 +301,11 @@ class NodeKernel:
         t = self.sites
         new = t.enc[sites, new_states]  # [n, 8]
         if self.protocol == "nosync":
+            n_copies = self.copies.where.shape[1]
             for s, row in zip(sites, new):
+                t0 = time.perf_counter_ns()
                 self.copies.write_word(self.master, self.mem, int(t.offset[s]), bytes(row[:4]))
+                spin(max(0, n_copies * TEXT_POKE_NS - (time.perf_counter_ns() - t0)))
             if self.bug != "no-sync":
                 self.sync(wait=self.bug != "no-final-sync")
             return
@@ -272,17 +319,19 @@ class NodeKernel:
         # text_poke_bp
         offs = t.offset[sites]
         lens = t.length[sites].astype(np.int64)
-        self.copies.write(self.master, self.mem, offs, np.full(len(sites), INT3, dtype=np.uint8))
+        each = np.arange(len(sites))
+        self._poke(offs, np.full(len(sites), INT3, dtype=np.uint8), each)
         if self.bug != "no-sync":
             self.sync()
         tail = lens > 1
         if np.any(tail):
             tl = lens[tail] - 1
+            owner = np.repeat(each[tail], tl)
             toffs = np.repeat(offs[tail], tl) + _ranges(tl) + 1
-            tvals = new[tail][np.repeat(np.arange(int(tail.sum())), tl), _ranges(tl) + 1]
-            self.copies.write(self.master, self.mem, toffs, tvals)
+            tvals = new[owner, _ranges(tl) + 1]
+            self._poke(toffs, tvals, owner)
             self.sync()
-        self.copies.write(self.master, self.mem, offs, new[:, 0].copy())
+        self._poke(offs, new[:, 0].copy(), each)
         self.sync(wait=self.bug != "no-final-sync")
         self.st.set("desc_live", 0)  # drop the patcher's reference
         if self.bug != "descriptor-reuse":

@@ -24,13 +24,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image import ARM64_NOP, NOP2, NOP5, KernelImage
+from .image import ARM64_NOP, MODULE_SLOT_BYTES, NOP2, NOP5, KernelImage
 
 __all__ = [
     "INT3",
     "MAX_INSN",
     "KIND_JUMP",
     "KIND_FTRACE",
+    "KIND_ALT",
+    "MODULE_FUNCS",
+    "MODULE_FUNC_BYTES",
     "FTRACE_OFF",
     "FTRACE_CALLER",
     "FTRACE_BPF",
@@ -41,7 +44,13 @@ __all__ = [
 
 INT3 = 0xCC
 MAX_INSN = 8  # encodings are stored in 8-byte rows
-KIND_JUMP, KIND_FTRACE = 0, 1
+KIND_JUMP, KIND_FTRACE, KIND_ALT = 0, 1, 2
+MODULE_FUNCS = 32  # functions per module
+MODULE_FUNC_BYTES = MODULE_SLOT_BYTES // MODULE_FUNCS
+SITES_PER_MODULE_FUNC = 3  # ftrace entry, a jump label, an alternative
+NOP3 = bytes.fromhex("0f1f00")
+LFENCE = bytes.fromhex("0faee8")  # the alternative applied on load (X86_FEATURE_LFENCE_RDTSC)
+ARM64_DMB_ISH = bytes.fromhex("bf3b03d5")
 FTRACE_OFF, FTRACE_CALLER, FTRACE_BPF, FTRACE_KLP = 0, 1, 2, 3
 N_STATES = 4
 
@@ -56,13 +65,21 @@ class SiteTable:
     function: np.ndarray  # int32: enclosing function
     n_states: np.ndarray  # int8: 2 for jump sites, 4 for ftrace sites
     enc: np.ndarray  # uint8 [site, state, MAX_INSN]: the encodings, zero-padded
-    n_jump: int  # sites [0, n_jump) are jump labels, the rest ftrace entries in function order
+    n_jump: int  # sites [0, n_jump) are jump labels, then ftrace entries in function order
+    n_core: int  # sites [n_core, len) belong to module slots (SITES_PER_MODULE_FUNC per function)
+    module_slots: int
 
     def __len__(self) -> int:
         return len(self.offset)
 
     def ftrace_site(self, function: int) -> int:
         return self.n_jump + function
+
+    def module_sites(self, slot: int, kind: int | None = None) -> np.ndarray:
+        """Site indices of module slot `slot` (of one kind: KIND_FTRACE, KIND_JUMP, KIND_ALT)."""
+        per = MODULE_FUNCS * SITES_PER_MODULE_FUNC
+        idx = np.arange(self.n_core + slot * per, self.n_core + (slot + 1) * per)
+        return idx if kind is None else idx[self.kind[idx] == kind]
 
     def encoding(self, site: int, state: int) -> bytes:
         return bytes(self.enc[site, state, : self.length[site]])
@@ -123,4 +140,45 @@ def site_table(image: KernelImage) -> SiteTable:
         for st, tramp in zip((FTRACE_CALLER, FTRACE_BPF, FTRACE_KLP), trampolines):
             enc[nj:, st, 0] = 0xE8
             enc[nj:, st, 1:5] = _le(tramp - (funcs + 5), 4)
-    return SiteTable(image.arch, offset, length, kind, key, function, n_states, enc, nj)
+    n_core = n
+    mod = [sec for sec in image.sections if sec.name == ".modules"]
+    slots = mod[0].size // MODULE_SLOT_BYTES if mod else 0
+    if slots:
+        arm = image.arch == "arm64"
+        fstart = (mod[0].offset + np.arange(slots * MODULE_FUNCS) * MODULE_FUNC_BYTES).astype(np.int64)
+        m = len(fstart)
+        moff = np.stack([fstart, fstart + 16, fstart + 32], axis=1).reshape(-1)
+        mkind = np.tile([KIND_FTRACE, KIND_JUMP, KIND_ALT], m).astype(np.int8)
+        jlen = np.full(m, 4) if arm else np.where(np.arange(m) % 2 == 0, 2, 5)
+        mlen = np.stack([np.full(m, 4 if arm else 5), jlen, np.full(m, 4 if arm else 3)], axis=1).reshape(-1).astype(np.int8)
+        menc = np.zeros((3 * m, N_STATES, MAX_INSN), dtype=np.uint8)
+        f_i, j_i, a_i = np.arange(0, 3 * m, 3), np.arange(1, 3 * m, 3), np.arange(2, 3 * m, 3)
+        jsite, jtarget = fstart + 16, fstart + 64
+        if arm:
+            menc[:, 0, :4] = np.frombuffer(ARM64_NOP, dtype=np.uint8)
+            for st, tramp in zip((FTRACE_CALLER, FTRACE_BPF, FTRACE_KLP), trampolines):
+                menc[f_i, st, :4] = _le(0x94000000 | (((tramp - fstart) // 4) & 0x3FFFFFF), 4)
+            menc[j_i, 1, :4] = _le(0x14000000 | (((jtarget - jsite) // 4) & 0x3FFFFFF), 4)
+            menc[a_i, 1, :4] = np.frombuffer(ARM64_DMB_ISH, dtype=np.uint8)
+        else:
+            menc[f_i, 0, :5] = np.frombuffer(NOP5, dtype=np.uint8)
+            for st, tramp in zip((FTRACE_CALLER, FTRACE_BPF, FTRACE_KLP), trampolines):
+                menc[f_i, st, 0] = 0xE8
+                menc[f_i, st, 1:5] = _le(tramp - (fstart + 5), 4)
+            two = jlen == 2
+            menc[j_i[two], 0, :2] = np.frombuffer(NOP2, dtype=np.uint8)
+            menc[j_i[two], 1, 0] = 0xEB
+            menc[j_i[two], 1, 1] = _le(jtarget[two] - (jsite[two] + 2), 1)[:, 0]
+            menc[j_i[~two], 0, :5] = np.frombuffer(NOP5, dtype=np.uint8)
+            menc[j_i[~two], 1, 0] = 0xE9
+            menc[j_i[~two], 1, 1:5] = _le(jtarget[~two] - (jsite[~two] + 5), 4)
+            menc[a_i, 0, :3] = np.frombuffer(NOP3, dtype=np.uint8)
+            menc[a_i, 1, :3] = np.frombuffer(LFENCE, dtype=np.uint8)
+        offset = np.concatenate([offset, moff])
+        length = np.concatenate([length, mlen])
+        kind = np.concatenate([kind, mkind])
+        key = np.concatenate([key, np.full(3 * m, -1, dtype=np.int32)])
+        function = np.concatenate([function, np.full(3 * m, -1, dtype=np.int32)])
+        n_states = np.concatenate([n_states, np.where(mkind == KIND_FTRACE, N_STATES, 2).astype(np.int8)])
+        enc = np.concatenate([enc, menc])
+    return SiteTable(image.arch, offset, length, kind, key, function, n_states, enc, nj, n_core, slots)

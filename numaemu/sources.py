@@ -13,6 +13,9 @@ between nodes lives in the ``txt`` segment (site states, key counts, livepatch t
   and the count and the code disagree (the next patch finds unexpected bytes).
 - ``ftrace``: enable tracing on a random filter of functions or on all of them, and disable it:
   NOP5 <-> ``call ftrace_caller``, old bytes of every site verified before the batched write.
+- ``module``: load a module into a free slot of the module area (its text written to the master and
+  placed per the policy, its alternatives applied before it is live, its ftrace and jump-label
+  sites set to the current global state), let the readers run its code, unload it.
 - ``bpf``: attach and detach a trampoline at one function's ftrace site (NOP5 <-> ``call``).
 - ``livepatch``: redirect a set of functions through the livepatch handler; each reader task
   switches to the new version only at a safe point between its requests, and only once every
@@ -28,12 +31,13 @@ import numpy as np
 
 from .clock import spin
 from .patching import NodeKernel
-from .sites import FTRACE_BPF, FTRACE_CALLER, FTRACE_KLP, FTRACE_OFF, SiteTable
+from .image import MODULE_SLOT_BYTES
+from .sites import FTRACE_BPF, FTRACE_CALLER, FTRACE_KLP, FTRACE_OFF, INT3, KIND_ALT, KIND_FTRACE, KIND_JUMP, SiteTable
 from .textmem import TextState
 
 __all__ = ["SOURCES", "SourcePlan", "plan_sources", "NodeSource", "key_agreement"]
 
-SOURCES = ("static_keys", "ftrace", "bpf", "livepatch", "mixed")
+SOURCES = ("static_keys", "ftrace", "module", "bpf", "livepatch", "mixed")
 HOT_KEYS = 8
 MAX_KEY_SITES = 300
 FTRACE_FILTER = 400  # functions in one random filter
@@ -54,6 +58,8 @@ class SourcePlan:
     ftrace_sites: np.ndarray  # ftrace-managed sites (excluding bpf and livepatch ones)
     bpf_site: int
     klp_sites: np.ndarray
+    module_sites: np.ndarray  # every site of every module slot
+    module_jump_key: np.ndarray  # per module site: index into `keys` of its static key (-1: none)
 
     def hot_sites(self) -> np.ndarray:
         parts = []
@@ -65,19 +71,25 @@ class SourcePlan:
             parts.append(np.array([self.bpf_site]))
         if "livepatch" in self.names:
             parts.append(self.klp_sites)
+        parts.append(np.zeros(0, dtype=np.int64))
         return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
 def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
-    names = ("static_keys", "ftrace", "bpf", "livepatch") if source == "mixed" else (source,)
+    names = ("static_keys", "ftrace", "module", "bpf", "livepatch") if source == "mixed" else (source,)
     counts = np.bincount(sites.key[: sites.n_jump], minlength=n_keys)
     candidates = np.flatnonzero((counts > 0) & (counts <= MAX_KEY_SITES))
     keys = candidates[np.argsort(-counts[candidates], kind="stable")][:HOT_KEYS]
-    n_funcs = len(sites) - sites.n_jump
+    n_funcs = sites.n_core - sites.n_jump
     bpf_func = min(100, n_funcs - 1)
     klp_funcs = np.arange(200, 200 + LIVEPATCH_FUNCS) % n_funcs
     excluded = set(range(RESERVED_FUNCS)) | {bpf_func} | set(klp_funcs.tolist())
     ftrace_funcs = np.array([f for f in range(n_funcs) if f not in excluded], dtype=np.int64)
+    module_sites = np.concatenate([sites.module_sites(slot) for slot in range(sites.module_slots)] or [np.zeros(0, np.int64)])
+    jump_rank = np.cumsum(sites.kind[module_sites] == KIND_JUMP) - 1
+    module_jump_key = np.where(sites.kind[module_sites] == KIND_JUMP, jump_rank % max(1, len(keys)), -1)
+    if len(keys) == 0:
+        module_jump_key[:] = -1
     return SourcePlan(
         names=names,
         keys=keys.astype(np.int64),
@@ -85,6 +97,8 @@ def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
         ftrace_sites=sites.n_jump + ftrace_funcs,
         bpf_site=sites.n_jump + bpf_func,
         klp_sites=sites.n_jump + klp_funcs,
+        module_sites=module_sites.astype(np.int64),
+        module_jump_key=module_jump_key.astype(np.int64),
     )
 
 
@@ -127,8 +141,13 @@ class NodeSource:
         self.st.key_count[k] = before + delta
         return before
 
+    def _sites_of_key(self, i: int) -> np.ndarray:
+        """The key's use sites: in the core image and in every module that is loaded."""
+        mod = self.plan.module_sites[self.plan.module_jump_key == i]
+        return np.concatenate([self.plan.key_sites[i], mod[self.st.site_live[mod] == 1]])
+
     def _key_inc(self, i: int) -> None:
-        sites = self.plan.key_sites[i]
+        sites = self._sites_of_key(i)
         if self.key_race:
             before = self._key_update(i, +1)
             if before == 0:
@@ -140,6 +159,7 @@ class NodeSource:
         else:
             self.k.lock(self.k.locks.jump_label)
             try:
+                sites = self._sites_of_key(i)  # under the lock: no module comes or goes meanwhile
                 if int(self.st.key_count[int(self.plan.keys[i])]) == 0:
                     self.k.patch(sites, np.zeros(len(sites), np.int64), np.ones(len(sites), np.int64))
                 self._key_update(i, +1)
@@ -148,7 +168,7 @@ class NodeSource:
         self.held[i] += 1
 
     def _key_dec(self, i: int) -> None:
-        sites = self.plan.key_sites[i]
+        sites = self._sites_of_key(i)
         if self.key_race:
             before = self._key_update(i, -1)
             if before == 1:
@@ -160,6 +180,7 @@ class NodeSource:
         else:
             self.k.lock(self.k.locks.jump_label)
             try:
+                sites = self._sites_of_key(i)
                 if self._key_update(i, -1) == 1:
                     self.k.patch(sites, np.ones(len(sites), np.int64), np.zeros(len(sites), np.int64))
             finally:
@@ -173,19 +194,26 @@ class NodeSource:
         self.k.lock(self.k.locks.ftrace)
         try:
             state = self.st.site_state[sites]
-            on = sites[state == FTRACE_CALLER]
+            on = np.concatenate([sites[state == FTRACE_CALLER], self._live_module_ftrace(FTRACE_CALLER)])
             if len(on) and self.rng.random() < 0.5:
                 self.k.patch(on, np.full(len(on), FTRACE_CALLER), np.full(len(on), FTRACE_OFF))
+                self.st.set("ftrace_all", 0)
                 return
             self.ftrace_enables += 1
             if self.ftrace_enables % FTRACE_ALL_EVERY == 0:
-                target = sites[state == FTRACE_OFF]
+                target = np.concatenate([sites[state == FTRACE_OFF], self._live_module_ftrace(FTRACE_OFF)])
+                self.st.set("ftrace_all", 1)
             else:
                 pick = self.rng.choice(len(sites), size=min(FTRACE_FILTER, len(sites)), replace=False)
                 target = sites[pick][state[pick] == FTRACE_OFF]
             self.k.patch(target, np.full(len(target), FTRACE_OFF), np.full(len(target), FTRACE_CALLER))
         finally:
             self.k.locks.ftrace.release()
+
+    def _live_module_ftrace(self, state: int) -> np.ndarray:
+        mod = self.plan.module_sites
+        mod = mod[(self.k.sites.kind[mod] == KIND_FTRACE) & (self.st.site_live[mod] == 1)]
+        return mod[self.st.site_state[mod] == state]
 
     def _bpf(self) -> None:
         s = np.array([self.plan.bpf_site])
@@ -229,6 +257,78 @@ class NodeSource:
         finally:
             self.k.locks.klp.release()
 
+    # -- modules -----------------------------------------------------------------------------
+
+    def _module(self) -> None:
+        """Load a module into a free slot, or unload a loaded one (kernel/module/main.c)."""
+        t = self.k.sites
+        if t.module_slots == 0:
+            return
+        locks = self.k.locks
+        for lk in (locks.module, locks.jump_label, locks.ftrace):  # module -> jump_label -> ftrace
+            self.k.lock(lk)
+        try:
+            live = [bool(self.st.site_live[t.module_sites(s)[0]]) for s in range(t.module_slots)]
+            free = [s for s in range(t.module_slots) if not live[s]]
+            loaded = [s for s in range(t.module_slots) if live[s]]
+            if free and (not loaded or self.rng.random() < 0.5):
+                self._load(free[int(self.rng.integers(len(free)))])
+            else:
+                self._unload(loaded[int(self.rng.integers(len(loaded)))])
+        finally:
+            for lk in (locks.ftrace, locks.jump_label, locks.module):
+                lk.release()
+
+    def _slot_range(self, slot: int) -> np.ndarray:
+        first = int(self.k.sites.offset[self.k.sites.module_sites(slot)[0]])
+        return np.arange(first, first + MODULE_SLOT_BYTES, dtype=np.int64)
+
+    def _load(self, slot: int) -> None:
+        t, st = self.k.sites, self.st
+        gen = st.add("module_gen")
+        sites = t.module_sites(slot)
+        body = np.random.default_rng([gen, slot, 0x6D6F64]).integers(0, 256, MODULE_SLOT_BYTES, dtype=np.uint8)
+        base = int(t.offset[sites[0]])
+        # Its sites start as the rest of the kernel is now: traced if every function is traced,
+        # jump labels as their keys are (ftrace_module_enable, jump_label_add_module).
+        states = np.zeros(len(sites), dtype=np.int64)
+        kinds = t.kind[sites]
+        if st.get("ftrace_all") == 1:
+            states[kinds == KIND_FTRACE] = FTRACE_CALLER
+        keys = self.plan.module_jump_key[self.plan.module_sites.searchsorted(sites)]
+        jump = kinds == KIND_JUMP
+        counts = st.key_count[self.plan.keys[np.maximum(keys, 0)]] if len(self.plan.keys) else np.zeros(len(sites))
+        states[jump & (keys >= 0)] = (counts[jump & (keys >= 0)] > 0).astype(np.int64)
+        for s, state in zip(sites, states):
+            o, L = int(t.offset[s]) - base, int(t.length[s])
+            body[o : o + L] = t.enc[s, 0 if kinds[sites.searchsorted(s)] == KIND_ALT else state, :L]
+        # Alternatives are applied to the new text before it is live (apply_alternatives()).
+        for s in sites[kinds == KIND_ALT]:
+            o, L = int(t.offset[s]) - base, int(t.length[s])
+            body[o : o + L] = t.enc[s, 1, :L]
+        states[kinds == KIND_ALT] = 1
+        self._write_slot(slot, body)
+        st.site_state[sites] = states
+        st.site_live[sites] = 1
+
+    def _unload(self, slot: int) -> None:
+        sites = self.k.sites.module_sites(slot)
+        self.st.site_live[sites] = 0
+        fill = 0 if self.k.sites.arch == "arm64" else INT3
+        self._write_slot(slot, np.full(MODULE_SLOT_BYTES, fill, dtype=np.uint8))
+
+    def _write_slot(self, slot: int, body: np.ndarray) -> None:
+        """Write a module slot in the master and every copy, then sync, so that no node still
+        runs (or holds prefetched) the slot's old contents."""
+        k = self.k
+        k.lock(k.locks.text_mutex)
+        try:
+            k.sync()  # nobody is mid-way through a batch that chose the slot's sites
+            k.copies.write(k.master, k.mem, self._slot_range(slot), body)
+            k.sync()  # and nobody holds its old lines
+        finally:
+            k.locks.text_mutex.release()
+
     def finish(self) -> None:
         """Drop every static-key reference this node holds."""
         for i in range(len(self.held)):
@@ -236,13 +336,16 @@ class NodeSource:
                 self._key_dec(i)
 
 
-def key_agreement(plan: SourcePlan, key_count: np.ndarray, site_state: np.ndarray) -> list[str]:
-    """After every node dropped its references: each hot key's count must be 0 and each of its
-    sites NOP; and at any quiescent moment, count > 0 iff the sites jump."""
+def key_agreement(plan: SourcePlan, key_count: np.ndarray, site_state: np.ndarray, site_live: np.ndarray) -> list[str]:
+    """Once every node has dropped its references, every hot key's count must be 0 and each of
+    its use sites (in the core image and in loaded modules) a NOP: the count and the code agree."""
     problems = []
-    for k, sites in zip(plan.keys, plan.key_sites):
+    for i, (k, core) in enumerate(zip(plan.keys, plan.key_sites)):
+        mod = plan.module_sites[plan.module_jump_key == i]
+        sites = np.concatenate([core, mod[site_live[mod] == 1]])
         count = int(key_count[k])
         states = set(site_state[sites].tolist())
         if count != 0 or states != {0}:
-            problems.append(f"static key {int(k)}: count {count} but its {len(sites)} sites are {'/'.join(['NOP', 'JMP'][s] for s in sorted(states))} after every reference was dropped")
+            code = "/".join(["NOP", "JMP"][s] for s in sorted(states))
+            problems.append(f"static key {int(k)}: count {count} but its {len(sites)} sites are {code} after every reference was dropped")
     return problems

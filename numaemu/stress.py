@@ -23,7 +23,7 @@ import numpy as np
 from .coordinator import NodeSession, check_reachable
 from .cpus import pin_to
 from .fetch import Reader, check_batch
-from .image import PAGE_SIZE, KernelImage
+from .image import PAGE_SIZE, KernelImage, with_module_area
 from .memory import MemoryLayout
 from .patching import Locks, NodeKernel
 from .placement import PageTable, place
@@ -88,7 +88,7 @@ def stress_worker_main(cfg: StressConfig, conn) -> None:
 
 
 def _stress_body(nc: NodeContext) -> dict:
-    cfg, ctl = nc.cfg, nc.ctl
+    cfg = nc.cfg
     mem_seg, master_seg, txt_seg = nc.attach(cfg.mem_name), nc.attach(cfg.master_name), nc.attach(cfg.txt_name)
     cpus = pin_to(cfg.host_cpus)
     nc.phase("fill")
@@ -105,18 +105,13 @@ def _stress_body(nc: NodeContext) -> dict:
     reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point)
     rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273])  # "strs"
     source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")
-    hot = cfg.plan.hot_sites()
-    klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
-    n_sites = len(cfg.sites)
+    readers = ReaderTasks(cfg, st, reader, rng)
+    kernel.idle = readers.run_batch  # a node waiting for a lock runs its readers meanwhile
     start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))
 
     nc.phase("run")
     interval = int(1e9 * cfg.n_nodes / cfg.rate)
     next_op = start_ns + interval * cfg.node // cfg.n_nodes
-    executions = violations = batches = 0
-    examples: list[dict] = []
-    task = 0
-    me = st.nodes[cfg.node : cfg.node + 1]
     while True:
         now = time.perf_counter_ns()
         if now >= end_ns:
@@ -127,46 +122,23 @@ def _stress_body(nc: NodeContext) -> dict:
             next_op += interval
             if next_op < now:  # fell behind (a slow patch): do not burst to catch up
                 next_op = now + interval
-        # A reader task's request: its livepatch set first (one consistent version), then a mix
-        # of the source's sites and any site of the image.
-        t = cfg.node * READER_TASKS + task
-        task = (task + 1) % READER_TASKS
-        if klp is not None:
-            st.task_klp[t] = st.get("klp_target")  # switch only here, between requests
-        n_hot = int(BATCH_SITES * HOT_SHARE)
-        batch = np.concatenate([
-            klp if klp is not None else np.zeros(0, np.int64),
-            hot[rng.integers(0, len(hot), n_hot)],
-            rng.integers(0, n_sites, BATCH_SITES - n_hot),
-        ])
-        obs = reader.execute(batch)
-        bad, found = check_batch(obs, cfg.sites, cfg.node, MAX_REPORTED - len(examples))
-        if klp is not None:
-            mix = _livepatch_mix(obs, cfg.sites, len(klp), int(st.task_klp[t]))
-            if mix:
-                bad += 1
-                if len(examples) < MAX_REPORTED:
-                    examples.append({"kind": "livepatch-mix", "node": cfg.node, "task": t, "detail": mix})
-        executions += len(batch)
-        violations += bad
-        examples += [v.to_json() for v in found]
-        batches += 1
-        if batches % 256 == 0:
+        readers.run_batch()
+        if readers.batches % 256 == 0:
             nc.check_alive()
 
     # Wind down: drop what this node holds, then keep answering syncs until every node is done.
     source.finish()
-    me["pad"] = b"\x01" + b"\x00" * 39  # done flag: first byte of the slot's padding
-    done = lambda: all(bytes(x)[0] == 1 for x in st.nodes["pad"])  # noqa: E731
-    kernel.wait_for(done, "the other nodes to finish")
+    kernel.idle = None
+    st.nodes["done"][cfg.node] = 1
+    kernel.wait_for(lambda: bool(np.all(st.nodes["done"] == 1)), "the other nodes to finish")
     lat = np.array(kernel.stats.latencies_ns, dtype=np.float64) / 1e3
     return {
         "node": cfg.node,
         "pid": os.getpid(),
         "cpus": list(cpus),
-        "executions": executions,
-        "violations": violations,
-        "examples": examples,
+        "executions": readers.executions,
+        "violations": readers.violations,
+        "examples": readers.examples,
         "int3_hits": reader.int3_hits,
         "flushes": reader.flushes,
         "patch_calls": kernel.stats.calls,
@@ -179,6 +151,60 @@ def _stress_body(nc: NodeContext) -> dict:
     }
 
 
+class ReaderTasks:
+    """The node's reader tasks: each batch is one task's request: its livepatch set first (one
+    consistent version), then sites the source patches, then any site of the image."""
+
+    def __init__(self, cfg: StressConfig, st: TextState, reader: Reader, rng: np.random.Generator) -> None:
+        self.cfg, self.st, self.reader, self.rng = cfg, st, reader, rng
+        self.hot = cfg.plan.hot_sites()
+        self.klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
+        self.mod_sites = cfg.plan.module_sites if "module" in cfg.plan.names else np.zeros(0, np.int64)
+        self.task = 0
+        self.recent = [np.zeros(0, np.int64) for _ in range(READER_TASKS)]
+        self.executions = self.violations = self.batches = 0
+        self.examples: list[dict] = []
+
+    def run_batch(self) -> None:
+        cfg, st, rng = self.cfg, self.st, self.rng
+        self.reader.safe_point()
+        t = cfg.node * READER_TASKS + self.task
+        self.task = (self.task + 1) % READER_TASKS
+        if self.klp is not None:
+            st.task_klp[t] = st.get("klp_target")  # a task switches only here, between requests
+        hot = self.hot
+        if len(self.mod_sites):  # modules' sites only while they are loaded
+            live = self.mod_sites[st.site_live[self.mod_sites] == 1]
+            hot = np.concatenate([hot, live])
+        n_hot = int(BATCH_SITES * HOT_SHARE) if len(hot) else 0
+        picked = hot[rng.integers(0, len(hot), n_hot)] if n_hot else np.zeros(0, np.int64)
+        # Locality, as in real code paths: a task re-executes half of the sites it ran in its
+        # previous request (so its instruction buffer keeps serving them).
+        prev = self.recent[t % READER_TASKS]
+        if len(prev) and n_hot:
+            keep = prev[rng.integers(0, len(prev), n_hot // 2)]
+            if len(self.mod_sites):
+                keep = keep[(keep < cfg.sites.n_core) | (st.site_live[keep] == 1)]
+            picked = np.concatenate([keep, picked[: n_hot - len(keep)]])
+        self.recent[t % READER_TASKS] = picked
+        batch = np.concatenate([
+            self.klp if self.klp is not None else np.zeros(0, np.int64),
+            picked,
+            rng.integers(0, cfg.sites.n_core, BATCH_SITES - len(picked)),
+        ])
+        obs = self.reader.execute(batch)
+        room = MAX_REPORTED - len(self.examples)
+        bad, found = check_batch(obs, cfg.sites, cfg.node, room)
+        if self.klp is not None and _livepatch_mix(obs, cfg.sites, len(self.klp), int(st.task_klp[t])):
+            bad += 1
+            if len(self.examples) < MAX_REPORTED:
+                self.examples.append({"kind": "livepatch-mix", "node": cfg.node, "task": t, "detail": "one request ran old and new versions of the patched set"})
+        self.executions += len(batch)
+        self.violations += bad
+        self.examples += [v.to_json() for v in found][: max(0, MAX_REPORTED - len(self.examples))]
+        self.batches += 1
+
+
 def _livepatch_mix(obs, sites: SiteTable, n_klp: int, task_state: int) -> str:
     """The livepatch set is the first `n_klp` sites of the batch: which version of each
     function ran? Site NOP: the old one; site -> handler: the task's version."""
@@ -188,12 +214,12 @@ def _livepatch_mix(obs, sites: SiteTable, n_klp: int, task_state: int) -> str:
         if state is None:
             continue  # torn: already a violation of its own
         versions.add(task_state if state == FTRACE_KLP else 0)
-    return "" if len(versions) <= 1 else "one request ran old and new versions of the patched set"
+    return "mix" if len(versions) > 1 else ""
 
 
 def run_stress(spec: StressSpec) -> dict:
     topo, n = spec.topology, spec.topology.n_nodes
-    image = spec.image
+    image = with_module_area(spec.image)
     placement = place(image, n, spec.policy)
     check_reachable(topo, placement)
     layout = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)), user_bytes=PAGE_SIZE)
@@ -231,9 +257,9 @@ def run_stress(spec: StressSpec) -> dict:
         identical_pages = copies.mismatches(m, mm, np.arange(image.n_pages)[copies.where[:, 0] >= 0])
         failures = [_failure_json(rec, sites) for rec in st.failure_log[: min(st.get("failures"), 10)]]
         n_failures = st.get("failures")
-        key_problems = key_agreement(plan, st.key_count, st.site_state) if "static_keys" in plan.names else []
+        key_problems = key_agreement(plan, st.key_count, st.site_state, st.site_live) if "static_keys" in plan.names else []
         # The master's bytes agree with the committed state of every site.
-        drift = _state_drift(m, sites, st.site_state)
+        drift = _state_drift(m, sites, st.site_state, st.site_live)
         del m, mm, st
     return {
         "reports": reports,
@@ -262,12 +288,14 @@ def _failure_json(rec, sites: SiteTable) -> dict:
     }
 
 
-def _state_drift(master: np.ndarray, sites: SiteTable, state: np.ndarray) -> int:
-    """Sites whose master bytes are not the encoding of their committed state."""
-    lens = sites.length.astype(np.int64)
+def _state_drift(master: np.ndarray, sites: SiteTable, state: np.ndarray, live: np.ndarray) -> int:
+    """Sites (of the core image, and of loaded modules) whose master bytes are not the encoding
+    of their committed state."""
+    which = np.concatenate([np.arange(sites.n_core), sites.n_core + np.flatnonzero(live[sites.n_core :])])
+    lens = sites.length[which].astype(np.int64)
     width = int(lens.max())
-    idx = np.minimum(sites.offset[:, None] + np.arange(width), len(master) - 1)
-    want = sites.enc[np.arange(len(sites)), state.astype(np.int64), :width]
+    idx = np.minimum(sites.offset[which][:, None] + np.arange(width), len(master) - 1)
+    want = sites.enc[which, state[which].astype(np.int64), :width]
     mask = np.arange(width) < lens[:, None]
     return int(np.count_nonzero(~np.all((master[idx] == want) | ~mask, axis=1)))
 

@@ -51,7 +51,9 @@ TXT_HEADER = np.dtype(
         ("failures", "<i8"),
         ("klp_target", "<i8"),  # livepatch: state every task is moving to
         ("module_gen", "<i8"),
-        ("pad", "V40"),
+        ("ftrace_all", "<i8"),  # 1 while every function is traced (newly loaded modules too)
+        ("sync_req_ns", "<i8"),  # when the last sync was requested (perf_counter_ns)
+        ("pad", "V24"),
     ]
 )
 TXT_NODE = np.dtype(
@@ -59,7 +61,8 @@ TXT_NODE = np.dtype(
         ("sync_ack", "<i8"),  # last sync this node took part in
         ("stop_ack", "<i8"),  # last stop_machine round this node left
         ("in_int3", "<i8"),  # references this node holds on the descriptor (inside its INT3 handler)
-        ("pad", "V40"),
+        ("done", "<i8"),  # 1 once the node stopped patching and dropped what it held
+        ("pad", "V32"),
     ]
 )
 TXT_DESC = np.dtype(
