@@ -143,8 +143,8 @@ class Reader:
 
     def _int3(self, sites: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """poke_int3_handler: take a reference, find the site, emulate its new instruction."""
-        st, me = self.st, self.st.nodes[self.node : self.node + 1]
-        me["in_int3"] += 1
+        st, node = self.st, self.node
+        st.node_set(node, "in_int3", st.node_get(node, "in_int3") + 1)
         try:
             live = st.get("desc_live") == 1
             gen = st.get("desc_gen")
@@ -158,12 +158,11 @@ class Reader:
                 if time.perf_counter_ns() >= end:
                     break
             n = st.get("desc_count")
-            d = st.desc
-            offs = d["offset"][:n].copy()
-            new = d["new"][:n].copy()
+            offs = st.desc_offset[:n].copy()
+            new = st.desc_new[:n].copy()
             same = st.get("desc_gen") == gen and gen % 2 == 0
         finally:
-            me["in_int3"] -= 1
+            st.node_set(node, "in_int3", st.node_get(node, "in_int3") - 1)
         want = self.sites.offset[sites]
         idx = np.minimum(np.searchsorted(offs, want), max(n - 1, 0))
         found = (offs[idx] == want) if n else np.zeros(len(sites), dtype=bool)

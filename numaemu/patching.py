@@ -58,6 +58,7 @@ IPI_DELAY_NS = 100_000  # mean delay before a node notices a sync request
 # Kuzin's __text_poke() repeats that for every replica. About a microsecond each.
 TEXT_POKE_NS = 1_000
 POKE_CHUNK = 16  # sites written between two checks of the clock
+SMALL_WRITE = 40  # bytes: below this, writes and checks take a scalar path (no numpy calls)
 
 
 class PatchTimeout(RuntimeError):
@@ -102,6 +103,8 @@ class NodeKernel:
         shared_core: bool,
         flush: Callable[[], None],
         check_alive: Callable[[], None] = lambda: None,
+        ipi_delay_ns: int = IPI_DELAY_NS,
+        text_poke_ns: int = TEXT_POKE_NS,
     ) -> None:
         self.node = node
         self.n_nodes = n_nodes
@@ -116,11 +119,14 @@ class NodeKernel:
         self.shared_core = shared_core
         self.flush = flush
         self.check_alive = check_alive
-        self.me = state.nodes[node : node + 1]
+        self.master_mv = memoryview(master)
+        self.mem_mv = memoryview(mem)
         self.stats = PatchStats()
         self.unexpected = 0
         self.idle: Callable[[], None] | None = None  # what to run while blocked on a lock
         self.rng = np.random.default_rng([node, 0x697069])  # "ipi"
+        self.ipi_delay_ns = ipi_delay_ns
+        self.text_poke_ns = text_poke_ns
         self._ipi_due = 0
 
     # -- waiting ------------------------------------------------------------------------------
@@ -165,20 +171,21 @@ class NodeKernel:
     # -- taking part in other nodes' patches --------------------------------------------------
 
     def safe_point(self) -> None:
-        st = self.st
-        seq = int(st.header["sync_seq"][0])
-        if seq > self.me["sync_ack"][0]:
+        st, node = self.st, self.node
+        seq = st.get("sync_seq")
+        if seq > st.node_get(node, "sync_ack"):
             # An IPI is not taken the instant it is sent: the node keeps running until it
             # notices (interrupts off, a long instruction, wake-up). Model that delivery delay,
             # so a protocol that does not wait for the sync really lets nodes run stale code.
             if self._ipi_due == 0:
-                self._ipi_due = int(st.header["sync_req_ns"][0]) + int(self.rng.exponential(IPI_DELAY_NS))
+                delay = int(self.rng.exponential(self.ipi_delay_ns)) if self.ipi_delay_ns else 0
+                self._ipi_due = st.get("sync_req_ns") + delay
             if time.perf_counter_ns() >= self._ipi_due:
                 self.flush()
-                self.me["sync_ack"] = seq
+                st.node_set(node, "sync_ack", seq)
                 self._ipi_due = 0
-        stop = int(st.header["stop_seq"][0])
-        if stop > self.me["stop_ack"][0]:
+        stop = st.get("stop_seq")
+        if stop > st.node_get(node, "stop_ack"):
             self._stop_round(stop)
 
     # -- syncs and rendezvous ------------------------------------------------------------------
@@ -188,11 +195,11 @@ class NodeKernel:
         self.st.set("sync_req_ns", time.perf_counter_ns())
         seq = self.st.add("sync_seq")
         self.flush()
-        self.me["sync_ack"] = seq
+        self.st.node_set(self.node, "sync_ack", seq)
         self.stats.syncs += 1
         if wait:
-            acks = self.st.nodes["sync_ack"]
-            self.wait_for(lambda: bool(np.all(acks >= seq)), f"sync {seq}", service=False)
+            st, nodes = self.st, range(self.n_nodes)
+            self.wait_for(lambda: all(st.node_get(n, "sync_ack") >= seq for n in nodes), f"sync {seq}", service=False)
 
     def _stop_round(self, seq: int) -> None:
         st = self.st
@@ -209,17 +216,17 @@ class NodeKernel:
             self.wait_for(lambda: st.get("stop_released") >= seq, "stop_machine release", service=False)
         if self.bug != "no-sync":
             self.flush()  # resynchronise: nothing prefetched before the patch survives
-        self.me["stop_ack"] = seq
+        st.node_set(self.node, "stop_ack", seq)
 
     # -- the descriptor -----------------------------------------------------------------------
 
     def _publish(self, sites: np.ndarray, new: np.ndarray) -> None:
-        st, d = self.st, self.st.desc
+        st = self.st
         st.add("desc_gen")  # odd: being written
         n = len(sites)
-        d["offset"][:n] = self.sites.offset[sites]
-        d["site"][:n] = sites
-        d["new"][:n] = new
+        st.desc_offset[:n] = self.sites.offset[sites]
+        st.desc_site[:n] = sites
+        st.desc_new[:n] = new
         st.set("desc_count", n)
         st.add("desc_gen")  # even: complete
         st.set("desc_live", 1)
@@ -228,6 +235,21 @@ class NodeKernel:
         """Write bytes site by site (chunks of POKE_CHUNK sites), charging TEXT_POKE_NS per site
         and copy: other nodes see the sites change one after another, as they would."""
         n_copies = self.copies.where.shape[1]
+        if len(offsets) <= SMALL_WRITE:  # a few bytes: no numpy calls
+            t0 = time.perf_counter_ns()
+            offs, vals, owner = offsets.tolist(), values.tolist(), site_of_byte.tolist()
+            start = 0
+            for i in range(1, len(offs) + 1):
+                if i == len(offs) or owner[i] != owner[start]:
+                    self._write_site(offs[start], bytes(vals[start:i]))
+                    start = i
+            if self.text_poke_ns:
+                n_sites = len(set(owner))
+                spin(max(0, n_sites * n_copies * self.text_poke_ns - (time.perf_counter_ns() - t0)))
+            return
+        if not self.text_poke_ns:  # no modeled cost: one vectorised write
+            self.copies.write(self.master, self.mem, offsets, values)
+            return
         bounds = np.flatnonzero(np.diff(site_of_byte)) + 1
         starts = np.concatenate([[0], bounds])
         for i in range(0, len(starts), POKE_CHUNK):
@@ -236,16 +258,37 @@ class NodeKernel:
             t0 = time.perf_counter_ns()
             self.copies.write(self.master, self.mem, offsets[lo:hi], values[lo:hi])
             n_sites = min(POKE_CHUNK, len(starts) - i)
-            spin(max(0, n_sites * n_copies * TEXT_POKE_NS - (time.perf_counter_ns() - t0)))
+            if self.text_poke_ns:
+                spin(max(0, n_sites * n_copies * self.text_poke_ns - (time.perf_counter_ns() - t0)))
+
+    def _write_site(self, offset: int, data: bytes) -> None:
+        """Write one site's bytes (contiguous) into the master, then every copy."""
+        L = len(data)
+        if offset % 4096 + L > 4096:  # crosses a page: the copies' frames are not adjacent
+            for i, b in enumerate(data):
+                self._write_site(offset + i, bytes([b]))
+            return
+        self.master_mv[offset : offset + L] = data
+        for t in self.copies.targets_of(offset):
+            self.mem_mv[t : t + L] = data
 
     def _apply_descriptor(self) -> None:
         """Write every entry's whole new instruction (stop_machine's patch function)."""
-        d, n = self.st.desc, self.st.get("desc_count")
-        sites = d["site"][:n]
+        st = self.st
+        n = st.get("desc_count")
+        if n <= SMALL_WRITE // 5:
+            t0 = time.perf_counter_ns()
+            for i in range(n):
+                o, s = int(st.desc_offset[i]), int(st.desc_site[i])
+                self._write_site(o, st.desc_new[i, : self.sites.length[s]].tobytes())
+            if self.text_poke_ns:
+                spin(max(0, n * self.copies.where.shape[1] * self.text_poke_ns - (time.perf_counter_ns() - t0)))
+            return
+        sites = st.desc_site[:n]
         lens = self.sites.length[sites].astype(np.int64)
         owner = np.repeat(np.arange(n), lens)
-        offs = np.repeat(d["offset"][:n], lens) + _ranges(lens)
-        vals = d["new"][:n][owner, _ranges(lens)]
+        offs = np.repeat(st.desc_offset[:n], lens) + _ranges(lens)
+        vals = st.desc_new[:n][owner, _ranges(lens)]
         self._poke(offs, vals, owner)
 
     # -- the API the patch sources call ------------------------------------------------------
@@ -266,15 +309,13 @@ class NodeKernel:
             sites, new_states = sites[ok], new_states[ok]
             if len(sites):
                 st = self.st
-                st.site_seq[sites] += 1  # odd: in flight
+                self._bump(sites)  # odd: in flight
                 for i in range(0, len(sites), MAX_BATCH):
                     self._one_batch(sites[i : i + MAX_BATCH], new_states[i : i + MAX_BATCH])
                 st.site_state[sites] = new_states
-                st.site_seq[sites] += 1  # even: the call has returned
+                self._bump(sites)  # even: the call has returned
                 st.add("patch_calls")
-                bad = self.copies.mismatches(self.master, self.mem, self.sites.offset[sites] // 4096)
-                for page, copy in bad[:4]:
-                    st.record_failure(self.node, -1 - page, b"", bytes([copy]))
+                self._check_copies(sites)
         finally:
             self.locks.text_mutex.release()
         self.stats.calls += 1
@@ -282,8 +323,41 @@ class NodeKernel:
         self.stats.latencies_ns.append(time.perf_counter_ns() - t0)
         return len(sites)
 
+    def _bump(self, sites: np.ndarray) -> None:
+        if len(sites) <= SMALL_WRITE // 5:
+            q = self.st.seq_q
+            for s in sites.tolist():
+                q[s] += 1
+        else:
+            self.st.site_seq[sites] += 1
+
+    def _check_copies(self, sites: np.ndarray) -> None:
+        """After the call: every copy of the touched text equals the master."""
+        t, st = self.sites, self.st
+        if len(sites) <= SMALL_WRITE // 5:  # compare just the sites' bytes
+            for s in sites.tolist():
+                o, L = int(t.offset[s]), int(t.length[s])
+                ref = self.master_mv[o : o + L]
+                for copy, tgt in enumerate(self.copies.targets_of(o)):
+                    if self.mem_mv[tgt : tgt + L] != ref:
+                        st.record_failure(self.node, -1 - o // 4096, b"", bytes([copy]))
+            return
+        for page, copy in self.copies.mismatches(self.master, self.mem, t.offset[sites] // 4096)[:4]:
+            st.record_failure(self.node, -1 - page, b"", bytes([copy]))
+
     def _verify_old(self, sites: np.ndarray, old_states: np.ndarray) -> np.ndarray:
         t = self.sites
+        if len(sites) <= SMALL_WRITE // 5:
+            ok = np.ones(len(sites), dtype=bool)
+            for i, (s, old) in enumerate(zip(sites.tolist(), old_states.tolist())):
+                o, L = int(t.offset[s]), int(t.length[s])
+                want = t.enc[s, old, :L].tobytes()
+                found = self.master_mv[o : o + L].tobytes()
+                if found != want:  # "unexpected op": the kernel BUG()s here
+                    ok[i] = False
+                    self.st.record_failure(self.node, s, want, found)
+                    self.unexpected += 1
+            return ok
         lens = t.length[sites].astype(np.int64)
         width = int(lens.max())
         idx = t.offset[sites][:, None] + np.arange(width)
@@ -305,7 +379,8 @@ class NodeKernel:
             for s, row in zip(sites, new):
                 t0 = time.perf_counter_ns()
                 self.copies.write_word(self.master, self.mem, int(t.offset[s]), bytes(row[:4]))
-                spin(max(0, n_copies * TEXT_POKE_NS - (time.perf_counter_ns() - t0)))
+                if self.text_poke_ns:
+                    spin(max(0, n_copies * self.text_poke_ns - (time.perf_counter_ns() - t0)))
             if self.bug != "no-sync":
                 self.sync(wait=self.bug != "no-final-sync")
             return
@@ -335,8 +410,8 @@ class NodeKernel:
         self.sync(wait=self.bug != "no-final-sync")
         self.st.set("desc_live", 0)  # drop the patcher's reference
         if self.bug != "descriptor-reuse":
-            refs = self.st.nodes["in_int3"]
-            self.wait_for(lambda: not np.any(refs), "INT3 handlers to drop the descriptor")
+            st, nodes = self.st, range(self.n_nodes)
+            self.wait_for(lambda: not any(st.node_get(n, "in_int3") for n in nodes), "INT3 handlers to drop the descriptor")
 
 
 def _ranges(lens: np.ndarray) -> np.ndarray:

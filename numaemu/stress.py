@@ -25,7 +25,7 @@ from .cpus import pin_to
 from .fetch import Reader, check_batch
 from .image import PAGE_SIZE, KernelImage, with_module_area
 from .memory import MemoryLayout
-from .patching import Locks, NodeKernel
+from .patching import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
 from .placement import PageTable, place
 from .sites import FTRACE_KLP, SiteTable, site_table
 from .sources import NodeSource, SourcePlan, key_agreement, plan_sources
@@ -55,6 +55,19 @@ class StressSpec:
     seed: int
     bug: str | None
     start_method: str
+    bench: PatchBench | None = None
+    ipi_delay_ns: int = IPI_DELAY_NS
+    text_poke_ns: int = TEXT_POKE_NS
+
+
+@dataclass(frozen=True)
+class PatchBench:
+    """Instead of readers and a source: node 0 times patch calls, the others wait."""
+
+    repeats: int = 200
+    batch: int = 256
+    load: bool = False  # the other nodes run readers instead of idling at a safe point
+    ftrace_all: bool = False  # also time tracing every function on and off
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,9 @@ class StressConfig:
     seed: int
     shared_core: bool
     coordinator_pid: int
+    bench: PatchBench | None
+    ipi_delay_ns: int
+    text_poke_ns: int
 
 
 def stress_worker_main(cfg: StressConfig, conn) -> None:
@@ -100,7 +116,7 @@ def _stress_body(nc: NodeContext) -> dict:
         cfg.node, cfg.n_nodes, st, cfg.copies, master, mem, cfg.sites, cfg.locks,
         protocol=cfg.protocol, bug=cfg.bug, shared_core=cfg.shared_core,
         flush=lambda: reader.flush() if reader is not None else None,
-        check_alive=nc.check_alive,
+        check_alive=nc.check_alive, ipi_delay_ns=cfg.ipi_delay_ns, text_poke_ns=cfg.text_poke_ns,
     )
     reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point)
     rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273])  # "strs"
@@ -108,6 +124,9 @@ def _stress_body(nc: NodeContext) -> dict:
     readers = ReaderTasks(cfg, st, reader, rng)
     kernel.idle = readers.run_batch  # a node waiting for a lock runs its readers meanwhile
     start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))
+    if cfg.bench is not None:
+        nc.phase("run")
+        return _bench(cfg, st, kernel, readers, cpus)
 
     nc.phase("run")
     interval = int(1e9 * cfg.n_nodes / cfg.rate)
@@ -149,6 +168,51 @@ def _stress_body(nc: NodeContext) -> dict:
         "source_ops": source.ops,
         "latencies_us": lat.tolist(),
     }
+
+
+def _bench(cfg: StressConfig, st: TextState, kernel: NodeKernel, readers: ReaderTasks, cpus) -> dict:
+    """Node 0 times patch calls; every other node waits at a safe point (or runs its readers,
+    under load) until node 0 is done."""
+    b = cfg.bench
+    assert b is not None
+    out: dict = {"node": cfg.node, "pid": os.getpid(), "cpus": list(cpus)}
+    if cfg.node != 0:
+        while st.nodes["done"][0] != 1:
+            if b.load:
+                readers.run_batch()
+            else:
+                kernel.safe_point()
+        out["executions"] = readers.executions
+        out["violations"] = readers.violations
+        return out
+    t = cfg.sites
+    five = np.flatnonzero(t.length[: t.n_jump] == (4 if t.arch == "arm64" else 5))
+    one_site = five[:1]
+
+    def toggle(sites: np.ndarray) -> int:
+        cur = st.site_state[sites].astype(np.int64)
+        t0 = time.perf_counter_ns()
+        kernel.patch(sites, cur, 1 - cur)
+        return time.perf_counter_ns() - t0
+
+    for _ in range(10):  # warm up
+        toggle(one_site)
+    out["one_site_ns"] = [toggle(one_site) for _ in range(b.repeats)]
+    batch = np.sort(np.arange(t.n_jump)[: b.batch])
+    out["batch_sites"] = len(batch)
+    out["batch_ns"] = [toggle(batch) for _ in range(max(10, b.repeats // 10))]
+    if b.ftrace_all:
+        sites = cfg.plan.ftrace_sites
+        t0 = time.perf_counter_ns()
+        kernel.patch(sites, np.zeros(len(sites), np.int64), np.ones(len(sites), np.int64))
+        out["ftrace_on_ns"] = time.perf_counter_ns() - t0
+        t0 = time.perf_counter_ns()
+        kernel.patch(sites, np.ones(len(sites), np.int64), np.zeros(len(sites), np.int64))
+        out["ftrace_off_ns"] = time.perf_counter_ns() - t0
+        out["ftrace_sites"] = len(sites)
+    out["unexpected_ops"] = kernel.unexpected
+    st.nodes["done"][0] = 1
+    return out
 
 
 class ReaderTasks:
@@ -242,6 +306,7 @@ def run_stress(spec: StressSpec) -> dict:
                 hosted=placement.hosted[node], table=placement.tables[node], layout=layout, copies=copies,
                 sites=sites, plan=plan, n_keys=image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
                 rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
+                bench=spec.bench, ipi_delay_ns=spec.ipi_delay_ns, text_poke_ns=spec.text_poke_ns,
             )
             for node in range(n)
         ]

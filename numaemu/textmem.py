@@ -74,6 +74,9 @@ TXT_DESC = np.dtype(
 )
 TXT_FAILURE = np.dtype([("node", "<i8"), ("site", "<i8"), ("expected", "u1", (8,)), ("found", "u1", (8,))])
 assert TXT_HEADER.itemsize == 128 and TXT_NODE.itemsize == 64
+_HEADER_INDEX = {name: TXT_HEADER.fields[name][1] // 8 for name in TXT_HEADER.names if name != "pad"}
+_NODE_INDEX = {name: TXT_NODE.fields[name][1] // 8 for name in TXT_NODE.names if name != "pad"}
+_NODE_WORDS = TXT_NODE.itemsize // 8
 
 
 def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> list[tuple[str, np.dtype, int]]:
@@ -116,20 +119,46 @@ class TextState:
         self.site_live = views["site_live"]
         self.key_count = views["key_count"]
         self.desc = views["desc"][0]
+        self.desc_offset = self.desc["offset"]
+        self.desc_site = self.desc["site"]
+        self.desc_new = self.desc["new"]
         self.task_klp = views["task_klp"]
         self.failure_log = views["failure_log"]
+        # Scalar access goes through memoryviews: an element of a memoryview costs ~50 ns, a
+        # numpy scalar ~1 us, and safe points and small patches are all scalar accesses.
+        assert seg.buf is not None
+        buf = memoryview(seg.buf)
+        self.hq = buf[layout["header"][0] : layout["header"][0] + TXT_HEADER.itemsize].cast("q")
+        off = layout["nodes"][0]
+        self.nq = buf[off : off + TXT_NODE.itemsize * n_nodes].cast("q")
+        off = layout["site_seq"][0]
+        self.seq_q = buf[off : off + 8 * n_sites].cast("q")
+        off = layout["site_state"][0]
+        self.state_b = buf[off : off + n_sites].cast("b")
 
     def get(self, field: str) -> int:
-        return int(self.header[field][0])
+        return self.hq[_HEADER_INDEX[field]]
 
     def set(self, field: str, value: int) -> None:
-        self.header[field] = value
+        self.hq[_HEADER_INDEX[field]] = value
 
     def add(self, field: str, delta: int = 1) -> int:
         """Single-writer increment (the caller holds the lock that owns `field`)."""
-        value = int(self.header[field][0]) + delta
-        self.header[field] = value
+        i = _HEADER_INDEX[field]
+        value = self.hq[i] + delta
+        self.hq[i] = value
         return value
+
+    def node_get(self, node: int, field: str) -> int:
+        return self.nq[node * _NODE_WORDS + _NODE_INDEX[field]]
+
+    def node_set(self, node: int, field: str, value: int) -> None:
+        self.nq[node * _NODE_WORDS + _NODE_INDEX[field]] = value
+
+    def release(self) -> None:
+        """Drop the memoryviews, so the segment can be closed."""
+        for mv in (self.hq, self.nq, self.seq_q, self.state_b):
+            mv.release()
 
     def record_failure(self, node: int, site: int, expected: bytes, found: bytes) -> None:
         i = self.add("failures")
@@ -159,6 +188,11 @@ class TextCopies:
             where[pages, col] = layout.part_offset[h] + np.arange(len(pages), dtype=np.int64) * PAGE_SIZE
         return cls(where)
 
+    def targets_of(self, offset: int) -> list[int]:
+        """Offsets in ``mem`` of image byte `offset` in every copy (scalar fast path)."""
+        page, rest = divmod(offset, PAGE_SIZE)
+        return [int(b) + rest for b in self.where[page] if b >= 0]
+
     def targets(self, offsets: np.ndarray) -> np.ndarray:
         """Offsets in ``mem`` of each image byte in `offsets`, one row per copy (-1: none)."""
         offsets = np.asarray(offsets, dtype=np.int64)
@@ -184,10 +218,13 @@ class TextCopies:
 
     def mismatches(self, master: np.ndarray, mem: np.ndarray, pages: np.ndarray) -> list[tuple[int, int]]:
         """(page, copy) pairs among `pages` where a copy differs from the master."""
+        pages = np.unique(np.asarray(pages, dtype=np.int64))
+        ref = master.reshape(-1, PAGE_SIZE)[pages]
+        frames = mem.reshape(-1, PAGE_SIZE)  # every frame is page aligned in ``mem``
         bad = []
-        for p in np.unique(pages):
-            ref = master[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]
-            for col, base in enumerate(self.where[p]):
-                if base >= 0 and not np.array_equal(mem[base : base + PAGE_SIZE], ref):
-                    bad.append((int(p), col))
-        return bad
+        for col in range(self.where.shape[1]):
+            base = self.where[pages, col]
+            held = base >= 0
+            differ = np.any(frames[base[held] // PAGE_SIZE] != ref[held], axis=1)
+            bad += [(int(p), col) for p in pages[held][differ]]
+        return sorted(bad)
