@@ -63,14 +63,23 @@ def _positive_float(name: str):
     return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
-    return value
+def _integer(lo: int, hi: int | None, rule: str):
+    """An argparse type: an integer in lo..hi (hi None: unbounded); `rule` is the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{rule}, got '{text}'")
+        return value
+
+    return parse
+
+
+_positive_int = _integer(1, None, "must be a positive integer")
+_seed = _integer(0, 2**32 - 1, "must be in 0..4294967295")
 
 
 def _rate(text: str) -> float:
@@ -80,16 +89,6 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be a probability per request in 0..1, got '{text}'")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in 0..4294967295, got '{text}'")
     return value
 
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,6 +168,14 @@ class NodeKernel:
                 os.sched_yield()
             if time.monotonic() > deadline:
                 raise PatchTimeout(f"node {self.node}: waited {WAIT_TIMEOUT_S:.0f} s for a lock")
+
+    @contextmanager
+    def holding(self, lock) -> Iterator[None]:
+        self.lock(lock)
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- taking part in other nodes' patches --------------------------------------------------
 
@@ -303,8 +312,7 @@ class NodeKernel:
         order = np.argsort(self.sites.offset[sites], kind="stable")
         sites, old_states, new_states = sites[order], np.asarray(old_states)[order], np.asarray(new_states)[order]
         t0 = time.perf_counter_ns()
-        self.lock(self.locks.text_mutex)
-        try:
+        with self.holding(self.locks.text_mutex):
             ok = self._verify_old(sites, old_states)
             sites, new_states = sites[ok], new_states[ok]
             if len(sites):
@@ -316,8 +324,6 @@ class NodeKernel:
                 self._bump(sites)  # even: the call has returned
                 st.add("patch_calls")
                 self._check_copies(sites)
-        finally:
-            self.locks.text_mutex.release()
         self.stats.calls += 1
         self.stats.sites += len(sites)
         self.stats.latencies_ns.append(time.perf_counter_ns() - t0)
@@ -365,9 +371,12 @@ class NodeKernel:
         want = t.enc[sites, old_states, :width]
         mask = np.arange(width) < lens[:, None]
         ok = np.all((cur == want) | ~mask, axis=1)
-        for i in np.flatnonzero(~ok)[:8]:  # "unexpected op": the kernel BUG()s here
+        bad = np.flatnonzero(~ok)
+        for i in bad[:8]:  # "unexpected op": the kernel BUG()s here; log the first few
             L = int(lens[i])
             self.st.record_failure(self.node, int(sites[i]), bytes(want[i, :L]), bytes(cur[i, :L]))
+        if len(bad) > 8:
+            self.st.add("failures", len(bad) - 8)  # counted, not logged
         self.unexpected += int(np.count_nonzero(~ok))
         return ok
 

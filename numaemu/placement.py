@@ -84,7 +84,8 @@ def place(image: KernelImage, n_nodes: int, policy: str, replicate: str = "text+
     if n_nodes < 1:
         raise ValueError("n_nodes must be >= 1")
     mapped = image.mapped_pages()
-    replicated_sections = {".text"} if replicate == "text" else {".text", ".rodata"}
+    # A module area (stress runs) is text too: Kuzin's replica-aware vmalloc copies it per node.
+    replicated_sections = {".text", ".modules"} if replicate == "text" else {".text", ".rodata", ".modules"}
     in_replica = np.zeros(image.n_pages, dtype=bool)
     for sec in image.sections:
         if sec.name in replicated_sections:

@@ -77,6 +77,8 @@ class SiteTable:
 
     def module_sites(self, slot: int, kind: int | None = None) -> np.ndarray:
         """Site indices of module slot `slot` (of one kind: KIND_FTRACE, KIND_JUMP, KIND_ALT)."""
+        if not 0 <= slot < self.module_slots:
+            raise IndexError(f"module slot {slot} does not exist (the image has {self.module_slots})")
         per = MODULE_FUNCS * SITES_PER_MODULE_FUNC
         idx = np.arange(self.n_core + slot * per, self.n_core + (slot + 1) * per)
         return idx if kind is None else idx[self.kind[idx] == kind]

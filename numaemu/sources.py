@@ -147,56 +147,39 @@ class NodeSource:
         return np.concatenate([self.plan.key_sites[i], mod[self.st.site_live[mod] == 1]])
 
     def _key_inc(self, i: int) -> None:
-        sites = self._sites_of_key(i)
-        if self.key_race:
-            before = self._key_update(i, +1)
-            if before == 0:
-                self.k.lock(self.k.locks.jump_label)
-                try:
-                    self.k.patch(sites, np.zeros(len(sites), np.int64), np.ones(len(sites), np.int64))
-                finally:
-                    self.k.locks.jump_label.release()
-        else:
-            self.k.lock(self.k.locks.jump_label)
-            try:
-                sites = self._sites_of_key(i)  # under the lock: no module comes or goes meanwhile
-                if int(self.st.key_count[int(self.plan.keys[i])]) == 0:
-                    self.k.patch(sites, np.zeros(len(sites), np.int64), np.ones(len(sites), np.int64))
-                self._key_update(i, +1)
-            finally:
-                self.k.locks.jump_label.release()
+        self._key_change(i, +1)
         self.held[i] += 1
 
     def _key_dec(self, i: int) -> None:
-        sites = self._sites_of_key(i)
-        if self.key_race:
-            before = self._key_update(i, -1)
-            if before == 1:
-                self.k.lock(self.k.locks.jump_label)
-                try:
-                    self.k.patch(sites, np.ones(len(sites), np.int64), np.zeros(len(sites), np.int64))
-                finally:
-                    self.k.locks.jump_label.release()
-        else:
-            self.k.lock(self.k.locks.jump_label)
-            try:
-                sites = self._sites_of_key(i)
-                if self._key_update(i, -1) == 1:
-                    self.k.patch(sites, np.ones(len(sites), np.int64), np.zeros(len(sites), np.int64))
-            finally:
-                self.k.locks.jump_label.release()
+        self._key_change(i, -1)
         self.held[i] -= 1
+
+    def _key_change(self, i: int, delta: int) -> None:
+        """static_key_slow_inc (+1: the 0 -> 1 transition patches NOP -> JMP) or _dec (-1: the
+        1 -> 0 transition patches JMP -> NOP)."""
+        flip_from, old, new = (0, 0, 1) if delta > 0 else (1, 1, 0)
+        if self.key_race:  # the bug: the count changes outside jump_label_mutex
+            if self._key_update(i, delta) == flip_from:
+                with self.k.holding(self.k.locks.jump_label):
+                    self._patch_all(self._sites_of_key(i), old, new)
+            return
+        with self.k.holding(self.k.locks.jump_label):
+            sites = self._sites_of_key(i)  # under the lock: no module comes or goes meanwhile
+            if self._key_update(i, delta) == flip_from:
+                self._patch_all(sites, old, new)
+
+    def _patch_all(self, sites: np.ndarray, old: int, new: int) -> None:
+        self.k.patch(sites, np.full(len(sites), old, np.int64), np.full(len(sites), new, np.int64))
 
     # -- ftrace and bpf --------------------------------------------------------------------
 
     def _ftrace(self) -> None:
         sites = self.plan.ftrace_sites
-        self.k.lock(self.k.locks.ftrace)
-        try:
+        with self.k.holding(self.k.locks.ftrace):
             state = self.st.site_state[sites]
             on = np.concatenate([sites[state == FTRACE_CALLER], self._live_module_ftrace(FTRACE_CALLER)])
             if len(on) and self.rng.random() < 0.5:
-                self.k.patch(on, np.full(len(on), FTRACE_CALLER), np.full(len(on), FTRACE_OFF))
+                self._patch_all(on, FTRACE_CALLER, FTRACE_OFF)
                 self.st.set("ftrace_all", 0)
                 return
             self.ftrace_enables += 1
@@ -206,9 +189,7 @@ class NodeSource:
             else:
                 pick = self.rng.choice(len(sites), size=min(FTRACE_FILTER, len(sites)), replace=False)
                 target = sites[pick][state[pick] == FTRACE_OFF]
-            self.k.patch(target, np.full(len(target), FTRACE_OFF), np.full(len(target), FTRACE_CALLER))
-        finally:
-            self.k.locks.ftrace.release()
+            self._patch_all(target, FTRACE_OFF, FTRACE_CALLER)
 
     def _live_module_ftrace(self, state: int) -> np.ndarray:
         mod = self.plan.module_sites
@@ -217,13 +198,10 @@ class NodeSource:
 
     def _bpf(self) -> None:
         s = np.array([self.plan.bpf_site])
-        self.k.lock(self.k.locks.ftrace)
-        try:
+        with self.k.holding(self.k.locks.ftrace):
             attached = int(self.st.site_state[s[0]]) == FTRACE_BPF
             old, new = (FTRACE_BPF, FTRACE_OFF) if attached else (FTRACE_OFF, FTRACE_BPF)
-            self.k.patch(s, np.array([old]), np.array([new]))
-        finally:
-            self.k.locks.ftrace.release()
+            self._patch_all(s, old, new)
 
     # -- livepatch ---------------------------------------------------------------------------
 
@@ -231,31 +209,21 @@ class NodeSource:
         """One step of the livepatch state machine (enable -> transition -> disable -> ...)."""
         sites = self.plan.klp_sites
         st = self.st
-        self.k.lock(self.k.locks.klp)
-        try:
+        with self.k.holding(self.k.locks.klp):
             target = st.get("klp_target")
-            settled = bool(np.all(st.task_klp == target))
-            if not settled:
+            if not np.all(st.task_klp == target):
                 return  # a transition is in progress: tasks switch at their safe points
             patched = bool(np.all(st.site_state[sites] == FTRACE_KLP))
-            if target == 0 and not patched:
+            if target == 1:
+                st.set("klp_target", 0)  # unpatch: every task switches back first
+            elif not patched:
                 # Redirect every function of the set first; only then may tasks switch.
-                self.k.lock(self.k.locks.ftrace)
-                try:
-                    self.k.patch(sites, np.full(len(sites), FTRACE_OFF), np.full(len(sites), FTRACE_KLP))
-                finally:
-                    self.k.locks.ftrace.release()
+                with self.k.holding(self.k.locks.ftrace):
+                    self._patch_all(sites, FTRACE_OFF, FTRACE_KLP)
                 st.set("klp_target", 1)
-            elif target == 1:
-                st.set("klp_target", 0)  # unpatch: tasks switch back first
             else:
-                self.k.lock(self.k.locks.ftrace)
-                try:
-                    self.k.patch(sites, np.full(len(sites), FTRACE_KLP), np.full(len(sites), FTRACE_OFF))
-                finally:
-                    self.k.locks.ftrace.release()
-        finally:
-            self.k.locks.klp.release()
+                with self.k.holding(self.k.locks.ftrace):
+                    self._patch_all(sites, FTRACE_KLP, FTRACE_OFF)
 
     # -- modules -----------------------------------------------------------------------------
 
@@ -265,9 +233,8 @@ class NodeSource:
         if t.module_slots == 0:
             return
         locks = self.k.locks
-        for lk in (locks.module, locks.jump_label, locks.ftrace):  # module -> jump_label -> ftrace
-            self.k.lock(lk)
-        try:
+        # Lock order: module -> jump_label -> ftrace (-> text_mutex inside a patch).
+        with self.k.holding(locks.module), self.k.holding(locks.jump_label), self.k.holding(locks.ftrace):
             live = [bool(self.st.site_live[t.module_sites(s)[0]]) for s in range(t.module_slots)]
             free = [s for s in range(t.module_slots) if not live[s]]
             loaded = [s for s in range(t.module_slots) if live[s]]
@@ -275,9 +242,6 @@ class NodeSource:
                 self._load(free[int(self.rng.integers(len(free)))])
             else:
                 self._unload(loaded[int(self.rng.integers(len(loaded)))])
-        finally:
-            for lk in (locks.ftrace, locks.jump_label, locks.module):
-                lk.release()
 
     def _slot_range(self, slot: int) -> np.ndarray:
         first = int(self.k.sites.offset[self.k.sites.module_sites(slot)[0]])
@@ -321,13 +285,10 @@ class NodeSource:
         """Write a module slot in the master and every copy, then sync, so that no node still
         runs (or holds prefetched) the slot's old contents."""
         k = self.k
-        k.lock(k.locks.text_mutex)
-        try:
+        with k.holding(k.locks.text_mutex):
             k.sync()  # nobody is mid-way through a batch that chose the slot's sites
             k.copies.write(k.master, k.mem, self._slot_range(slot), body)
             k.sync()  # and nobody holds its old lines
-        finally:
-            k.locks.text_mutex.release()
 
     def finish(self) -> None:
         """Drop every static-key reference this node holds."""

@@ -7,7 +7,14 @@ import pytest
 
 from numaemu.fetch import Observation, Violation, check_batch
 from numaemu.image import ARM64_NOP, NOP2, NOP5, synthetic_image, with_module_area
-from numaemu.sites import FTRACE_BPF, FTRACE_CALLER, FTRACE_OFF, MAX_INSN, SiteTable, site_table
+from numaemu.sites import (
+    FTRACE_BPF,
+    FTRACE_CALLER,
+    FTRACE_OFF,
+    MAX_INSN,
+    SiteTable,
+    site_table,
+)
 
 
 @pytest.fixture(scope="module")

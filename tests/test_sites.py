@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numaemu.image import ARM64_NOP, MODULE_SLOT_BYTES, NOP2, NOP5, KernelImage, synthetic_image, with_module_area
+from numaemu.image import (
+    ARM64_NOP,
+    MODULE_SLOT_BYTES,
+    NOP2,
+    NOP5,
+    KernelImage,
+    synthetic_image,
+    with_module_area,
+)
 from numaemu.sites import (
     FTRACE_BPF,
     FTRACE_CALLER,
@@ -119,7 +127,7 @@ def test_key_sites(x86) -> None:
 
 
 def test_x86_nops(x86) -> None:
-    image, t = x86
+    _image, t = x86
     two = np.flatnonzero(t.length[: t.n_jump] == 2)
     five = np.flatnonzero(t.length[: t.n_jump] == 5)
     assert len(two) == 137 and len(five) == 107  # regression pin for (0.02, seed 0)
@@ -259,7 +267,7 @@ def test_module_sites_layout(either, slot: int) -> None:
 
 
 def test_module_area_is_empty_until_load(either) -> None:
-    image, t = either
+    image, _t = either
     fill = 0 if image.arch == "arm64" else 0xCC
     area = image.section(".modules")
     assert np.all(image.data[area.offset : area.offset + area.size] == fill)
@@ -275,14 +283,14 @@ def test_no_module_area() -> None:
 
 
 def test_state_of_each_state(either) -> None:
-    image, t = either
+    _image, t = either
     for s in list(range(0, t.n_jump, 17)) + list(range(t.n_jump, len(t), 23)):
         for st in range(t.n_states[s]):
             assert t.state_of(int(s), t.encoding(int(s), st)) == st
 
 
 def test_state_of_torn_and_foreign(x86, arm) -> None:
-    image, t = x86
+    _image, t = x86
     five = int(np.flatnonzero(t.length[: t.n_jump] == 5)[0])
     two = int(np.flatnonzero(t.length[: t.n_jump] == 2)[0])
     torn5 = NOP5[:1] + t.encoding(five, 1)[1:]

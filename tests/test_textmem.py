@@ -8,7 +8,14 @@ import pytest
 from numaemu.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.memory import MemoryLayout, Segment, list_segments, new_token, segment_name
 from numaemu.placement import Placement, place
-from numaemu.textmem import MAX_BATCH, TXT_HEADER, TXT_NODE, TextCopies, TextState, text_segment_size
+from numaemu.textmem import (
+    MAX_BATCH,
+    TXT_HEADER,
+    TXT_NODE,
+    TextCopies,
+    TextState,
+    text_segment_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +178,6 @@ def test_replicate_text_only(image) -> None:
     assert s.copies.mismatches(s.master, s.mem, s.mapped) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: image.with_module_area documents that placement treats the .modules area like text "
-    "(replicate gives every node its own copy), but placement.place() replicates only .text/.rodata: "
-    "module pages stay on node 0 under replicate",
-)
 @pytest.mark.parametrize("scope", ["text", "text+rodata"])
 def test_replicate_copies_module_area(image, scope: str) -> None:
     pl = place(image, 2, "replicate", scope)
