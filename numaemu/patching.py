@@ -338,7 +338,7 @@ class NodeKernel:
             self.st.site_seq[sites] += 1
 
     def _check_copies(self, sites: np.ndarray) -> None:
-        """After the call: every copy of the touched text equals the master."""
+        """After the call: every copy of the patched sites equals the master."""
         t, st = self.sites, self.st
         if len(sites) <= SMALL_WRITE // 5:  # compare just the sites' bytes
             for s in sites.tolist():
@@ -348,8 +348,15 @@ class NodeKernel:
                     if self.mem_mv[tgt : tgt + L] != ref:
                         st.record_failure(self.node, -1 - o // 4096, b"", bytes([copy]))
             return
-        for page, copy in self.copies.mismatches(self.master, self.mem, t.offset[sites] // 4096)[:4]:
-            st.record_failure(self.node, -1 - page, b"", bytes([copy]))
+        # Every byte of every patched site, in every copy (the whole copies are compared with
+        # the master at the end of a run).
+        lens = t.length[sites].astype(np.int64)
+        offs = np.repeat(t.offset[sites], lens) + _ranges(lens)
+        ref = self.master[offs]
+        for copy, row in enumerate(self.copies.targets(offs)):
+            held = row >= 0
+            for o in offs[held][self.mem[row[held]] != ref[held]][:1]:
+                st.record_failure(self.node, -1 - int(o) // 4096, b"", bytes([copy]))
 
     def _verify_old(self, sites: np.ndarray, old_states: np.ndarray) -> np.ndarray:
         t = self.sites
@@ -407,8 +414,16 @@ class NodeKernel:
         self._poke(offs, np.full(len(sites), INT3, dtype=np.uint8), each)
         if self.bug != "no-sync":
             self.sync()
-        tail = lens > 1
-        if np.any(tail):
+        if len(sites) <= SMALL_WRITE // 5:  # a few sites: write each tail directly
+            t0 = time.perf_counter_ns()
+            for o, L, row in zip(offs.tolist(), lens.tolist(), new):
+                if L > 1:
+                    self._write_site(o + 1, row[1:L].tobytes())
+            if self.text_poke_ns:
+                spin(max(0, len(sites) * self.copies.where.shape[1] * self.text_poke_ns - (time.perf_counter_ns() - t0)))
+            self.sync()
+        elif np.any(lens > 1):
+            tail = lens > 1
             tl = lens[tail] - 1
             owner = np.repeat(each[tail], tl)
             toffs = np.repeat(offs[tail], tl) + _ranges(tl) + 1

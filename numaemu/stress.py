@@ -177,11 +177,13 @@ def _bench(cfg: StressConfig, st: TextState, kernel: NodeKernel, readers: Reader
     assert b is not None
     out: dict = {"node": cfg.node, "pid": os.getpid(), "cpus": list(cpus)}
     if cfg.node != 0:
-        while st.nodes["done"][0] != 1:
+        while st.node_get(0, "done") != 1:
             if b.load:
                 readers.run_batch()
             else:
                 kernel.safe_point()
+                if cfg.shared_core:  # do not burn the core node 0 may be sharing
+                    os.sched_yield()
         out["executions"] = readers.executions
         out["violations"] = readers.violations
         return out
