@@ -38,7 +38,7 @@ from .textmem import TextState
 __all__ = ["IBUF_LINES", "Observation", "Reader", "check_batch", "Violation"]
 
 IBUF_LINES = 512  # 32 KiB, an L1i
-FETCH_GAP_NS = 5_000  # between deciding on the first byte and reading the rest
+FETCH_GAP_NS = 20_000  # between deciding on the first byte and reading the rest
 HANDLER_NS = 200_000  # time inside the INT3 handler before it emulates (a slow path: NMI context, tracing)
 
 

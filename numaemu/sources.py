@@ -45,7 +45,7 @@ FTRACE_ALL_EVERY = 8  # every n-th enable traces every function
 LIVEPATCH_FUNCS = 8
 RESERVED_FUNCS = 4  # functions 1..3 are the trampolines; keep them untraced
 MAX_HELD = 3
-KEY_RACE_WINDOW_NS = 500_000
+KEY_RACE_WINDOW_NS = 2_000_000
 
 
 @dataclass(frozen=True, eq=False)

@@ -121,7 +121,7 @@ def _stress_body(nc: NodeContext) -> dict:
     reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point)
     rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273])  # "strs"
     source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")
-    readers = ReaderTasks(cfg, st, reader, rng)
+    readers = ReaderTasks(cfg, st, reader, rng, source)
     kernel.idle = readers.run_batch  # a node waiting for a lock runs its readers meanwhile
     start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))
     if cfg.bench is not None:
@@ -221,8 +221,17 @@ class ReaderTasks:
     """The node's reader tasks: each batch is one task's request: its livepatch set first (one
     consistent version), then sites the source patches, then any site of the image."""
 
-    def __init__(self, cfg: StressConfig, st: TextState, reader: Reader, rng: np.random.Generator) -> None:
-        self.cfg, self.st, self.reader, self.rng = cfg, st, reader, rng
+    def __init__(self, cfg: StressConfig, st: TextState, reader: Reader, rng: np.random.Generator, source: NodeSource) -> None:
+        self.cfg, self.st, self.reader, self.rng, self.source = cfg, st, reader, rng, source
+        # Which hot static key each site belongs to (-1: none), to check that a key this node
+        # holds a reference on is enabled wherever the node runs its code.
+        plan = cfg.plan
+        self.key_of = np.full(len(cfg.sites), -1, dtype=np.int64)
+        if "static_keys" in plan.names:
+            for i, sites in enumerate(plan.key_sites):
+                self.key_of[sites] = i
+            jumps = plan.module_jump_key >= 0
+            self.key_of[plan.module_sites[jumps]] = plan.module_jump_key[jumps]
         self.hot = cfg.plan.hot_sites()
         self.klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
         self.mod_sites = cfg.plan.module_sites if "module" in cfg.plan.names else np.zeros(0, np.int64)
@@ -230,6 +239,19 @@ class ReaderTasks:
         self.recent = [np.zeros(0, np.int64) for _ in range(READER_TASKS)]
         self.executions = self.violations = self.batches = 0
         self.examples: list[dict] = []
+
+    def _off_while_held(self, obs) -> int:
+        """Executions of a static key's site that did not jump although this node holds a
+        reference on the key (static_key_enabled() must be true while a reference is held)."""
+        keys = self.key_of[obs.sites]
+        which = np.flatnonzero(keys >= 0)
+        if len(which) == 0:
+            return 0
+        which = which[self.source.held[keys[which]] > 0]
+        if len(which) == 0:
+            return 0
+        ok = _jump_taken(obs, self.cfg.sites, which) & obs.handler_ok[which]
+        return int(np.count_nonzero(~ok))
 
     def run_batch(self) -> None:
         cfg, st, rng = self.cfg, self.st, self.rng
@@ -265,10 +287,22 @@ class ReaderTasks:
             bad += 1
             if len(self.examples) < MAX_REPORTED:
                 self.examples.append({"kind": "livepatch-mix", "node": cfg.node, "task": t, "detail": "one request ran old and new versions of the patched set"})
+        held = self._off_while_held(obs)
+        if held:
+            bad += held
+            if len(self.examples) < MAX_REPORTED:
+                self.examples.append({"kind": "key-off-while-held", "node": cfg.node, "detail": f"{held} sites of static keys this node holds a reference on ran their NOP"})
         self.executions += len(batch)
         self.violations += bad
         self.examples += [v.to_json() for v in found][: max(0, MAX_REPORTED - len(self.examples))]
         self.batches += 1
+
+
+def _jump_taken(obs, sites: SiteTable, which: np.ndarray) -> np.ndarray:
+    """Whether the executions `which` of `obs` ran the site's JMP (state 1)."""
+    s = obs.sites[which]
+    mask = np.arange(obs.observed.shape[1]) < sites.length[s][:, None]
+    return np.all((obs.observed[which] == sites.enc[s, 1]) | ~mask, axis=1)
 
 
 def _livepatch_mix(obs, sites: SiteTable, n_klp: int, task_state: int) -> str:
