@@ -109,7 +109,7 @@ def _stress_body(nc: NodeContext) -> dict:
     cpus = pin_to(cfg.host_cpus)
     nc.phase("fill")
     mem, master = mem_seg.array(np.uint8), master_seg.array(np.uint8)
-    fill_partition(cfg, mem, master)
+    fill_partition(mem, master, cfg.layout, cfg.node, cfg.hosted, cfg.seed)
     st = TextState(txt_seg, cfg.n_nodes, len(cfg.sites), cfg.n_keys, cfg.n_tasks)
     reader: Reader | None = None
     kernel = NodeKernel(

@@ -160,15 +160,14 @@ def node_shell(cfg, conn: Connection, body: Callable[[NodeContext], dict]) -> No
         conn.close()
 
 
-def fill_partition(cfg, mem: np.ndarray, master: np.ndarray) -> None:
-    """Phase ``fill``: this node's frames of the image, from the master, and its user data,
-    written by this node itself (first touch)."""
-    lay = cfg.layout
+def fill_partition(mem: np.ndarray, master: np.ndarray, layout: MemoryLayout, node: int, hosted: np.ndarray, seed: int) -> None:
+    """Phase ``fill``: `node`'s frames of the image (the pages in `hosted`, from the master) and
+    its user data, written by the node itself (first touch)."""
     master_pages = master.reshape(-1, PAGE_SIZE)
-    own = mem[lay.part_offset[cfg.node] : lay.part_offset[cfg.node] + lay.image_bytes[cfg.node]]
-    own.reshape(-1, PAGE_SIZE)[:] = master_pages[cfg.hosted]
-    user = mem[lay.user_offset(cfg.node) : lay.user_offset(cfg.node) + lay.user_bytes]
-    user[:] = np.random.default_rng([cfg.seed, cfg.node, 0x64617461]).integers(0, 256, len(user), dtype=np.uint8)
+    own = mem[layout.part_offset[node] : layout.part_offset[node] + layout.image_bytes[node]]
+    own.reshape(-1, PAGE_SIZE)[:] = master_pages[hosted]
+    user = mem[layout.user_offset(node) : layout.user_offset(node) + layout.user_bytes]
+    user[:] = np.random.default_rng([seed, node, 0x64617461]).integers(0, 256, len(user), dtype=np.uint8)
 
 
 def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
@@ -182,7 +181,7 @@ def _run_body(nc: NodeContext) -> dict:
     nc.phase("fill")
     lay = cfg.layout
     mem = mem_seg.array(np.uint8)
-    fill_partition(cfg, mem, master_seg.array(np.uint8))
+    fill_partition(mem, master_seg.array(np.uint8), lay, cfg.node, cfg.hosted, cfg.seed)
     engine = NodeEngine(
         cfg.node,
         mem,

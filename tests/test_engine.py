@@ -14,6 +14,7 @@ from numaemu.engine import HIT_NS, NodeEngine, line_bases
 from numaemu.image import LINE_SIZE, LINES_PER_PAGE, PAGE_SIZE, KernelImage, synthetic_image
 from numaemu.memory import MemoryLayout
 from numaemu.placement import Placement, place
+from numaemu.worker import fill_partition
 from numaemu.workloads import Workload, build_workload
 
 USER_BYTES = 64 << 10
@@ -44,12 +45,8 @@ def fill_memory(image: KernelImage, placement: Placement, user_bytes: int = USER
     """The ``mem`` segment as the workers leave it after their ``fill`` phase (worker.py)."""
     lay = MemoryLayout.for_nodes(tuple(placement.image_bytes(n) for n in range(placement.n_nodes)), user_bytes)
     mem = np.zeros(lay.size, dtype=np.uint8)
-    master_pages = image.data.reshape(-1, PAGE_SIZE)
     for node in range(placement.n_nodes):
-        own = mem[lay.part_offset[node] : lay.part_offset[node] + lay.image_bytes[node]]
-        own.reshape(-1, PAGE_SIZE)[:] = master_pages[placement.hosted[node]]
-        user = mem[lay.user_offset(node) : lay.user_offset(node) + lay.user_bytes]
-        user[:] = np.random.default_rng([seed, node, 0x64617461]).integers(0, 256, len(user), dtype=np.uint8)
+        fill_partition(mem, image.data, lay, node, placement.hosted[node], seed)
     return mem, lay
 
 

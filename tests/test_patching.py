@@ -13,6 +13,7 @@ from numaemu.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_a
 from numaemu.memory import MemoryLayout, Segment, list_segments, new_token, segment_name
 from numaemu.patching import Locks, NodeKernel, _ranges
 from numaemu.placement import place
+from numaemu.worker import fill_partition
 from numaemu.sites import SiteTable, site_table
 from numaemu.textmem import MAX_BATCH, TextCopies, TextState, text_segment_size
 
@@ -36,8 +37,7 @@ class Rig:
         lay = MemoryLayout.for_nodes(tuple(pl.image_bytes(h) for h in range(N_COPIES)), user_bytes=4096)
         self.mem = np.zeros(lay.size, dtype=np.uint8)
         for h in range(N_COPIES):
-            own = self.mem[lay.part_offset[h] : lay.part_offset[h] + lay.image_bytes[h]]
-            own.reshape(-1, PAGE_SIZE)[:] = image.data.reshape(-1, PAGE_SIZE)[pl.hosted[h]]
+            fill_partition(self.mem, image.data, lay, h, pl.hosted[h], 0)
         self.master = image.data.copy()
         self.copies = TextCopies.build(pl, lay, image.n_pages)
         self.mapped = image.mapped_pages()

@@ -8,6 +8,7 @@ import pytest
 from numaemu.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.memory import MemoryLayout, Segment, list_segments, new_token, segment_name
 from numaemu.placement import Placement, place
+from numaemu.worker import fill_partition
 from numaemu.textmem import (
     MAX_BATCH,
     TXT_HEADER,
@@ -29,10 +30,8 @@ class Setup:
         self.pl: Placement = place(image, n, policy, replicate)
         self.lay = MemoryLayout.for_nodes(tuple(self.pl.image_bytes(h) for h in range(n)), user_bytes=4096)
         self.mem = np.zeros(self.lay.size, dtype=np.uint8)
-        pages = image.data.reshape(-1, PAGE_SIZE)
         for h in range(n):
-            own = self.mem[self.lay.part_offset[h] : self.lay.part_offset[h] + self.lay.image_bytes[h]]
-            own.reshape(-1, PAGE_SIZE)[:] = pages[self.pl.hosted[h]]
+            fill_partition(self.mem, image.data, self.lay, h, self.pl.hosted[h], 0)
         self.master = image.data.copy()
         self.copies = TextCopies.build(self.pl, self.lay, image.n_pages)
         self.mapped = image.mapped_pages()
