@@ -89,3 +89,10 @@ def test_stress_json_fields(no_leaks, tmp_path):
     assert doc["patch_latency_us"]["median"] > 0
     assert doc["int3_hits"] > 0  # the readers really ran into sites mid-patch
     assert len(doc["per_node"]) == 2
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_stress_under_other_start_methods(no_leaks, tmp_path, method):
+    code, doc, out = stress(tmp_path, "--duration", "2", "--source", "mixed", "--start-method", method)
+    assert code == 0, out
+    assert doc["start_method"] == method and doc["executions_checked"] > 0 and doc["patches_applied"] > 0
