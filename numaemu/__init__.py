@@ -3,6 +3,7 @@
 from .errors import NodeFailure, UsageError
 from .image import KernelImage, synthetic_image
 from .placement import POLICIES, Placement, place
+from .stress import StressSpec, run_stress
 from .topology import HostPlacement, Topology, load_topology, place_on_host
 
 __version__ = "0.1.0"
@@ -14,6 +15,8 @@ __all__ = [
     "POLICIES",
     "Placement",
     "place",
+    "StressSpec",
+    "run_stress",
     "HostPlacement",
     "Topology",
     "load_topology",

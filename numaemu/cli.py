@@ -19,17 +19,37 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .coordinator import START_METHODS, RunSpec, calibrate_scale, expected_checksum, run_policy
+from .coordinator import (
+    START_METHODS,
+    RunSpec,
+    calibrate_scale,
+    expected_checksum,
+    run_policy,
+)
 from .cpus import format_cpu_list, host_cpus
 from .errors import NodeFailure, UsageError
 from .image import ARCHES, KernelImage, synthetic_image
+from .memory import prune_stale
 from .patching import BUGS, PROTOCOLS
+from .placement import POLICIES, REPLICATE_SCOPES
+from .results import (
+    SCHEMA,
+    add_speedups,
+    format_run_table,
+    host_metadata,
+    policy_record,
+    write_json,
+)
 from .sources import SOURCES
 from .stress import StressSpec, format_stress_summary, run_stress, stress_document
-from .memory import prune_stale
-from .placement import POLICIES, REPLICATE_SCOPES
-from .results import SCHEMA, add_speedups, format_run_table, host_metadata, policy_record, write_json
-from .topology import HostPlacement, Topology, format_numactl, load_topology, parse_host_cpus, place_on_host
+from .topology import (
+    HostPlacement,
+    Topology,
+    format_numactl,
+    load_topology,
+    parse_host_cpus,
+    place_on_host,
+)
 from .workloads import WORKLOADS, build_workload
 
 __all__ = ["main"]

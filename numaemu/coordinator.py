@@ -26,12 +26,12 @@ from .engine import NodeEngine
 from .errors import NodeFailure, UsageError
 from .image import LINE_SIZE, KernelImage
 from .memory import (
-    PHASES,
-    STATE_ABORT,
-    TASK_SLOT,
-    STATE_RUN,
     CONTROL_MAGIC,
     CONTROL_VERSION,
+    PHASES,
+    STATE_ABORT,
+    STATE_RUN,
+    TASK_SLOT,
     Control,
     MemoryLayout,
     Segment,

@@ -30,9 +30,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clock import spin
-from .patching import NodeKernel
 from .image import MODULE_SLOT_BYTES
-from .sites import FTRACE_BPF, FTRACE_CALLER, FTRACE_KLP, FTRACE_OFF, INT3, KIND_ALT, KIND_FTRACE, KIND_JUMP, SiteTable
+from .patching import NodeKernel
+from .sites import (
+    FTRACE_BPF,
+    FTRACE_CALLER,
+    FTRACE_KLP,
+    FTRACE_OFF,
+    INT3,
+    KIND_ALT,
+    KIND_FTRACE,
+    KIND_JUMP,
+    SiteTable,
+)
 from .textmem import TextState
 
 __all__ = ["SOURCES", "SourcePlan", "plan_sources", "NodeSource", "key_agreement"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .clock import Pacer
 from .coordinator import NodeSession, check_reachable
 from .cpus import pin_to
 from .fetch import Reader, check_batch
@@ -27,12 +28,12 @@ from .image import PAGE_SIZE, KernelImage, with_module_area
 from .memory import MemoryLayout
 from .patching import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
 from .placement import PageTable, place
+from .results import SCHEMA
 from .sites import FTRACE_KLP, SiteTable, site_table
 from .sources import NodeSource, SourcePlan, key_agreement, plan_sources
 from .textmem import TextCopies, TextState, text_segment_size
 from .topology import HostPlacement, Topology
 from .worker import NodeContext, fill_partition, node_shell
-from .clock import Pacer
 
 __all__ = ["StressSpec", "run_stress", "READER_TASKS", "BATCH_SITES"]
 
@@ -403,8 +404,6 @@ def _state_drift(master: np.ndarray, sites: SiteTable, state: np.ndarray, live: 
 
 def stress_document(spec: StressSpec, result: dict) -> dict:
     """The JSON record of a stress run (see the README's JSON formats)."""
-    from .results import SCHEMA
-
     reports = result["reports"]
     lat = np.array([x for r in reports for x in r["latencies_us"]], dtype=np.float64)
     examples = [e for r in reports for e in r["examples"]][:MAX_REPORTED]
@@ -420,7 +419,7 @@ def stress_document(spec: StressSpec, result: dict) -> dict:
         examples.append({"kind": "state-drift", "detail": f"{result['state_drift']} sites hold bytes other than their committed state in the master"})
     identical = not result["replica_mismatches"]
     return {
-        "schema": 1 if SCHEMA == 1 else SCHEMA,
+        "schema": SCHEMA,
         "command": "stress",
         "protocol": spec.protocol,
         "source": spec.source,

@@ -11,7 +11,13 @@ import pytest
 
 from numaemu.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
 from numaemu.engine import HIT_NS, NodeEngine, line_bases
-from numaemu.image import LINE_SIZE, LINES_PER_PAGE, PAGE_SIZE, KernelImage, synthetic_image
+from numaemu.image import (
+    LINE_SIZE,
+    LINES_PER_PAGE,
+    PAGE_SIZE,
+    KernelImage,
+    synthetic_image,
+)
 from numaemu.memory import MemoryLayout
 from numaemu.placement import Placement, place
 from numaemu.worker import fill_partition

@@ -13,9 +13,9 @@ from numaemu.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_a
 from numaemu.memory import MemoryLayout, Segment, list_segments, new_token, segment_name
 from numaemu.patching import Locks, NodeKernel, _ranges
 from numaemu.placement import place
-from numaemu.worker import fill_partition
 from numaemu.sites import SiteTable, site_table
 from numaemu.textmem import MAX_BATCH, TextCopies, TextState, text_segment_size
+from numaemu.worker import fill_partition
 
 N_COPIES = 2
 N_TASKS = 2

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numaemu.tasks import TASKS_PER_NODE, RequestPlan, choose_destination, plan_requests, splitmix64
+from numaemu.tasks import (
+    TASKS_PER_NODE,
+    RequestPlan,
+    choose_destination,
+    plan_requests,
+    splitmix64,
+)
 
 
 def _plan(first: int, count: int, *, seed: int = 7, task: int = 3, n_templates: int = 48, node: int = 0, n_nodes: int = 4, rate: float = 0.0) -> RequestPlan:

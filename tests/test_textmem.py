@@ -8,7 +8,6 @@ import pytest
 from numaemu.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.memory import MemoryLayout, Segment, list_segments, new_token, segment_name
 from numaemu.placement import Placement, place
-from numaemu.worker import fill_partition
 from numaemu.textmem import (
     MAX_BATCH,
     TXT_HEADER,
@@ -17,6 +16,7 @@ from numaemu.textmem import (
     TextState,
     text_segment_size,
 )
+from numaemu.worker import fill_partition
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,13 @@ import pytest
 
 from numaemu.errors import UsageError
 from numaemu.image import KERNEL_BASE, LINE_SIZE, KernelImage, synthetic_image
-from numaemu.workloads import TRACE_MAX_REQUEST, WORKLOADS, Workload, build_workload, parse_trace
+from numaemu.workloads import (
+    TRACE_MAX_REQUEST,
+    WORKLOADS,
+    Workload,
+    build_workload,
+    parse_trace,
+)
 
 BUILT = ("getpid", "db", "compute")
 TEXT_END = KERNEL_BASE + 146_880  # synthetic_image(0.01): .text is 146,880 bytes
