@@ -439,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; every node stopped and every segment removed", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output piped into `head` and the reader left: not an error of ours (Python docs,
+        # "Note on SIGPIPE"); keep the interpreter from failing again on flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

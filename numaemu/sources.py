@@ -123,6 +123,8 @@ class NodeSource:
         self.turn = 0
         self.ops = 0
         self.ftrace_enables = 0
+        self.module_loads = 0
+        self.module_unloads = 0
 
     def step(self) -> None:
         name = self.plan.names[self.turn % len(self.plan.names)]
@@ -273,15 +275,16 @@ class NodeSource:
         jump = kinds == KIND_JUMP
         counts = st.key_count[self.plan.keys[np.maximum(keys, 0)]] if len(self.plan.keys) else np.zeros(len(sites))
         states[jump & (keys >= 0)] = (counts[jump & (keys >= 0)] > 0).astype(np.int64)
-        for s, state in zip(sites, states):
+        for s, state in zip(sites, states):  # alternatives are still their NOP placeholder here
             o, L = int(t.offset[s]) - base, int(t.length[s])
-            body[o : o + L] = t.enc[s, 0 if kinds[sites.searchsorted(s)] == KIND_ALT else state, :L]
+            body[o : o + L] = t.enc[s, state, :L]
         # Alternatives are applied to the new text before it is live (apply_alternatives()).
         for s in sites[kinds == KIND_ALT]:
             o, L = int(t.offset[s]) - base, int(t.length[s])
             body[o : o + L] = t.enc[s, 1, :L]
         states[kinds == KIND_ALT] = 1
         self._write_slot(slot, body)
+        self.module_loads += 1
         st.site_state[sites] = states
         st.site_live[sites] = 1
 
@@ -290,6 +293,7 @@ class NodeSource:
         self.st.site_live[sites] = 0
         fill = 0 if self.k.sites.arch == "arm64" else INT3
         self._write_slot(slot, np.full(MODULE_SLOT_BYTES, fill, dtype=np.uint8))
+        self.module_unloads += 1
 
     def _write_slot(self, slot: int, body: np.ndarray) -> None:
         """Write a module slot in the master and every copy, then sync, so that no node still

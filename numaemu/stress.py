@@ -167,6 +167,8 @@ def _stress_body(nc: NodeContext) -> dict:
         "stop_rounds": kernel.stats.stop_rounds,
         "unexpected_ops": kernel.unexpected,
         "source_ops": source.ops,
+        "module_loads": source.module_loads,
+        "module_unloads": source.module_unloads,
         "latencies_us": lat.tolist(),
     }
 
@@ -449,6 +451,8 @@ def stress_document(spec: StressSpec, result: dict) -> dict:
         "stop_rounds": sum(r["stop_rounds"] for r in reports),
         "int3_hits": sum(r["int3_hits"] for r in reports),
         "unexpected_ops": sum(r["unexpected_ops"] for r in reports),
+        "module_loads": sum(r.get("module_loads", 0) for r in reports),
+        "module_unloads": sum(r.get("module_unloads", 0) for r in reports),
         "ok": violations == 0 and identical,
         "per_node": [
             {k: r[k] for k in ("node", "pid", "cpus", "executions", "violations", "int3_hits", "flushes", "patch_calls", "sites_patched", "syncs", "unexpected_ops", "source_ops")}
@@ -462,7 +466,8 @@ def format_stress_summary(doc: dict) -> str:
     lines = [
         f"executions checked: {doc['executions_checked']:,} on {len(doc['per_node'])} nodes (INT3 hits {doc['int3_hits']:,})",
         f"patch calls: {doc['patches_applied']:,} from {doc['source_ops']:,} source operations, {doc['sites_patched']:,} sites patched; "
-        f"sync rounds {doc['sync_rounds']:,}, stop_machine rounds {doc['stop_rounds']:,}",
+        f"sync rounds {doc['sync_rounds']:,}, stop_machine rounds {doc['stop_rounds']:,}"
+        + (f"; modules loaded {doc['module_loads']:,}, unloaded {doc['module_unloads']:,}" if doc["module_loads"] else ""),
         "patch latency: " + (f"median {lat['median']:.0f} us, p99 {lat['p99']:.0f} us" if lat["median"] is not None else "no patch calls"),
         f"replicas identical to the master: {'yes' if doc['replicas_identical'] else 'NO'}",
         f"violations: {doc['violations']:,}",
