@@ -129,6 +129,7 @@ class NodeKernel:
         self.ipi_delay_ns = ipi_delay_ns
         self.text_poke_ns = text_poke_ns
         self._ipi_due = 0
+        self._stop_due = 0
 
     # -- waiting ------------------------------------------------------------------------------
 
@@ -195,7 +196,13 @@ class NodeKernel:
                 self._ipi_due = 0
         stop = st.get("stop_seq")
         if stop > st.node_get(node, "stop_ack"):
-            self._stop_round(stop)
+            # stop_machine wakes every CPU's stopper thread with an IPI too: same delay.
+            if self._stop_due == 0:
+                delay = int(self.rng.exponential(self.ipi_delay_ns)) if self.ipi_delay_ns else 0
+                self._stop_due = st.get("stop_req_ns") + delay
+            if time.perf_counter_ns() >= self._stop_due:
+                self._stop_due = 0
+                self._stop_round(stop)
 
     # -- syncs and rendezvous ------------------------------------------------------------------
 
@@ -402,6 +409,7 @@ class NodeKernel:
             return
         self._publish(sites, new)
         if self.protocol == "stop_machine":
+            self.st.set("stop_req_ns", time.perf_counter_ns())
             seq = self.st.add("stop_seq")
             self.stats.stop_rounds += 1
             self._stop_round(seq)

@@ -53,7 +53,8 @@ TXT_HEADER = np.dtype(
         ("module_gen", "<i8"),
         ("ftrace_all", "<i8"),  # 1 while every function is traced (newly loaded modules too)
         ("sync_req_ns", "<i8"),  # when the last sync was requested (perf_counter_ns)
-        ("pad", "V24"),
+        ("stop_req_ns", "<i8"),  # when the last stop_machine round was requested
+        ("pad", "V16"),
     ]
 )
 TXT_NODE = np.dtype(
