@@ -128,8 +128,7 @@ class NodeKernel:
         self.rng = np.random.default_rng([node, 0x697069])  # "ipi"
         self.ipi_delay_ns = ipi_delay_ns
         self.text_poke_ns = text_poke_ns
-        self._ipi_due = 0
-        self._stop_due = 0
+        self._due: dict[str, int] = {}  # when the pending sync / stop IPI reaches this node
 
     # -- waiting ------------------------------------------------------------------------------
 
@@ -183,26 +182,29 @@ class NodeKernel:
     def safe_point(self) -> None:
         st, node = self.st, self.node
         seq = st.get("sync_seq")
-        if seq > st.node_get(node, "sync_ack"):
-            # An IPI is not taken the instant it is sent: the node keeps running until it
-            # notices (interrupts off, a long instruction, wake-up). Model that delivery delay,
-            # so a protocol that does not wait for the sync really lets nodes run stale code.
-            if self._ipi_due == 0:
-                delay = int(self.rng.exponential(self.ipi_delay_ns)) if self.ipi_delay_ns else 0
-                self._ipi_due = st.get("sync_req_ns") + delay
-            if time.perf_counter_ns() >= self._ipi_due:
-                self.flush()
-                st.node_set(node, "sync_ack", seq)
-                self._ipi_due = 0
+        if seq > st.node_get(node, "sync_ack") and self._delivered("sync_req_ns"):
+            self.flush()
+            st.node_set(node, "sync_ack", seq)
         stop = st.get("stop_seq")
-        if stop > st.node_get(node, "stop_ack"):
-            # stop_machine wakes every CPU's stopper thread with an IPI too: same delay.
-            if self._stop_due == 0:
-                delay = int(self.rng.exponential(self.ipi_delay_ns)) if self.ipi_delay_ns else 0
-                self._stop_due = st.get("stop_req_ns") + delay
-            if time.perf_counter_ns() >= self._stop_due:
-                self._stop_due = 0
-                self._stop_round(stop)
+        if stop > st.node_get(node, "stop_ack") and self._delivered("stop_req_ns"):
+            self._stop_round(stop)
+
+    def _delivered(self, sent_field: str) -> bool:
+        """Has the IPI of the pending request (sent at header `sent_field`) reached this node?
+
+        An IPI is not taken the instant it is sent: the node keeps running until it notices
+        (interrupts off, a long instruction, a wake-up). Modelling that delivery delay is what
+        lets a protocol that does not wait for a sync really run stale code; stop_machine wakes
+        every CPU's stopper thread with an IPI too, so its rounds get the same delay.
+        """
+        due = self._due.get(sent_field, 0)
+        if due == 0:
+            delay = int(self.rng.exponential(self.ipi_delay_ns)) if self.ipi_delay_ns else 0
+            due = self._due[sent_field] = self.st.get(sent_field) + delay
+        if time.perf_counter_ns() < due:
+            return False
+        self._due[sent_field] = 0
+        return True
 
     # -- syncs and rendezvous ------------------------------------------------------------------
 
