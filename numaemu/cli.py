@@ -283,6 +283,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     spec = StressSpec(topo, host, image, args.policy, protocol, args.source, args.duration, args.rate, args.seed, args.inject_bug, start_method)
     result = run_stress(spec)
     doc = stress_document(spec, result)
+    args.outcome = 0 if doc["ok"] else 1  # known before any output (see main: broken pipes)
     doc["argv"] = sys.argv[1:]
     doc["host"] = host_metadata()
     doc["topology"] = topo.to_json()
@@ -372,6 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             rec["verify_failed_tasks"] = bad
         records.append(rec)
     add_speedups(records)
+    args.outcome = 1 if args.verify and not all(r["verified"] for r in records) else 0
 
     print(format_run_table(records), file=log)
     over = max(r["pacing_overrun_pct"] for r in records)
@@ -421,6 +423,7 @@ COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run, "stres
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args: argparse.Namespace | None = None
     # SIGINT and SIGTERM take one path, so the coordinator's cleanup runs either way (also when
     # a shell started us in the background with SIGINT ignored).
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -443,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into `head` and the reader left: not an error of ours (Python docs,
         # "Note on SIGPIPE"); keep the interpreter from failing again on flush at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return getattr(args, "outcome", 0)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
