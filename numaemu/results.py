@@ -146,8 +146,12 @@ def write_json(doc: dict, path: str) -> str:
         sys.stdout.write(text)
         return "stdout"
     p = Path(path)
+    if p.exists() and not p.is_file():  # /dev/null, a FIFO: write through, never replace it
+        with open(p, "w") as f:
+            f.write(text)
+        return str(p)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
+    tmp = p.with_name(p.name + ".tmp")  # a reader never sees a half-written file
     tmp.write_text(text)
     os.replace(tmp, p)
     return str(p)

@@ -140,3 +140,20 @@ def test_image_summary(capsys):
     ]
     code, out, _ = run_cli(capsys, "image")
     assert code == 0 and "14,687,986" in out and "ftrace site" in out
+
+
+def test_json_to_a_device_writes_through_it(capsys, tmp_path):
+    # --json /dev/null must not replace the device with a file (write_json renames temp files).
+    import stat
+
+    from numaemu.results import write_json
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert write_json({"a": 1}, "/dev/null") == "/dev/null"
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    target = tmp_path / "out.json"
+    write_json({"a": 1}, str(target))
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert not (tmp_path / "out.json.tmp").exists()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)

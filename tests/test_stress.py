@@ -98,7 +98,7 @@ def test_stress_under_other_start_methods(no_leaks, tmp_path, method):
     assert doc["start_method"] == method and doc["executions_checked"] > 0 and doc["patches_applied"] > 0
 
 
-def test_a_closed_output_pipe_keeps_the_verdict(no_leaks):
+def test_a_closed_output_pipe_keeps_the_verdict(no_leaks, tmp_path):
     # `numaemu stress ... | head -1`: the reader leaves; the exit code must still say violated.
     import subprocess
     import sys
@@ -106,7 +106,7 @@ def test_a_closed_output_pipe_keeps_the_verdict(no_leaks):
     from .conftest import ROOT
 
     env = dict(__import__("os").environ, PYTHONPATH=str(ROOT))
-    cmd = (f"{sys.executable} -m numaemu stress --duration 3 --inject-bug no-sync --json /dev/null | head -1; "
+    cmd = (f"{sys.executable} -m numaemu stress --duration 3 --inject-bug no-sync --json {tmp_path / 's.json'} | head -1; "
            "exit ${PIPESTATUS[0]}")
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr
