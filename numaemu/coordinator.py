@@ -41,7 +41,13 @@ from .memory import (
 from .placement import Placement, place
 from .tasks import TASKS_PER_NODE, plan_requests
 from .topology import HostPlacement, Topology
-from .worker import SETUP_TIMEOUT_S, WorkerConfig, run_batch, worker_main
+from .worker import (
+    SETUP_TIMEOUT_S,
+    WorkerConfig,
+    fill_partition,
+    run_batch,
+    worker_main,
+)
 from .workloads import Workload
 
 __all__ = ["NodeSession", "RunSpec", "run_policy", "calibrate_scale", "expected_checksum", "START_METHODS"]
@@ -298,7 +304,7 @@ def calibrate_scale(image: KernelImage, workload: Workload, topology: Topology, 
     placement = place(image, 1, "single")
     layout = MemoryLayout.for_nodes((placement.image_bytes(0),))
     mem = np.zeros(layout.size, dtype=np.uint8)
-    mem[: layout.image_bytes[0]] = image.data.reshape(-1, 4096)[placement.hosted[0]].reshape(-1)
+    fill_partition(mem, image.data, layout, 0, placement.hosted[0], seed)
     local = min(x for row in topology.latency_ns for x in row if x is not None)
     engine = NodeEngine(0, mem, placement.tables[0], layout.part_offset, (layout.user_offset(0),), layout.user_bytes, np.array([local]), workload, cold=cold, user_local=user_local, cache=DirectMappedCache(), seed=seed)
     tasks = np.zeros(TASKS_PER_NODE, dtype=TASK_SLOT)

@@ -24,7 +24,7 @@ from .image import LINE_SIZE, LINES_PER_PAGE, PAGE_SIZE
 from .placement import UNMAPPED, PageTable
 from .workloads import Workload
 
-__all__ = ["HIT_NS", "Counters", "BatchResult", "NodeEngine", "line_bases"]
+__all__ = ["HIT_NS", "Counters", "BatchResult", "NodeEngine", "line_bases", "page_bases"]
 
 HIT_NS = 4.0  # an L2 hit: ~14 cycles at 3.5 GHz (an assumption, the same for every policy)
 _LINE_WORDS = LINE_SIZE // 8
@@ -58,12 +58,19 @@ class BatchResult:
     checksums: np.ndarray  # uint64, one per request
 
 
-def line_bases(table: PageTable, part_offset: tuple[int, ...]) -> np.ndarray:
-    """Per image page: the global line number (in the ``mem`` segment) of its first line."""
+def page_bases(table: PageTable, part_offset: tuple[int, ...]) -> np.ndarray:
+    """Per image page: the byte offset (in the ``mem`` segment) of its frame; UNMAPPED if none."""
     base = np.full(len(table.home), UNMAPPED, dtype=np.int64)
     mapped = table.home != UNMAPPED
-    offsets = np.asarray(part_offset, dtype=np.int64)[table.home[mapped]] + table.frame[mapped] * PAGE_SIZE
-    base[mapped] = offsets // LINE_SIZE
+    base[mapped] = np.asarray(part_offset, dtype=np.int64)[table.home[mapped]] + table.frame[mapped] * PAGE_SIZE
+    return base
+
+
+def line_bases(table: PageTable, part_offset: tuple[int, ...]) -> np.ndarray:
+    """Per image page: the global line number (in the ``mem`` segment) of its first line."""
+    base = page_bases(table, part_offset)
+    mapped = base != UNMAPPED
+    base[mapped] //= LINE_SIZE
     return base
 
 

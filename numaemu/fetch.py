@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clock import spin
+from .engine import page_bases
 from .image import LINE_SIZE, PAGE_SIZE
-from .placement import UNMAPPED, PageTable
+from .placement import PageTable
 from .sites import INT3, MAX_INSN, SiteTable
 from .textmem import TextState
 
@@ -78,10 +79,7 @@ class Reader:
         self.arm = sites.arch == "arm64"
         self.fetch_gap_ns = fetch_gap_ns
         self.handler_ns = handler_ns
-        base = np.full(len(table.home), UNMAPPED, dtype=np.int64)
-        mapped = table.home != UNMAPPED
-        base[mapped] = np.asarray(part_offset, dtype=np.int64)[table.home[mapped]] + table.frame[mapped] * PAGE_SIZE
-        self.page_base = base
+        self.page_base = page_bases(table, part_offset)
         self.tag = np.full(IBUF_LINES, -1, dtype=np.int64)
         self.data = np.zeros((IBUF_LINES, LINE_SIZE), dtype=np.uint8)
         self.flushes = 0
@@ -176,12 +174,10 @@ class Reader:
 def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) -> tuple[int, list[Violation]]:
     """(number of violations, the first `limit` described). Pure: judges observations only."""
     s = obs.sites
-    n_states = sites.n_states[s]
     lens = sites.length[s].astype(np.int64)
-    mask = np.arange(MAX_INSN) < lens[:, None]
-    enc = sites.enc[s]  # [n, states, 8]
-    match = np.all((enc == obs.observed[:, None, :]) | ~mask[:, None, :], axis=2)
-    match &= np.arange(enc.shape[1]) < n_states[:, None]
+    # match[i, st]: execution i ran state st's encoding (a state the site has).
+    match = np.stack([sites.holds(s, np.full(len(s), st), obs.observed) for st in range(sites.enc.shape[1])], axis=1)
+    match &= np.arange(sites.enc.shape[1]) < sites.n_states[s][:, None]
     valid = match.any(axis=1)
     stable = (obs.seq_before == obs.seq_after) & (obs.seq_before % 2 == 0)
     exact = match[np.arange(len(s)), obs.committed.astype(np.int64)]

@@ -380,17 +380,12 @@ class NodeKernel:
                     self.st.record_failure(self.node, s, want, found)
                     self.unexpected += 1
             return ok
-        lens = t.length[sites].astype(np.int64)
-        width = int(lens.max())
-        idx = t.offset[sites][:, None] + np.arange(width)
-        cur = self.master[np.minimum(idx, len(self.master) - 1)]
-        want = t.enc[sites, old_states, :width]
-        mask = np.arange(width) < lens[:, None]
-        ok = np.all((cur == want) | ~mask, axis=1)
+        cur = t.read(self.master, sites)
+        ok = t.holds(sites, old_states, cur)
         bad = np.flatnonzero(~ok)
         for i in bad[:8]:  # "unexpected op": the kernel BUG()s here; log the first few
-            L = int(lens[i])
-            self.st.record_failure(self.node, int(sites[i]), bytes(want[i, :L]), bytes(cur[i, :L]))
+            s, L = int(sites[i]), int(t.length[sites[i]])
+            self.st.record_failure(self.node, s, t.encoding(s, int(old_states[i])), bytes(cur[i, :L]))
         if len(bad) > 8:
             self.st.add("failures", len(bad) - 8)  # counted, not logged
         self.unexpected += int(np.count_nonzero(~ok))

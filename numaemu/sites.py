@@ -89,6 +89,19 @@ class SiteTable:
     def key_sites(self, key: int) -> np.ndarray:
         return np.flatnonzero(self.key[: self.n_jump] == key)
 
+    def read(self, buf: np.ndarray, sites: np.ndarray) -> np.ndarray:
+        """The bytes at `sites` in `buf` (an image-sized array), [n, longest site]."""
+        width = int(self.length[sites].max())
+        return buf[np.minimum(self.offset[sites][:, None] + np.arange(width), len(buf) - 1)]
+
+    def holds(self, sites: np.ndarray, states: np.ndarray | int, found: np.ndarray) -> np.ndarray:
+        """Per site: do the bytes `found` ([n, >= longest site]) encode `states`? Bytes past a
+        site's length are ignored."""
+        width = found.shape[1]
+        want = self.enc[sites, states, :width]
+        beyond = np.arange(width) >= self.length[sites][:, None]
+        return np.all((found == want) | beyond, axis=1)
+
     def state_of(self, site: int, observed: bytes) -> int | None:
         """Which state `observed` encodes at `site`, or None (torn, foreign)."""
         for st in range(self.n_states[site]):

@@ -303,9 +303,7 @@ class ReaderTasks:
 
 def _jump_taken(obs, sites: SiteTable, which: np.ndarray) -> np.ndarray:
     """Whether the executions `which` of `obs` ran the site's JMP (state 1)."""
-    s = obs.sites[which]
-    mask = np.arange(obs.observed.shape[1]) < sites.length[s][:, None]
-    return np.all((obs.observed[which] == sites.enc[s, 1]) | ~mask, axis=1)
+    return sites.holds(obs.sites[which], 1, obs.observed[which])
 
 
 def _livepatch_mix(obs, sites: SiteTable, n_klp: int, task_state: int) -> str:
@@ -396,12 +394,8 @@ def _state_drift(master: np.ndarray, sites: SiteTable, state: np.ndarray, live: 
     """Sites (of the core image, and of loaded modules) whose master bytes are not the encoding
     of their committed state."""
     which = np.concatenate([np.arange(sites.n_core), sites.n_core + np.flatnonzero(live[sites.n_core :])])
-    lens = sites.length[which].astype(np.int64)
-    width = int(lens.max())
-    idx = np.minimum(sites.offset[which][:, None] + np.arange(width), len(master) - 1)
-    want = sites.enc[which, state[which].astype(np.int64), :width]
-    mask = np.arange(width) < lens[:, None]
-    return int(np.count_nonzero(~np.all((master[idx] == want) | ~mask, axis=1)))
+    held = sites.holds(which, state[which].astype(np.int64), sites.read(master, which))
+    return int(np.count_nonzero(~held))
 
 
 def stress_document(spec: StressSpec, result: dict) -> dict:
