@@ -131,7 +131,9 @@ def _stress_body(nc: NodeContext) -> dict:
 
     nc.phase("run")
     interval = int(1e9 * cfg.n_nodes / cfg.rate)
-    next_op = start_ns + interval * cfg.node // cfg.n_nodes
+    # Each node issues its operations as a Poisson process at rate/n_nodes: independent CPUs do
+    # not take turns, so operations of different nodes really overlap (as key-race needs).
+    next_op = start_ns + int(rng.exponential(interval))
     while True:
         now = time.perf_counter_ns()
         if now >= end_ns:
@@ -139,9 +141,9 @@ def _stress_body(nc: NodeContext) -> dict:
         kernel.safe_point()
         if now >= next_op:
             source.step()
-            next_op += interval
+            next_op += int(rng.exponential(interval))
             if next_op < now:  # fell behind (a slow patch): do not burst to catch up
-                next_op = now + interval
+                next_op = now + int(rng.exponential(interval))
         readers.run_batch()
         if readers.batches % 256 == 0:
             nc.check_alive()
