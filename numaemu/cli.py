@@ -21,10 +21,22 @@ from pathlib import Path
 from . import __version__
 from .coordinator import (
     START_METHODS,
-    RunSpec,
-    calibrate_scale,
     expected_checksum,
-    run_policy,
+    prepare_spec,
+    run_policies,
+)
+from .bench import (
+    AXES,
+    BENCH_SCHEMA,
+    Experiment,
+    Point,
+    compare_docs,
+    format_bench,
+    format_compare,
+    read_experiment_file,
+    run_experiment,
+    split_topologies,
+    write_csv,
 )
 from .cpus import format_cpu_list, host_cpus
 from .errors import NodeFailure, UsageError
@@ -32,12 +44,12 @@ from .image import ARCHES, KernelImage, synthetic_image
 from .memory import prune_stale
 from .patching import BUGS, PROTOCOLS
 from .placement import POLICIES, REPLICATE_SCOPES
+from .plot import check_available as check_plot_available
+from .plot import plot_bench
 from .results import (
     SCHEMA,
-    add_speedups,
     format_run_table,
     host_metadata,
-    policy_record,
     write_json,
 )
 from .sources import SOURCES
@@ -178,6 +190,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject-bug", default=None, metavar="NAME", help=f"plant one of the kernel's historical bugs: {', '.join(BUGS)}")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/stress-<time>.json)")
     p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
+    p = sub.add_parser("bench", help="sweep run's options, repeated, with medians, intervals, significance and the model beside each speedup")
+    p.add_argument("--experiment", metavar="FILE.toml", help="a TOML experiment: keys named as these options, a list sweeps (options given here win)")
+    p.add_argument("--topology", help="comma list of topologies to sweep (default 2s-xeon)")
+    p.add_argument("--workload", help=f"comma list of {', '.join(WORKLOADS)} (default db)")
+    p.add_argument("--cache", help="comma list of hot, cold (default hot)")
+    p.add_argument("--user-data", help="comma list of local, interleave (default local)")
+    p.add_argument("--replicate", help="comma list of text, text+rodata (default text+rodata)")
+    p.add_argument("--policy", help="comma list of policies run at every point; single is always run, as the baseline (default: all three)")
+    p.add_argument("--repeat", help="measured repetitions per point, each in fresh node processes (default 5)")
+    p.add_argument("--warmup", help="discarded repetitions per point first, a quarter as long (default 1)")
+    p.add_argument("--duration", help="seconds per policy per repetition (default 2)")
+    p.add_argument("--requests", help="total requests per policy per repetition, instead of --duration")
+    p.add_argument("--migrate-rate", help="probability that a task migrates after a request (default 0.01)")
+    p.add_argument("--seed", help="seed of the workload, request choices and migrations (default 0)")
+    p.add_argument("--image-scale", help="shrink the embedded image by this factor (0, 1] (default 1)")
+    p.add_argument("--host-cpus", help="host CPUs for each node, ';'-separated cpulists (one topology only)")
+    p.add_argument("--local-ns", help="derive latencies from distances with this local latency (ns)")
+    p.add_argument("--trace", help="for --workload trace: a file of virtual addresses")
+    p.add_argument("--time-scale", help="wall ns per emulated ns (default: calibrated at each point)")
+    p.add_argument("--start-method", help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
+    p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/bench-<time>.json)")
+    p.add_argument("--csv", dest="csv_path", metavar="PATH", help="also write one CSV row per point and policy")
+    p.add_argument("--plot", dest="plot_path", metavar="FILE.png", help="draw speedups with their intervals and per-node times (needs the 'plot' extra: matplotlib)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal)")
+
+    p = sub.add_parser("compare", help="compare two bench results: the differences and their significance")
+    p.add_argument("a", metavar="A.json")
+    p.add_argument("b", metavar="B.json")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the comparison as JSON ('-' for stdout)")
     return parser
 
 
@@ -221,19 +263,19 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_target(path: str | None, command: str = "run") -> str:
+def _json_target(path: str | None, command: str = "run", param: str = "--json") -> str:
     if path is None:
         return os.path.join("results", time.strftime(f"{command}-%Y%m%d-%H%M%S.json"))
     if path == "-":
         return path
     p = Path(path)
     if p.is_dir():
-        raise UsageError("--json", f"'{path}' is a directory; give a file path")
+        raise UsageError(param, f"'{path}' is a directory; give a file path")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError("--json", f"'{path}': directory '{parent}' does not exist")
+        raise UsageError(param, f"'{path}': directory '{parent}' does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UsageError("--json", f"'{path}' is not writable")
+        raise UsageError(param, f"'{path}' is not writable")
     return path
 
 
@@ -324,13 +366,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _prune(log)
 
-    cpus_used = len({c for s in host.cpus for c in s})
-    sharing = topo.n_nodes / cpus_used
-    cal: dict = {}
-    if args.time_scale:
-        scale = args.time_scale
-    else:
-        scale, cal = calibrate_scale(image, workload, topo, cold=args.cache == "cold", user_local=args.user_data == "local", sharing=sharing, seed=args.seed)
+    spec, cal = prepare_spec(
+        topo, host, image, workload, cold=args.cache == "cold", user_local=args.user_data == "local",
+        duration_s=duration, requests=args.requests, migrate_rate=args.migrate_rate, seed=args.seed,
+        start_method=start_method, replicate=args.replicate, time_scale=args.time_scale,
+    )
+    scale = spec.scale
     print(
         f"numaemu run: {topo.name} ({topo.n_nodes} nodes), image {image.name}, workload {workload.name}, "
         f"cache {args.cache}, user data {args.user_data}, "
@@ -341,38 +382,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"host: {placement_text}; time scale {scale:g} (1 emulated ns = {scale:g} wall ns)", file=log)
     if host.oversubscribed:
         print(
-            f"oversubscribed: {topo.n_nodes} nodes on {cpus_used} host CPU(s); emulated-time results stay exact, "
+            f"oversubscribed: {topo.n_nodes} nodes on {host.n_cpus_used} host CPU(s); emulated-time results stay exact, "
             "wall-clock fidelity is reduced (see pacing_overrun_pct)",
             file=log,
         )
 
-    spec = RunSpec(
-        topology=topo,
-        host=host,
-        image=image,
-        workload=workload,
-        cold=args.cache == "cold",
-        user_local=args.user_data == "local",
-        duration_s=duration,
-        requests=args.requests,
-        migrate_rate=args.migrate_rate,
-        seed=args.seed,
-        start_method=start_method,
-        scale=scale,
-        replicate=args.replicate,
-        oversleep_ns=cal.get("oversleep_ns", 60_000),
-    )
-    records = []
-    for policy in policies:
-        run = run_policy(spec, policy)
-        rec = policy_record(policy, run, topo.n_nodes, duration)
-        if args.verify:
-            tasks = run["tasks"]
-            bad = [t for t in range(len(tasks)) if expected_checksum(image.data, workload, args.seed, t, int(tasks["done"][t])) != int(tasks["checksum"][t])]
-            rec["verified"] = not bad
-            rec["verify_failed_tasks"] = bad
-        records.append(rec)
-    add_speedups(records)
+    def verify(policy: str, run: dict, rec: dict) -> None:
+        tasks = run["tasks"]
+        bad = [t for t in range(len(tasks)) if expected_checksum(image.data, workload, args.seed, t, int(tasks["done"][t])) != int(tasks["checksum"][t])]
+        rec["verified"] = not bad
+        rec["verify_failed_tasks"] = bad
+
+    records = run_policies(spec, policies, each=verify if args.verify else None)
     args.outcome = 1 if args.verify and not all(r["verified"] for r in records) else 0
 
     print(format_run_table(records), file=log)
@@ -418,7 +439,161 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run, "stress": cmd_stress}
+# `numaemu bench`: each option is text, from the command line or an experiment file, checked by
+# one parser either way; lists sweep. Defaults are `numaemu run`'s.
+BENCH_DEFAULTS = {
+    "topology": "2s-xeon", "workload": "db", "cache": "hot", "user-data": "local", "replicate": "text+rodata",
+    "policy": ",".join(POLICIES), "repeat": "5", "warmup": "1", "migrate-rate": "0.01", "seed": "0", "image-scale": "1",
+}
+BENCH_LISTS = {
+    "workload": WORKLOADS, "cache": ("hot", "cold"), "user-data": ("local", "interleave"),
+    "replicate": REPLICATE_SCOPES, "policy": POLICIES,
+}
+BENCH_SCALARS = {
+    "repeat": _positive_int, "warmup": _integer(0, None, "must be an integer >= 0"), "duration": _positive_float("duration"),
+    "requests": _positive_int, "migrate-rate": _rate, "seed": _seed, "image-scale": _scale,
+    "local-ns": _positive_float("local-ns"), "time-scale": _positive_float("time-scale"),
+}
+
+
+def _comma_list(text: str, param: str, choices: Sequence[str] | None = None) -> list[str]:
+    items = split_topologies(text) if param == "--topology" else [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise UsageError(param, "give at least one value")
+    if len(set(items)) != len(items):
+        raise UsageError(param, f"'{text}' names a value twice")
+    for item in items:
+        if choices is not None:
+            _choice(item, choices, param)
+    return items
+
+
+def _bench_experiment(args: argparse.Namespace) -> Experiment:
+    from_file = read_experiment_file(args.experiment) if args.experiment else {}
+
+    def raw(name: str) -> tuple[str | None, str]:
+        given = getattr(args, name.replace("-", "_"))
+        if given is not None:
+            return given, f"--{name}"
+        if name in from_file:
+            return from_file[name], f"--{name} (from {args.experiment})"
+        return BENCH_DEFAULTS.get(name), f"--{name}"
+
+    def scalar(name: str):
+        text, param = raw(name)
+        if text is None:
+            return None
+        try:
+            return BENCH_SCALARS[name](text)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(param, str(exc)) from None
+
+    lists = {name: _comma_list(*raw(name), BENCH_LISTS.get(name)) for name in ("topology", *BENCH_LISTS)}
+    policies = lists.pop("policy")
+    if "single" not in policies:
+        policies.insert(0, "single")  # the baseline of every speedup
+    duration, requests = scalar("duration"), scalar("requests")
+    if duration is not None and requests is not None:
+        raise UsageError("--duration", "give --duration or --requests, not both")
+    host_cpus_text, _ = raw("host-cpus")
+    if host_cpus_text and len(lists["topology"]) > 1:
+        raise UsageError("--host-cpus", "an explicit placement fits one topology; sweep topologies without it")
+    trace_text, _ = raw("trace")
+    if trace_text and "trace" not in lists["workload"]:
+        raise UsageError("--trace", "--trace is only for --workload trace")
+    start_text, param = raw("start-method")
+    start_method = _choice(start_text or mp.get_start_method(), START_METHODS, param)
+    points = tuple(
+        Point(topology=t, workload=w, cache=c, user_data=u, replicate=r)
+        for t in lists["topology"] for w in lists["workload"] for c in lists["cache"]
+        for u in lists["user-data"] for r in lists["replicate"]
+    )
+    exp = Experiment(
+        points=points, policies=tuple(policies), repeat=scalar("repeat"), warmup=scalar("warmup"),
+        duration_s=None if requests else (duration or 2.0), requests=requests, migrate_rate=scalar("migrate-rate"),
+        seed=scalar("seed"), image_scale=scalar("image-scale"), start_method=start_method, host_cpus=host_cpus_text,
+        local_ns=scalar("local-ns"), sysfs_root=args.sysfs_root, trace=Path(trace_text) if trace_text else None,
+        time_scale=scalar("time-scale"),
+    )
+    # Check every topology and workload now, so a typo fails before minutes of running.
+    image = synthetic_image(exp.image_scale)
+    override = parse_host_cpus(exp.host_cpus) if exp.host_cpus else None
+    for t in lists["topology"]:
+        place_on_host(load_topology(t, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns), host_cpus(), override)
+    for w in lists["workload"]:
+        build_workload(w, image, exp.seed, exp.trace if w == "trace" else None)
+    return exp
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    exp = _bench_experiment(args)
+    json_path = _json_target(args.json_path, "bench")
+    csv_path = _json_target(args.csv_path, param="--csv") if args.csv_path else None
+    if args.plot_path:
+        check_plot_available()
+        _json_target(args.plot_path, param="--plot")
+    log = sys.stderr if json_path == "-" else sys.stdout
+    _prune(log)
+    per = f"{exp.duration_s:g} s" if exp.duration_s else f"{exp.requests} requests"
+    print(
+        f"numaemu bench: {len(exp.points)} point(s) x {len(exp.policies)} policies ({', '.join(exp.policies)}), "
+        f"{exp.warmup} warmup + {exp.repeat} repetitions of {per} each: {exp.runs} runs in fresh node processes",
+        file=log,
+    )
+    points = run_experiment(exp, progress=args.progress, log=lambda text: print(text + "\n", file=log, flush=True))
+    print(format_bench(points).rsplit("\n", 1)[-1], file=log)  # the legend; the points were printed as they ended
+    doc = {
+        "schema": SCHEMA,
+        "bench_schema": BENCH_SCHEMA,
+        "command": "bench",
+        "argv": sys.argv[1:],
+        "host": host_metadata(),
+        "experiment": {**exp.settings(), "axes": list(AXES), "file": args.experiment},
+        "points": points,
+    }
+    where = write_json(doc, json_path)
+    if where != "stdout":
+        print(f"wrote {where}", file=log)
+    if csv_path:
+        write_csv(points, csv_path)
+        print(f"wrote {csv_path}", file=log)
+    if args.plot_path:
+        plot_bench(points, args.plot_path, title=f"numaemu bench: {exp.repeat} repetitions, {per} each")
+        print(f"wrote {args.plot_path}", file=log)
+    return 0
+
+
+def _read_bench(path: str, param: str) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(param, f"cannot read '{path}': {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(param, f"'{path}' is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("command") != "bench" or "points" not in doc:
+        what = doc.get("command") if isinstance(doc, dict) else None
+        raise UsageError(param, f"'{path}' is not a numaemu bench result" + (f" (it is from numaemu {what})" if what else ""))
+    if doc.get("bench_schema") != BENCH_SCHEMA:
+        raise UsageError(param, f"'{path}' has bench schema {doc.get('bench_schema')}; this numaemu reads {BENCH_SCHEMA}")
+    return doc
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    a, b = _read_bench(args.a, "A.json"), _read_bench(args.b, "B.json")
+    json_path = _json_target(args.json_path, "compare") if args.json_path else None
+    cmp = compare_docs(a, b)
+    log = sys.stderr if json_path == "-" else sys.stdout
+    print(format_compare(cmp, args.a, args.b), file=log)
+    if not cmp["rows"]:
+        print("no point is in both files", file=log)
+    if json_path:
+        where = write_json({"schema": SCHEMA, "command": "compare", "a": args.a, "b": args.b, **cmp}, json_path)
+        if where != "stdout":
+            print(f"wrote {where}", file=log)
+    return 0
+
+
+COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run, "stress": cmd_stress, "bench": cmd_bench, "compare": cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

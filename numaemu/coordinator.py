@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 
@@ -39,6 +39,7 @@ from .memory import (
     segment_name,
 )
 from .placement import Placement, place
+from .results import add_speedups, policy_record
 from .tasks import TASKS_PER_NODE, plan_requests
 from .topology import HostPlacement, Topology
 from .worker import (
@@ -50,7 +51,7 @@ from .worker import (
 )
 from .workloads import Workload
 
-__all__ = ["NodeSession", "RunSpec", "run_policy", "calibrate_scale", "expected_checksum", "START_METHODS"]
+__all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "calibrate_scale", "expected_checksum", "START_METHODS"]
 
 START_METHODS = ("fork", "spawn", "forkserver")
 START_DELAY_NS = 20_000_000  # every node starts at the same instant, 20 ms after the signal
@@ -234,6 +235,63 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
             "reports": reports,
             "tasks": ctl.tasks.copy(),
         }
+
+
+def run_policies(spec: RunSpec, policies: Sequence[str], *, each: Callable[[str, dict, dict], None] | None = None) -> list[dict]:
+    """Run each policy in turn, in fresh node processes; return their records with speedups
+    against ``single`` of this same call. `each(policy, raw_run, record)` sees every raw run."""
+    records = []
+    for policy in policies:
+        run = run_policy(spec, policy)
+        rec = policy_record(policy, run, spec.topology.n_nodes, spec.duration_s)
+        if each is not None:
+            each(policy, run, rec)
+        records.append(rec)
+    add_speedups(records)
+    return records
+
+
+def prepare_spec(
+    topology: Topology,
+    host: HostPlacement,
+    image: KernelImage,
+    workload: Workload,
+    *,
+    cold: bool,
+    user_local: bool,
+    duration_s: float | None,
+    requests: int | None,
+    migrate_rate: float,
+    seed: int,
+    start_method: str,
+    replicate: str,
+    time_scale: float | None = None,
+) -> tuple[RunSpec, dict]:
+    """A `RunSpec` with its time scale: `time_scale` if given, else calibrated on this host for
+    this workload (`calibrate_scale`); also returns the calibration's figures ({} if given)."""
+    cal: dict = {}
+    if time_scale:
+        scale = time_scale
+    else:
+        sharing = topology.n_nodes / host.n_cpus_used
+        scale, cal = calibrate_scale(image, workload, topology, cold=cold, user_local=user_local, sharing=sharing, seed=seed)
+    spec = RunSpec(
+        topology=topology,
+        host=host,
+        image=image,
+        workload=workload,
+        cold=cold,
+        user_local=user_local,
+        duration_s=duration_s,
+        requests=requests,
+        migrate_rate=migrate_rate,
+        seed=seed,
+        start_method=start_method,
+        scale=scale,
+        replicate=replicate,
+        oversleep_ns=cal.get("oversleep_ns", 60_000),
+    )
+    return spec, cal
 
 
 def _node_phase(ctl: Control, node: int) -> str:

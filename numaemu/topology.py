@@ -243,6 +243,10 @@ class HostPlacement:
     cpus: tuple[tuple[int, ...], ...]
     oversubscribed: bool
 
+    @property
+    def n_cpus_used(self) -> int:
+        return len({c for s in self.cpus for c in s})
+
     def to_json(self) -> dict[str, object]:
         return {
             "cpus": [format_cpu_list(cpus) for cpus in self.cpus],

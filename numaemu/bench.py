@@ -1,0 +1,459 @@
+"""``numaemu bench``: sweeps of `numaemu run`, repeated, with statistics people can trust.
+
+An experiment is a grid of *points* (topology x workload x cache state x user-data placement x
+replicated scope); at each point every policy runs, in fresh node processes, ``repeat`` times
+after ``warmup`` discarded repetitions, as pyperf runs a benchmark in fresh worker processes after
+warmups. Every speedup is a paired ratio against ``single`` measured in the same repetition, and
+the policies' order rotates from one repetition to the next so host drift does not favour one.
+
+For each policy at each point the result gives the median +- MAD of its throughput, the median
+speedup with a bootstrap 95% interval and a significance test against ``single`` (`stats`), the
+speedup the latency model predicts (the ratio of emulated time per request, which is exact: it is
+computed from the fetches the nodes made and the topology's latencies), each node's own time per
+request (the per-node disparity that motivated the arm64 series is shown, not averaged away), and
+how much wall-clock fidelity pacing lost. A measured speedup that misses the model by more than
+`GAP_TOLERANCE_PCT`, with the model outside its interval, is flagged with the likely reason
+(`explain_gap`).
+
+This module holds the experiment's definition, the sweep and the summaries; `cli` parses the
+options, `plot` draws the figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .coordinator import prepare_spec, run_policies
+from .cpus import host_cpus
+from .errors import UsageError
+from .image import synthetic_image
+from .stats import Summary, paired_test, summarise, welch_test
+from .topology import load_topology, parse_host_cpus, place_on_host
+from .workloads import Workload, build_workload
+
+__all__ = [
+    "AXES",
+    "BENCH_SCHEMA",
+    "Experiment",
+    "Point",
+    "explain_gap",
+    "split_topologies",
+    "read_experiment_file",
+    "run_experiment",
+    "summarise_point",
+    "format_bench",
+    "write_csv",
+    "compare_docs",
+    "format_compare",
+]
+
+BENCH_SCHEMA = 1
+AXES = ("topology", "workload", "cache", "user_data", "replicate")
+GAP_TOLERANCE_PCT = 2.0  # a measured speedup within 2% of the model is not flagged
+OVERRUN_NOTE_PCT = 1.0  # pacing that overran more than this share is a reason for a gap
+NOISE_NOTE_PCT = 2.0  # a 95% interval wider than +-2% is a reason for a gap
+WARMUP_FRACTION = 0.25  # a warmup repetition runs a quarter of the measured duration
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration of the sweep; every policy runs at every point."""
+
+    topology: str
+    workload: str
+    cache: str
+    user_data: str
+    replicate: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def label(self) -> str:
+        return f"{self.topology} {self.workload}, cache {self.cache}, user data {self.user_data}, replicate {self.replicate}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    points: tuple[Point, ...]
+    policies: tuple[str, ...]  # always holds "single", the baseline of every speedup
+    repeat: int
+    warmup: int
+    duration_s: float | None
+    requests: int | None
+    migrate_rate: float
+    seed: int
+    image_scale: float
+    start_method: str
+    host_cpus: str | None = None
+    local_ns: float | None = None
+    sysfs_root: str = "/sys"
+    trace: Path | None = None
+    time_scale: float | None = None
+
+    @property
+    def runs(self) -> int:
+        """Node-process runs the experiment makes (one per policy per repetition per point)."""
+        return len(self.points) * (self.warmup + self.repeat) * len(self.policies)
+
+    def settings(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "points"}
+        d["policies"] = list(self.policies)
+        d["trace"] = str(self.trace) if self.trace else None
+        return d
+
+
+_TOPOLOGY_SPEC = re.compile(r"(\d+):\s*\d+")
+
+
+def split_topologies(text: str) -> list[str]:
+    """A comma list of topologies, where a numa=fake spec such as ``2:10,21,21,10`` keeps its own
+    N*N comma-separated distances: ``2s-xeon,2:10,21,21,10,4`` is three topologies."""
+    tokens = [t.strip() for t in text.split(",")]
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        m = _TOPOLOGY_SPEC.fullmatch(tokens[i])
+        take = int(m.group(1)) ** 2 if m else 1
+        out.append(",".join(tokens[i : i + take]))
+        i += take
+    return [t for t in out if t]
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment files
+
+
+EXPERIMENT_KEYS = (
+    "topology", "workload", "cache", "user-data", "replicate", "policy", "repeat", "warmup",
+    "duration", "requests", "migrate-rate", "seed", "image-scale", "host-cpus", "local-ns",
+    "trace", "time-scale", "start-method",
+)
+
+
+def read_experiment_file(path: str) -> dict[str, str]:
+    """A TOML experiment: keys named as `numaemu bench`'s long options (``user-data`` or
+    ``user_data``), values a string, number or list (a list is a sweep, like a comma list).
+    Returns each value as the text its option would take, so one parser checks both."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise UsageError("--experiment", f"cannot read '{path}': {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError("--experiment", f"'{path}' is not valid TOML: {exc}") from None
+    if isinstance(data.get("bench"), dict) and len(data) == 1:  # a [bench] table is fine too
+        data = data["bench"]
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = key.replace("_", "-")
+        if name not in EXPERIMENT_KEYS:
+            raise UsageError("--experiment", f"{path}: unknown key '{key}'; keys are {', '.join(EXPERIMENT_KEYS)}")
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in items):
+            raise UsageError("--experiment", f"{path}: {key} must be a string, a number or a non-empty list of them")
+        out[name] = ",".join(str(v) for v in items)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def run_experiment(exp: Experiment, *, progress: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
+    """Run every point of `exp`; return one summary per point (`summarise_point`).
+
+    `progress`: None shows a bar when stderr is a terminal (tqdm's rule), True always, False never.
+    """
+    image = synthetic_image(exp.image_scale)
+    workloads: dict[str, Workload] = {}
+    override = parse_host_cpus(exp.host_cpus) if exp.host_cpus else None
+    bar = tqdm(total=exp.runs, unit="run", disable=None if progress is None else not progress, leave=False, dynamic_ncols=True)
+    out = []
+    try:
+        for point in exp.points:
+            topo = load_topology(point.topology, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns)
+            host = place_on_host(topo, host_cpus(), override)
+            if point.workload not in workloads:
+                workloads[point.workload] = build_workload(point.workload, image, exp.seed, exp.trace if point.workload == "trace" else None)
+            spec, cal = prepare_spec(
+                topo, host, image, workloads[point.workload], cold=point.cache == "cold", user_local=point.user_data == "local",
+                duration_s=exp.duration_s, requests=exp.requests, migrate_rate=exp.migrate_rate, seed=exp.seed,
+                start_method=exp.start_method, replicate=point.replicate, time_scale=exp.time_scale,
+            )
+            bar.set_description(f"{point.topology} {point.workload} {point.cache}")
+            tick = lambda *_: bar.update(1)  # noqa: E731
+            warm = dataclasses.replace(
+                spec,
+                duration_s=exp.duration_s * WARMUP_FRACTION if exp.duration_s else None,
+                requests=max(1, int(exp.requests * WARMUP_FRACTION)) if exp.requests else None,
+            )
+            for _ in range(exp.warmup):
+                run_policies(warm, exp.policies, each=tick)
+            reps = []
+            for i in range(exp.repeat):
+                k = i % len(exp.policies)  # rotate the order: no policy always runs first
+                order = exp.policies[k:] + exp.policies[:k]
+                records = run_policies(spec, order, each=tick)
+                reps.append(sorted(records, key=lambda r: exp.policies.index(r["policy"])))
+            summary = summarise_point(point, reps, n_nodes=topo.n_nodes, cpus_used=host.n_cpus_used, oversubscribed=host.oversubscribed, seed=exp.seed)
+            summary.update(time_scale=spec.scale, calibration=cal, topology_detail=topo.to_json(), host_placement=host.to_json())
+            out.append(summary)
+            bar.clear()
+            log(format_point(summary))
+    finally:
+        bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries (pure)
+
+
+def explain_gap(measured: Summary, model: float, *, overrun_pct: float, oversubscribed: bool, n_nodes: int, cpus_used: int) -> tuple[float, str | None]:
+    """The gap between the measured and the modelled speedup, in %, and why it is large, or None
+    when it is not (within `GAP_TOLERANCE_PCT`, or the model inside the measured interval)."""
+    gap = 100.0 * (measured.median / model - 1.0)
+    if abs(gap) <= GAP_TOLERANCE_PCT or measured.contains(model):
+        return gap, None
+    reasons = []
+    if overrun_pct > OVERRUN_NOTE_PCT:
+        why = (
+            f"{n_nodes} nodes share {cpus_used} host CPU(s) (oversubscribed)" if oversubscribed
+            else "the host was busy, or the time scale is too small for this workload (try a larger --time-scale)"
+        )
+        reasons.append(f"pacing overran {overrun_pct:.1f}% of the paced time: {why}")
+    half = measured.ci_half_width_pct
+    if half is not None and half > NOISE_NOTE_PCT:
+        reasons.append(f"noise: the 95% interval is +-{half:.1f}% (add --repeat or --duration)")
+    if not reasons:
+        reasons.append(
+            "neither pacing overrun nor noise explains it: a cost outside the latency model "
+            "(other load on the host, start and stop synchronisation of the nodes); rerun on a quiet host"
+        )
+    return gap, "; ".join(reasons)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.median(vals)) if vals else None
+
+
+def _node_summary(recs: list[dict], node: int, seed: int) -> dict:
+    times = [t for r in recs if (t := r["per_node"][node]["us_per_request"])]
+    return {
+        "node": node,
+        "us_per_request": summarise(times, seed).to_json() if times else None,
+        "emulated_us_per_request": _median([r["per_node"][node]["emulated_us_per_request"] for r in recs]),
+    }
+
+
+def summarise_point(point: Point, reps: list[list[dict]], *, n_nodes: int, cpus_used: int, oversubscribed: bool, seed: int = 0) -> dict:
+    """Statistics of one point from its repetitions (each a list of `policy_record`s with
+    speedups, in the experiment's policy order)."""
+    policies = [r["policy"] for r in reps[0]]
+    rows = {}
+    overrun_all = 0.0
+    for pi, policy in enumerate(policies):
+        recs = [rep[pi] for rep in reps]
+        overrun = [r["pacing_overrun_pct"] for r in recs]
+        overrun_all = max(overrun_all, max(overrun))
+        row: dict = {
+            "throughput_rps": summarise([r["throughput_rps"] for r in recs], seed).to_json(),
+            "remote_fetch_share": _median([r["remote_fetch_share"] for r in recs]),
+            "node_spread_pct": _median([r["node_spread_pct"] for r in recs]),
+            "pacing_overrun_pct": {"median": _median(overrun), "max": max(overrun)},
+            "extra_memory_bytes": recs[0]["extra_memory_bytes"],
+            "per_node": [_node_summary(recs, node, seed) for node in range(n_nodes)],
+        }
+        speedups = [r["speedup_vs_single"] for r in recs]
+        models = [r["predicted_speedup_vs_single"] for r in recs]
+        if policy == "single" or any(s is None for s in speedups):
+            row.update(speedup=None, model_speedup=_median(models), significance=None, gap_pct=None, flag=None)
+        else:
+            measured = summarise(speedups, seed)
+            model = _median(models)
+            gap, flag = explain_gap(measured, model, overrun_pct=max(overrun), oversubscribed=oversubscribed, n_nodes=n_nodes, cpus_used=cpus_used)
+            row.update(speedup=measured.to_json(), model_speedup=model, significance=paired_test(speedups).to_json(), gap_pct=gap, flag=flag)
+        rows[policy] = row
+    return {
+        "point": point.to_json(),
+        "n_nodes": n_nodes,
+        "repetitions": len(reps),
+        "fidelity": {
+            "oversubscribed": oversubscribed,
+            "host_cpus_used": cpus_used,
+            "pacing_overrun_pct_max": overrun_all,
+            "note": fidelity_note(n_nodes, cpus_used, oversubscribed, overrun_all),
+        },
+        "policies": rows,
+        "runs": reps,
+    }
+
+
+def fidelity_note(n_nodes: int, cpus_used: int, oversubscribed: bool, overrun_pct: float) -> str:
+    if oversubscribed:
+        return (
+            f"{n_nodes} nodes on {cpus_used} host CPU(s): emulated-time results (model) stay exact; "
+            f"wall-clock fidelity reduced, pacing lost up to {overrun_pct:.1f}% of the paced time"
+        )
+    return f"one host CPU set per node; pacing lost at most {overrun_pct:.1f}% of the paced time"
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def _fmt_nodes(per_node: list[dict]) -> str:
+    vals = [f"{n['node']}:{n['us_per_request']['median']:.0f}" if n["us_per_request"] else f"{n['node']}:-" for n in per_node]
+    return " ".join(vals)
+
+
+def format_point(s: dict) -> str:
+    p = Point(**s["point"])
+    head = f"{p.label()}: {s['n_nodes']} nodes, {s['repetitions']} repetitions, time scale {s.get('time_scale', 0):g}"
+    lines = [head, f"  {'policy':<11}{'req/s median+-MAD':>20}{'speedup [95% CI]':>25}{'p':>9}{'model':>8}{'gap':>8}{'remote':>8}  per node us/req (median)"]
+    flags = []
+    for policy, r in s["policies"].items():
+        t = r["throughput_rps"]
+        sp = r["speedup"]
+        if sp is None:
+            sp_txt, p_txt, gap_txt = "1 (baseline)", "-", "-"
+        else:
+            ci = f"[{sp['ci_low']:.3f}, {sp['ci_high']:.3f}]" if sp["ci_low"] is not None else "[-]"
+            sp_txt = f"{sp['median']:.3f} {ci}"
+            sig = r["significance"]
+            p_txt = "-" if sig["p_value"] is None else f"{sig['p_value']:.3f}" + ("*" if sig["significant"] else " ")
+            gap_txt = f"{r['gap_pct']:+.1f}%" + ("!" if r["flag"] else " ")
+            if r["flag"]:
+                flags.append(f"  ! {policy}: measured {sp['median']:.3f} vs model {r['model_speedup']:.3f} ({r['gap_pct']:+.1f}%): {r['flag']}")
+        model = r["model_speedup"]
+        lines.append(
+            f"  {policy:<11}{t['median']:>11.1f} +- {t['mad']:<6.1f}{sp_txt:>24}{p_txt:>10}{(f'{model:.3f}' if model else '-'):>8}"
+            f"{gap_txt:>9}{100 * r['remote_fetch_share']:>7.1f}%  {_fmt_nodes(r['per_node'])}"
+        )
+    lines.extend(flags)
+    lines.append(f"  fidelity: {s['fidelity']['note']}")
+    return "\n".join(lines)
+
+
+def format_bench(points: list[dict]) -> str:
+    legend = (
+        "speedup: median wall-clock throughput ratio against single in the same repetition, with a bootstrap 95% interval; "
+        "p: paired t-test on log ratios (* below 0.05); model: what the latency model predicts; gap: measured against model (! flagged)"
+    )
+    return "\n\n".join(format_point(s) for s in points) + "\n" + legend
+
+
+CSV_COLUMNS = (
+    "topology", "workload", "cache", "user_data", "replicate", "policy", "n_nodes", "repetitions",
+    "throughput_median", "throughput_mad", "speedup_median", "speedup_mad", "speedup_ci_low", "speedup_ci_high",
+    "p_value", "significant", "model_speedup", "gap_pct", "flag", "remote_fetch_share", "node_spread_pct",
+    "pacing_overrun_pct_max", "oversubscribed", "per_node_us_per_request",
+)
+
+
+def csv_rows(points: list[dict]) -> list[dict]:
+    rows = []
+    for s in points:
+        for policy, r in s["policies"].items():
+            sp, sig = r["speedup"] or {}, r["significance"] or {}
+            rows.append({
+                **s["point"],
+                "policy": policy,
+                "n_nodes": s["n_nodes"],
+                "repetitions": s["repetitions"],
+                "throughput_median": r["throughput_rps"]["median"],
+                "throughput_mad": r["throughput_rps"]["mad"],
+                "speedup_median": sp.get("median"),
+                "speedup_mad": sp.get("mad"),
+                "speedup_ci_low": sp.get("ci_low"),
+                "speedup_ci_high": sp.get("ci_high"),
+                "p_value": sig.get("p_value"),
+                "significant": sig.get("significant"),
+                "model_speedup": r["model_speedup"],
+                "gap_pct": r["gap_pct"],
+                "flag": r["flag"] or "",
+                "remote_fetch_share": r["remote_fetch_share"],
+                "node_spread_pct": r["node_spread_pct"],
+                "pacing_overrun_pct_max": r["pacing_overrun_pct"]["max"],
+                "oversubscribed": s["fidelity"]["oversubscribed"],
+                "per_node_us_per_request": ";".join(
+                    f"{n['us_per_request']['median']:.1f}" if n["us_per_request"] else "" for n in r["per_node"]
+                ),
+            })
+    return rows
+
+
+def write_csv(points: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for row in csv_rows(points):
+            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+# --------------------------------------------------------------------------------------------
+# compare A.json B.json
+
+
+def _index(doc: dict) -> dict[tuple, dict]:
+    return {tuple(s["point"][a] for a in AXES): s for s in doc["points"]}
+
+
+def compare_docs(a: dict, b: dict) -> dict:
+    """Per point and policy in both documents: each side's median speedup and throughput, the
+    change, and whether it is significant (Welch's t-test on the per-repetition figures, since
+    the two files are independent runs)."""
+    ia, ib = _index(a), _index(b)
+    rows = []
+    for key in [k for k in ia if k in ib]:
+        sa, sb = ia[key], ib[key]
+        for policy in [p for p in sa["policies"] if p in sb["policies"]]:
+            def figures(point: dict, field: str) -> list[float]:
+                return [r[field] for rep in point["runs"] for r in rep if r["policy"] == policy and r[field] is not None]
+
+            row = {"point": dict(zip(AXES, key)), "policy": policy}
+            for field, name in (("throughput_rps", "throughput"), ("speedup_vs_single", "speedup")):
+                xa, xb = figures(sa, field), figures(sb, field)
+                if policy == "single" and name == "speedup":
+                    continue
+                if not xa or not xb:
+                    continue
+                ma, mb = float(np.median(xa)), float(np.median(xb))
+                row[name] = {"a": ma, "b": mb, "change_pct": 100.0 * (mb / ma - 1.0), "test": welch_test(xa, xb).to_json()}
+            rows.append(row)
+    only_a = [dict(zip(AXES, k)) for k in ia if k not in ib]
+    only_b = [dict(zip(AXES, k)) for k in ib if k not in ia]
+    return {"rows": rows, "only_in_a": only_a, "only_in_b": only_b}
+
+
+def format_compare(cmp: dict, name_a: str, name_b: str) -> str:
+    lines = [f"A = {name_a}", f"B = {name_b}", f"{'point':<48}{'policy':<11}{'figure':<11}{'A':>9}{'B':>9}{'change':>9}{'p':>8}  verdict"]
+    for row in cmp["rows"]:
+        label = " ".join(str(v) for v in row["point"].values())
+        for name in ("speedup", "throughput"):
+            if name not in row:
+                continue
+            f = row[name]
+            t = f["test"]
+            p_txt = "-" if t["p_value"] is None else f"{t['p_value']:.3f}"
+            verdict = (
+                "too few repetitions to tell" if t["p_value"] is None
+                else ("significant: " + ("faster" if f["change_pct"] > 0 else "slower")) if t["significant"]
+                else "not significant"
+            )
+            lines.append(f"{label[:47]:<48}{row['policy']:<11}{name:<11}{f['a']:>9.3f}{f['b']:>9.3f}{f['change_pct']:>+8.1f}%{p_txt:>8}  {verdict}")
+    for side, key in (("A", "only_in_a"), ("B", "only_in_b")):
+        for p in cmp[key]:
+            lines.append(f"only in {side}: " + " ".join(str(v) for v in p.values()))
+    lines.append("p: Welch t-test on logs of the per-repetition figures (the files are independent runs); significant below 0.05")
+    return "\n".join(lines)
