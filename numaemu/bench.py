@@ -272,7 +272,7 @@ def summarise_point(point: Point, reps: list[list[dict]], *, n_nodes: int, cpus_
             "node_spread_pct": _median([r["node_spread_pct"] for r in recs]),
             "pacing_overrun_pct": {"median": _median(overrun), "max": max(overrun)},
             "extra_memory_bytes": recs[0]["extra_memory_bytes"],
-            "per_node": [_node_summary(recs, node, seed) for node in range(n_nodes)],
+            "per_node": [_node_summary(recs, node, seed) for node in range(len(recs[0]["per_node"]))],
         }
         speedups = [r["speedup_vs_single"] for r in recs]
         models = [r["predicted_speedup_vs_single"] for r in recs]
