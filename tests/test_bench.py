@@ -68,6 +68,13 @@ def test_experiment_file_values_become_option_text(tmp_path):
     assert read_experiment_file(str(f)) == {"duration": "1.5"}
 
 
+def test_the_example_experiment_file_reads():
+    from .conftest import ROOT
+
+    got = read_experiment_file(str(ROOT / "examples" / "sweep.toml"))
+    assert got["topology"] == "2s-xeon,kunpeng920" and got["cache"] == "hot,cold"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
