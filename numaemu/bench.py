@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from .coordinator import prepare_spec, run_policies
 from .cpus import host_cpus
-from .errors import UsageError
+from .errors import NodeFailure, UsageError
 from .image import synthetic_image
 from .stats import Summary, paired_test, summarise, welch_test
 from .topology import load_topology, parse_host_cpus, place_on_host
@@ -196,13 +196,13 @@ def run_experiment(exp: Experiment, *, progress: bool | None = None, log: Callab
                 duration_s=exp.duration_s * WARMUP_FRACTION if exp.duration_s else None,
                 requests=max(1, int(exp.requests * WARMUP_FRACTION)) if exp.requests else None,
             )
-            for _ in range(exp.warmup):
-                run_policies(warm, exp.policies, each=tick)
+            for w in range(exp.warmup):
+                _run_policies_at(point, f"warmup {w + 1}", warm, exp.policies, tick)
             reps = []
             for i in range(exp.repeat):
                 k = i % len(exp.policies)  # rotate the order: no policy always runs first
                 order = exp.policies[k:] + exp.policies[:k]
-                records = run_policies(spec, order, each=tick)
+                records = _run_policies_at(point, f"repetition {i + 1}", spec, order, tick)
                 reps.append(sorted(records, key=lambda r: exp.policies.index(r["policy"])))
             summary = summarise_point(point, reps, n_nodes=topo.n_nodes, cpus_used=host.n_cpus_used, oversubscribed=host.oversubscribed, seed=exp.seed)
             summary.update(time_scale=spec.scale, calibration=cal, topology_detail=topo.to_json(), host_placement=host.to_json())
@@ -212,6 +212,14 @@ def run_experiment(exp: Experiment, *, progress: bool | None = None, log: Callab
     finally:
         bar.close()
     return out
+
+
+def _run_policies_at(point: Point, which: str, spec, policies: Sequence[str], tick) -> list[dict]:
+    """`run_policies`, with a node failure saying where in the sweep it happened."""
+    try:
+        return run_policies(spec, policies, each=tick)
+    except NodeFailure as exc:
+        raise NodeFailure(exc.node, exc.pid, exc.phase, f"{exc.detail} (at {point.label()}, {which})") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -215,3 +215,19 @@ def test_bench_end_to_end_with_csv_plot_and_compare(tmp_path, no_leaks):
     r = numaemu("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
     assert r.returncode == 0, r.stderr
     assert "replicate" in r.stdout and "Welch" in r.stdout
+
+
+def test_a_node_failure_says_where_in_the_sweep(monkeypatch):
+    import numaemu.bench as bench
+    from numaemu.errors import NodeFailure
+
+    def fail(*args, **kwargs):
+        raise NodeFailure(1, 4242, "run", "process exited with code -9")
+
+    monkeypatch.setattr(bench, "run_policies", fail)
+    with pytest.raises(NodeFailure) as info:
+        bench._run_policies_at(POINT, "repetition 3", None, ["single"], None)
+    assert str(info.value) == (
+        "node 1 (pid 4242) failed in phase 'run': process exited with code -9 "
+        "(at 2s-xeon db, cache hot, user data local, replicate text+rodata, repetition 3)"
+    )
