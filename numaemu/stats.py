@@ -90,7 +90,10 @@ def summarise(values: Sequence[float], seed: int = 0) -> Summary:
                 (x,), np.median, confidence_level=CONFIDENCE, method="percentile",
                 n_resamples=BOOTSTRAP_RESAMPLES, rng=np.random.default_rng(seed),
             )
-            lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+            # A percentile interval of the median lies within the data; clamp away the last-bit
+            # rounding of the interpolated percentiles.
+            lo = min(max(float(res.confidence_interval.low), float(x.min())), med)
+            hi = max(min(float(res.confidence_interval.high), float(x.max())), med)
     return Summary(len(x), med, mad, float(x.min()), float(x.max()), lo, hi)
 
 
