@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject-bug", default=None, metavar="NAME", help=f"plant one of the kernel's historical bugs: {', '.join(BUGS)}")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/stress-<time>.json)")
     p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
+
+    p = sub.add_parser("calibrate", help="measure this host: clock, busy-wait accuracy, raw baselines, and numaemu's own costs against them")
+    p.add_argument("--quick", action="store_true", help="fewer samples (a few seconds; for tests)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/calibrate-<time>.json)")
+    p.add_argument("--start-method", default=None, help=f"multiprocessing start method of the baselines' and the patch round's processes: {', '.join(START_METHODS)} (default: Python's)")
+
     p = sub.add_parser("bench", help="sweep run's options, repeated, with medians, intervals, significance and the model beside each speedup")
     p.add_argument("--experiment", metavar="FILE.toml", help="a TOML experiment: keys named as these options, a list sweeps (options given here win)")
     p.add_argument("--topology", help="comma list of topologies to sweep (default 2s-xeon)")
@@ -593,7 +599,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run, "stress": cmd_stress, "bench": cmd_bench, "compare": cmd_compare}
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import FULL, QUICK, calibrate, format_calibration
+
+    start_method = args.start_method or mp.get_start_method()
+    _choice(start_method, START_METHODS, "--start-method")
+    json_path = _json_target(args.json_path, "calibrate")
+    # The patch round needs 2 nodes; 2s-xeon's local latency also charges the engine's fetches.
+    topo = load_topology("2s-xeon")
+    host = place_on_host(topo, host_cpus())
+    image = synthetic_image()
+    workload = build_workload("db", image)
+    log = sys.stderr if json_path == "-" else sys.stdout
+    _prune(log)
+    meta = host_metadata()
+    print(
+        f"numaemu calibrate: {meta['cpu_model']}, CPUs {meta['usable_cpus']}; image {image.name} ({len(image.data):,} bytes), "
+        f"workload db, {topo.name} for the patch round; {'quick' if args.quick else 'full'} sampling; medians",
+        file=log,
+    )
+    cal = calibrate(image, workload, topo, topo.n_nodes / host.n_cpus_used, QUICK if args.quick else FULL, start_method)
+    results = cal.to_json()
+    print(format_calibration(results), file=log)
+    doc = {
+        "schema": SCHEMA,
+        "command": "calibrate",
+        "argv": sys.argv[1:],
+        "host": meta,
+        "host_placement": host.to_json(),
+        "settings": {"quick": args.quick, "start_method": start_method, "topology": topo.name, "workload": workload.name, "image_bytes": len(image.data)},
+        "results": results,
+    }
+    where = write_json(doc, json_path)
+    if where != "stdout":
+        print(f"wrote {where}", file=log)
+    return 0
+
+
+COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run, "stress": cmd_stress, "bench": cmd_bench, "compare": cmd_compare, "calibrate": cmd_calibrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

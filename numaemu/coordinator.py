@@ -51,7 +51,7 @@ from .worker import (
 )
 from .workloads import Workload
 
-__all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "calibrate_scale", "expected_checksum", "START_METHODS"]
+__all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "LocalNode", "local_node", "calibrate_scale", "expected_checksum", "START_METHODS"]
 
 START_METHODS = ("fork", "spawn", "forkserver")
 START_DELAY_NS = 20_000_000  # every node starts at the same instant, 20 ms after the signal
@@ -353,29 +353,50 @@ def _stop(procs) -> None:
             proc.join(JOIN_TIMEOUT_S)
 
 
-def calibrate_scale(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, sharing: float, seed: int, seconds: float = 0.3) -> tuple[float, dict]:
-    """Time the node engine in-process on all-local memory and choose the time scale.
+@dataclass(frozen=True)
+class LocalNode:
+    """One node's engine in-process, on all-local memory, with its tasks: what
+    `calibrate_scale` (and ``numaemu calibrate``) times, batch by batch, as a worker runs them."""
 
-    The all-local case has the least emulated time per request, so the scale that fits it fits
-    every policy; every policy of a run then uses the same scale.
-    """
+    engine: NodeEngine
+    tasks: np.ndarray
+    seed: int
+
+    def batch(self) -> float:
+        """Run one batch of every task (no migration); return its emulated ns."""
+        emulated, _ = run_batch(self.engine, self.tasks, np.arange(len(self.tasks)), self.seed, 0.0)
+        return emulated
+
+
+def local_node(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, seed: int) -> LocalNode:
+    """A node holding the whole image, charged the topology's smallest latency, with its memory
+    filled as a worker fills it."""
     placement = place(image, 1, "single")
     layout = MemoryLayout.for_nodes((placement.image_bytes(0),))
     mem = np.zeros(layout.size, dtype=np.uint8)
     fill_partition(mem, image.data, layout, 0, placement.hosted[0], seed)
     local = min(x for row in topology.latency_ns for x in row if x is not None)
     engine = NodeEngine(0, mem, placement.tables[0], layout.part_offset, (layout.user_offset(0),), layout.user_bytes, np.array([local]), workload, cold=cold, user_local=user_local, cache=DirectMappedCache(), seed=seed)
+    engine.prepare()
     tasks = np.zeros(TASKS_PER_NODE, dtype=TASK_SLOT)
     tasks["budget"] = -1
-    owned = np.arange(TASKS_PER_NODE)
+    return LocalNode(engine, tasks, seed)
+
+
+def calibrate_scale(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, sharing: float, seed: int, seconds: float = 0.3) -> tuple[float, dict]:
+    """Time the node engine in-process on all-local memory and choose the time scale.
+
+    The all-local case has the least emulated time per request, so the scale that fits it fits
+    every policy; every policy of a run then uses the same scale.
+    """
+    node = local_node(image, workload, topology, cold=cold, user_local=user_local, seed=seed)
     emulated = 0.0
     for _ in range(2):  # warm up: page faults, caches
-        run_batch(engine, tasks, owned, seed, 0.0)
+        node.batch()
     t0 = time.perf_counter_ns()
     batches = 0
     while time.perf_counter_ns() - t0 < seconds * 1e9 or batches < 3:
-        e, _ = run_batch(engine, tasks, owned, seed, 0.0)
-        emulated += e
+        emulated += node.batch()
         batches += 1
     processing = time.perf_counter_ns() - t0
     scale = time_scale(processing, emulated, sharing)

@@ -6,6 +6,7 @@ pyperf's result files do. Field names are documented in the README ("JSON format
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -96,15 +97,21 @@ def add_speedups(records: list[dict]) -> None:
         r["predicted_speedup_vs_single"] = be / re_ if be and re_ else None
 
 
-def host_metadata() -> dict:
+@functools.cache
+def _cpu_model() -> str:
+    """The CPU's model name, looked up once per process: py-cpuinfo starts a subprocess to probe
+    the machine (~1.2 s here), which scripts that run numaemu many times would pay each run."""
     try:
         import cpuinfo
 
-        model = cpuinfo.get_cpu_info().get("brand_raw") or platform.processor()
+        return cpuinfo.get_cpu_info().get("brand_raw") or platform.processor()
     except Exception:  # py-cpuinfo probes the machine and can fail on odd platforms
-        model = platform.processor()
+        return platform.processor()
+
+
+def host_metadata() -> dict:
     return {
-        "cpu_model": model,
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": format_cpu_list(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],

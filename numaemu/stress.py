@@ -22,9 +22,9 @@ import numpy as np
 
 from .clock import Pacer
 from .coordinator import NodeSession, check_reachable
-from .cpus import pin_to
+from .cpus import host_cpus, pin_to
 from .fetch import Reader, check_batch
-from .image import PAGE_SIZE, KernelImage, with_module_area
+from .image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from .memory import MemoryLayout
 from .patching import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
 from .placement import PageTable, place
@@ -32,10 +32,10 @@ from .results import SCHEMA
 from .sites import FTRACE_KLP, SiteTable, site_table
 from .sources import NodeSource, SourcePlan, key_agreement, plan_sources
 from .textmem import TextCopies, TextState, text_segment_size
-from .topology import HostPlacement, Topology
+from .topology import HostPlacement, Topology, place_on_host
 from .worker import NodeContext, fill_partition, node_shell
 
-__all__ = ["StressSpec", "run_stress", "READER_TASKS", "BATCH_SITES"]
+__all__ = ["StressSpec", "PatchBench", "run_stress", "run_patch_bench", "READER_TASKS", "BATCH_SITES"]
 
 READER_TASKS = 2  # per node, for livepatch's per-task consistency
 BATCH_SITES = 48  # sites executed per reader batch (between two safe points)
@@ -69,6 +69,20 @@ class PatchBench:
     batch: int = 256
     load: bool = False  # the other nodes run readers instead of idling at a safe point
     ftrace_all: bool = False  # also time tracing every function on and off
+    # > 0: also time flipping one static key with this many use sites, `repeats` times each way:
+    # batched (one patch call for every site) and unbatched (one call per site).
+    sites: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("repeats", "batch", "sites"):
+            if not isinstance(getattr(self, name), int):
+                raise TypeError(f"{name} must be an int")
+        if self.repeats < 1:
+            raise ValueError("repeats must be >= 1")
+        if self.batch < 1:
+            raise ValueError("batch must be >= 1")
+        if self.sites < 0:
+            raise ValueError("sites must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,17 @@ def _bench(cfg: StressConfig, st: TextState, kernel: NodeKernel, readers: Reader
     batch = np.sort(np.arange(t.n_jump)[: b.batch])
     out["batch_sites"] = len(batch)
     out["batch_ns"] = [toggle(batch) for _ in range(max(10, b.repeats // 10))]
+    if b.sites:
+        # One static key's use sites, scattered over the text as a key's are (every k-th
+        # jump-label site). Batched is jump_label_update since 2019 (arch_jump_label_transform_queue,
+        # then text_poke_finish: one text_poke_bp batch, 3 syncs for all sites); unbatched is
+        # what it did before (arch_jump_label_transform per site: 3 syncs each).
+        key = np.arange(t.n_jump)[:: max(1, t.n_jump // b.sites)][: b.sites]
+        out["flip_sites"] = len(key)
+        for mode, calls in (("batched", [key]), ("unbatched", [key[i : i + 1] for i in range(len(key))])):
+            syncs = kernel.stats.syncs
+            out[f"flip_{mode}_ns"] = [sum(toggle(c) for c in calls) for _ in range(b.repeats)]
+            out[f"flip_{mode}_syncs"] = (kernel.stats.syncs - syncs) // b.repeats
     if b.ftrace_all:
         sites = cfg.plan.ftrace_sites
         t0 = time.perf_counter_ns()
@@ -375,6 +400,22 @@ def run_stress(spec: StressSpec) -> dict:
         "state_drift": drift,
         "plan": plan,
     }
+
+
+def run_patch_bench(topology: Topology, bench: PatchBench, *, policy: str = "replicate", protocol: str = "text_poke_bp",
+                    modeled: bool = True, start_method: str = "fork") -> dict:
+    """Run `bench` on the default x86 image, one node per host CPU share; return node 0's
+    timings (see `_bench`). `modeled` False turns numaemu's modeled delays off (IPI delivery,
+    per-site text_poke cost), leaving what numaemu itself costs. Raises RuntimeError if a copy
+    differs from the master afterwards or a patch found unexpected bytes."""
+    spec = StressSpec(
+        topology, place_on_host(topology, host_cpus()), synthetic_image(), policy, protocol, "mixed", 1.0, 1.0, 0, None,
+        start_method, bench=bench, ipi_delay_ns=IPI_DELAY_NS if modeled else 0, text_poke_ns=TEXT_POKE_NS if modeled else 0,
+    )
+    result = run_stress(spec)
+    if result["replica_mismatches"] or result["n_failures"]:
+        raise RuntimeError(f"patching broke a copy: {result['replica_mismatches'][:3]} {result['failures'][:3]}")
+    return result["reports"][0]
 
 
 def _failure_json(rec, sites: SiteTable) -> dict:

@@ -16,6 +16,16 @@ text footprint grows with the variety of requests, as it does in the kernel.
   with a large text footprint across network, file, block, memory and scheduler paths; user work
   sized so that about a third of the time is spent in the kernel with a hot cache on 2s-xeon.
 - ``compute``: mostly user compute, one small syscall per request.
+- the x86 series' microbenchmarks (Kuzin, RFC 00/12, 2023-12-28, "Preliminary performance
+  evaluation results"), one request per iteration of the benchmark's loop:
+  ``fork`` (fork-1: one fork, timed from entry to exit of the call), ``fork1024`` (fork in a loop
+  of 1024: each iteration also takes the parent's copy-on-write fault and runs the exit of a
+  child, which the node's CPUs execute while the loop runs), ``mmap`` (mmap/munmap of one
+  anonymous page), ``mmap_lock`` (the same with MAP_LOCKED: the page is populated, locked,
+  then zapped and freed), ``open`` (open and close of /dev/null), ``kill`` (SIGUSR1 to a
+  child, timed until its handler runs: the send, the wake-up, the delivery), ``mount`` (procfs
+  mounted once). Their user work is tiny; what they do besides fetching kernel text (copying page
+  tables, zeroing a page, waking an idle CPU) is charged as compute, the same under every policy.
 - ``trace``: replays virtual addresses from a file (`parse_trace`).
 """
 
@@ -31,9 +41,9 @@ import numpy as np
 from .errors import UsageError
 from .image import LINE_SIZE, KernelImage
 
-__all__ = ["WORKLOADS", "Workload", "build_workload", "parse_trace"]
+__all__ = ["MICROBENCHMARKS", "WORKLOADS", "Workload", "build_workload", "parse_trace"]
 
-WORKLOADS = ("getpid", "db", "compute", "trace")
+WORKLOADS = ("getpid", "db", "compute", "fork", "fork1024", "mmap", "mmap_lock", "open", "kill", "mount", "trace")
 
 # Link-order share of .text by subsystem (rounded from a 6.1 distro vmlinux's symbol map).
 SUBSYSTEMS: tuple[tuple[str, float], ...] = (
@@ -59,16 +69,59 @@ SYSCALLS: dict[str, dict[str, int]] = {
     "futex": {"sched": 22, "lib": 3},
     "epoll_wait": {"fs": 12, "sched": 16, "net": 8},
     "read_small": {"fs": 14, "mm": 4, "lib": 2},
+    # The paths of the x86 series' microbenchmarks, from the 6.5 sources (the series' baseline).
+    # kernel/ (fork, exit, signal, cred, pid), arch/x86 and security/ have no subsystem of their
+    # own here and count as "other"; the maple tree, idr and string helpers are "lib".
+    # clone -> kernel_clone -> copy_process: dup_task_struct, copy_creds, copy_files/copy_fs
+    # (fs), copy_sighand/copy_signal, copy_mm -> dup_mmap (vm_area_dup, anon_vma_fork,
+    # copy_page_range down to copy_present_pte), alloc_pid, cgroup and perf fork hooks,
+    # sched_fork and wake_up_new_task (select_task_rq_fair, enqueue_task_fair).
+    "fork": {"other": 70, "mm": 90, "sched": 30, "fs": 12, "lib": 25},
+    # A write to a page the last fork write-protected: exc_page_fault -> handle_mm_fault ->
+    # do_wp_page -> wp_page_copy (folio alloc, memcg charge, rmap, TLB flush).
+    "cow_fault": {"mm": 30, "lib": 4, "other": 4},
+    # A child that exits at once: do_exit -> exit_mm -> exit_mmap (unmap_vmas, free_pgtables,
+    # release_pages), exit_files, exit_notify (SIGCHLD to the parent), the context switches.
+    "exit": {"other": 45, "mm": 70, "fs": 18, "sched": 20, "lib": 10},
+    # vm_mmap_pgoff -> security_mmap_file, do_mmap -> get_unmapped_area (maple tree walk),
+    # mmap_region (vma_merge or vm_area_alloc + vma_link), perf_event_mmap.
+    "mmap": {"mm": 40, "lib": 12, "other": 10},
+    # do_vmi_munmap -> unmap_region (tlb_gather_mmu, unmap_vmas of nothing, free_pgtables).
+    "munmap": {"mm": 35, "lib": 10, "other": 4},
+    # MAP_LOCKED: mm_populate -> __get_user_pages -> handle_mm_fault -> do_anonymous_page
+    # (vma_alloc_folio, clear_page, memcg charge, mlock_new_folio, set_pte_at).
+    "mmap_populate": {"mm": 60, "lib": 6, "other": 6},
+    # munmap of a locked, populated page: the plain path plus zap_pte_range, munlock_folio,
+    # folio_remove_rmap, tlb_finish_mmu -> release_pages -> free_unref_page, memcg uncharge.
+    "munmap_populated": {"mm": 65, "lib": 12, "other": 4},
+    # do_sys_openat2: getname, get_unused_fd_flags, path_openat (alloc_empty_file,
+    # link_path_walk over "dev" and "null": lookup_fast, inode_permission, mount crossing),
+    # do_dentry_open -> chrdev_open -> memory_open (drivers/char/mem.c), the LSM hooks, fd_install.
+    "open": {"fs": 55, "other": 12, "lib": 8, "mm": 4, "drivers": 3},
+    # close_fd -> filp_close -> fput; task_work_run -> __fput (fsnotify, locks, dput, mntput).
+    "close": {"fs": 25, "other": 5, "mm": 3, "lib": 2},
+    # kill_pid_info -> check_kill_permission (LSM), __send_signal_locked (sigqueue_alloc),
+    # complete_signal -> signal_wake_up -> try_to_wake_up, the IPI to the child's CPU.
+    "kill": {"other": 30, "sched": 20, "lib": 4, "mm": 3},
+    # The child's side: the IPI, schedule() into the child, return from pause() through
+    # exit_to_user_mode -> get_signal -> handle_signal -> x64_setup_rt_frame (FPU state saved).
+    "signal_deliver": {"other": 30, "sched": 20, "mm": 3, "lib": 3},
+    # path_mount -> do_new_mount: get_fs_type, fs_context_for_mount, option parsing,
+    # vfs_get_tree -> proc_get_tree -> sget_fc -> alloc_super (list_lru, shrinker, percpu rwsem),
+    # proc_fill_super (root inode and dentries, self and thread-self), vfs_create_mount
+    # (alloc_vfsmnt: ida, percpu counters), do_add_mount -> graft_tree, the LSM sb hooks.
+    "mount": {"fs": 140, "mm": 25, "other": 35, "lib": 15, "sched": 6},
 }
 ENTRY_FUNCTIONS = 6  # entry_SYSCALL_64, do_syscall_64, syscall_enter/exit work, ...
 
 
 @dataclass(frozen=True)
 class RequestMix:
-    syscalls: tuple[str, ...]
+    syscalls: tuple[str, ...]  # kernel paths in order; each one starts with the entry code
     variants: int  # distinct templates (branches taken differently)
     user_accesses: int  # user-data cache-line reads per request (always from memory)
-    compute_ns: float  # user compute per request, emulated
+    compute_ns: float  # user compute per request, emulated (and, for the microbenchmarks,
+    # the kernel's own data work, which costs the same wherever the text is)
 
 
 MIXES: dict[str, RequestMix] = {
@@ -80,7 +133,30 @@ MIXES: dict[str, RequestMix] = {
         180_000.0,
     ),
     "compute": RequestMix(("read_small",), 4, 200, 200_000.0),
+    # The x86 series' microbenchmarks (see the module docstring). A loop iteration's user work is
+    # a few tens of ns (the loop, the glibc wrapper, a timestamp); the rest of compute_ns is the
+    # kernel's data work at hot-cache cost, an estimate written down here, not fitted:
+    # fork: copy ~400 PTEs of a small process and take a reference on each page (~10 ns each),
+    # allocate and clear task_struct, kernel stack, mm and page-table pages (~2 us).
+    "fork": RequestMix(("fork",), 2, 0, 6_000.0),
+    # fork1024: fork, plus the parent's COW copy of one page (~0.5 us) and the child's exit
+    # (zap ~400 PTEs, drop the page references, free page tables: ~5 us). More templates: with
+    # up to 1024 children alive, pid allocation, cgroup accounting and the scheduler take
+    # different branches from one iteration to the next.
+    "fork1024": RequestMix(("fork", "cow_fault", "exit"), 4, 0, 11_500.0),
+    # mmap: a vma and maple-tree nodes from slab, nothing touched: ~0.3 us.
+    "mmap": RequestMix(("mmap", "munmap"), 2, 0, 300.0),
+    # mmap_lock: also clear the page (4 KiB) and the LRU/mlock/memcg bookkeeping: ~1 us.
+    "mmap_lock": RequestMix(("mmap", "mmap_populate", "munmap_populated"), 2, 0, 1_000.0),
+    # open: dentry and inode lookups in a hot dcache, a struct file from slab: ~0.3 us.
+    "open": RequestMix(("open", "close"), 2, 0, 300.0),
+    # kill: the IPI's delivery and the child's CPU waking from a shallow idle state (~1.5 us),
+    # the sigqueue and the signal frame (FPU state, ~1 KiB on AVX) written: ~0.5 us.
+    "kill": RequestMix(("kill", "signal_deliver"), 2, 0, 2_000.0),
+    # mount: a superblock, root inode and dentries, percpu counters, list_lru per node: ~3 us.
+    "mount": RequestMix(("mount",), 2, 0, 3_000.0),
 }
+MICROBENCHMARKS = ("fork", "fork1024", "mmap", "mmap_lock", "open", "kill", "mount")
 ZIPF_S = 1.1  # popularity exponent inside a subsystem
 TRACE_MAX_REQUEST = 4096  # a trace request ends at a blank line or after this many addresses
 

@@ -23,23 +23,13 @@ import statistics
 import sys
 
 from numaemu.baselines import barrier_round_ns, flag_round_trip_ns
-from numaemu.cpus import host_cpus
-from numaemu.image import synthetic_image
-from numaemu.patching import IPI_DELAY_NS, TEXT_POKE_NS
 from numaemu.results import host_metadata
-from numaemu.stress import PatchBench, StressSpec, run_stress
-from numaemu.topology import load_topology, place_on_host
+from numaemu.stress import PatchBench, run_patch_bench
+from numaemu.topology import load_topology
 
 
 def bench(topology: str, protocol: str, bench: PatchBench, modeled: bool) -> dict:
-    topo = load_topology(topology)
-    spec = StressSpec(
-        topo, place_on_host(topo, host_cpus()), synthetic_image(), "replicate", protocol, "mixed", 1.0, 1.0, 0, None, "fork",
-        bench=bench, ipi_delay_ns=IPI_DELAY_NS if modeled else 0, text_poke_ns=TEXT_POKE_NS if modeled else 0,
-    )
-    result = run_stress(spec)
-    assert not result["replica_mismatches"] and not result["n_failures"], "patching broke a copy"
-    return result["reports"][0]
+    return run_patch_bench(load_topology(topology), bench, protocol=protocol, modeled=modeled)
 
 
 def us(ns: float) -> float:

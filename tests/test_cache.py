@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import numaemu.cache
 from numaemu.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
 
 
@@ -154,3 +157,52 @@ def test_invalid_sizes_raise(size: int, line: int) -> None:
 @pytest.mark.parametrize(("size", "line", "sets"), [(64, 64, 1), (1 << 20, 64, 16384), (4096, 32, 128)])
 def test_valid_sizes(size: int, line: int, sets: int) -> None:
     assert DirectMappedCache(size, line).n_sets == sets
+
+
+@pytest.mark.parametrize("loop_min", [0, 10**9], ids=["loop", "sort"])
+@settings(max_examples=60, deadline=None)
+@given(stream=streams(cold=True), cold=st.booleans())
+def test_replayed_footprints_match_access(loop_min: int, stream, cold: bool) -> None:
+    """Requests reduced to footprints and replayed hit exactly where their lines hit, by either
+    way `replay` takes (a loop per sequence, or one sort over the batch)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(numaemu.cache, "REPLAY_LOOP_MIN", loop_min)
+        _check_replay(stream, cold)
+
+
+def _check_replay(stream, cold: bool) -> None:
+    n_sets, lines, epochs, cuts = stream
+    # The epochs mark requests (runs of equal epochs); without cold, they only cut requests.
+    if not lines:
+        assert DirectMappedCache(n_sets * 64).replay([]).shape == (0,)
+        return
+    bounds = [0] + [i for i in range(1, len(lines)) if epochs[i] != epochs[i - 1]] + [len(lines)]
+    requests = [np.array(lines[lo:hi], dtype=np.int64) for lo, hi in itertools.pairwise(bounds)]
+    request_epochs = np.array([epochs[lo] for lo in bounds[:-1]], dtype=np.int64)
+    direct, replayed = DirectMappedCache(n_sets * 64), DirectMappedCache(n_sets * 64)
+    expected = direct.access(np.array(lines, dtype=np.int64), np.array(epochs, dtype=np.int64) if cold else None).tolist()
+    fps = [replayed.footprint(r) for r in requests]
+    got: list[bool] = []
+    done = 0
+    for lo, hi in _split(len(fps), cuts):  # several batches, so tags carry over between them
+        first_hits = replayed.replay(fps[lo:hi], request_epochs[lo:hi] if cold else None)
+        for fp in fps[lo:hi]:
+            hit = fp.inner_hit.copy()
+            hit[fp.first_at] = first_hits[: len(fp.sets)]
+            first_hits = first_hits[len(fp.sets) :]
+            got += hit.tolist()
+        assert len(first_hits) == 0
+        done = hi
+    assert done == len(fps)
+    assert got == expected
+    assert np.array_equal(replayed.tags, direct.tags)
+
+
+def test_footprint_of_a_sequence() -> None:
+    cache = DirectMappedCache(1024)  # 16 sets: 3 and 19 share set 3
+    fp = cache.footprint(np.array([3, 19, 3, 5, 5, 19], dtype=np.int64))
+    assert fp.inner_hit.tolist() == [False, False, False, False, True, False]
+    assert fp.sets.tolist() == [3, 5]
+    assert fp.first.tolist() == [3, 5] and fp.last.tolist() == [19, 5]
+    assert fp.first_at.tolist() == [0, 3]
+    assert np.all(cache.tags == -1)  # a footprint does not touch the cache

@@ -74,6 +74,10 @@ BAD = [
     (["topology", "0"], "--topology"),
     (["topology", "65"], "--topology"),
     (["image", "--image-scale", "x"], "--image-scale"),
+    (["calibrate", "--json", "/nonexistent-dir/c.json"], "--json: '/nonexistent-dir/c.json': directory '/nonexistent-dir' does not exist"),
+    (["calibrate", "--json", "/"], "--json: '/' is a directory"),
+    (["calibrate", "--start-method", "thread"], "--start-method: 'thread' is not one of fork, spawn, forkserver"),
+    (["calibrate", "--quick", "now"], "numaemu: unrecognized arguments: now"),
     (["nosuchcommand"], "COMMAND: invalid choice: 'nosuchcommand'"),
     (["run", "--nosuch-option"], "numaemu: unrecognized arguments: --nosuch-option"),
 ]

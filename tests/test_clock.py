@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from numaemu.clock import SPIN_ONLY_NS, Pacer, time_scale
+from numaemu.clock import OVERSLEEP_PROBE_NS, SPIN_ONLY_NS, Pacer, measure_oversleep_ns, time_scale
 
 
 class FakeClock:
@@ -180,3 +180,16 @@ def test_time_scale_rejects_non_positive_emulated(emulated) -> None:
 @pytest.mark.parametrize("raw", [1.2, 4.1, 9.7])
 def test_time_scale_returns_clean_two_digit_values(raw: float) -> None:
     assert time_scale(raw, 2.0) == raw  # raw is already two significant digits
+
+
+def test_oversleep_is_the_90th_percentile_of_pacer_length_sleeps() -> None:
+    fake = FakeClock(tick=0)
+    overshoots = iter(range(0, 200_000, 10_000))  # 0, 10, ..., 190 us over, one per sleep
+
+    def sleep(seconds: float) -> None:
+        fake.sleeps.append(round(seconds * 1e9))
+        fake.now += round(seconds * 1e9) + next(overshoots)
+
+    assert measure_oversleep_ns(20, clock=fake.clock, sleep=sleep) == 180_000
+    assert fake.sleeps == [OVERSLEEP_PROBE_NS] * 20
+    assert measure_oversleep_ns(1, clock=FakeClock(tick=0).clock, sleep=lambda s: None) == 0

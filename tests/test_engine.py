@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import numaemu.engine
 from numaemu.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
 from numaemu.engine import HIT_NS, NodeEngine, line_bases
 from numaemu.image import (
@@ -30,6 +31,14 @@ SEED = 0
 LATENCY = np.array([[90.0, 310.0], [290.0, 110.0]])
 POLICIES = [("single", "text+rodata"), ("interleave", "text+rodata"), ("replicate", "text+rodata"), ("replicate", "text")]
 TEXT_PAGES = 36  # synthetic_image(0.01)
+
+
+@pytest.fixture(autouse=True, params=["direct", "paths"])
+def way(request, monkeypatch) -> str:
+    """Every test runs both ways a batch can go (engine.py): fetch by fetch, and through each
+    template's precomputed path; both must give exactly the same results."""
+    monkeypatch.setattr(numaemu.engine, "PATH_MIN_FETCHES", 10**9 if request.param == "direct" else 0)
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +301,23 @@ def test_cold_cache_misses_more_than_hot(image, name) -> None:
     first = make_engine(mem, lay, p, 0, workload, cold=True)
     first.run(repeated[:1])
     assert cold_misses == 10 * int(first.counters.text_fetches.sum())
+
+
+@pytest.mark.parametrize("cold", [False, True])
+@pytest.mark.parametrize("user_local", [False, True])
+def test_both_ways_agree_batch_after_batch(image, db, cold, user_local) -> None:
+    """Mixed batches (long and short requests, repeats) on an interleaved image: every result
+    and every cache tag the same, whichever way each batch went."""
+    p = place(image, 2, "interleave")
+    mem, lay = fill_memory(image, p)
+    batches = [np.array([0, 0, 5]), np.array([7]), np.array([5, 0, 1, 1, 2, 40]), np.array([], dtype=np.int64), np.array([3])]
+    results = {}
+    for way in ("direct", "paths"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(numaemu.engine, "PATH_MIN_FETCHES", 10**9 if way == "direct" else 0)
+            engine = make_engine(mem, lay, p, 1, db, cold=cold, user_local=user_local)
+            out = [(r.emulated_ns, r.checksums.tolist()) for r in map(engine.run, batches)]
+            c = engine.counters
+            results[way] = (out, c.requests, c.cache_hits, c.text_fetches.tolist(), c.user_fetches.tolist(), c.kernel_ns, c.user_ns, engine.user_sink, engine.cache.tags.tolist())
+    assert results["direct"] == results["paths"]
+    assert results["direct"][1] == 11

@@ -12,6 +12,7 @@ from numaemu.tasks import (
     RequestPlan,
     choose_destination,
     plan_requests,
+    plan_tasks,
     splitmix64,
 )
 
@@ -175,3 +176,51 @@ def test_moves_keep_counts_in_band(n_nodes: int, seed: int, steps: int) -> None:
         assert owned.min() >= TASKS_PER_NODE - 1 > 0
         assert owned.max() <= TASKS_PER_NODE + 1
     assert owned.sum() == n_nodes * TASKS_PER_NODE
+
+
+def test_plans_pinned() -> None:
+    # Values from the per-task implementation that plan_tasks replaced: plans must not change,
+    # or recorded runs and --verify replays would disagree.
+    assert _plan(0, 8).templates.tolist() == [28, 3, 3, 17, 42, 37, 44, 3]
+    got = [(len(p.templates), p.migrate_to, p.templates[-3:].tolist()) for p in plan_tasks(7, range(9), [10] * 9, [200] * 9, 48, 1, 4, 0.05)]
+    assert got == [
+        (4, 0, [19, 19, 18]), (90, 0, [28, 8, 3]), (20, 0, [25, 46, 3]), (57, 0, [13, 22, 36]), (4, 0, [25, 37, 1]),
+        (2, 3, [1, 35]), (24, 0, [29, 13, 18]), (4, 0, [9, 22, 3]), (26, 2, [42, 21, 11]),
+    ]
+
+
+def _reference_plan(seed: int, task: int, first: int, count: int, n_templates: int, node: int, n_nodes: int, rate: float) -> tuple[list[int], int]:
+    """One task at a time, element by element, with Python integers."""
+    mask = (1 << 64) - 1
+
+    def mix(x: int) -> int:
+        return int(splitmix64(np.array([x & mask], dtype=np.uint64))[0])
+
+    def h(i: int, salt: int) -> int:
+        return mix((mix(seed ^ (task << 32)) ^ salt) + i)
+
+    out = []
+    for i in range(first, first + count):
+        out.append(h(i, 0) % n_templates)
+        if rate > 0 and n_nodes > 1:
+            hm = h(i, 0xD1B54A32D192ED03)
+            if (hm >> 11) / float(1 << 53) < rate:
+                return out, (node + 1 + hm % (n_nodes - 1)) % n_nodes
+    return out, -1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40), st.integers(0, 60)), min_size=1, max_size=6),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.0, 0.02, 0.3, 1.0]),
+    st.integers(1, 5),
+)
+def test_plan_tasks_matches_a_per_task_reference(specs, seed: int, rate: float, n_nodes: int) -> None:
+    tasks, firsts, counts = (list(x) for x in zip(*specs))
+    plans = plan_tasks(seed, tasks, firsts, counts, 13, 0, n_nodes, rate)
+    assert len(plans) == len(specs)
+    for plan, (task, first, count) in zip(plans, specs):
+        templates, dest = _reference_plan(seed, task, first, count, 13, 0, n_nodes, rate)
+        assert plan.templates.tolist() == templates
+        assert plan.migrate_to == dest

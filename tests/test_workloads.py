@@ -10,6 +10,11 @@ import pytest
 from numaemu.errors import UsageError
 from numaemu.image import KERNEL_BASE, LINE_SIZE, KernelImage, synthetic_image
 from numaemu.workloads import (
+    ENTRY_FUNCTIONS,
+    MICROBENCHMARKS,
+    MIXES,
+    SUBSYSTEMS,
+    SYSCALLS,
     TRACE_MAX_REQUEST,
     WORKLOADS,
     Workload,
@@ -18,6 +23,7 @@ from numaemu.workloads import (
 )
 
 BUILT = ("getpid", "db", "compute")
+ALL = BUILT + MICROBENCHMARKS
 TEXT_END = KERNEL_BASE + 146_880  # synthetic_image(0.01): .text is 146,880 bytes
 RODATA = KERNEL_BASE + (2 << 20)  # .rodata at the next 2 MiB, 40,561 bytes
 RODATA_LINE = (2 << 20) // LINE_SIZE
@@ -33,14 +39,14 @@ def image() -> KernelImage:
 
 @pytest.fixture(scope="module")
 def workloads(image) -> dict[str, Workload]:
-    return {name: build_workload(name, image) for name in BUILT}
+    return {name: build_workload(name, image) for name in ALL}
 
 
 def _where() -> str:
     return f".text {KERNEL_BASE:#x}-{TEXT_END:#x}, .rodata {RODATA:#x}-{RODATA + 40_561:#x}"
 
 
-@pytest.mark.parametrize("name", BUILT)
+@pytest.mark.parametrize("name", ALL)
 def test_deterministic(image, workloads, name: str) -> None:
     again = build_workload(name, image)
     w = workloads[name]
@@ -55,7 +61,7 @@ def test_seed_changes_db(image, workloads) -> None:
     assert not np.array_equal(other.lines, workloads["db"].lines)
 
 
-@pytest.mark.parametrize("name", BUILT)
+@pytest.mark.parametrize("name", ALL)
 def test_lines_inside_mapped_sections(image, workloads, name: str) -> None:
     w = workloads[name]
     assert w.lines.dtype == np.int64
@@ -69,7 +75,7 @@ def test_lines_inside_mapped_sections(image, workloads, name: str) -> None:
     assert np.any(offsets >= RODATA - KERNEL_BASE)
 
 
-@pytest.mark.parametrize("name", BUILT)
+@pytest.mark.parametrize("name", ALL)
 def test_templates_layout(workloads, name: str) -> None:
     w = workloads[name]
     assert w.n_templates == len(w.starts) == len(w.lengths)
@@ -80,11 +86,11 @@ def test_templates_layout(workloads, name: str) -> None:
 
 
 def test_template_counts_and_user_work(workloads) -> None:
-    got = {n: (w.n_templates, w.user_accesses, w.compute_ns) for n, w in workloads.items()}
+    got = {n: (workloads[n].n_templates, workloads[n].user_accesses, workloads[n].compute_ns) for n in BUILT}
     assert got == {"getpid": (1, 0, 0.0), "db": (48, 1400, 180_000.0), "compute": (4, 200, 200_000.0)}
 
 
-@pytest.mark.parametrize("name", BUILT)
+@pytest.mark.parametrize("name", ALL)
 def test_gather_equals_concatenated_templates(workloads, name: str) -> None:
     w = workloads[name]
     rng = np.random.default_rng(5)
@@ -115,10 +121,59 @@ def test_summary(workloads) -> None:
 
 
 def test_unknown_workload(image) -> None:
-    with pytest.raises(UsageError, match=r"^--workload: unknown workload 'nginx'; choose one of getpid, db, compute, trace$") as info:
+    names = "getpid, db, compute, fork, fork1024, mmap, mmap_lock, open, kill, mount, trace"
+    with pytest.raises(UsageError, match=rf"^--workload: unknown workload 'nginx'; choose one of {names}$") as info:
         build_workload("nginx", image)
     assert info.value.parameter == "--workload"
-    assert WORKLOADS == ("getpid", "db", "compute", "trace")
+    assert WORKLOADS == ("getpid", "db", "compute", *MICROBENCHMARKS, "trace")
+
+
+# The x86 series' microbenchmarks (Kuzin, RFC 00/12, 2023-12-28): their kernel paths and the small
+# per-iteration work beside them.
+
+
+def test_microbenchmark_mixes() -> None:
+    got = {n: (MIXES[n].syscalls, MIXES[n].variants, MIXES[n].user_accesses, MIXES[n].compute_ns) for n in MICROBENCHMARKS}
+    assert got == {
+        "fork": (("fork",), 2, 0, 6_000.0),
+        "fork1024": (("fork", "cow_fault", "exit"), 4, 0, 11_500.0),
+        "mmap": (("mmap", "munmap"), 2, 0, 300.0),
+        "mmap_lock": (("mmap", "mmap_populate", "munmap_populated"), 2, 0, 1_000.0),
+        "open": (("open", "close"), 2, 0, 300.0),
+        "kill": (("kill", "signal_deliver"), 2, 0, 2_000.0),
+        "mount": (("mount",), 2, 0, 3_000.0),
+    }
+
+
+def test_microbenchmark_paths_touch_the_right_subsystems() -> None:
+    known = {name for name, _ in SUBSYSTEMS}
+    for name in MICROBENCHMARKS:
+        for call in MIXES[name].syscalls:
+            assert set(SYSCALLS[call]) <= known and all(n > 0 for n in SYSCALLS[call].values()), call
+    # Memory-management calls stay out of the file, block, network and driver code...
+    for call in ("mmap", "munmap", "mmap_populate", "munmap_populated", "cow_fault"):
+        assert not set(SYSCALLS[call]) & {"fs", "block", "net", "drivers"}, call
+        assert max(SYSCALLS[call], key=SYSCALLS[call].get) == "mm", call
+    # ... open and mount are mostly VFS, and open of /dev/null reaches drivers/char/mem.c.
+    assert max(SYSCALLS["open"], key=SYSCALLS["open"].get) == "fs" and SYSCALLS["open"]["drivers"] > 0
+    assert max(SYSCALLS["mount"], key=SYSCALLS["mount"].get) == "fs"
+    # A signal crosses the scheduler on both sides (the wake-up, the switch into the child).
+    assert SYSCALLS["kill"]["sched"] > 0 and SYSCALLS["signal_deliver"]["sched"] > 0
+    # MAP_LOCKED does more than a plain mapping, and unmapping a populated page more than an empty one.
+    assert sum(SYSCALLS["munmap_populated"].values()) > sum(SYSCALLS["munmap"].values())
+
+
+def test_microbenchmark_sizes(workloads) -> None:
+    mean = {n: workloads[n].lengths.mean() for n in MICROBENCHMARKS}
+    # A loop iteration of fork1024 is a fork plus a COW fault and a child's exit.
+    assert mean["fork1024"] > 1.5 * mean["fork"]
+    assert mean["mmap_lock"] > mean["mmap"]
+    # Every path starts with the entry code: a request has at least that many functions' lines.
+    for n in MICROBENCHMARKS:
+        assert mean[n] > ENTRY_FUNCTIONS * len(MIXES[n].syscalls)
+        assert workloads[n].n_templates == MIXES[n].variants
+    # Small user work: compute under 12 us, no user-data reads (db: 180 us and 1400 reads).
+    assert all(MIXES[n].compute_ns < 12_000 and MIXES[n].user_accesses == 0 for n in MICROBENCHMARKS)
 
 
 def test_trace_workload_needs_a_file(image) -> None:

@@ -1,0 +1,215 @@
+"""Tests for numaemu.calibrate: the derivations and verdicts as pure functions, the measuring
+loops with injected clocks, the output with a fixed calibration, and (slow) the whole command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+import numaemu.calibrate as calibrate_module
+from numaemu.calibrate import (
+    DELAYS_NS,
+    QUICK,
+    Calibration,
+    delay_error_pct,
+    delay_goal,
+    fetch_goal,
+    format_calibration,
+    measure_clock_read_ns,
+    measure_delay_errors,
+    min_emulable_delay_ns,
+    min_latency_difference_ns,
+    samples_for,
+)
+from numaemu.cli import main
+from numaemu.clock import Pacer
+
+from .conftest import numaemu
+from .test_clock import FakeClock
+
+FIELDS = (
+    "clock_read_ns",
+    "gather_rate_per_s",
+    "fetch_rate_per_s",
+    "memcpy_gbps",
+    "replicate_gbps",
+    "flag_round_us",
+    "barrier_round_us",
+    "patch_round_us",
+)
+
+
+def _calibration(**changes) -> Calibration:
+    base = Calibration(
+        clock_read_ns=80.0,
+        delay_error_pct={1_000: 30.0, 5_000: 6.0, 20_000: 1.5, 100_000: 0.4, 1_000_000: 0.8, 10_000_000: 0.3},
+        gather_rate_per_s=60e6,
+        gather_warm_rate_per_s=240e6,
+        fetch_rate_per_s=30e6,
+        fetches_per_batch=26_000.0,
+        time_scale=1.1,
+        memcpy_gbps=10.0,
+        replicate_gbps=1.0,
+        flag_round_us=0.5,
+        barrier_round_us=60.0,
+        patch_round_us=30.0,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+# --- pure derivations ------------------------------------------------------------------------
+
+
+def test_delay_error_is_the_median_of_absolute_errors() -> None:
+    assert delay_error_pct(1000, [1100, 1000, 900]) == 10.0  # errors 10, 0, 10
+    assert delay_error_pct(20_000, [20_100, 20_400, 20_200]) == 1.0
+    assert delay_error_pct(1000, [1500]) == 50.0
+
+
+@pytest.mark.parametrize(
+    ("errors", "expected"),
+    [
+        ({1_000: 30.0, 20_000: 1.5, 100_000: 0.4, 1_000_000: 0.8}, 20_000),
+        ({1_000: 1.9, 20_000: 1.5, 100_000: 0.4}, 1_000),
+        ({1_000: 2.0, 20_000: 2.0}, 1_000),  # the limit itself is within 2%
+        # A short delay that happened to be held well does not count below a failing longer one.
+        ({1_000: 0.5, 20_000: 3.0, 100_000: 0.4, 1_000_000: 0.8}, 100_000),
+        ({1_000: 0.5, 10_000_000: 2.1}, None),  # even the longest failed
+        ({}, None),
+    ],
+)
+def test_min_emulable_delay_is_a_threshold(errors, expected) -> None:
+    assert min_emulable_delay_ns(errors) == expected
+
+
+def test_min_latency_difference_formula() -> None:
+    # Delta_min = D_min / (scale x F): 20 us over 1.1 x 26,000 fetches.
+    assert min_latency_difference_ns(20_000, 26_000, 1.1) == pytest.approx(0.6993, abs=1e-4)
+    assert min_latency_difference_ns(100_000, 1_000, 2.0) == 50.0
+    # A longer emulable delay, or fewer fetches per batch, or less dilation: a coarser difference.
+    assert min_latency_difference_ns(1_000_000, 26_000, 1.1) > min_latency_difference_ns(20_000, 26_000, 1.1)
+    assert min_latency_difference_ns(20_000, 100, 1.1) > min_latency_difference_ns(20_000, 26_000, 1.1)
+    assert min_latency_difference_ns(None, 26_000, 1.1) is None
+    assert min_latency_difference_ns(20_000, 0, 1.1) is None
+
+
+def test_delay_goal_met_and_not_met() -> None:
+    met = delay_goal({1_000: 40.0, 5_000: 7.0, 20_000: 1.9, 100_000: 0.3, 10_000_000: 2.0})
+    assert met.met  # only delays >= 20 us count, and exactly 2% is within
+    assert met.name == "delay error <= 2% for delays >= 20 us"
+    assert met.detail == "20 us 1.90%, 100 us 0.30%, 10 ms 2.00%"
+    failed = delay_goal({1_000: 0.1, 20_000: 1.0, 1_000_000: 2.14})
+    assert not failed.met and "1 ms 2.14%" in failed.detail
+    assert not delay_goal({1_000: 0.1}).met  # nothing measured that the goal covers
+
+
+def test_fetch_goal_met_and_not_met() -> None:
+    assert fetch_goal(30e6, 100e6).met  # exactly 30%
+    g = fetch_goal(29.9e6, 100e6)
+    assert not g.met
+    assert g.detail == "29.9% (29.9 M/s of 100.0 M/s)"
+    assert g.name == "emulated fetch rate >= 30% of the raw gather rate"
+
+
+def test_calibration_json_and_derived_fields() -> None:
+    doc = json.loads(json.dumps(_calibration().to_json()))  # JSON-clean
+    for name in FIELDS:
+        assert doc[name] > 0
+    assert doc["delay_error_pct"] == {"1000": 30.0, "5000": 6.0, "20000": 1.5, "100000": 0.4, "1000000": 0.8, "10000000": 0.3}
+    assert doc["min_emulable_delay_ns"] == 20_000
+    assert doc["min_latency_difference_ns"] == pytest.approx(20_000 / (1.1 * 26_000))
+    assert doc["ratios"] == {
+        "fetch_vs_gather": 0.5,
+        "fetch_vs_gather_warm": 0.125,
+        "replicate_vs_memcpy": 0.1,
+        "patch_vs_flag": 60.0,
+        "patch_vs_barrier": 0.5,
+    }
+    assert [g["met"] for g in doc["goals"]] == [True, True]
+
+
+def test_format_prints_figures_ratios_and_verdicts() -> None:
+    text = format_calibration(_calibration().to_json())
+    assert "fetch rate per worker (db)" in text and "30.0 M/s" in text and "0.50x" in text
+    assert "60x" in text and "0.50x" in text  # patch round against flag and Barrier rounds
+    assert "= D_min / (scale x F) = 20 us / (1.1 x 26,000 fetches per batch)" in text
+    assert text.count("\n  met      ") == 2
+    bad = _calibration(fetch_rate_per_s=6e6, delay_error_pct={1_000: 9.0, 20_000: 2.5, 10_000_000: 3.0})
+    text = format_calibration(bad.to_json())
+    assert "NOT MET  delay error <= 2% for delays >= 20 us: 20 us 2.50%, 10 ms 3.00%" in text
+    assert "NOT MET  emulated fetch rate >= 30% of the raw gather rate: 10.0%" in text
+    assert "smallest emulable latency difference: none" in text
+
+
+# --- measuring loops with injected clocks ----------------------------------------------------
+
+
+def _pacer(fake: FakeClock) -> Pacer:
+    return Pacer(1.0, False, 60_000, clock=fake.clock, sleep=fake.sleep, yield_cpu=fake.yield_cpu)
+
+
+def test_delay_errors_with_a_fake_clock() -> None:
+    effort = dataclasses.replace(QUICK, delay_samples=(3, 3))
+    # Each read costs 1 us: a 20 us spin ends one read late, plus the read that times it.
+    assert measure_delay_errors([20_000, 100_000], effort, _pacer(FakeClock(tick=1000))) == {20_000: 5.0, 100_000: 1.0}
+    # Sleeps that overshoot by 100 us where the pacer expects 60 us: 40 us late on 1 ms.
+    fake = FakeClock(tick=1000, oversleep=100_000)
+    errors = measure_delay_errors([1_000_000], effort, _pacer(fake))
+    assert errors == {1_000_000: 4.2}
+    assert len(fake.sleeps) == 3
+    assert not delay_goal(errors).met
+
+
+def test_clock_read_cost_with_a_fake_clock() -> None:
+    now = [0]
+
+    def clock() -> int:
+        now[0] += 150  # each read costs 150 ns
+        return now[0]
+
+    assert measure_clock_read_ns(3, clock=clock, timer=lambda: now[0]) == 150.0
+
+
+def test_samples_per_delay() -> None:
+    lo, hi = QUICK.delay_samples
+    assert samples_for(1_000, QUICK) == hi
+    assert samples_for(10_000_000, QUICK) == lo
+    assert [samples_for(d, QUICK) for d in DELAYS_NS] == sorted((samples_for(d, QUICK) for d in DELAYS_NS), reverse=True)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def test_json_to_stdout_and_the_log_to_stderr(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(calibrate_module, "calibrate", lambda *a, **k: _calibration())
+    code = main(["calibrate", "--json", "-"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["command"] == "calibrate" and doc["schema"] == 1
+    assert doc["argv"] is not None and doc["host"]["cpu_count"] > 0
+    assert doc["results"]["patch_round_us"] == 30.0
+    assert err.startswith("numaemu calibrate: ") and "goals:" in err
+
+
+@pytest.mark.slow
+def test_quick_calibrate_end_to_end(no_leaks, tmp_path) -> None:
+    target = tmp_path / "cal.json"
+    proc = numaemu("calibrate", "--quick", "--json", str(target), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "goals:" in proc.stdout and f"wrote {target}" in proc.stdout
+    doc = json.loads(target.read_text())
+    assert doc["schema"] == 1 and doc["command"] == "calibrate"
+    assert doc["argv"] == ["calibrate", "--quick", "--json", str(target)]
+    assert doc["settings"]["quick"] is True and doc["host"]["python"]
+    r = doc["results"]
+    for name in FIELDS:
+        assert isinstance(r[name], float) and math.isfinite(r[name]) and r[name] > 0, name
+    assert set(r["delay_error_pct"]) == {str(d) for d in DELAYS_NS}
+    assert all(math.isfinite(e) and e > 0 for e in r["delay_error_pct"].values())
+    assert r["fetches_per_batch"] > 0 and r["time_scale"] >= 1
+    assert all(math.isfinite(x) and x > 0 for x in r["ratios"].values())
+    assert len(r["goals"]) == 2 and all(isinstance(g["met"], bool) for g in r["goals"])
