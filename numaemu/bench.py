@@ -59,7 +59,7 @@ __all__ = [
 BENCH_SCHEMA = 1
 AXES = ("topology", "workload", "cache", "user_data", "replicate")
 GAP_TOLERANCE_PCT = 2.0  # a measured speedup within 2% of the model is not flagged
-OVERRUN_NOTE_PCT = 1.0  # pacing that overran more than this share is a reason for a gap
+LOST_NOTE_PCT = 1.0  # nodes running this much beyond their paced time is a reason for a gap
 NOISE_NOTE_PCT = 2.0  # a 95% interval wider than +-2% is a reason for a gap
 WARMUP_FRACTION = 0.25  # a warmup repetition runs a quarter of the measured duration
 
@@ -226,25 +226,25 @@ def _run_policies_at(point: Point, which: str, spec, policies: Sequence[str], ti
 # Summaries (pure)
 
 
-def explain_gap(measured: Summary, model: float, *, overrun_pct: float, oversubscribed: bool, n_nodes: int, cpus_used: int) -> tuple[float, str | None]:
+def explain_gap(measured: Summary, model: float, *, lost_pct: float, oversubscribed: bool, n_nodes: int, cpus_used: int) -> tuple[float, str | None]:
     """The gap between the measured and the modelled speedup, in %, and why it is large, or None
     when it is not (within `GAP_TOLERANCE_PCT`, or the model inside the measured interval)."""
     gap = 100.0 * (measured.median / model - 1.0)
     if abs(gap) <= GAP_TOLERANCE_PCT or measured.contains(model):
         return gap, None
     reasons = []
-    if overrun_pct > OVERRUN_NOTE_PCT:
+    if lost_pct > LOST_NOTE_PCT:
         why = (
             f"{n_nodes} nodes share {cpus_used} host CPU(s) (oversubscribed)" if oversubscribed
             else "the host was busy, or the time scale is too small for this workload (try a larger --time-scale)"
         )
-        reasons.append(f"pacing overran {overrun_pct:.1f}% of the paced time: {why}")
+        reasons.append(f"the nodes ran {lost_pct:.1f}% beyond their paced time: {why}")
     half = measured.ci_half_width_pct
     if half is not None and half > NOISE_NOTE_PCT:
         reasons.append(f"noise: the 95% interval is +-{half:.1f}% (add --repeat or --duration)")
     if not reasons:
         reasons.append(
-            "neither pacing overrun nor noise explains it: a cost outside the latency model "
+            "neither pacing loss nor noise explains it: a cost outside the latency model "
             "(other load on the host, start and stop synchronisation of the nodes); rerun on a quiet host"
         )
     return gap, "; ".join(reasons)
@@ -269,16 +269,17 @@ def summarise_point(point: Point, reps: list[list[dict]], *, n_nodes: int, cpus_
     speedups, in the experiment's policy order)."""
     policies = [r["policy"] for r in reps[0]]
     rows = {}
-    overrun_all = 0.0
+    lost_all = 0.0
     for pi, policy in enumerate(policies):
         recs = [rep[pi] for rep in reps]
-        overrun = [r["pacing_overrun_pct"] for r in recs]
-        overrun_all = max(overrun_all, max(overrun))
+        lost = [r["pacing_lost_pct"] for r in recs]
+        lost_all = max(lost_all, max(lost))
         row: dict = {
             "throughput_rps": summarise([r["throughput_rps"] for r in recs], seed).to_json(),
             "remote_fetch_share": _median([r["remote_fetch_share"] for r in recs]),
             "node_spread_pct": _median([r["node_spread_pct"] for r in recs]),
-            "pacing_overrun_pct": {"median": _median(overrun), "max": max(overrun)},
+            "pacing_lost_pct": {"median": _median(lost), "max": max(lost)},
+            "pacing_overrun_pct_max": max(r["pacing_overrun_pct"] for r in recs),
             "extra_memory_bytes": recs[0]["extra_memory_bytes"],
             "per_node": [_node_summary(recs, node, seed) for node in range(len(recs[0]["per_node"]))],
         }
@@ -289,7 +290,7 @@ def summarise_point(point: Point, reps: list[list[dict]], *, n_nodes: int, cpus_
         else:
             measured = summarise(speedups, seed)
             model = _median(models)
-            gap, flag = explain_gap(measured, model, overrun_pct=max(overrun), oversubscribed=oversubscribed, n_nodes=n_nodes, cpus_used=cpus_used)
+            gap, flag = explain_gap(measured, model, lost_pct=max(lost), oversubscribed=oversubscribed, n_nodes=n_nodes, cpus_used=cpus_used)
             row.update(speedup=measured.to_json(), model_speedup=model, significance=paired_test(speedups).to_json(), gap_pct=gap, flag=flag)
         rows[policy] = row
     return {
@@ -299,21 +300,21 @@ def summarise_point(point: Point, reps: list[list[dict]], *, n_nodes: int, cpus_
         "fidelity": {
             "oversubscribed": oversubscribed,
             "host_cpus_used": cpus_used,
-            "pacing_overrun_pct_max": overrun_all,
-            "note": fidelity_note(n_nodes, cpus_used, oversubscribed, overrun_all),
+            "pacing_lost_pct_max": lost_all,
+            "note": fidelity_note(n_nodes, cpus_used, oversubscribed, lost_all),
         },
         "policies": rows,
         "runs": reps,
     }
 
 
-def fidelity_note(n_nodes: int, cpus_used: int, oversubscribed: bool, overrun_pct: float) -> str:
+def fidelity_note(n_nodes: int, cpus_used: int, oversubscribed: bool, lost_pct: float) -> str:
     if oversubscribed:
         return (
             f"{n_nodes} nodes on {cpus_used} host CPU(s): emulated-time results (model) stay exact; "
-            f"wall-clock fidelity reduced, pacing lost up to {overrun_pct:.1f}% of the paced time"
+            f"wall-clock fidelity reduced, the nodes ran up to {lost_pct:.1f}% beyond their paced time"
         )
-    return f"one host CPU set per node; pacing lost at most {overrun_pct:.1f}% of the paced time"
+    return f"one host CPU set per node; the nodes ran at most {lost_pct:.1f}% beyond their paced time"
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ CSV_COLUMNS = (
     "topology", "workload", "cache", "user_data", "replicate", "policy", "n_nodes", "repetitions",
     "throughput_median", "throughput_mad", "speedup_median", "speedup_mad", "speedup_ci_low", "speedup_ci_high",
     "p_value", "significant", "model_speedup", "gap_pct", "flag", "remote_fetch_share", "node_spread_pct",
-    "pacing_overrun_pct_max", "oversubscribed", "per_node_us_per_request",
+    "pacing_lost_pct_max", "oversubscribed", "per_node_us_per_request",
 )
 
 
@@ -392,7 +393,7 @@ def csv_rows(points: list[dict]) -> list[dict]:
                 "flag": r["flag"] or "",
                 "remote_fetch_share": r["remote_fetch_share"],
                 "node_spread_pct": r["node_spread_pct"],
-                "pacing_overrun_pct_max": r["pacing_overrun_pct"]["max"],
+                "pacing_lost_pct_max": r["pacing_lost_pct"]["max"],
                 "oversubscribed": s["fidelity"]["oversubscribed"],
                 "per_node_us_per_request": ";".join(
                     f"{n['us_per_request']['median']:.1f}" if n["us_per_request"] else "" for n in r["per_node"]

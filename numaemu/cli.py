@@ -389,7 +389,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if host.oversubscribed:
         print(
             f"oversubscribed: {topo.n_nodes} nodes on {host.n_cpus_used} host CPU(s); emulated-time results stay exact, "
-            "wall-clock fidelity is reduced (see pacing_overrun_pct)",
+            "wall-clock fidelity is reduced (see pacing_lost_pct)",
             file=log,
         )
 
@@ -403,10 +403,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.outcome = 1 if args.verify and not all(r["verified"] for r in records) else 0
 
     print(format_run_table(records), file=log)
-    over = max(r["pacing_overrun_pct"] for r in records)
+    over = max(r["pacing_lost_pct"] for r in records)
     print(
         f"speedup: wall-clock throughput against single; model: what the latency model predicts "
-        f"(emulated time per request). Pacing overrun (fidelity lost): at most {over:.1f}%.",
+        f"(emulated time per request). Fidelity lost (nodes running beyond their paced time): at most {over:.1f}%.",
         file=log,
     )
     if args.verify:

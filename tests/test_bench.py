@@ -37,7 +37,8 @@ def record(policy: str, tput: float, speedup: float | None, model: float | None,
         "predicted_speedup_vs_single": model,
         "remote_fetch_share": 0.0 if policy == "replicate" else 0.47,
         "node_spread_pct": 100 * (max(node_us) - min(node_us)) / min(node_us),
-        "pacing_overrun_pct": overrun,
+        "pacing_overrun_pct": overrun / 2,
+        "pacing_lost_pct": overrun,
         "extra_memory_bytes": 0,
         "per_node": [{"node": i, "us_per_request": t, "emulated_us_per_request": t / 3} for i, t in enumerate(node_us)],
     }
@@ -93,22 +94,22 @@ def test_bad_experiment_files(tmp_path, text, message):
 
 def test_gap_within_tolerance_or_inside_the_interval_is_not_flagged():
     tight = summarise([1.060, 1.061, 1.062])
-    assert explain_gap(tight, 1.063, overrun_pct=0.1, oversubscribed=False, n_nodes=2, cpus_used=2)[1] is None
+    assert explain_gap(tight, 1.063, lost_pct=0.1, oversubscribed=False, n_nodes=2, cpus_used=2)[1] is None
     wide = summarise([0.90, 1.00, 1.20])  # the model 1.063 is inside the interval: not flagged
-    assert explain_gap(wide, 1.063, overrun_pct=0.1, oversubscribed=False, n_nodes=2, cpus_used=2)[1] is None
+    assert explain_gap(wide, 1.063, lost_pct=0.1, oversubscribed=False, n_nodes=2, cpus_used=2)[1] is None
 
 
 def test_gap_reasons_name_oversubscription_noise_or_neither():
     low = summarise([0.98, 0.985, 0.99])
-    gap, why = explain_gap(low, 1.063, overrun_pct=12.0, oversubscribed=True, n_nodes=4, cpus_used=2)
+    gap, why = explain_gap(low, 1.063, lost_pct=12.0, oversubscribed=True, n_nodes=4, cpus_used=2)
     assert gap == pytest.approx(100 * (0.985 / 1.063 - 1))
     assert "4 nodes share 2 host CPU(s) (oversubscribed)" in why
-    gap, why = explain_gap(low, 1.063, overrun_pct=5.0, oversubscribed=False, n_nodes=2, cpus_used=2)
+    gap, why = explain_gap(low, 1.063, lost_pct=5.0, oversubscribed=False, n_nodes=2, cpus_used=2)
     assert "host was busy" in why
     noisy = summarise([1.2, 1.3, 1.5, 1.4])
-    assert "noise" in explain_gap(noisy, 1.063, overrun_pct=0.0, oversubscribed=False, n_nodes=2, cpus_used=2)[1]
-    _, why = explain_gap(low, 1.063, overrun_pct=0.0, oversubscribed=False, n_nodes=2, cpus_used=2)
-    assert "neither pacing overrun nor noise" in why
+    assert "noise" in explain_gap(noisy, 1.063, lost_pct=0.0, oversubscribed=False, n_nodes=2, cpus_used=2)[1]
+    _, why = explain_gap(low, 1.063, lost_pct=0.0, oversubscribed=False, n_nodes=2, cpus_used=2)
+    assert "neither pacing loss nor noise" in why
 
 
 def test_point_summary_keeps_per_node_times_and_flags_a_gap():
@@ -231,3 +232,14 @@ def test_a_node_failure_says_where_in_the_sweep(monkeypatch):
         "node 1 (pid 4242) failed in phase 'run': process exited with code -9 "
         "(at 2s-xeon db, cache hot, user data local, replicate text+rodata, repetition 3)"
     )
+
+
+def test_fidelity_lost_counts_every_wall_ns_beyond_the_paced_time():
+    from numaemu.results import _lost_pct
+
+    on_time = {"paced_ns": 1_000_000_000, "wall_s": 1.0, "overrun_ns": 0}
+    late = {"paced_ns": 1_000_000_000, "wall_s": 1.05, "overrun_ns": 0}  # late wake-ups, no overrun
+    assert _lost_pct([on_time]) == 0.0
+    assert _lost_pct([late]) == pytest.approx(5.0)
+    assert _lost_pct([on_time, late]) == pytest.approx(2.5)
+    assert _lost_pct([{"paced_ns": 0, "wall_s": 0.1}]) == 0.0
