@@ -7,7 +7,7 @@ results/): ``published-<name>.json``, with the exact command (``command``), the 
 medians; and ``published-<name>.txt``, what it printed, headed by the command.
 
 Every speedup is a ratio against a `single` record measured in the same repetition (as
-scripts/repeat_run.py does); repetitions are summarised as median [min, max]. The measured
+numaemu bench does); repetitions are summarised as median [min, max]. The measured
 (wall-clock) figure is always shown beside the model (emulated time, exact whatever the host's
 load), because this host is shared and small.
 """

@@ -160,8 +160,9 @@ def test_overrun_share_without_batches_is_zero() -> None:
         (12345, 2, {}, 13000),
         (10.01, 2, {}, 11),
         (100.5, 2, {}, 110),
-        (100, 50, {"sharing": 2}, 8.0),  # two processes per core: twice the processing
-        (100, 50, {"sharing": 3}, 12.0),
+        (100, 50, {"sharing": 2}, 16.0),  # two processes per core: twice the processing, half the busy share
+        (100, 50, {"sharing": 3}, 24.0),
+        (100, 50, {"sharing": 2, "busy_share": 0.5}, 8.0),
         (100, 50, {"sharing": 0.5}, 4.0),  # sharing below 1 counts as 1
         (100, 50, {"busy_share": 1.0}, 2.0),
         (100, 50, {"busy_share": 0.25}, 8.0),
