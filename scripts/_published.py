@@ -96,15 +96,16 @@ def options(doc: str, duration: float | None, repeat: int = 3, quick_duration: f
     if duration is not None:
         ap.add_argument("--duration", type=float, default=duration, help=f"seconds per policy (default {duration:g})")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 repetition" + (f", {quick_duration:g} s per policy" if duration else ""))
-    ap.add_argument("--out", type=Path, default=Path("results"), help="directory for published-<name>.json/.txt (default results)")
+    ap.add_argument("--out", type=Path, default=None, help="directory for published-<name>.json/.txt (default results; with --quick, a temporary directory, so a smoke test never overwrites the committed tables)")
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
     if duration is not None and args.duration <= 0:
         ap.error("--duration must be > 0")
     if args.quick:
-        return Options(1, quick_duration if duration is not None else None, True, args.out)
-    return Options(args.repeat, args.duration if duration is not None else None, False, args.out)
+        out = args.out or Path(tempfile.gettempdir()) / "numaemu-published-quick"
+        return Options(1, quick_duration if duration is not None else None, True, out)
+    return Options(args.repeat, args.duration if duration is not None else None, False, args.out or Path("results"))
 
 
 def run(args: Sequence[str]) -> dict:
