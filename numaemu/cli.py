@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", dest="plot_path", metavar="FILE.png", help="draw speedups with their intervals and per-node times (needs the 'plot' extra: matplotlib)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal)")
 
+    p = sub.add_parser("plot", help="draw a bench result's figure again, from its JSON (needs the 'plot' extra)")
+    p.add_argument("bench_json", metavar="BENCH.json")
+    p.add_argument("png", metavar="FILE.png")
+
     p = sub.add_parser("compare", help="compare two bench results: the differences and their significance")
     p.add_argument("a", metavar="A.json")
     p.add_argument("b", metavar="B.json")
@@ -564,7 +568,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_csv(points, csv_path)
         print(f"wrote {csv_path}", file=log)
     if args.plot_path:
-        plot_bench(points, args.plot_path, title=f"numaemu bench: {exp.repeat} repetitions, {per} each")
+        plot_bench(points, args.plot_path, exp.settings())
         print(f"wrote {args.plot_path}", file=log)
     return 0
 
@@ -582,6 +586,15 @@ def _read_bench(path: str, param: str) -> dict:
     if doc.get("bench_schema") != BENCH_SCHEMA:
         raise UsageError(param, f"'{path}' has bench schema {doc.get('bench_schema')}; this numaemu reads {BENCH_SCHEMA}")
     return doc
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    doc = _read_bench(args.bench_json, "BENCH.json")
+    check_plot_available()
+    _json_target(args.png, param="FILE.png")
+    plot_bench(doc["points"], args.png, doc["experiment"])
+    print(f"wrote {args.png}")
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -636,7 +649,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run, "stress": cmd_stress, "bench": cmd_bench, "compare": cmd_compare, "calibrate": cmd_calibrate}
+COMMANDS = {"topology": cmd_topology, "image": cmd_image, "run": cmd_run, "stress": cmd_stress, "bench": cmd_bench, "compare": cmd_compare, "plot": cmd_plot, "calibrate": cmd_calibrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

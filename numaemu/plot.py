@@ -25,7 +25,11 @@ def _short(point: dict) -> str:
     return f"{point['topology']}\n{point['workload']} {point['cache']}\nuser {point['user_data']}"
 
 
-def plot_bench(points: list[dict], path: str, title: str = "numaemu bench") -> None:
+def plot_bench(points: list[dict], path: str, settings: dict) -> None:
+    """Draw `points` (bench summaries) to `path`; `settings`: the experiment's (its JSON's
+    ``experiment``), for the title."""
+    per = f"{settings['duration_s']:g} s" if settings.get("duration_s") else f"{settings.get('requests')} requests"
+    title = f"numaemu bench: {settings['repeat']} repetitions of {per} each, after {settings['warmup']} warmup"
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display (headless hosts, CI)
@@ -34,7 +38,8 @@ def plot_bench(points: list[dict], path: str, title: str = "numaemu bench") -> N
     policies = list(points[0]["policies"])
     compared = [p for p in policies if p != "single"]
     width = 0.8 / max(1, len(compared))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(10, 2.2 * len(points) * 2), 5), constrained_layout=True)
+    # One panel above the other, so a sweep of many points grows the figure's width moderately.
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8.0, 1.3 * len(points) + 3), 9), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
     for k, policy in enumerate(compared):

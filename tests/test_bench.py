@@ -167,6 +167,7 @@ BAD = [
     (["bench", "--plot", "/nonexistent-dir/x.png"], "--plot"),
     (["bench", "--json", "/nonexistent-dir/x.json"], "--json"),
     (["compare", "/nonexistent-a.json", "/nonexistent-b.json"], "A.json: cannot read"),
+    (["plot", "/nonexistent.json", "x.png"], "BENCH.json: cannot read '/nonexistent.json'"),
 ]
 
 
@@ -213,6 +214,9 @@ def test_bench_end_to_end_with_csv_plot_and_compare(tmp_path, no_leaks):
     rows = list(csv.DictReader((tmp_path / "a.csv").read_text().splitlines()))
     assert [(r["cache"], r["policy"]) for r in rows] == [("hot", "single"), ("hot", "replicate"), ("cold", "single"), ("cold", "replicate")]
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = numaemu("plot", str(tmp_path / "a.json"), str(tmp_path / "again.png"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = numaemu("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
     assert r.returncode == 0, r.stderr
     assert "replicate" in r.stdout and "Welch" in r.stdout
