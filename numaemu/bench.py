@@ -51,6 +51,7 @@ __all__ = [
     "run_experiment",
     "summarise_point",
     "format_bench",
+    "LEGEND",
     "write_csv",
     "compare_docs",
     "format_compare",
@@ -354,12 +355,14 @@ def format_point(s: dict) -> str:
     return "\n".join(lines)
 
 
+LEGEND = (
+    "speedup: median wall-clock throughput ratio against single in the same repetition, with a bootstrap 95% interval; "
+    "p: paired t-test on log ratios (* below 0.05); model: what the latency model predicts; gap: measured against model (! flagged)"
+)
+
+
 def format_bench(points: list[dict]) -> str:
-    legend = (
-        "speedup: median wall-clock throughput ratio against single in the same repetition, with a bootstrap 95% interval; "
-        "p: paired t-test on log ratios (* below 0.05); model: what the latency model predicts; gap: measured against model (! flagged)"
-    )
-    return "\n\n".join(format_point(s) for s in points) + "\n" + legend
+    return "\n\n".join(format_point(s) for s in points) + "\n" + LEGEND
 
 
 CSV_COLUMNS = (

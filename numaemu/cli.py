@@ -31,7 +31,7 @@ from .bench import (
     Experiment,
     Point,
     compare_docs,
-    format_bench,
+    LEGEND,
     format_compare,
     read_experiment_file,
     run_experiment,
@@ -551,7 +551,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         file=log,
     )
     points = run_experiment(exp, progress=args.progress, log=lambda text: print(text + "\n", file=log, flush=True))
-    print(format_bench(points).rsplit("\n", 1)[-1], file=log)  # the legend; the points were printed as they ended
+    print(LEGEND, file=log)  # the points were printed as each ended
     doc = {
         "schema": SCHEMA,
         "bench_schema": BENCH_SCHEMA,
