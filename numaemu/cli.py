@@ -273,7 +273,9 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_target(path: str | None, command: str = "run", param: str = "--json") -> str:
+def _output_path(path: str | None, command: str = "run", param: str = "--json") -> str:
+    """An output file given as `param` (JSON, CSV, PNG), checked writable before any work;
+    None: the default JSON path results/<command>-<time>.json."""
     if path is None:
         return os.path.join("results", time.strftime(f"{command}-%Y%m%d-%H%M%S.json"))
     if path == "-":
@@ -320,7 +322,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
             raise UsageError("--inject-bug", f"key-race is a static-key bug: use --source static_keys or mixed, not {args.source}")
     start_method = args.start_method or mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")
-    json_path = _json_target(args.json_path, "stress")
+    json_path = _output_path(args.json_path, "stress")
     topo, host = _topology(args)
     image = synthetic_image(args.image_scale, arch=args.arch)
     log = sys.stderr if json_path == "-" else sys.stdout
@@ -341,10 +343,15 @@ def cmd_stress(args: argparse.Namespace) -> int:
     doc["topology"] = topo.to_json()
     doc["host_placement"] = host.to_json()
     print(format_stress_summary(doc), file=log)
+    _write_doc(doc, json_path, log)
+    return 0 if doc["ok"] else 1
+
+
+def _write_doc(doc: dict, json_path: str, log) -> None:
+    """Write a command's JSON; say where on the log, unless it went to stdout itself."""
     where = write_json(doc, json_path)
     if where != "stdout":
         print(f"wrote {where}", file=log)
-    return 0 if doc["ok"] else 1
 
 
 def _prune(log) -> None:
@@ -367,7 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _choice(args.user_data, ("local", "interleave"), "--user-data")
     start_method = args.start_method or mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")
-    json_path = _json_target(args.json_path)
+    json_path = _output_path(args.json_path)
     topo, host = _topology(args)
     image = _image(args)
     workload = build_workload(args.workload, image, args.seed, args.trace)
@@ -441,9 +448,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         },
         "results": records,
     }
-    where = write_json(doc, json_path)
-    if where != "stdout":
-        print(f"wrote {where}", file=log)
+    _write_doc(doc, json_path, log)
     if args.verify and not all(r["verified"] for r in records):
         return 1
     return 0
@@ -537,11 +542,11 @@ def _bench_experiment(args: argparse.Namespace) -> Experiment:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     exp = _bench_experiment(args)
-    json_path = _json_target(args.json_path, "bench")
-    csv_path = _json_target(args.csv_path, param="--csv") if args.csv_path else None
+    json_path = _output_path(args.json_path, "bench")
+    csv_path = _output_path(args.csv_path, param="--csv") if args.csv_path else None
     if args.plot_path:
         check_plot_available()
-        _json_target(args.plot_path, param="--plot")
+        _output_path(args.plot_path, param="--plot")
     log = sys.stderr if json_path == "-" else sys.stdout
     _prune(log)
     per = f"{exp.duration_s:g} s" if exp.duration_s else f"{exp.requests} requests"
@@ -561,9 +566,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "experiment": {**exp.settings(), "axes": list(AXES), "file": args.experiment},
         "points": points,
     }
-    where = write_json(doc, json_path)
-    if where != "stdout":
-        print(f"wrote {where}", file=log)
+    _write_doc(doc, json_path, log)
     if csv_path:
         write_csv(points, csv_path)
         print(f"wrote {csv_path}", file=log)
@@ -591,7 +594,7 @@ def _read_bench(path: str, param: str) -> dict:
 def cmd_plot(args: argparse.Namespace) -> int:
     doc = _read_bench(args.bench_json, "BENCH.json")
     check_plot_available()
-    _json_target(args.png, param="FILE.png")
+    _output_path(args.png, param="FILE.png")
     plot_bench(doc["points"], args.png, doc["experiment"])
     print(f"wrote {args.png}")
     return 0
@@ -599,16 +602,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     a, b = _read_bench(args.a, "A.json"), _read_bench(args.b, "B.json")
-    json_path = _json_target(args.json_path, "compare") if args.json_path else None
+    json_path = _output_path(args.json_path, "compare") if args.json_path else None
     cmp = compare_docs(a, b)
     log = sys.stderr if json_path == "-" else sys.stdout
     print(format_compare(cmp, args.a, args.b), file=log)
     if not cmp["rows"]:
         print("no point is in both files", file=log)
     if json_path:
-        where = write_json({"schema": SCHEMA, "command": "compare", "a": args.a, "b": args.b, **cmp}, json_path)
-        if where != "stdout":
-            print(f"wrote {where}", file=log)
+        _write_doc({"schema": SCHEMA, "command": "compare", "a": args.a, "b": args.b, **cmp}, json_path, log)
     return 0
 
 
@@ -617,7 +618,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     start_method = args.start_method or mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")
-    json_path = _json_target(args.json_path, "calibrate")
+    json_path = _output_path(args.json_path, "calibrate")
     # The patch round needs 2 nodes; 2s-xeon's local latency also charges the engine's fetches.
     topo = load_topology("2s-xeon")
     host = place_on_host(topo, host_cpus())
@@ -643,9 +644,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "settings": {"quick": args.quick, "start_method": start_method, "topology": topo.name, "workload": workload.name, "image_bytes": len(image.data)},
         "results": results,
     }
-    where = write_json(doc, json_path)
-    if where != "stdout":
-        print(f"wrote {where}", file=log)
+    _write_doc(doc, json_path, log)
     return 0
 
 
