@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from .coordinator import (
+    DELAYS,
     START_METHODS,
     expected_checksum,
     prepare_spec,
@@ -40,8 +41,11 @@ from .bench import (
 )
 from .cpus import format_cpu_list, host_cpus
 from .errors import NodeFailure, UsageError
+from .pagetables import PT_STYLES, kaslr_base, with_base
 from .image import ARCHES, KernelImage, synthetic_image
+from .kernelfile import load_image
 from .memory import prune_stale
+from .numamaps import PlacementReport, format_placement, placement_informative, placement_warnings
 from .patching import BUGS, PROTOCOLS
 from .placement import POLICIES, REPLICATE_SCOPES
 from .plot import check_available as check_plot_available
@@ -52,13 +56,14 @@ from .results import (
     host_metadata,
     write_json,
 )
-from .sources import SOURCES
+from .sources import SOURCES, hot_keys
 from .stress import StressSpec, format_stress_summary, run_stress, stress_document
 from .topology import (
     HostPlacement,
     Topology,
     format_numactl,
     load_topology,
+    memory_only_nodes,
     parse_host_cpus,
     place_on_host,
 )
@@ -114,6 +119,17 @@ _positive_int = _integer(1, None, "must be a positive integer")
 _seed = _integer(0, 2**32 - 1, "must be in 0..4294967295")
 
 
+def _one_of(choices: Sequence[str]):
+    """An argparse type: one of `choices` (a scalar: a comma list is refused too)."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"'{text}' is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -142,7 +158,24 @@ def _add_topology_options(p: argparse.ArgumentParser, positional: bool = False) 
 
 
 def _add_image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", metavar="PATH", help="an ELF vmlinux or a compressed vmlinuz/bzImage (x86-64); default: the embedded synthetic image")
     p.add_argument("--image-scale", type=_scale, default=1.0, help="shrink the embedded image by this factor (0, 1] (for tests; default 1)")
+
+
+def _add_design_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pt-style", default="none", help="page-table design: arm64 (King: per-node lower tables, 4 KiB pages), x86 (Kuzin: per-node PGD..PMD, 2 MiB pages) or none (not modelled, default)")
+    p.add_argument("--kaslr", action="store_true", help="randomise the image's virtual base from --seed (x86 design only: King's arm64 series disables KASLR)")
+    p.add_argument("--replicas-every", type=_positive_int, default=1, metavar="K", help="replicate: a copy on every K-th node only (IRIX-style), the others map the nearest copy (default 1: every node)")
+
+
+def _design(args: argparse.Namespace, image: KernelImage) -> KernelImage:
+    """Check --pt-style and --kaslr together; return the image, moved if --kaslr."""
+    _choice(args.pt_style, PT_STYLES, "--pt-style")
+    if args.kaslr and args.pt_style == "arm64":
+        raise UsageError("--kaslr", "not with --pt-style arm64: King's series disables KASLR (the image must sit under its own level-0 entry)")
+    if args.kaslr and args.pt_style != "x86":
+        raise UsageError("--kaslr", "needs --pt-style x86, the design that supports it (Kuzin's series)")
+    return with_base(image, kaslr_base(image, args.seed)) if args.kaslr else image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead")
 
     p = sub.add_parser("image", help="print the kernel image's sections, sizes and patch sites")
+    p.add_argument("image_path", nargs="?", metavar="PATH", help="a kernel image file, as --image PATH")
     _add_image_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead")
 
@@ -176,11 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
     p.add_argument("--time-scale", type=_positive_float("time-scale"), help="wall ns per emulated ns (default: calibrated)")
     p.add_argument("--verify", action="store_true", help="replay every task's requests on the master image and check what the nodes read")
+    p.add_argument("--delays", default="model", help="model (inject the emulated topology's remote latencies by pacing, default) or none (inject nothing: this host's own latencies, for a real NUMA host)")
+    _add_design_options(p)
 
     p = sub.add_parser("stress", help="patch kernel text on every copy while every node executes it, and check what they observed")
     _add_topology_options(p)
     _add_image_options(p)
-    p.add_argument("--arch", default="x86_64", help="image variant: x86_64 (default) or arm64 (aligned 4-byte instructions)")
+    p.add_argument("--arch", default=None, help="embedded image variant: x86_64 (default) or arm64 (aligned 4-byte instructions); with --image, the file's")
     p.add_argument("--protocol", default=None, help="stop_machine, text_poke_bp (x86 default) or nosync (arm64 only; arm64 default)")
     p.add_argument("--source", default="static_keys", help=f"what patches: {', '.join(SOURCES)} (default static_keys)")
     p.add_argument("--policy", default="replicate", help="where the copies are: replicate (default), single or interleave")
@@ -189,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the readers' and patchers' choices (default 0)")
     p.add_argument("--inject-bug", default=None, metavar="NAME", help=f"plant one of the kernel's historical bugs: {', '.join(BUGS)}")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/stress-<time>.json)")
+    _add_design_options(p)
     p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
 
     p = sub.add_parser("calibrate", help="measure this host: clock, busy-wait accuracy, raw baselines, and numaemu's own costs against them")
@@ -211,10 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--migrate-rate", help="probability that a task migrates after a request (default 0.01)")
     p.add_argument("--seed", help="seed of the workload, request choices and migrations (default 0)")
     p.add_argument("--image-scale", help="shrink the embedded image by this factor (0, 1] (default 1)")
+    p.add_argument("--image", help="a real kernel image file (ELF vmlinux or vmlinuz/bzImage) instead of the embedded one")
     p.add_argument("--host-cpus", help="host CPUs for each node, ';'-separated cpulists (one topology only)")
     p.add_argument("--local-ns", help="derive latencies from distances with this local latency (ns)")
     p.add_argument("--trace", help="for --workload trace: a file of virtual addresses")
     p.add_argument("--time-scale", help="wall ns per emulated ns (default: calibrated at each point)")
+    p.add_argument("--delays", help="model (paced to the emulated latencies, default) or none (nothing injected; one value, not a sweep)")
+    p.add_argument("--pt-style", help="page-table design: none (default), arm64 or x86 (one value, not a sweep)")
+    p.add_argument("--replicas-every", help="replicate: a copy on every K-th node only (default 1; one value)")
     p.add_argument("--start-method", help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
     p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
     p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/bench-<time>.json)")
@@ -246,16 +287,35 @@ def _topology(args: argparse.Namespace) -> tuple[Topology, HostPlacement]:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
-    topo, host = _topology(args)
+    topo = load_topology(args.topology, sysfs_root=args.sysfs_root, local_ns=args.local_ns)
+    host: HostPlacement | None = None
+    if not memory_only_nodes(topo):  # else shown without placement: no worker can run there
+        host = place_on_host(topo, host_cpus(), parse_host_cpus(args.host_cpus) if args.host_cpus else None)
     if args.json:
-        print(json.dumps({"schema": SCHEMA, "command": "topology", "topology": topo.to_json(), "host_placement": host.to_json()}, indent=2, sort_keys=True))
+        print(json.dumps({"schema": SCHEMA, "command": "topology", "topology": topo.to_json(), "host_placement": host.to_json() if host else None}, indent=2, sort_keys=True))
     else:
         sys.stdout.write(format_numactl(topo, host))
+        if host is None:
+            ids = ", ".join(map(str, memory_only_nodes(topo)))
+            print(f"no host placement: host node(s) {ids} have memory but no CPUs, so numaemu cannot run this machine as it is")
     return 0
 
 
-def _image(args: argparse.Namespace) -> KernelImage:
-    return synthetic_image(args.image_scale)
+def _image(args: argparse.Namespace, arch: str | None = None) -> KernelImage:
+    """The image a command works on: the file of --image (or `numaemu image PATH`), loaded once
+    per process, or the embedded synthetic image (`arch`: its variant, x86_64 by default)."""
+    path = getattr(args, "image_path", None)
+    if path is not None and args.image is not None and path != args.image:
+        raise UsageError("--image", f"two images given: '{path}' and --image '{args.image}'")
+    path = path or args.image
+    if path is None:
+        return synthetic_image(args.image_scale, arch=arch or "x86_64")
+    if args.image_scale != 1:
+        raise UsageError("--image", f"cannot be combined with --image-scale {args.image_scale:g}: the scale shrinks the embedded synthetic image only")
+    image = load_image(path)
+    if arch is not None and arch != image.arch:
+        raise UsageError("--arch", f"{arch} does not match --image '{path}', which is {image.arch}; leave --arch out with --image")
+    return image
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -263,12 +323,33 @@ def cmd_image(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"schema": SCHEMA, "command": "image", "image": s}, indent=2, sort_keys=True))
         return 0
-    print(f"image: {s['name']} ({s['arch']}), base {s['base']}, seed {s['seed']}")
+    src = s.get("source")
+    print(f"image: {s['name']} ({s['arch']}), base {s['base']}" + ("" if src else f", seed {s['seed']}"))
+    if src:
+        print(f"file: {src['path']} ({src['container']})" + (f"; {src['version']}" if src["version"] else ""))
     print(f"{'section':<10}{'vaddr':>20}{'size':>14}{'pages':>8}")
     for sec in s["sections"]:
         print(f"{sec['name']:<10}{sec['vaddr']:>20}{sec['size']:>14,}{sec['pages']:>8}")
-    print(f"functions: {s['functions']:,} (each with a 5-byte ftrace site, NOP5 while tracing is off)")
+    if src:
+        print(
+            f"ftrace sites: {s['ftrace_sites']:,} (16-byte-aligned function entries): {src['ftrace_calls_converted']:,} 'call __fentry__'"
+            + (f" (at {src['fentry']})" if src["fentry"] else "")
+            + f" rewritten to NOP5 as ftrace_init() does at boot, {src['ftrace_already_nop5']:,} already NOP5"
+            + (f"; {src['ftrace_after_endbr64']:,} after an ENDBR64" if src["ftrace_after_endbr64"] else "")
+        )
+    else:
+        print(f"functions: {s['functions']:,} (each with a 5-byte ftrace site, NOP5 while tracing is off)")
     print(f"jump-label sites: {s['jump_label_sites']:,} ({s['jump_label_sites_2byte']:,} 2-byte, {s['jump_label_sites_5byte']:,} 5-byte) over {s['static_keys']:,} static keys")
+    if src and src["jump_table"]:
+        print(
+            f"  __jump_table at {src['jump_table']}: {src['jump_table_entries']:,} entries, {src['jump_entries_skipped']:,} not used "
+            f"(outside .text, on an ftrace site, or duplicates); {src['jump_sites_were_jmp']:,} sites were JMPs, now NOPs (every key starts disabled)"
+        )
+    elif src:
+        print("  no __jump_table found: stress runs without static keys")
+    if src:
+        tables = ", ".join(f"{k} {v:,}" for k, v in s["other_site_tables"].items()) or "none"
+        print(f"other site tables (counted, not patched): {tables}")
     print(f"mapped: {s['mapped_bytes']:,} bytes")
     return 0
 
@@ -304,8 +385,10 @@ BUG_PROTOCOLS = {
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
-    _choice(args.arch, ARCHES, "--arch")
-    arm = args.arch == "arm64"
+    if args.arch is not None:
+        _choice(args.arch, ARCHES, "--arch")
+    image = _image(args, arch=args.arch)  # with --image, the file decides the arch
+    arm = image.arch == "arm64"
     protocol = args.protocol or ("nosync" if arm else "text_poke_bp")
     _choice(protocol, PROTOCOLS, "--protocol")
     if protocol == "nosync" and not arm:
@@ -313,6 +396,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
     if protocol == "text_poke_bp" and arm:
         raise UsageError("--protocol", "text_poke_bp is the x86 INT3 protocol; the arm64 image uses nosync or stop_machine")
     _choice(args.source, SOURCES, "--source")
+    if args.source == "static_keys" and not len(hot_keys(image.jump_keys, image.n_keys)):
+        raise UsageError("--source", f"static_keys needs static keys, and image {image.name} has no jump-label sites numaemu can flip (no __jump_table found); use ftrace, module, bpf, livepatch or mixed")
     _choice(args.policy, POLICIES, "--policy")
     if args.inject_bug is not None:
         _choice(args.inject_bug, BUGS, "--inject-bug")
@@ -320,11 +405,13 @@ def cmd_stress(args: argparse.Namespace) -> int:
             raise UsageError("--inject-bug", f"{args.inject_bug} is a bug of {' and '.join(BUG_PROTOCOLS[args.inject_bug])}, not of {protocol}")
         if args.inject_bug == "key-race" and args.source not in ("static_keys", "mixed"):
             raise UsageError("--inject-bug", f"key-race is a static-key bug: use --source static_keys or mixed, not {args.source}")
+        if args.inject_bug == "key-race" and not len(hot_keys(image.jump_keys, image.n_keys)):
+            raise UsageError("--inject-bug", f"key-race is a static-key bug, and image {image.name} has no static keys to race on")
     start_method = args.start_method or mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")
     json_path = _output_path(args.json_path, "stress")
     topo, host = _topology(args)
-    image = synthetic_image(args.image_scale, arch=args.arch)
+    image = _design(args, image)
     log = sys.stderr if json_path == "-" else sys.stdout
     _prune(log)
     print(
@@ -334,7 +421,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
     )
     if host.oversubscribed:
         print(f"oversubscribed: {topo.n_nodes} nodes share host CPUs; the checks stay exact, patch latencies are inflated", file=log)
-    spec = StressSpec(topo, host, image, args.policy, protocol, args.source, args.duration, args.rate, args.seed, args.inject_bug, start_method)
+    spec = StressSpec(topo, host, image, args.policy, protocol, args.source, args.duration, args.rate, args.seed, args.inject_bug, start_method,
+                      replicas_every=args.replicas_every, pt_style=args.pt_style)
     result = run_stress(spec)
     doc = stress_document(spec, result)
     args.outcome = 0 if doc["ok"] else 1  # known before any output (see main: broken pipes)
@@ -372,11 +460,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     _choice(args.replicate, REPLICATE_SCOPES, "--replicate")
     _choice(args.cache, ("hot", "cold"), "--cache")
     _choice(args.user_data, ("local", "interleave"), "--user-data")
+    _choice(args.delays, DELAYS, "--delays")
+    if args.delays == "none" and args.time_scale:
+        raise UsageError("--time-scale", "is for --delays model; with --delays none nothing is paced")
     start_method = args.start_method or mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")
     json_path = _output_path(args.json_path)
     topo, host = _topology(args)
-    image = _image(args)
+    image = _design(args, _image(args))
     workload = build_workload(args.workload, image, args.seed, args.trace)
     duration = None if args.requests else (args.duration or 2.0)
     log = sys.stderr if json_path == "-" else sys.stdout
@@ -387,6 +478,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         topo, host, image, workload, cold=args.cache == "cold", user_local=args.user_data == "local",
         duration_s=duration, requests=args.requests, migrate_rate=args.migrate_rate, seed=args.seed,
         start_method=start_method, replicate=args.replicate, time_scale=args.time_scale,
+        pt_style=args.pt_style, replicas_every=args.replicas_every, delays=args.delays,
     )
     scale = spec.scale
     print(
@@ -396,7 +488,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=log,
     )
     placement_text = ", ".join(f"node {i} -> CPU {format_cpu_list(c)}" for i, c in enumerate(host.cpus))
-    print(f"host: {placement_text}; time scale {scale:g} (1 emulated ns = {scale:g} wall ns)", file=log)
+    paced = args.delays == "model"
+    timing = f"time scale {scale:g} (1 emulated ns = {scale:g} wall ns)" if paced else "nothing paced"
+    print(f"host: {placement_text}; {timing}", file=log)
+    if not paced:
+        print(delays_note("none"), file=log)
+    if args.pt_style != "none" or args.kaslr or args.replicas_every > 1:
+        print(
+            f"design: page tables {args.pt_style}, image base {image.base:#x}" + (" (KASLR)" if args.kaslr else "")
+            + (f", replicate puts a copy on every {args.replicas_every}th node" if args.replicas_every > 1 else ""),
+            file=log,
+        )
     if host.oversubscribed:
         print(
             f"oversubscribed: {topo.n_nodes} nodes on {host.n_cpus_used} host CPU(s); emulated-time results stay exact, "
@@ -410,16 +512,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         rec["verified"] = not bad
         rec["verify_failed_tasks"] = bad
 
-    records = run_policies(spec, policies, each=verify if args.verify else None)
+    placed: dict[str, PlacementReport] = {}
+
+    def each(policy: str, run: dict, rec: dict) -> None:
+        placed[policy] = run["placement_report"]
+        if args.verify:
+            verify(policy, run, rec)
+
+    records = run_policies(spec, policies, each=each)
     args.outcome = 1 if args.verify and not all(r["verified"] for r in records) else 0
 
     print(format_run_table(records), file=log)
     over = max(r["pacing_lost_pct"] for r in records)
-    print(
-        f"speedup: wall-clock throughput against single; model: what the latency model predicts "
-        f"(emulated time per request). Fidelity lost (nodes running beyond their paced time): at most {over:.1f}%.",
-        file=log,
-    )
+    if paced:
+        print(
+            f"speedup: wall-clock throughput against single; model: what the latency model predicts "
+            f"(emulated time per request). Fidelity lost (nodes running beyond their paced time): at most {over:.1f}%.",
+            file=log,
+        )
+    else:
+        print(
+            "speedup: wall-clock throughput against single, on this host's own memory (delays none); "
+            f"model: what the latency model of {topo.name} predicts (emulated time per request).",
+            file=log,
+        )
+    reports = list(placed.values())
+    if placement_informative(reports):
+        for line in format_placement(placed):
+            print(line, file=log)
+    for line in placement_warnings(reports):
+        print(line, file=sys.stderr)
     if args.verify:
         ok = all(r["verified"] for r in records)
         print("verify: " + ("every task read the master's bytes at every address, on every node, across migrations" if ok else "MISMATCH: " + "; ".join(f"{r['policy']}: tasks {r['verify_failed_tasks']}" for r in records if not r["verified"])), file=log)
@@ -442,9 +564,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             "migrate_rate": args.migrate_rate,
             "seed": args.seed,
             "start_method": start_method,
-            "time_scale": scale,
+            "time_scale": scale if paced else None,
             "calibration": cal,
             "oversubscribed": host.oversubscribed,
+            "delays": args.delays,
+            "delays_note": delays_note(args.delays, scale),
+            "pt_style": args.pt_style,
+            "kaslr": args.kaslr,
+            "replicas_every": args.replicas_every,
         },
         "results": records,
     }
@@ -454,11 +581,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def delays_note(delays: str, scale: float | None = None) -> str:
+    """What ``--delays`` did, in words, for the output and the JSON."""
+    if delays == "none":
+        return "delays: none — nothing injected; measured times are this host's own memory latencies (model figures: the emulated topology's)"
+    return "delays: model — the emulated topology's remote-access latencies injected by pacing" + (f" (time scale {scale:g})" if scale else "")
+
+
 # `numaemu bench`: each option is text, from the command line or an experiment file, checked by
 # one parser either way; lists sweep. Defaults are `numaemu run`'s.
 BENCH_DEFAULTS = {
     "topology": "2s-xeon", "workload": "db", "cache": "hot", "user-data": "local", "replicate": "text+rodata",
     "policy": ",".join(POLICIES), "repeat": "5", "warmup": "1", "migrate-rate": "0.01", "seed": "0", "image-scale": "1",
+    "delays": "model", "pt-style": "none", "replicas-every": "1",
 }
 BENCH_LISTS = {
     "workload": WORKLOADS, "cache": ("hot", "cold"), "user-data": ("local", "interleave"),
@@ -468,6 +603,7 @@ BENCH_SCALARS = {
     "repeat": _positive_int, "warmup": _integer(0, None, "must be an integer >= 0"), "duration": _positive_float("duration"),
     "requests": _positive_int, "migrate-rate": _rate, "seed": _seed, "image-scale": _scale,
     "local-ns": _positive_float("local-ns"), "time-scale": _positive_float("time-scale"),
+    "delays": _one_of(DELAYS), "pt-style": _one_of(PT_STYLES), "replicas-every": _positive_int,
 }
 
 
@@ -513,6 +649,9 @@ def _bench_experiment(args: argparse.Namespace) -> Experiment:
     host_cpus_text, _ = raw("host-cpus")
     if host_cpus_text and len(lists["topology"]) > 1:
         raise UsageError("--host-cpus", "an explicit placement fits one topology; sweep topologies without it")
+    image_text, image_param = raw("image")
+    if image_text and scalar("image-scale") != 1:
+        raise UsageError(image_param, f"cannot be combined with --image-scale {scalar('image-scale'):g}: the scale shrinks the embedded synthetic image only")
     trace_text, _ = raw("trace")
     if trace_text and "trace" not in lists["workload"]:
         raise UsageError("--trace", "--trace is only for --workload trace")
@@ -528,10 +667,14 @@ def _bench_experiment(args: argparse.Namespace) -> Experiment:
         duration_s=None if requests else (duration or 2.0), requests=requests, migrate_rate=scalar("migrate-rate"),
         seed=scalar("seed"), image_scale=scalar("image-scale"), start_method=start_method, host_cpus=host_cpus_text,
         local_ns=scalar("local-ns"), sysfs_root=args.sysfs_root, trace=Path(trace_text) if trace_text else None,
-        time_scale=scalar("time-scale"),
+        image=Path(image_text) if image_text else None,
+        time_scale=scalar("time-scale"), delays=scalar("delays"), pt_style=scalar("pt-style"),
+        replicas_every=scalar("replicas-every"),
     )
-    # Check every topology and workload now, so a typo fails before minutes of running.
-    image = synthetic_image(exp.image_scale)
+    if exp.delays == "none" and exp.time_scale:
+        raise UsageError("--time-scale", "is for --delays model; with --delays none nothing is paced")
+    # Check every topology, workload and image now, so a typo fails before minutes of running.
+    image = exp.kernel_image()
     override = parse_host_cpus(exp.host_cpus) if exp.host_cpus else None
     for t in lists["topology"]:
         place_on_host(load_topology(t, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns), host_cpus(), override)
@@ -555,6 +698,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{exp.warmup} warmup + {exp.repeat} repetitions of {per} each: {exp.runs} runs in fresh node processes",
         file=log,
     )
+    if exp.delays == "none":
+        print(delays_note("none"), file=log)
+    if exp.pt_style != "none" or exp.replicas_every > 1:
+        print(f"design: page tables {exp.pt_style}" + (f", replicate puts a copy on every {exp.replicas_every}th node" if exp.replicas_every > 1 else ""), file=log)
     points = run_experiment(exp, progress=args.progress, log=lambda text: print(text + "\n", file=log, flush=True))
     print(LEGEND, file=log)  # the points were printed as each ended
     doc = {

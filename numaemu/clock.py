@@ -13,6 +13,9 @@ never starves one that shares its core (pure spinning collapses under oversubscr
 
 `time_scale` picks the scale: the smallest dilation (>= 1) at which a worker's processing
 cost fits in a given share of the paced time.
+
+`Unpaced` is the clock of ``--delays none``: the same interface, but a batch ends when its
+processing ends, so no latency is injected and there is no scale to divide by.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["spin", "Pacer", "measure_oversleep_ns", "time_scale", "TARGET_BUSY_SHARE", "SHARED_BUSY_SHARE", "OVERSLEEP_PROBE_NS"]
+__all__ = ["spin", "Pacer", "Unpaced", "measure_oversleep_ns", "time_scale", "TARGET_BUSY_SHARE", "SHARED_BUSY_SHARE", "OVERSLEEP_PROBE_NS"]
 
 TARGET_BUSY_SHARE = 0.5  # processing may take at most half the paced time, leaving room for noise
 # When nodes share cores, a node whose wait ends while another holds the core wakes late, and
@@ -105,6 +108,19 @@ class Pacer:
     @property
     def overrun_share(self) -> float:
         return self.overrun_ns / self.paced_ns if self.paced_ns else 0.0
+
+
+@dataclass
+class Unpaced(Pacer):
+    """``--delays none``: a batch is never held; `pace` returns at once and records nothing, so
+    `paced_ns` and `overrun_ns` stay 0 (no fidelity to lose). `wait_until` (the common start
+    instant) still waits as `Pacer`'s does. `scale` is unused."""
+
+    scale: float = 1.0
+    shared_core: bool = False
+
+    def pace(self, batch_start_ns: int, emulated_ns: float) -> int:
+        return self.clock()
 
 
 def time_scale(processing_ns: float, emulated_ns: float, sharing: float = 1.0, busy_share: float | None = None) -> float:

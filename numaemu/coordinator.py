@@ -38,7 +38,9 @@ from .memory import (
     new_token,
     segment_name,
 )
-from .placement import Placement, place
+from .numamaps import expected_host_nodes, read_placement
+from .pagetables import page_table_cost, walk_profile
+from .placement import Placement, place, serving_nodes
 from .results import add_speedups, policy_record
 from .tasks import TASKS_PER_NODE, plan_requests
 from .topology import HostPlacement, Topology
@@ -51,9 +53,13 @@ from .worker import (
 )
 from .workloads import Workload
 
-__all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "LocalNode", "local_node", "calibrate_scale", "expected_checksum", "START_METHODS"]
+__all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "LocalNode", "local_node", "calibrate_scale", "expected_checksum", "place_for", "START_METHODS", "DELAYS"]
 
 START_METHODS = ("fork", "spawn", "forkserver")
+# --delays: "model" paces every batch to the emulated topology's latencies (clock.Pacer);
+# "none" paces nothing, so wall time is this host's own (on a real NUMA host, remote frames are
+# really remote) while the emulated-time (model) figures are still counted.
+DELAYS = ("model", "none")
 START_DELAY_NS = 20_000_000  # every node starts at the same instant, 20 ms after the signal
 JOIN_TIMEOUT_S = 5.0
 
@@ -76,6 +82,9 @@ class RunSpec:
     scale: float
     replicate: str = "text+rodata"
     oversleep_ns: int = 60_000
+    pt_style: str = "none"  # pagetables.PT_STYLES
+    replicas_every: int = 1  # replicate: a copy on every K-th node (IRIX)
+    delays: str = "model"  # DELAYS
 
 
 def check_reachable(topology: Topology, placement: Placement) -> None:
@@ -179,8 +188,15 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
     with the ``mem`` segment, its layout, the placement and the node pids.
     """
     topo, n = spec.topology, spec.topology.n_nodes
-    placement = place(spec.image, n, policy, spec.replicate)
+    placement, mem_serving = place_for(spec.topology, spec.image, policy, spec.replicate, spec.replicas_every)
     check_reachable(topo, placement)
+    master_node = min(mem_serving)  # the first node with memory: the single copy, the shared tables
+    tables = page_table_cost(spec.image, spec.pt_style, policy, n, placement.serving or mem_serving, spec.replicate)
+    walks = None
+    if tables is not None:
+        wl = spec.workload
+        walks = walk_profile(spec.image, wl.lines, wl.starts, wl.lengths, tables.granule, cold=spec.cold)
+    has_memory = np.array([nd.memory_bytes > 0 for nd in topo.nodes])
     layout = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)))
     n_tasks = TASKS_PER_NODE * n
     with NodeSession(spec.start_method, n, n_tasks) as session:
@@ -220,10 +236,19 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
                     shared_core=spec.host.oversubscribed,
                     oversleep_ns=spec.oversleep_ns,
                     coordinator_pid=os.getpid(),
+                    delays=spec.delays,
+                    walks=None if walks is None else walks.per_template,
+                    walk_share=0.0 if walks is None else walks.miss_share,
+                    walk_home=None if walks is None else (placement.serving[node] if placement.serving else master_node),
+                    user_home=mem_serving[node],
+                    user_homes=np.flatnonzero(has_memory) if not has_memory.all() else None,
                 )
             )
         session.start(worker_main, configs)
         session.wait_ready()
+        # Every node has first-touched its own partition and touched no other yet: where its
+        # mem mapping's pages are is where its partition landed.
+        placement_report = read_placement(session.pids, mem.name, expected_host_nodes(topo))
         if on_ready is not None:
             on_ready(mem, layout, placement, session.pids)
         session.go(spec.duration_s)
@@ -234,7 +259,23 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
             "layout": layout,
             "reports": reports,
             "tasks": ctl.tasks.copy(),
+            "placement_report": placement_report,
+            "page_tables": tables,
+            "walk_profile": walks,
         }
+
+
+def place_for(
+    topo: Topology, image: KernelImage, policy: str, replicate: str = "text+rodata", replicas_every: int = 1
+) -> tuple[Placement, tuple[int, ...]]:
+    """The placement of `policy` on `topo`, and per node the nearest node with memory (itself
+    if it has some): memoryless nodes and ``--replicas-every`` are decided here."""
+    has_memory = [nd.memory_bytes > 0 for nd in topo.nodes]
+    if not any(has_memory):
+        raise UsageError("--topology", f"{topo.name}: no node has memory; at least one must hold the image")
+    mem_serving = serving_nodes(topo.distance, has_memory, 1)
+    serving = serving_nodes(topo.distance, has_memory, replicas_every) if policy == "replicate" else mem_serving
+    return place(image, topo.n_nodes, policy, replicate, serving=serving), mem_serving
 
 
 def run_policies(spec: RunSpec, policies: Sequence[str], *, each: Callable[[str, dict, dict], None] | None = None) -> list[dict]:
@@ -266,11 +307,21 @@ def prepare_spec(
     start_method: str,
     replicate: str,
     time_scale: float | None = None,
+    pt_style: str = "none",
+    replicas_every: int = 1,
+    delays: str = "model",
 ) -> tuple[RunSpec, dict]:
     """A `RunSpec` with its time scale: `time_scale` if given, else calibrated on this host for
-    this workload (`calibrate_scale`); also returns the calibration's figures ({} if given)."""
+    this workload (`calibrate_scale`); also returns the calibration's figures ({} if given).
+    With ``delays="none"`` nothing is paced, so nothing is calibrated ({} too)."""
+    if delays not in DELAYS:
+        raise UsageError("--delays", f"'{delays}' is not one of {', '.join(DELAYS)}")
+    if delays == "none" and time_scale:
+        raise UsageError("--time-scale", "is for --delays model; with --delays none nothing is paced")
     cal: dict = {}
-    if time_scale:
+    if delays == "none":
+        scale = 1.0  # never used: the workers run unpaced (clock.Unpaced)
+    elif time_scale:
         scale = time_scale
     else:
         sharing = topology.n_nodes / host.n_cpus_used
@@ -290,6 +341,9 @@ def prepare_spec(
         scale=scale,
         replicate=replicate,
         oversleep_ns=cal.get("oversleep_ns", 60_000),
+        pt_style=pt_style,
+        replicas_every=replicas_every,
+        delays=delays,
     )
     return spec, cal
 

@@ -10,7 +10,9 @@ Python costs more than the latencies being emulated (BACKGROUND.md s.5):
    checksum (so the read cannot be skipped, and what was read can be checked);
 3. cache: the direct-mapped emulated cache says which fetches hit;
 4. charge: a hit costs HIT_NS; a miss costs the latency from this node to the frame's home node;
-   user-data reads cost the latency to their home node; compute costs its emulated ns.
+   user-data reads cost the latency to their home node; compute costs its emulated ns; with a
+   page-table design (``--pt-style``), each request's expected TLB misses cost one leaf-entry
+   read each from the node that holds this node's page tables (pagetables.py).
 
 Batches of long requests (db) take a shorter way, 2.6-2.8x faster (`PATH_MIN_FETCHES`): what does
 not depend on the batch is worked out once per template (`_Path`, `NodeEngine.prepare`), since
@@ -59,6 +61,8 @@ class Counters:
     user_fetches: np.ndarray = field(init=False)  # user-data reads, by home node
     kernel_ns: float = 0.0
     user_ns: float = 0.0
+    walks: float = 0.0  # expected page walks (TLB misses) on kernel fetches
+    walk_ns: float = 0.0  # their cost, part of kernel_ns
 
     def __post_init__(self) -> None:
         self.text_fetches = np.zeros(self.n_nodes, dtype=np.int64)
@@ -118,6 +122,11 @@ class NodeEngine:
         user_local: bool,
         cache: DirectMappedCache | None = None,
         seed: int = 0,
+        walks: np.ndarray | None = None,
+        walk_share: float = 0.0,
+        walk_home: int | None = None,
+        user_home: int | None = None,
+        user_homes: np.ndarray | None = None,
     ) -> None:
         self.node = node
         self.lines = mem.view(np.uint64).reshape(-1, _LINE_WORDS)
@@ -135,6 +144,16 @@ class NodeEngine:
         self.counters = Counters(self.n_nodes)
         self.user_sink = 0  # the user reads' sum, so they cannot be skipped
         self._paths: dict[int, _Path] = {}
+        # Page walks: per template, translations used (pagetables.walk_profile) x the share that
+        # miss, each one leaf read from the tables' node. None: page tables not modelled.
+        self.walks = None if walks is None else np.asarray(walks, dtype=np.float64) * walk_share
+        # Hot: the leaf entries a walk reads (8 to a line) stay in the cache, so a walk costs a
+        # hit; cold: flushed with everything else, a walk reads the tables' node's memory.
+        self.walk_ns = 0.0 if walk_home is None else float(self.lat[walk_home]) if cold else HIT_NS
+        # User data: a memoryless node's "local" data is in the nearest node with memory, and
+        # interleaved data only spans the nodes with memory.
+        self.user_home = node if user_home is None else user_home
+        self.user_homes = np.arange(self.n_nodes) if user_homes is None else np.asarray(user_homes, dtype=np.int64)
         homes = np.unique(table.home[table.home != UNMAPPED])
         self._sole_home = int(homes[0]) if len(homes) == 1 else -1
         # Per template, once its path is known: fetches that hit an earlier fetch of the same
@@ -224,17 +243,22 @@ class NodeEngine:
         else:
             checksums, n_hits, misses = self._run_direct(templates, lens)
         kernel_ns = n_hits * HIT_NS + float(misses @ self.lat)
+        if self.walks is not None:
+            n_walks = float(self.walks[templates].sum())
+            self.counters.walks += n_walks
+            self.counters.walk_ns += n_walks * self.walk_ns
+            kernel_ns += n_walks * self.walk_ns
 
         user_ns = k * wl.compute_ns
         n_user = k * wl.user_accesses
         if n_user:
             if self.user_local:  # every read at home: skip drawing and counting homes
                 ulines = self.rng.integers(0, self.user_lines, n_user)
-                ulines += self.user_first[self.node]
+                ulines += self.user_first[self.user_home]
                 ucount = np.zeros(self.n_nodes, dtype=np.int64)
-                ucount[self.node] = n_user
+                ucount[self.user_home] = n_user
             else:
-                homes = self.rng.integers(0, self.n_nodes, n_user)
+                homes = self.user_homes[self.rng.integers(0, len(self.user_homes), n_user)]
                 ulines = self.user_first[homes] + self.rng.integers(0, self.user_lines, n_user)
                 ucount = np.bincount(homes, minlength=self.n_nodes)
             self.user_sink = (self.user_sink + int(self.lines.take(ulines, axis=0).sum(dtype=np.uint64))) & _MASK64

@@ -17,7 +17,8 @@ What the image contains, and why:
   different bytes, and every checksum depends on where it read.
 
 `data` holds the mapped span from `base` up to the end of the last section, page aligned;
-offsets everywhere in numaemu are relative to `base`.
+offsets everywhere in numaemu are relative to `base`. A real kernel file (``--image``) is read by
+numaemu/kernelfile.py into the same `KernelImage`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "NOP5",
     "NOP2",
     "Section",
+    "ImageSource",
     "KernelImage",
     "synthetic_image",
     "with_module_area",
@@ -63,19 +65,54 @@ JUMP_SITES_PER_KEY = 20  # mean use sites per static key
 
 @dataclass(frozen=True)
 class Section:
+    """One section: its virtual address, its size, and its offset from the image base.
+
+    The offset is carried explicitly rather than derived from a fixed base, so an image whose
+    base is not KERNEL_BASE (a real kernel file, or one moved by KASLR, which shifts `base` and
+    every `vaddr` together) keeps every offset numaemu uses."""
+
     name: str
     vaddr: int
     size: int
-
-    @property
-    def offset(self) -> int:
-        """Offset of the section from the image base."""
-        return self.vaddr - KERNEL_BASE
+    offset: int  # from the image base
 
     def pages(self) -> range:
         """Page numbers (offset // PAGE_SIZE) the section spans."""
         first = self.offset // PAGE_SIZE
         return range(first, -(-(self.offset + self.size) // PAGE_SIZE))
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where a real kernel image came from and what numaemu found in it (kernelfile.py)."""
+
+    path: str
+    container: str  # "ELF", "gzip", "bzImage (lz4-legacy)", ...
+    version: str | None  # the "Linux version ..." banner found in .rodata
+    fentry: int | None  # vaddr of __fentry__: the most-called target of aligned calls
+    ftrace_calls: int  # ftrace sites that held ``call __fentry__`` (rewritten to NOP5, as at boot)
+    ftrace_nops: int  # ftrace sites the build had already made NOP5
+    ftrace_endbr: int  # of those, sites after an ENDBR64 (CONFIG_X86_KERNEL_IBT): at function + 4
+    jump_table: int | None  # vaddr of the __jump_table found, None if none
+    jump_entries: int  # entries in it
+    jump_skipped: int  # entries not used: site outside .text, on an ftrace site, or a duplicate
+    jump_sites_jmp: int  # used sites the build left as JMP (rewritten to their NOP: keys start off)
+    other_site_tables: tuple[tuple[str, int], ...]  # (section, entries), counted, not patched
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "container": self.container,
+            "version": self.version,
+            "fentry": None if self.fentry is None else hex(self.fentry),
+            "ftrace_calls_converted": self.ftrace_calls,
+            "ftrace_already_nop5": self.ftrace_nops,
+            "ftrace_after_endbr64": self.ftrace_endbr,
+            "jump_table": None if self.jump_table is None else hex(self.jump_table),
+            "jump_table_entries": self.jump_entries,
+            "jump_entries_skipped": self.jump_skipped,
+            "jump_sites_were_jmp": self.jump_sites_jmp,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +132,13 @@ class KernelImage:
     n_keys: int
     seed: int
     scale: float
+    # Where each jump-label site jumps in state 1 (int64 offsets); None: the end of its function
+    # (the synthetic image).
+    jump_targets: np.ndarray | None = None
+    # The ftrace sites when they are not the function starts (after an ENDBR64: function + 4);
+    # None: the function starts.
+    ftrace_offsets: np.ndarray | None = None
+    source: ImageSource | None = None  # a real kernel file; None: the synthetic image
 
     def section(self, name: str) -> Section:
         for sec in self.sections:
@@ -104,7 +148,7 @@ class KernelImage:
 
     @property
     def ftrace_sites(self) -> np.ndarray:
-        return self.functions
+        return self.functions if self.ftrace_offsets is None else self.ftrace_offsets
 
     @property
     def ftrace_length(self) -> int:
@@ -120,7 +164,7 @@ class KernelImage:
         return np.concatenate([np.arange(s.pages().start, s.pages().stop) for s in self.sections])
 
     def summary(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "arch": self.arch,
             "base": hex(self.base),
@@ -138,6 +182,10 @@ class KernelImage:
             "static_keys": self.n_keys,
             "mapped_bytes": int(sum(len(s.pages()) for s in self.sections) * PAGE_SIZE),
         }
+        if self.source is not None:
+            out["source"] = self.source.to_json()
+            out["other_site_tables"] = dict(self.source.other_site_tables)
+        return out
 
 
 MODULE_SLOT_BYTES = 16 << 10  # one loaded module's text
@@ -160,7 +208,7 @@ def with_module_area(image: KernelImage, slots: int = MODULE_SLOTS) -> KernelIma
     data[: len(image.data)] = image.data
     data[off:] = 0 if image.arch == "arm64" else INT3
     data.flags.writeable = False
-    area = Section(".modules", image.base + off, size)
+    area = Section(".modules", image.base + off, size, off)
     return replace(image, sections=image.sections + (area,), data=data)
 
 
@@ -184,9 +232,9 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
     rng = np.random.default_rng([seed, 0x6B65726E])  # "kern"
     text_size = max(PAGE_SIZE, round(TEXT_SIZE * scale))
     rodata_size = max(PAGE_SIZE, round(RODATA_SIZE * scale))
-    text = Section(".text", KERNEL_BASE, text_size)
+    text = Section(".text", KERNEL_BASE, text_size, 0)
     rodata_off = _align(text_size, SECTION_ALIGN)
-    rodata = Section(".rodata", KERNEL_BASE + rodata_off, rodata_size)
+    rodata = Section(".rodata", KERNEL_BASE + rodata_off, rodata_size, rodata_off)
     span = _align(rodata_off + rodata_size, PAGE_SIZE)
 
     data = np.zeros(span, dtype=np.uint8)

@@ -10,6 +10,12 @@ A policy decides which node's memory backs each page of the kernel image, as see
   text`` copies ``.text`` only and leaves ``.rodata`` as ``single`` would; ``text+rodata`` copies
   both, as both series do (King: ``_stext`` to ``__start_ro_after_init``; Kuzin: the top 2 GiB).
 
+Partial replication (``--replicas-every K``, SGI IRIX's ``numa_kernel_replication_ratio``): copies
+only on every K-th node, starting at the master (node 0); every other node maps the nearest copy
+by SLIT distance. Nodes without memory (``memory_bytes = 0``: memoryless CPU nodes) never hold a
+copy, nor, under ``single`` and ``interleave``, any page: they map the nearest node that has memory,
+as Kuzin's series does (mm/numa_replication.c). `serving_nodes` decides both, from the distances.
+
 Each node gets a `PageTable`: for every image page, the home node whose frames back it and the
 frame number within that node's image area. Every node's table maps the same virtual addresses;
 only the frames differ. So a task reads the same bytes at the same address whichever node it runs
@@ -18,13 +24,14 @@ on, as TTBR1 per CPU (arm64) or ``pgd_numa[numa_node_id()]`` (x86) make it in th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .image import PAGE_SIZE, KernelImage
 
-__all__ = ["POLICIES", "REPLICATE_SCOPES", "PageTable", "Placement", "place"]
+__all__ = ["POLICIES", "REPLICATE_SCOPES", "PageTable", "Placement", "place", "serving_nodes"]
 
 POLICIES = ("single", "interleave", "replicate")
 REPLICATE_SCOPES = ("text", "text+rodata")
@@ -55,6 +62,12 @@ class Placement:
     hosted: tuple[np.ndarray, ...]  # per node: image page numbers held in its frames, frame order
     tables: tuple[PageTable, ...]
     mapped_pages: int  # pages of one copy of the image
+    serving: tuple[int, ...] = ()  # replicate: per node, the node whose copy it maps
+
+    @property
+    def copy_nodes(self) -> tuple[int, ...]:
+        """Nodes that hold a full copy of the replicated sections (``replicate`` only)."""
+        return tuple(sorted(set(self.serving))) if self.policy == "replicate" else ()
 
     def image_bytes(self, node: int) -> int:
         """Memory the image takes in `node`'s memory."""
@@ -75,14 +88,52 @@ class Placement:
         return set(np.unique(home[home != UNMAPPED]).tolist())
 
 
-def place(image: KernelImage, n_nodes: int, policy: str, replicate: str = "text+rodata") -> Placement:
-    """Decide the frames of every copy and build each node's page table."""
+def serving_nodes(
+    distance: Sequence[Sequence[int]], has_memory: Sequence[bool], every: int = 1
+) -> tuple[int, ...]:
+    """Per node, the node whose copy of the image it maps under ``replicate``.
+
+    Copies go on the master node (the first node with memory, node 0 unless it is memoryless)
+    and on every `every`-th node after it that has memory (IRIX: "a copy on every n-th node").
+    Every node maps its own copy if it has one, else the nearest copy by SLIT distance, ties to
+    the lower node id. Pure: the distances and memory flags come from a `Topology`.
+    """
+    n = len(has_memory)
+    if every < 1:
+        raise ValueError("every must be >= 1")
+    with_memory = [i for i in range(n) if has_memory[i]]
+    if not with_memory:
+        raise ValueError("no node has memory")
+    master = with_memory[0]
+    copies = [i for i in with_memory if (i - master) % every == 0]
+    return tuple(i if i in copies else min(copies, key=lambda c: (distance[i][c], c)) for i in range(n))
+
+
+def place(
+    image: KernelImage,
+    n_nodes: int,
+    policy: str,
+    replicate: str = "text+rodata",
+    *,
+    serving: Sequence[int] | None = None,
+) -> Placement:
+    """Decide the frames of every copy and build each node's page table.
+
+    `serving` (from `serving_nodes`; default: every node its own) says, per node, whose copy it
+    maps under ``replicate``, and, under ``single`` and ``interleave``, which nodes have memory
+    (those that serve themselves): the single copy goes to the master node, the interleave
+    round-robin skips memoryless nodes.
+    """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
     if replicate not in REPLICATE_SCOPES:
         raise ValueError(f"replicate must be one of {', '.join(REPLICATE_SCOPES)}")
     if n_nodes < 1:
         raise ValueError("n_nodes must be >= 1")
+    serving = tuple(range(n_nodes)) if serving is None else tuple(int(x) for x in serving)
+    if len(serving) != n_nodes or not all(0 <= x < n_nodes and serving[x] == x for x in serving):
+        raise ValueError("serving must map every node to a node that serves itself")
+    holders = sorted(set(serving))  # nodes with memory that may hold pages
     mapped = image.mapped_pages()
     # A module area (stress runs) is text too: Kuzin's replica-aware vmalloc copies it per node.
     replicated_sections = {".text", ".modules"} if replicate == "text" else {".text", ".rodata", ".modules"}
@@ -93,14 +144,15 @@ def place(image: KernelImage, n_nodes: int, policy: str, replicate: str = "text+
 
     # home[n, p]: the node whose frames back page p as node n sees it.
     home = np.full((n_nodes, image.n_pages), UNMAPPED, dtype=np.int16)
+    master = holders[0]
     if policy == "single":
-        home[:, mapped] = 0
+        home[:, mapped] = master
     elif policy == "interleave":
-        home[:, mapped] = np.arange(len(mapped)) % n_nodes
+        home[:, mapped] = np.asarray(holders)[np.arange(len(mapped)) % len(holders)]
     else:
-        home[:, mapped] = 0
+        home[:, mapped] = master
         for n in range(n_nodes):
-            home[n, mapped[in_replica[mapped]]] = n
+            home[n, mapped[in_replica[mapped]]] = serving[n]
 
     # Node h hosts every page some node maps onto h, once, in page order (its copy is contiguous).
     hosted = tuple(np.unique(np.nonzero(home == h)[1]) for h in range(n_nodes))
@@ -109,4 +161,4 @@ def place(image: KernelImage, n_nodes: int, policy: str, replicate: str = "text+
         rows, cols = np.nonzero(home == h)
         frame[rows, cols] = np.searchsorted(pages, cols)
     tables = tuple(PageTable(n, home[n].copy(), frame[n].copy()) for n in range(n_nodes))
-    return Placement(policy, replicate, n_nodes, hosted, tables, len(mapped))
+    return Placement(policy, replicate, n_nodes, hosted, tables, len(mapped), serving if policy == "replicate" else ())

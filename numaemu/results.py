@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .cpus import format_cpu_list
+from .pagetables import PageTableCost
 from .placement import Placement
 
 __all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "format_run_table", "write_json"]
@@ -27,6 +28,7 @@ def policy_record(policy: str, run: dict, n_nodes: int, duration_s: float | None
     """Summarise one policy's raw run (from `coordinator.run_policy`) as a JSON record."""
     reports = run["reports"]
     placement: Placement = run["placement"]
+    tables: PageTableCost | None = run.get("page_tables")
     per_node = []
     for r in reports:
         node = r["node"]
@@ -52,6 +54,9 @@ def policy_record(policy: str, run: dict, n_nodes: int, duration_s: float | None
                 "pacing_overrun_pct": 100.0 * r["overrun_ns"] / r["paced_ns"] if r["paced_ns"] else 0.0,
                 "pacing_lost_pct": _lost_pct([r]),
                 "image_bytes": placement.image_bytes(node),
+                "page_table_bytes": tables.table_bytes[node] if tables else None,
+                "alignment_padding_bytes": tables.padding_bytes[node] if tables else None,
+                "walks_per_request": r.get("walks", 0.0) / r["requests"] if tables and r["requests"] else None,
             }
         )
     requests = sum(n["requests"] for n in per_node)
@@ -82,7 +87,26 @@ def policy_record(policy: str, run: dict, n_nodes: int, duration_s: float | None
         "memory_bytes": placement.total_bytes,
         "extra_memory_bytes": placement.extra_bytes,
         "migrations": int(run["tasks"]["migrations"].sum()),
+        # Where each node's partition landed (numamaps.PlacementReport), read before the start.
+        "placement_report": run["placement_report"].to_json() if run.get("placement_report") else None,
+        "copy_nodes": list(placement.copy_nodes) if policy == "replicate" else None,
+        "serving_nodes": list(placement.serving) if policy == "replicate" else None,
+        "page_tables": _page_tables(tables, reports, requests, kernel),
         "per_node": per_node,
+    }
+
+
+def _page_tables(tables: PageTableCost | None, reports: list[dict], requests: int, kernel_ns: float) -> dict | None:
+    """The page-table design's memory (beside the copies') and its walks' share of kernel time."""
+    if tables is None:
+        return None
+    walk_ns = sum(r.get("walk_ns", 0.0) for r in reports)
+    return {
+        **tables.to_json(),
+        "total_table_bytes": sum(tables.table_bytes),
+        "total_padding_bytes": sum(tables.padding_bytes),
+        "walks_per_request": sum(r.get("walks", 0.0) for r in reports) / requests if requests else None,
+        "walk_share_of_kernel_time": walk_ns / kernel_ns if kernel_ns else 0.0,
     }
 
 
@@ -155,6 +179,24 @@ def format_run_table(records: list[dict]) -> str:
         )
     lines.append("memory per node (MiB): " + "; ".join(
         f"{r['policy']} " + "/".join(f"{n['image_bytes'] / 2**20:.1f}" for n in r["per_node"]) for r in records))
+    for r in records:
+        if r.get("serving_nodes") and r["serving_nodes"] != list(range(len(r["per_node"]))):
+            lines.append(f"copies on nodes {', '.join(map(str, r['copy_nodes']))}; node -> copy it maps: "
+                         + " ".join(f"{i}->{c}" for i, c in enumerate(r["serving_nodes"])))
+            break
+    pts = [r for r in records if r.get("page_tables")]
+    if pts:
+        style = pts[0]["page_tables"]["style"]
+        lines.append(f"page tables ({style}, TLB entry {pts[0]['page_tables']['granule_bytes'] // 1024} KiB), KiB per node; "
+                     "2 MiB alignment padding; walks per request; walk share of kernel time:")
+        for r in pts:
+            t = r["page_tables"]
+            kib = "/".join(f"{b // 1024}" for b in t["table_bytes"])
+            pad = "/".join(f"{b / 2**20:.1f}" for b in t["padding_bytes"]) + " MiB"
+            per_proc = f"; +{t['per_process_bytes'] // 1024} KiB per process" if t["per_process_bytes"] else ""
+            walks = t["walks_per_request"]
+            lines.append(f"  {r['policy']:<11}{kib:<16}{pad:<18}{(f'{walks:.1f}' if walks is not None else '-'):>8}"
+                         f"{100 * t['walk_share_of_kernel_time']:>7.1f}%{per_proc}")
     return "\n".join(lines)
 
 

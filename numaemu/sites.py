@@ -13,9 +13,10 @@ x86-64 (arch/x86/include/asm/text-patching.h, arch/x86/kernel/jump_label.c, ftra
 arm64 (arch/arm64/kernel/patching.c, jump_label.c, ftrace.c): every site one aligned 4-byte
 instruction: NOP ``d503201f``, ``B`` for jump labels, ``BL`` for the ftrace states.
 
-Jump-label targets: the end of the enclosing function (within rel8 reach for 2-byte sites).
-Trampolines are functions 1, 2 and 3 of the image, standing in for ``ftrace_caller``, a BPF
-trampoline and the livepatch handler.
+Jump-label targets: the image's own (`KernelImage.jump_targets`, from the ``__jump_table`` of a
+real kernel); for the synthetic image, the end of the enclosing function (within rel8 reach for
+2-byte sites). Trampolines are functions 1, 2 and 3 of the image, standing in for
+``ftrace_caller``, a BPF trampoline and the livepatch handler.
 """
 
 from __future__ import annotations
@@ -118,9 +119,10 @@ def _le(values: np.ndarray, nbytes: int) -> np.ndarray:
 
 def site_table(image: KernelImage) -> SiteTable:
     funcs, sizes = image.functions, image.function_sizes
+    entry = image.ftrace_sites  # the function starts, or function + 4 after an ENDBR64
     nj, nf = len(image.jump_sites), len(funcs)
     n = nj + nf
-    offset = np.concatenate([image.jump_sites, funcs]).astype(np.int64)
+    offset = np.concatenate([image.jump_sites, entry]).astype(np.int64)
     kind = np.concatenate([np.full(nj, KIND_JUMP), np.full(nf, KIND_FTRACE)]).astype(np.int8)
     key = np.concatenate([image.jump_keys, np.full(nf, -1)]).astype(np.int32)
     jfunc = np.searchsorted(funcs, image.jump_sites, side="right") - 1
@@ -130,31 +132,38 @@ def site_table(image: KernelImage) -> SiteTable:
     func_end = funcs[jfunc] + sizes[jfunc]
     trampolines = funcs[[1, 2, 3]]
     js = image.jump_sites
+    # A real image's sites jump where its __jump_table says; rel8 reach was checked on loading.
+    real_target = image.jump_targets
 
     if image.arch == "arm64":
         length = np.full(n, 4, dtype=np.int8)
         nop = np.frombuffer(ARM64_NOP, dtype=np.uint8)
         enc[:, 0, :4] = nop
         # B: 0x14000000 | imm26, BL: 0x94000000 | imm26, imm26 = (target - pc) / 4.
-        target = func_end // 4 * 4
+        target = func_end // 4 * 4 if real_target is None else real_target
         enc[:nj, 1, :4] = _le(0x14000000 | (((target - js) // 4) & 0x3FFFFFF), 4)
         for st, tramp in zip((FTRACE_CALLER, FTRACE_BPF, FTRACE_KLP), trampolines):
-            enc[nj:, st, :4] = _le(0x94000000 | (((tramp - funcs) // 4) & 0x3FFFFFF), 4)
+            enc[nj:, st, :4] = _le(0x94000000 | (((tramp - entry) // 4) & 0x3FFFFFF), 4)
     else:
         length = np.concatenate([image.jump_lengths, np.full(nf, 5)]).astype(np.int8)
         two = np.flatnonzero(image.jump_lengths == 2)
         five = np.flatnonzero(image.jump_lengths == 5)
         enc[two, 0, :2] = np.frombuffer(NOP2, dtype=np.uint8)
         enc[two, 1, 0] = 0xEB
-        rel8 = np.minimum(func_end[two], js[two] + 2 + 127) - (js[two] + 2)
+        if real_target is None:
+            rel8 = np.minimum(func_end[two], js[two] + 2 + 127) - (js[two] + 2)
+            rel32 = func_end[five] - (js[five] + 5)
+        else:
+            rel8 = real_target[two] - (js[two] + 2)
+            rel32 = real_target[five] - (js[five] + 5)
         enc[two, 1, 1] = _le(rel8, 1)[:, 0]
         enc[five, 0, :5] = np.frombuffer(NOP5, dtype=np.uint8)
         enc[five, 1, 0] = 0xE9
-        enc[five, 1, 1:5] = _le(func_end[five] - (js[five] + 5), 4)
+        enc[five, 1, 1:5] = _le(rel32, 4)
         enc[nj:, 0, :5] = np.frombuffer(NOP5, dtype=np.uint8)
         for st, tramp in zip((FTRACE_CALLER, FTRACE_BPF, FTRACE_KLP), trampolines):
             enc[nj:, st, 0] = 0xE8
-            enc[nj:, st, 1:5] = _le(tramp - (funcs + 5), 4)
+            enc[nj:, st, 1:5] = _le(tramp - (entry + 5), 4)
     n_core = n
     mod = [sec for sec in image.sections if sec.name == ".modules"]
     slots = mod[0].size // MODULE_SLOT_BYTES if mod else 0

@@ -20,7 +20,8 @@ between nodes lives in the ``txt`` segment (site states, key counts, livepatch t
 - ``livepatch``: redirect a set of functions through the livepatch handler; each reader task
   switches to the new version only at a safe point between its requests, and only once every
   site of the set is patched (kernel/livepatch/transition.c), so it never runs a mix.
-- ``mixed``: all of these in turn.
+- ``mixed``: all of these in turn (without ``static_keys`` on an image with no static keys, such
+  as a real kernel whose ``__jump_table`` was not found).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .sites import (
 )
 from .textmem import TextState
 
-__all__ = ["SOURCES", "SourcePlan", "plan_sources", "NodeSource", "key_agreement"]
+__all__ = ["SOURCES", "SourcePlan", "hot_keys", "plan_sources", "NodeSource", "key_agreement"]
 
 SOURCES = ("static_keys", "ftrace", "module", "bpf", "livepatch", "mixed")
 HOT_KEYS = 8
@@ -85,11 +86,18 @@ class SourcePlan:
         return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
-def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
-    names = ("static_keys", "ftrace", "module", "bpf", "livepatch") if source == "mixed" else (source,)
-    counts = np.bincount(sites.key[: sites.n_jump], minlength=n_keys)
+def hot_keys(jump_keys: np.ndarray, n_keys: int) -> np.ndarray:
+    """The static keys ``static_keys`` flips: the most-used ones with at most MAX_KEY_SITES sites."""
+    counts = np.bincount(np.asarray(jump_keys, dtype=np.int64), minlength=n_keys)
     candidates = np.flatnonzero((counts > 0) & (counts <= MAX_KEY_SITES))
-    keys = candidates[np.argsort(-counts[candidates], kind="stable")][:HOT_KEYS]
+    return candidates[np.argsort(-counts[candidates], kind="stable")][:HOT_KEYS]
+
+
+def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
+    keys = hot_keys(sites.key[: sites.n_jump], n_keys)
+    names = ("static_keys", "ftrace", "module", "bpf", "livepatch") if source == "mixed" else (source,)
+    if source == "mixed" and len(keys) == 0:
+        names = names[1:]  # nothing to flip: the other sources take the turns
     n_funcs = sites.n_core - sites.n_jump
     bpf_func = min(100, n_funcs - 1)
     klp_funcs = np.arange(200, 200 + LIVEPATCH_FUNCS) % n_funcs
@@ -135,6 +143,8 @@ class NodeSource:
     # -- static keys -----------------------------------------------------------------------
 
     def _static_keys(self) -> None:
+        if not len(self.plan.keys):
+            return  # an image without static keys (the CLI refuses --source static_keys for it)
         i = int(self.rng.integers(len(self.plan.keys)))
         if self.held[i] and (self.held[i] >= MAX_HELD or self.rng.random() < 0.5):
             self._key_dec(i)

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clock import Pacer
-from .coordinator import NodeSession, check_reachable
+from .coordinator import NodeSession, check_reachable, place_for
 from .cpus import host_cpus, pin_to
 from .fetch import Reader, check_batch
 from .image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from .memory import MemoryLayout
 from .patching import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
-from .placement import PageTable, place
+from .pagetables import page_table_cost
+from .placement import PageTable
 from .results import SCHEMA
 from .sites import FTRACE_KLP, SiteTable, site_table
 from .sources import NodeSource, SourcePlan, key_agreement, plan_sources
@@ -59,6 +60,8 @@ class StressSpec:
     bench: PatchBench | None = None
     ipi_delay_ns: int = IPI_DELAY_NS
     text_poke_ns: int = TEXT_POKE_NS
+    replicas_every: int = 1  # replicate: a copy on every K-th node; every copy gets every patch
+    pt_style: str = "none"  # reported: the page-table memory of the design
 
 
 @dataclass(frozen=True)
@@ -348,8 +351,9 @@ def _livepatch_mix(obs, sites: SiteTable, n_klp: int, task_state: int) -> str:
 def run_stress(spec: StressSpec) -> dict:
     topo, n = spec.topology, spec.topology.n_nodes
     image = with_module_area(spec.image)
-    placement = place(image, n, spec.policy)
+    placement, mem_serving = place_for(topo, image, spec.policy, replicas_every=spec.replicas_every)
     check_reachable(topo, placement)
+    tables = page_table_cost(image, spec.pt_style, spec.policy, n, placement.serving or mem_serving, "text+rodata")
     layout = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)), user_bytes=PAGE_SIZE)
     sites = site_table(image)
     plan = plan_sources(spec.source, sites, image.n_keys)
@@ -399,6 +403,9 @@ def run_stress(spec: StressSpec) -> dict:
         "key_problems": key_problems,
         "state_drift": drift,
         "plan": plan,
+        "copy_nodes": list(placement.copy_nodes) or [min(mem_serving)],
+        "image_bytes": [placement.image_bytes(i) for i in range(n)],
+        "page_tables": tables.to_json() if tables else None,
     }
 
 
@@ -478,6 +485,10 @@ def stress_document(spec: StressSpec, result: dict) -> dict:
         "violations": violations,
         "violation_examples": examples,
         "replicas_identical": identical,
+        "copy_nodes": result["copy_nodes"],
+        "replicas_every": spec.replicas_every,
+        "image_bytes_per_node": result["image_bytes"],
+        "page_tables": result["page_tables"],
         "replica_mismatches": [{"page": p, "copy": c} for p, c in result["replica_mismatches"][:MAX_REPORTED]],
         "patch_latency_us": {
             "median": float(np.median(lat)) if len(lat) else None,
@@ -506,7 +517,8 @@ def format_stress_summary(doc: dict) -> str:
         f"sync rounds {doc['sync_rounds']:,}, stop_machine rounds {doc['stop_rounds']:,}"
         + (f"; modules loaded {doc['module_loads']:,}, unloaded {doc['module_unloads']:,}" if doc["module_loads"] else ""),
         "patch latency: " + (f"median {lat['median']:.0f} us, p99 {lat['p99']:.0f} us" if lat["median"] is not None else "no patch calls"),
-        f"replicas identical to the master: {'yes' if doc['replicas_identical'] else 'NO'}",
+        f"replicas identical to the master: {'yes' if doc['replicas_identical'] else 'NO'}"
+        f" ({len(doc['copy_nodes'])} {'copy' if len(doc['copy_nodes']) == 1 else 'copies'}, on node{'s' if len(doc['copy_nodes']) > 1 else ''} {', '.join(map(str, doc['copy_nodes']))})",
         f"violations: {doc['violations']:,}",
     ]
     for e in doc["violation_examples"][:5]:

@@ -62,6 +62,7 @@ __all__ = [
     "derive_latency",
     "with_derived_latency",
     "place_on_host",
+    "memory_only_nodes",
     "parse_host_cpus",
     "format_numactl",
 ]
@@ -108,13 +109,17 @@ class Node:
     """One emulated node: its emulated CPU ids (as ``numactl -H`` lists them) and memory size.
 
     `host_cpus` is the host CPU set a user asked this node's worker to run on (None: let
-    `place_on_host` choose).
+    `place_on_host` choose). `host_node` is the host NUMA node this node is (``--topology
+    host``: its sysfs node id, which may be sparse while `id` is dense); None when the node is
+    emulated. A node's memory should land on its `host_node`, and the run's placement report
+    (`numamaps`) checks that it did.
     """
 
     id: int
     cpus: tuple[int, ...]
     memory_bytes: int
     host_cpus: tuple[int, ...] | None = None
+    host_node: int | None = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.id) or self.id < 0:
@@ -127,6 +132,8 @@ class Node:
             )
         if self.host_cpus is not None:
             _check_cpu_tuple(self.host_cpus, f"{where}: host_cpus", allow_empty=False)
+        if self.host_node is not None and (not _is_int(self.host_node) or self.host_node < 0):
+            raise UsageError("--topology", f"{where}: host_node is {self.host_node!r}; need an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,7 @@ class Topology:
                     "cpus": format_cpu_list(node.cpus),
                     "memory_bytes": node.memory_bytes,
                     "host_cpus": None if node.host_cpus is None else format_cpu_list(node.host_cpus),
+                    "host_node": node.host_node,
                 }
                 for node in self.nodes
             ],
@@ -503,7 +511,7 @@ def parse_spec(spec: str, *, local_ns: float = DEFAULT_LOCAL_NS) -> Topology:
 
 
 _FILE_KEYS = ("distance", "latency_ns", "local_latency_ns", "name", "nodes")
-_NODE_KEYS = ("cpus", "host_cpus", "memory_bytes", "memory_mb", "node")
+_NODE_KEYS = ("cpus", "host_cpus", "host_node", "memory_bytes", "memory_mb", "node")
 
 
 def from_mapping(data: object, *, name: str) -> Topology:
@@ -518,6 +526,7 @@ def from_mapping(data: object, *, name: str) -> Topology:
         cpus = "0-3"                        #   and 4096 MB. cpulist string or list of ints
         memory_mb = 4096                    #   or memory_bytes
         host_cpus = "0-1"                   #   optional, on every node or none
+        host_node = 0                       #   optional: the host NUMA node it is (see Node)
         node = 0                            #   optional, must equal the entry's position
 
     Unknown keys are refused, so that a misspelt key is not silently ignored.
@@ -616,7 +625,10 @@ def _read_node(i: int, entry: object) -> Node:
     host: tuple[int, ...] | None = None
     if entry.get("host_cpus") is not None:
         host = _read_cpus(entry["host_cpus"], f"{where}: host_cpus", allow_empty=False)
-    return Node(i, cpus, memory, host)
+    host_node = entry.get("host_node")
+    if host_node is not None and (not _is_int(host_node) or host_node < 0):
+        raise UsageError("--topology", f"{where}: host_node is {host_node!r}; need an integer >= 0")
+    return Node(i, cpus, memory, host, None if host_node is None else int(host_node))
 
 
 def _read_cpus(obj: object, where: str, *, allow_empty: bool) -> tuple[int, ...]:
@@ -680,7 +692,16 @@ def read_sysfs(root: str | os.PathLike[str] = "/sys") -> Topology:
     * ``nodeN/meminfo``: its first line ``Node N MemTotal:   24576000 kB``.
 
     Sparse node ids (``0,2``) are renumbered 0..n-1 in order, since a `Topology` is numbered
-    densely. Latency is derived from the distances at `DEFAULT_LOCAL_NS`. Named ``host``.
+    densely; each node keeps its sysfs id as `Node.host_node`. Each node's worker runs on that
+    node's own CPUs (`Node.host_cpus` is its cpulist), so its first touch puts its memory there.
+
+    A node without memory (``MemTotal: 0``: a memoryless node, whose allocations the kernel serves
+    from the nearest node, mm/page_alloc.c build_zonelists) is kept as it is. A node without
+    CPUs (memory-only: CXL, HBM; drivers/base/node.c lists them in ``has_memory`` but not
+    ``has_cpu``) is read, so ``numaemu topology host`` shows it, but cannot host a worker:
+    `place_on_host` refuses it. Since a `Topology` has host_cpus on every node or on none, such
+    a machine's nodes get none. Latency is derived from the distances at `DEFAULT_LOCAL_NS`.
+    Named ``host``.
     """
     base = Path(root) / "devices" / "system" / "node"
     online_path = base / "online"
@@ -708,11 +729,13 @@ def read_sysfs(root: str | os.PathLike[str] = "/sys") -> Topology:
         m = re.search(r"^Node\s+\d+\s+MemTotal:\s+(\d+)\s+kB", _read_text(meminfo_path), re.M)
         if m is None:
             raise UsageError("--topology", f"{meminfo_path}: no 'Node {nid} MemTotal: N kB' line")
-        nodes.append(Node(index, cpus, int(m.group(1)) * 1024))
+        nodes.append(Node(index, cpus, int(m.group(1)) * 1024, host_node=nid))
     try:
         distance = validate_distance(rows)
     except UsageError as e:
         raise UsageError("--topology", f"{base}: {e.rule}") from None
+    if all(node.cpus for node in nodes):
+        nodes = [replace(node, host_cpus=node.cpus) for node in nodes]
     return Topology("host", tuple(nodes), distance, derive_latency(distance))
 
 
@@ -761,11 +784,22 @@ def place_on_host(
     n = topo.n_nodes
     if not avail:
         raise UsageError("--host-cpus", "no host CPUs are available to this process")
+    for node in topo.nodes:
+        # A memory-only host node (CXL, HBM) has no CPU to run its worker on. Running it on
+        # another node's CPUs would first-touch its memory there (mm/mempolicy.c: the default
+        # policy allocates on the faulting CPU's node), so the node would not be what it claims.
+        if node.host_node is not None and not node.cpus:
+            raise UsageError(
+                "--topology",
+                f"host node {node.host_node} has memory but no CPUs; numaemu runs one worker on "
+                "each node's own CPUs, so it cannot emulate a memory-only (CXL/HBM) node. Use a "
+                "topology file with the CPU nodes only (see README, 'Real NUMA hosts')",
+            )
     parameter = "--host-cpus"
     sets: Sequence[Sequence[int]] | None = override
     if sets is None and topo.nodes[0].host_cpus is not None:
         parameter = "--topology"  # the sets came from the topology file's host_cpus
-        sets = [node.host_cpus or () for node in topo.nodes]
+        sets = [_usable_host_cpus(node, avail) for node in topo.nodes]
     if sets is None:
         if len(avail) >= n:
             base, extra = divmod(len(avail), n)
@@ -801,6 +835,28 @@ def place_on_host(
             )
         placed.append(chosen)
     return HostPlacement(tuple(placed), oversubscribed=bool(_sharing_nodes(placed)))
+
+
+def _usable_host_cpus(node: Node, avail: tuple[int, ...]) -> tuple[int, ...]:
+    """A node's host_cpus; for a real host node (`host_node` set), only those this process may
+    use (taskset, a cgroup cpuset), since the rest of the node's CPUs still put first touches on
+    the same node. Empty sets are refused by `place_on_host`'s check."""
+    cpus = node.host_cpus or ()
+    if node.host_node is None:
+        return cpus
+    usable = tuple(c for c in cpus if c in avail)
+    if not usable:
+        raise UsageError(
+            "--topology",
+            f"node {node.id} (host node {node.host_node}): none of its CPUs {format_cpu_list(cpus)} "
+            f"is available to this process (available: {format_cpu_list(avail)})",
+        )
+    return usable
+
+
+def memory_only_nodes(topo: Topology) -> tuple[int, ...]:
+    """The host node ids of the topology's memory-only host nodes (no CPUs: no worker)."""
+    return tuple(node.host_node for node in topo.nodes if node.host_node is not None and not node.cpus)
 
 
 def _sharing_nodes(sets: Sequence[tuple[int, ...]]) -> list[int]:
@@ -839,6 +895,10 @@ def format_numactl(topo: Topology, placement: HostPlacement | None = None) -> st
     lines.append("node" + "".join(f"{i:>7}" for i in ids))
     for i, lrow in enumerate(topo.latency_ns):
         lines.append(f"{i:>3}:" + "".join(f"{'-':>7}" if v is None else f"{v:>7.1f}" for v in lrow))
+    if any(node.host_node is not None and node.host_node != node.id for node in topo.nodes):
+        lines.append("")
+        lines.append("host nodes (sysfs ids): " + ", ".join(
+            f"node {node.id} is host node {node.host_node}" for node in topo.nodes if node.host_node is not None))
     if placement is not None:
         lines.append("")
         lines.append("host CPUs:")

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from .cache import DirectMappedCache
-from .clock import Pacer
+from .clock import Pacer, Unpaced
 from .cpus import pin_to
 from .engine import NodeEngine
 from .image import PAGE_SIZE
@@ -60,6 +60,12 @@ class WorkerConfig:
     shared_core: bool
     oversleep_ns: int
     coordinator_pid: int
+    walks: np.ndarray | None = None  # per template: translations used (--pt-style; None: off)
+    walk_share: float = 0.0
+    walk_home: int | None = None  # node whose memory holds this node's kernel page tables
+    user_home: int | None = None  # memoryless node: the nearest node with memory
+    user_homes: np.ndarray | None = None  # nodes with memory (interleaved user data)
+    delays: str = "model"  # coordinator.DELAYS: "none" runs batches unpaced (clock.Unpaced)
 
 
 def run_batch(engine: NodeEngine, tasks: np.ndarray, owned: np.ndarray, cfg_seed: int, migrate_rate: float) -> tuple[float, list[tuple[int, int]]]:
@@ -192,9 +198,16 @@ def _run_body(nc: NodeContext) -> dict:
         user_local=cfg.user_local,
         cache=DirectMappedCache(),
         seed=cfg.seed,
+        walks=cfg.walks,
+        walk_share=cfg.walk_share,
+        walk_home=cfg.walk_home,
+        user_home=cfg.user_home,
+        user_homes=cfg.user_homes,
     )
     engine.prepare()
-    pacer = Pacer(cfg.scale, cfg.shared_core, cfg.oversleep_ns)
+    # --delays none: batches are not held to their emulated time, so the wall clock measures
+    # this host's own memory (on a real NUMA host, remote frames are really remote).
+    pacer = Unpaced(shared_core=cfg.shared_core, oversleep_ns=cfg.oversleep_ns) if cfg.delays == "none" else Pacer(cfg.scale, cfg.shared_core, cfg.oversleep_ns)
     start_ns, end_ns = nc.wait_start(pacer)
 
     nc.phase("run")
@@ -242,6 +255,8 @@ def _run_body(nc: NodeContext) -> dict:
         "user_fetches_by_home": c.user_fetches.tolist(),
         "kernel_ns": c.kernel_ns,
         "user_ns": c.user_ns,
+        "walks": c.walks,
+        "walk_ns": c.walk_ns,
         "paced_ns": pacer.paced_ns,
         "overrun_ns": pacer.overrun_ns,
         "user_sink": int(engine.user_sink),

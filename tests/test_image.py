@@ -59,10 +59,16 @@ def test_section_lookup_unknown_raises(image: KernelImage) -> None:
 
 
 def test_section_pages() -> None:
-    sec = Section(".x", KERNEL_BASE + 2 * PAGE_SIZE, PAGE_SIZE + 1)
+    sec = Section(".x", KERNEL_BASE + 2 * PAGE_SIZE, PAGE_SIZE + 1, 2 * PAGE_SIZE)
     assert sec.offset == 2 * PAGE_SIZE
     assert sec.pages() == range(2, 4)
-    assert Section(".y", KERNEL_BASE, PAGE_SIZE).pages() == range(0, 1)
+    assert Section(".y", KERNEL_BASE, PAGE_SIZE, 0).pages() == range(0, 1)
+
+
+def test_section_offset_is_from_its_own_base() -> None:
+    # Not from KERNEL_BASE: a real kernel (or a KASLR-moved one) has another base.
+    sec = Section(".rodata", 0xFFFFFFFFC0010000, 100, 0x10000)
+    assert sec.offset == 0x10000 and sec.pages() == range(16, 17)
 
 
 def test_mapped_pages_skip_the_gap(image: KernelImage) -> None:

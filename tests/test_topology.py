@@ -385,7 +385,7 @@ def _write(tmp_path: Path, suffix: str, text: str) -> str:
         (".json", '{"distance": [[10, 21], [21, 10]], "nodes": [{}]}', r"': nodes has 1 entries but distance is 2 x 2; give one entry per node"),
         (".json", '{"distance": [[10]], "nodes": {"cpus": "0"}}', r"': nodes must be a list, not dict$"),
         (".json", '{"distance": [[10]], "nodes": [5]}', r"': nodes\[0\] must be a table/object, not int$"),
-        (".json", '{"distance": [[10]], "nodes": [{"memory_gb": 4}]}', r"': nodes\[0\]: unknown key 'memory_gb'; allowed: cpus, host_cpus, memory_bytes, memory_mb, node$"),
+        (".json", '{"distance": [[10]], "nodes": [{"memory_gb": 4}]}', r"': nodes\[0\]: unknown key 'memory_gb'; allowed: cpus, host_cpus, host_node, memory_bytes, memory_mb, node$"),
         (".json", '{"distance": [[10]], "nodes": [{"node": 1}]}', r"': nodes\[0\]: node is 1; entries must be in order, this one is 0$"),
         (".json", '{"distance": [[10]], "nodes": [{"cpus": "0-x"}]}', r"': nodes\[0\]: cpus: '0-x' is not a CPU number or range such as 0-3$"),
         (".json", '{"distance": [[10]], "nodes": [{"cpus": 4}]}', r"': nodes\[0\]: cpus is 4; give a cpulist string"),
@@ -451,8 +451,8 @@ def test_to_json_shape() -> None:
     assert _with_host_cpus().to_json() == {
         "name": "hosted",
         "nodes": [
-            {"node": 0, "cpus": "0-3", "memory_bytes": 4 * GiB, "host_cpus": "0,4"},
-            {"node": 1, "cpus": "4-7", "memory_bytes": 4 * GiB, "host_cpus": "1,5"},
+            {"node": 0, "cpus": "0-3", "memory_bytes": 4 * GiB, "host_cpus": "0,4", "host_node": None},
+            {"node": 1, "cpus": "4-7", "memory_bytes": 4 * GiB, "host_cpus": "1,5", "host_node": None},
         ],
         "distance": [[10, 20], [20, 10]],
         "latency_ns": [[85.0, 131.6], [131.6, 85.0]],
@@ -507,8 +507,8 @@ def test_read_sysfs_two_nodes(tmp_path: Path) -> None:
     assert t == Topology(
         "host",
         (
-            Node(0, (0, 1, 2, 3, 8, 9, 10, 11), 24576000 * 1024),
-            Node(1, (4, 5, 6, 7, 12, 13, 14, 15), 16384 * 1024),
+            Node(0, (0, 1, 2, 3, 8, 9, 10, 11), 24576000 * 1024, (0, 1, 2, 3, 8, 9, 10, 11), host_node=0),
+            Node(1, (4, 5, 6, 7, 12, 13, 14, 15), 16384 * 1024, (4, 5, 6, 7, 12, 13, 14, 15), host_node=1),
         ),
         ((10, 21), (21, 10)),
         ((85.0, 136.3), (136.3, 85.0)),
@@ -519,7 +519,8 @@ def test_read_sysfs_two_nodes(tmp_path: Path) -> None:
 def test_read_sysfs_memory_only_node_and_sparse_ids(tmp_path: Path) -> None:
     _fake_sysfs(tmp_path, {0: ("0-1", "10 20", "1024"), 2: ("", "20 10", "2048")}, "0,2")
     t = read_sysfs(tmp_path)
-    assert t.nodes == (Node(0, (0, 1), 1024 * 1024), Node(1, (), 2048 * 1024))
+    # A memory-only node has no host_cpus, so (all or none) neither has node 0; placement refuses it.
+    assert t.nodes == (Node(0, (0, 1), 1024 * 1024, host_node=0), Node(1, (), 2048 * 1024, host_node=2))
     assert t.distance == ((10, 20), (20, 10))
     assert format_numactl(t).splitlines()[3] == "node 1 cpus:"
 
