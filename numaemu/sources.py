@@ -131,6 +131,7 @@ class NodeSource:
         self.turn = 0
         self.ops = 0
         self.ftrace_enables = 0
+        self.ftrace_all_enables = 0  # enables that traced every function at once
         self.module_loads = 0
         self.module_unloads = 0
 
@@ -208,6 +209,7 @@ class NodeSource:
             if self.ftrace_enables % FTRACE_ALL_EVERY == 0:
                 target = np.concatenate([sites[state == FTRACE_OFF], self._live_module_ftrace(FTRACE_OFF)])
                 self.st.set("ftrace_all", 1)
+                self.ftrace_all_enables += 1
             else:
                 pick = self.rng.choice(len(sites), size=min(FTRACE_FILTER, len(sites)), replace=False)
                 target = sites[pick][state[pick] == FTRACE_OFF]

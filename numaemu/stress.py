@@ -187,6 +187,7 @@ def _stress_body(nc: NodeContext) -> dict:
         "unexpected_ops": kernel.unexpected,
         "source_ops": source.ops,
         "module_loads": source.module_loads,
+        "ftrace_all_enables": source.ftrace_all_enables,
         "module_unloads": source.module_unloads,
         "latencies_us": lat.tolist(),
     }
@@ -500,6 +501,7 @@ def stress_document(spec: StressSpec, result: dict) -> dict:
         "int3_hits": sum(r["int3_hits"] for r in reports),
         "unexpected_ops": sum(r["unexpected_ops"] for r in reports),
         "module_loads": sum(r.get("module_loads", 0) for r in reports),
+        "ftrace_all_enables": sum(r.get("ftrace_all_enables", 0) for r in reports),
         "module_unloads": sum(r.get("module_unloads", 0) for r in reports),
         "ok": violations == 0 and identical,
         "per_node": [
@@ -515,7 +517,8 @@ def format_stress_summary(doc: dict) -> str:
         f"executions checked: {doc['executions_checked']:,} on {len(doc['per_node'])} nodes (INT3 hits {doc['int3_hits']:,})",
         f"patch calls: {doc['patches_applied']:,} from {doc['source_ops']:,} source operations, {doc['sites_patched']:,} sites patched; "
         f"sync rounds {doc['sync_rounds']:,}, stop_machine rounds {doc['stop_rounds']:,}"
-        + (f"; modules loaded {doc['module_loads']:,}, unloaded {doc['module_unloads']:,}" if doc["module_loads"] else ""),
+        + (f"; modules loaded {doc['module_loads']:,}, unloaded {doc['module_unloads']:,}" if doc["module_loads"] else "")
+        + (f"; tracing enabled on every function {doc['ftrace_all_enables']:,} times" if doc["ftrace_all_enables"] else ""),
         "patch latency: " + (f"median {lat['median']:.0f} us, p99 {lat['p99']:.0f} us" if lat["median"] is not None else "no patch calls"),
         f"replicas identical to the master: {'yes' if doc['replicas_identical'] else 'NO'}"
         f" ({len(doc['copy_nodes'])} {'copy' if len(doc['copy_nodes']) == 1 else 'copies'}, on node{'s' if len(doc['copy_nodes']) > 1 else ''} {', '.join(map(str, doc['copy_nodes']))})",
