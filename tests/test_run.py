@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -190,3 +191,36 @@ def test_interrupt_stops_cleanly(no_leaks, sig):
     assert not any(n.startswith(mine) for n in list_segments())
     gone, alive = psutil.wait_procs(nodes, timeout=5)
     assert not alive, f"node processes left running: {alive}"
+
+
+def test_partial_replication_reads_the_nearest_copy_and_verifies(no_leaks):
+    # kunpeng920 with copies on nodes 0 and 2: node 1 reads node 0's copy, node 3 node 2's.
+    s = dataclasses.replace(spec(topology="kunpeng920", requests=80), replicas_every=2)
+    run = run_policy(s, "replicate")
+    fetches = text_fetches(run)
+    served = {0: 0, 1: 0, 2: 2, 3: 2}
+    for node, copy in served.items():
+        assert fetches[node].sum() > 0
+        assert fetches[node][copy] == fetches[node].sum(), (node, fetches[node])
+    assert [len(h) for h in run["placement"].hosted][1::2] == [0, 0]
+    assert checksums_ok(s, run["tasks"])
+
+
+def test_memoryless_node_and_page_tables_end_to_end(no_leaks, tmp_path):
+    topo = tmp_path / "m.toml"
+    topo.write_text('distance = [[10, 21], [21, 10]]\n[[nodes]]\ncpus = "0"\nmemory_mb = 4096\n[[nodes]]\ncpus = "1"\nmemory_mb = 0\n')
+    out = tmp_path / "r.json"
+    proc = numaemu("run", "--topology", str(topo), "--image-scale", "0.05", "--requests", "120", "--policy", "single,replicate",
+                   "--cache", "cold", "--pt-style", "arm64", "--verify", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "page tables (arm64" in proc.stdout
+    by = {r["policy"]: r for r in json.loads(out.read_text())["results"]}
+    for r in by.values():
+        n1 = r["per_node"][1]
+        assert r["verified"]
+        assert n1["image_bytes"] == 0 and n1["fetches_local"] == 0 and n1["fetches_remote"] > 0
+        assert n1["user_local"] == 0 and n1["user_remote"] > 0  # its "local" data is node 0's
+        assert r["page_tables"]["table_pages"][1] == 0 and r["page_tables"]["walks_per_request"] > 0
+    # Memoryless node 1 maps node 0's copy: replicate makes no second copy and gains nothing.
+    assert by["replicate"]["copy_nodes"] == [0] and by["replicate"]["extra_memory_bytes"] == 0
+    assert by["replicate"]["predicted_speedup_vs_single"] == pytest.approx(1.0, abs=0.01)

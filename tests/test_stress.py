@@ -111,3 +111,15 @@ def test_a_closed_output_pipe_keeps_the_verdict(no_leaks, tmp_path):
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_partial_replication_patches_every_copy(no_leaks, tmp_path):
+    # Two copies for four nodes: nodes 1 and 3 execute their neighbours' copies while every
+    # source patches; both copies must end equal to the master, nothing torn.
+    code, doc, out = stress(tmp_path, "--topology", "kunpeng920", "--replicas-every", "2", "--pt-style", "x86",
+                            "--source", "mixed", "--duration", "3", "--image-scale", "0.2")
+    assert code == 0, out
+    assert doc["copy_nodes"] == [0, 2] and doc["replicas_identical"] is True
+    assert doc["image_bytes_per_node"][1] == doc["image_bytes_per_node"][3] == 0
+    assert doc["page_tables"]["table_pages"][1] == 0 and doc["page_tables"]["table_pages"][2] > 0
+    assert "(2 copies, on nodes 0, 2)" in out
