@@ -96,6 +96,7 @@ SCRIPTS = {
     "x86-micro": ("published_x86_micro.py", "Spearman rank correlation"),
     "cost": ("published_cost.py", "Break-even"),
     "batching": ("published_batching.py", "unbatched (56 calls)"),
+    "designs": ("designs.py", "Model speedup of replicate over single"),
 }
 
 
