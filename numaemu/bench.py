@@ -56,6 +56,7 @@ __all__ = [
     "write_csv",
     "compare_docs",
     "format_compare",
+    "bench_doc_problem",
 ]
 
 BENCH_SCHEMA = 1
@@ -146,7 +147,7 @@ def split_topologies(text: str) -> list[str]:
 EXPERIMENT_KEYS = (
     "topology", "workload", "cache", "user-data", "replicate", "policy", "repeat", "warmup",
     "duration", "requests", "migrate-rate", "seed", "image-scale", "host-cpus", "local-ns",
-    "trace", "time-scale", "start-method", "image", "delays",
+    "trace", "time-scale", "start-method", "image", "delays", "pt-style", "replicas-every",
 )
 
 
@@ -161,6 +162,12 @@ def read_experiment_file(path: str) -> dict[str, str]:
         raise UsageError("--experiment", f"cannot read '{path}': {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError("--experiment", f"'{path}' is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError("--experiment", f"'{path}' is not UTF-8 text (TOML is)") from None
+    except ValueError as exc:  # an integer of 4300+ digits (sys.get_int_max_str_digits)
+        raise UsageError("--experiment", f"'{path}' holds a number too long to read: {str(exc).split(';')[0]}") from None
+    if not data:
+        raise UsageError("--experiment", f"'{path}' sets nothing; give keys named as bench's options, e.g. topology = [\"2s-xeon\", \"kunpeng920\"]")
     if isinstance(data.get("bench"), dict) and len(data) == 1:  # a [bench] table is fine too
         data = data["bench"]
     out: dict[str, str] = {}
@@ -179,14 +186,16 @@ def read_experiment_file(path: str) -> dict[str, str]:
 # Running
 
 
-def run_experiment(exp: Experiment, *, progress: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
+def run_experiment(exp: Experiment, *, progress: bool | None = None, log: Callable[[str], None] = print, done: list[dict] | None = None) -> list[dict]:
     """Run every point of `exp`; return one summary per point (`summarise_point`).
 
     `progress`: None shows a bar when stderr is a terminal (tqdm's rule), True always, False never.
+    `done`: a list that receives each point's summary as soon as the point is complete, so a
+    caller still has them if a node fails or an interrupt stops the sweep half-way.
     """
     image = exp.kernel_image()
     workloads: dict[str, Workload] = {}
-    override = parse_host_cpus(exp.host_cpus) if exp.host_cpus else None
+    override = parse_host_cpus(exp.host_cpus) if exp.host_cpus is not None else None
     bar = tqdm(total=exp.runs, unit="run", disable=None if progress is None else not progress, leave=False, dynamic_ncols=True)
     out = []
     try:
@@ -219,6 +228,8 @@ def run_experiment(exp: Experiment, *, progress: bool | None = None, log: Callab
             summary = summarise_point(point, reps, n_nodes=topo.n_nodes, cpus_used=host.n_cpus_used, oversubscribed=host.oversubscribed, seed=exp.seed, delays=exp.delays)
             summary.update(time_scale=spec.scale if exp.delays == "model" else None, delays=exp.delays, calibration=cal, topology_detail=topo.to_json(), host_placement=host.to_json())
             out.append(summary)
+            if done is not None:
+                done.append(summary)
             bar.clear()
             log(format_point(summary))
     finally:
@@ -231,7 +242,7 @@ def _run_policies_at(point: Point, which: str, spec, policies: Sequence[str], ti
     try:
         return run_policies(spec, policies, each=tick)
     except NodeFailure as exc:
-        raise NodeFailure(exc.node, exc.pid, exc.phase, f"{exc.detail} (at {point.label()}, {which})") from None
+        raise NodeFailure(exc.node, exc.pid, exc.phase, f"{exc.detail} (at {point.label()}, {which})", exc.where, exc.detected_after_s) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,6 +445,36 @@ def write_csv(points: list[dict], path: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # compare A.json B.json
+
+
+def bench_doc_problem(doc: dict) -> str | None:
+    """What keeps `doc` (a bench JSON of this `BENCH_SCHEMA`) from being compared or plotted,
+    or None: the structure `compare_docs` and `plot.plot_bench` read, checked up front so that a
+    damaged or hand-edited file is refused in one line, not with a traceback half-way."""
+    points = doc.get("points")
+    if not isinstance(points, list) or not points:
+        return "has no points (a list of at least one)"
+    if not isinstance(doc.get("experiment"), dict):
+        return "has no experiment settings (an object)"
+    for i, s in enumerate(points):
+        where = f"points[{i}]"
+        if not isinstance(s, dict):
+            return f"{where} is not an object"
+        if not isinstance(s.get("point"), dict) or any(a not in s["point"] for a in AXES):
+            return f"{where}: point must be an object with {', '.join(AXES)}"
+        policies = s.get("policies")
+        if not isinstance(policies, dict) or not policies:
+            return f"{where}: policies must be a non-empty object"
+        for name, row in policies.items():
+            if not isinstance(row, dict) or any(k not in row for k in ("speedup", "model_speedup", "per_node", "throughput_rps")):
+                return f"{where}: policies.{name} lacks speedup, model_speedup, per_node or throughput_rps"
+        runs = s.get("runs")
+        if not isinstance(runs, list) or not all(
+            isinstance(rep, list) and all(isinstance(r, dict) and all(k in r for k in ("policy", "throughput_rps", "speedup_vs_single")) for r in rep)
+            for rep in runs
+        ):
+            return f"{where}: runs must be a list of repetitions, each a list of policy records"
+    return None
 
 
 def _index(doc: dict) -> dict[tuple, dict]:

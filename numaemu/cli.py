@@ -8,6 +8,7 @@ failure at run time prints ``error: node N (pid P) failed in phase 'X': ...`` an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -21,6 +22,7 @@ from pathlib import Path
 from . import __version__
 from .coordinator import (
     DELAYS,
+    MAX_RECOVERIES,
     START_METHODS,
     expected_checksum,
     prepare_spec,
@@ -31,6 +33,7 @@ from .bench import (
     BENCH_SCHEMA,
     Experiment,
     Point,
+    bench_doc_problem,
     compare_docs,
     LEGEND,
     format_compare,
@@ -41,6 +44,7 @@ from .bench import (
 )
 from .cpus import format_cpu_list, host_cpus
 from .errors import NodeFailure, UsageError
+from .fit import SegmentNeed, check_fit, check_node_memory, free_space, run_needs, stress_need
 from .pagetables import PT_STYLES, kaslr_base, with_base
 from .image import ARCHES, KernelImage, synthetic_image
 from .kernelfile import load_image
@@ -52,6 +56,7 @@ from .plot import check_available as check_plot_available
 from .plot import plot_bench
 from .results import (
     SCHEMA,
+    add_speedups,
     format_run_table,
     host_metadata,
     write_json,
@@ -59,6 +64,7 @@ from .results import (
 from .sources import SOURCES, hot_keys
 from .stress import StressSpec, format_stress_summary, run_stress, stress_document
 from .topology import (
+    MAX_NODES,
     HostPlacement,
     Topology,
     format_numactl,
@@ -83,10 +89,18 @@ class _Parser(argparse.ArgumentParser):
         param, _, rule = message.partition(": ")
         if message.startswith("argument ") and rule:
             raise UsageError(param.removeprefix("argument ").split("/")[-1], rule)
+        if param == "the following arguments are required":  # name the first one missing
+            usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+            raise UsageError(rule.split(", ")[0], f"is required; usage: {usage}")
+        if param == "ambiguous option":  # --dur could match --duration, --delays
+            option, _, matches = rule.partition(" could match ")
+            raise UsageError(option.split("=")[0], f"is ambiguous: it could be {matches}")
         raise UsageError(self.prog, message)
 
 
-def _positive_float(name: str):
+def _positive_float(name: str, lo: float | None = None, hi: float | None = None, unit: str = ""):
+    """An argparse type: a finite number > 0 (nan and inf refused), within [lo, hi] if given."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -94,14 +108,19 @@ def _positive_float(name: str):
             raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
         if not math.isfinite(value) or value <= 0:
             raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
+        if lo is not None and value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo:g}{unit}, got '{text}'")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:g}{unit}, got '{text}'")
         return value
 
     parse.__name__ = name
     return parse
 
 
-def _integer(lo: int, hi: int | None, rule: str):
-    """An argparse type: an integer in lo..hi (hi None: unbounded); `rule` is the message."""
+def _integer(lo: int, hi: int | None, rule: str, too_big: str | None = None):
+    """An argparse type: an integer in lo..hi (hi None: unbounded); `rule` is the message
+    (`too_big`, if given, the one for a value above hi)."""
 
     def parse(text: str) -> int:
         try:
@@ -109,7 +128,7 @@ def _integer(lo: int, hi: int | None, rule: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
         if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"{rule}, got '{text}'")
+            raise argparse.ArgumentTypeError(f"{too_big if too_big and value > lo else rule}, got '{text}'")
         return value
 
     return parse
@@ -117,6 +136,17 @@ def _integer(lo: int, hi: int | None, rule: str):
 
 _positive_int = _integer(1, None, "must be a positive integer")
 _seed = _integer(0, 2**32 - 1, "must be in 0..4294967295")
+# Bounds: past them a run is a typo, not an experiment (and counts past them overflow the
+# control block's int64 budgets, or a worker's patch interval).
+MAX_REQUESTS = 10**9
+_requests = _integer(1, MAX_REQUESTS, "must be a positive integer", f"must be at most {MAX_REQUESTS}")
+_replicas_every = _integer(1, MAX_NODES, "must be a positive integer", f"must be at most {MAX_NODES}, numaemu's most nodes")
+_repeat = _integer(1, 1000, "must be a positive integer", "must be at most 1000")
+_warmup = _integer(0, 1000, "must be an integer >= 0", "must be at most 1000")
+_duration = _positive_float("duration", 0.01, 86400.0, " s")  # 10 ms .. one day
+_local_ns = _positive_float("local-ns", None, 100_000.0, " ns")
+_time_scale = _positive_float("time-scale", None, 10_000.0)
+_patch_rate = _positive_float("rate", 0.001, 1_000_000.0, " ops/s")
 
 
 def _one_of(choices: Sequence[str]):
@@ -135,16 +165,26 @@ def _rate(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 <= value <= 1:
+    if not 0 <= value <= 1:  # nan fails this too
         raise argparse.ArgumentTypeError(f"must be a probability per request in 0..1, got '{text}'")
     return value
 
 
+MIN_IMAGE_SCALE = 0.01  # below it the synthetic image has too few functions for the workloads
+
+
 def _scale(text: str) -> float:
     value = _positive_float("scale")(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got '{text}'")
+    if not MIN_IMAGE_SCALE <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [{MIN_IMAGE_SCALE:g}, 1], got '{text}'")
     return value
+
+
+def _file_path(text: str) -> Path:
+    """An argparse type: a file path, not empty (Path('') would be the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a file path")
+    return Path(text)
 
 
 def _add_topology_options(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -153,7 +193,7 @@ def _add_topology_options(p: argparse.ArgumentParser, positional: bool = False) 
     else:
         p.add_argument("--topology", default="2s-xeon", help="preset (2s-xeon, kunpeng920, epyc-nps4), numa=fake-style spec (4, 2:10,21,21,10), .json/.toml file, or 'host' (default 2s-xeon)")
     p.add_argument("--host-cpus", help="host CPUs for each node, ';'-separated cpulists, e.g. '0-1;2-3' (default: automatic)")
-    p.add_argument("--local-ns", type=_positive_float("local-ns"), help="derive the latency matrix from the distances with this local latency (ns)")
+    p.add_argument("--local-ns", type=_local_ns, help="derive the latency matrix from the distances with this local latency (ns)")
     p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
 
 
@@ -165,7 +205,7 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
 def _add_design_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pt-style", default="none", help="page-table design: arm64 (King: per-node lower tables, 4 KiB pages), x86 (Kuzin: per-node PGD..PMD, 2 MiB pages) or none (not modelled, default)")
     p.add_argument("--kaslr", action="store_true", help="randomise the image's virtual base from --seed (x86 design only: King's arm64 series disables KASLR)")
-    p.add_argument("--replicas-every", type=_positive_int, default=1, metavar="K", help="replicate: a copy on every K-th node only (IRIX-style), the others map the nearest copy (default 1: every node)")
+    p.add_argument("--replicas-every", type=_replicas_every, default=1, metavar="K", help="replicate: a copy on every K-th node only (IRIX-style), the others map the nearest copy (default 1: every node)")
 
 
 def _design(args: argparse.Namespace, image: KernelImage) -> KernelImage:
@@ -198,18 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default=",".join(POLICIES), help=f"comma list of {', '.join(POLICIES)} (default: all three)")
     p.add_argument("--replicate", default="text+rodata", help="what replicate copies: text or text+rodata (default)")
     p.add_argument("--workload", default="db", help=f"one of {', '.join(WORKLOADS)} (default db)")
-    p.add_argument("--trace", type=Path, help="for --workload trace: a file of virtual addresses, one a line")
+    p.add_argument("--trace", type=_file_path, help="for --workload trace: a file of virtual addresses, one a line")
     p.add_argument("--cache", default="hot", help="hot (caches kept between requests, default) or cold (flushed before each)")
     p.add_argument("--user-data", default="local", help="local (NUMA-aware user space, default) or interleave")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--duration", type=_positive_float("duration"), help="seconds per policy (default 2)")
-    g.add_argument("--requests", type=_positive_int, help="total requests per policy, instead of --duration")
+    g.add_argument("--duration", type=_duration, help="seconds per policy (default 2)")
+    g.add_argument("--requests", type=_requests, help="total requests per policy, instead of --duration")
     p.add_argument("--migrate-rate", type=_rate, default=0.01, help="probability that a task migrates after a request (default 0.01)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the workload, request choices and migrations (default 0)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="where to write the JSON ('-' for stdout; default results/run-<time>.json)")
     p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
-    p.add_argument("--time-scale", type=_positive_float("time-scale"), help="wall ns per emulated ns (default: calibrated)")
+    p.add_argument("--time-scale", type=_time_scale, help="wall ns per emulated ns (default: calibrated)")
     p.add_argument("--verify", action="store_true", help="replay every task's requests on the master image and check what the nodes read")
+    p.add_argument("--recover", action="store_true", help=f"replace a node process that dies (same node, same pinning; its tasks go on), up to {MAX_RECOVERIES} times per policy, instead of stopping")
     p.add_argument("--delays", default="model", help="model (inject the emulated topology's remote latencies by pacing, default) or none (inject nothing: this host's own latencies, for a real NUMA host)")
     _add_design_options(p)
 
@@ -220,10 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default=None, help="stop_machine, text_poke_bp (x86 default) or nosync (arm64 only; arm64 default)")
     p.add_argument("--source", default="static_keys", help=f"what patches: {', '.join(SOURCES)} (default static_keys)")
     p.add_argument("--policy", default="replicate", help="where the copies are: replicate (default), single or interleave")
-    p.add_argument("--duration", type=_positive_float("duration"), default=10.0, help="seconds of patching (default 10)")
-    p.add_argument("--rate", type=_positive_float("rate"), default=200.0, help="patch operations per second over all nodes (default 200)")
+    p.add_argument("--duration", type=_duration, default=10.0, help="seconds of patching (default 10)")
+    p.add_argument("--rate", type=_patch_rate, default=200.0, help="patch operations per second over all nodes (default 200)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the readers' and patchers' choices (default 0)")
     p.add_argument("--inject-bug", default=None, metavar="NAME", help=f"plant one of the kernel's historical bugs: {', '.join(BUGS)}")
+    p.add_argument("--recover", action="store_true", help=f"replace a node process that dies (its unfinished patch is finished for it, its copy rebuilt from the master), up to {MAX_RECOVERIES} times, instead of stopping")
+    p.add_argument("--kill-workers", type=_positive_float("kill-workers", None, 1000.0, " kills/s"), default=None, metavar="RATE", help="SIGKILL random node processes at RATE kills per second over all nodes (seeded by --seed): without --recover the first ends the run")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/stress-<time>.json)")
     _add_design_options(p)
     p.add_argument("--start-method", default=None, help=f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)")
@@ -280,9 +323,26 @@ def _choice(value: str, choices: Sequence[str], param: str) -> str:
     return value
 
 
+def _check_replicas_every(k: int, topos: Sequence[Topology]) -> None:
+    """--replicas-every K past the node count (of the largest topology swept) is a mistake:
+    only the master would hold a copy, whatever K."""
+    most = max(topos, key=lambda topo: topo.n_nodes)
+    if k > most.n_nodes:
+        raise UsageError("--replicas-every", f"{k} is more than the {most.n_nodes} nodes of {most.name}: only the master node would hold a copy")
+
+
+def _fits(topo: Topology, needs: list[SegmentNeed], replicas_every: int) -> None:
+    """Refuse, before anything is allocated, a run that could not work: --replicas-every past
+    the node count, a node declaring less memory than it must hold, or segments that do not fit
+    in /dev/shm or in memory (see `fit`)."""
+    _check_replicas_every(replicas_every, [topo])
+    check_node_memory(topo, needs)
+    check_fit(needs, *free_space())
+
+
 def _topology(args: argparse.Namespace) -> tuple[Topology, HostPlacement]:
     topo = load_topology(args.topology, sysfs_root=args.sysfs_root, local_ns=args.local_ns)
-    override = parse_host_cpus(args.host_cpus) if args.host_cpus else None
+    override = parse_host_cpus(args.host_cpus) if args.host_cpus is not None else None
     return topo, place_on_host(topo, host_cpus(), override)
 
 
@@ -290,7 +350,7 @@ def cmd_topology(args: argparse.Namespace) -> int:
     topo = load_topology(args.topology, sysfs_root=args.sysfs_root, local_ns=args.local_ns)
     host: HostPlacement | None = None
     if not memory_only_nodes(topo):  # else shown without placement: no worker can run there
-        host = place_on_host(topo, host_cpus(), parse_host_cpus(args.host_cpus) if args.host_cpus else None)
+        host = place_on_host(topo, host_cpus(), parse_host_cpus(args.host_cpus) if args.host_cpus is not None else None)
     if args.json:
         print(json.dumps({"schema": SCHEMA, "command": "topology", "topology": topo.to_json(), "host_placement": host.to_json() if host else None}, indent=2, sort_keys=True))
     else:
@@ -358,18 +418,45 @@ def _output_path(path: str | None, command: str = "run", param: str = "--json") 
     """An output file given as `param` (JSON, CSV, PNG), checked writable before any work;
     None: the default JSON path results/<command>-<time>.json."""
     if path is None:
-        return os.path.join("results", time.strftime(f"{command}-%Y%m%d-%H%M%S.json"))
+        default = os.path.join("results", time.strftime(f"{command}-%Y%m%d-%H%M%S.json"))
+        if os.path.isdir("results"):  # else write_json makes it, in the working directory
+            _try_writing(Path(default), default, param)
+        elif os.path.exists("results") or not os.access(".", os.W_OK):
+            raise UsageError(param, f"the default '{default}' cannot be written here; give --json PATH")
+        return default
     if path == "-":
         return path
+    if not path.strip():
+        raise UsageError(param, "is empty; give a file path")
     p = Path(path)
     if p.is_dir():
         raise UsageError(param, f"'{path}' is a directory; give a file path")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(param, f"'{path}': directory '{parent}' does not exist")
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UsageError(param, f"'{path}': directory '{parent}' {what}")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise UsageError(param, f"'{path}' is not writable")
+    _try_writing(p, path, param)
     return path
+
+
+def _try_writing(p: Path, path: str, param: str) -> None:
+    """Open the output as it will be written, now, so a read-only file system (or, for root,
+    whom os.access never refuses, /proc and /sys) fails before the run, not after it. A file
+    made for the test is removed at once."""
+    if p.exists() and not p.is_file():
+        return  # a device or a FIFO (--json /dev/null): written through, as it is
+    try:
+        # write_json writes PATH.tmp next to it and renames it over PATH: try that name.
+        probe = p.with_name(p.name + ".tmp")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        return  # PATH.tmp of an earlier run: the directory takes files
+    except OSError as exc:
+        raise UsageError(param, f"'{path}' is not writable: {exc.strerror}") from None
 
 
 # Which bugs each protocol can have (BACKGROUND.md s.4): stop_machine has no INT3 descriptor
@@ -389,7 +476,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
         _choice(args.arch, ARCHES, "--arch")
     image = _image(args, arch=args.arch)  # with --image, the file decides the arch
     arm = image.arch == "arm64"
-    protocol = args.protocol or ("nosync" if arm else "text_poke_bp")
+    protocol = args.protocol if args.protocol is not None else ("nosync" if arm else "text_poke_bp")
     _choice(protocol, PROTOCOLS, "--protocol")
     if protocol == "nosync" and not arm:
         raise UsageError("--protocol", "nosync (single aligned 4-byte writes) is only for the arm64 image; add --arch arm64, or use text_poke_bp or stop_machine")
@@ -407,11 +494,12 @@ def cmd_stress(args: argparse.Namespace) -> int:
             raise UsageError("--inject-bug", f"key-race is a static-key bug: use --source static_keys or mixed, not {args.source}")
         if args.inject_bug == "key-race" and not len(hot_keys(image.jump_keys, image.n_keys)):
             raise UsageError("--inject-bug", f"key-race is a static-key bug, and image {image.name} has no static keys to race on")
-    start_method = args.start_method or mp.get_start_method()
+    start_method = args.start_method if args.start_method is not None else mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")
     json_path = _output_path(args.json_path, "stress")
     topo, host = _topology(args)
     image = _design(args, image)
+    _fits(topo, [stress_need(topo, image, args.policy, replicas_every=args.replicas_every)], args.replicas_every)
     log = sys.stderr if json_path == "-" else sys.stdout
     _prune(log)
     print(
@@ -422,14 +510,24 @@ def cmd_stress(args: argparse.Namespace) -> int:
     if host.oversubscribed:
         print(f"oversubscribed: {topo.n_nodes} nodes share host CPUs; the checks stay exact, patch latencies are inflated", file=log)
     spec = StressSpec(topo, host, image, args.policy, protocol, args.source, args.duration, args.rate, args.seed, args.inject_bug, start_method,
-                      replicas_every=args.replicas_every, pt_style=args.pt_style)
-    result = run_stress(spec)
-    doc = stress_document(spec, result)
+                      replicas_every=args.replicas_every, pt_style=args.pt_style,
+                      recover=MAX_RECOVERIES if args.recover else 0, kill_rate=args.kill_workers or 0.0)
+
+    def document(result: dict) -> dict:
+        doc = stress_document(spec, result)
+        doc["argv"] = sys.argv[1:]
+        doc["host"] = host_metadata()
+        doc["topology"] = topo.to_json()
+        doc["host_placement"] = host.to_json()
+        return doc
+
+    try:
+        result = run_stress(spec)
+    except (NodeFailure, KeyboardInterrupt) as exc:  # keep what the nodes saw, then stop as usual
+        _write_partial(exc, getattr(exc, "partial", None), document, json_path, log, format_stress_summary)
+        raise
+    doc = document(result)
     args.outcome = 0 if doc["ok"] else 1  # known before any output (see main: broken pipes)
-    doc["argv"] = sys.argv[1:]
-    doc["host"] = host_metadata()
-    doc["topology"] = topo.to_json()
-    doc["host_placement"] = host.to_json()
     print(format_stress_summary(doc), file=log)
     _write_doc(doc, json_path, log)
     return 0 if doc["ok"] else 1
@@ -440,6 +538,25 @@ def _write_doc(doc: dict, json_path: str, log) -> None:
     where = write_json(doc, json_path)
     if where != "stdout":
         print(f"wrote {where}", file=log)
+
+
+def _write_partial(exc: BaseException, partial, document, json_path: str, log, summary=None) -> None:
+    """A run stopped early (a node failed: `NodeFailure`; Ctrl-C or SIGTERM: KeyboardInterrupt):
+    write what it had produced (`partial`, made into the command's document by `document`), with
+    ``failure`` (node, pid, phase, where, detail) or ``interrupted``, before `main` prints the
+    one error line. Nothing to write if the run produced nothing (`partial` None)."""
+    if partial is None:
+        return
+    doc = document(partial)
+    if isinstance(exc, NodeFailure):
+        doc["failure"] = exc.to_json()
+    else:
+        doc["interrupted"] = True
+    if "ok" in doc:
+        doc["ok"] = False
+    if summary is not None:
+        print(summary(doc), file=log)
+    _write_doc(doc, json_path, log)
 
 
 def _prune(log) -> None:
@@ -463,12 +580,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _choice(args.delays, DELAYS, "--delays")
     if args.delays == "none" and args.time_scale:
         raise UsageError("--time-scale", "is for --delays model; with --delays none nothing is paced")
-    start_method = args.start_method or mp.get_start_method()
+    start_method = args.start_method if args.start_method is not None else mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")
     json_path = _output_path(args.json_path)
     topo, host = _topology(args)
     image = _design(args, _image(args))
     workload = build_workload(args.workload, image, args.seed, args.trace)
+    _fits(topo, run_needs(topo, image, policies, replicate=args.replicate, replicas_every=args.replicas_every), args.replicas_every)
     duration = None if args.requests else (args.duration or 2.0)
     log = sys.stderr if json_path == "-" else sys.stdout
 
@@ -480,6 +598,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         start_method=start_method, replicate=args.replicate, time_scale=args.time_scale,
         pt_style=args.pt_style, replicas_every=args.replicas_every, delays=args.delays,
     )
+    if args.recover:
+        spec = dataclasses.replace(spec, recover=MAX_RECOVERIES)
     scale = spec.scale
     print(
         f"numaemu run: {topo.name} ({topo.n_nodes} nodes), image {image.name}, workload {workload.name}, "
@@ -513,13 +633,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         rec["verify_failed_tasks"] = bad
 
     placed: dict[str, PlacementReport] = {}
+    completed: list[dict] = []
 
     def each(policy: str, run: dict, rec: dict) -> None:
         placed[policy] = run["placement_report"]
         if args.verify:
             verify(policy, run, rec)
+        completed.append(rec)
 
-    records = run_policies(spec, policies, each=each)
+    def document(records: list[dict]) -> dict:
+        return {
+            "schema": SCHEMA,
+            "command": "run",
+            "argv": sys.argv[1:],
+            "topology": topo.to_json(),
+            "host_placement": host.to_json(),
+            "image": image.summary(),
+            "workload": workload.summary(),
+            "host": host_metadata(),
+            "settings": {
+                "policies": policies,
+                "replicate": args.replicate,
+                "cache": args.cache,
+                "user_data": args.user_data,
+                "duration_s": duration,
+                "requests": args.requests,
+                "migrate_rate": args.migrate_rate,
+                "seed": args.seed,
+                "start_method": start_method,
+                "time_scale": scale if paced else None,
+                "calibration": cal,
+                "oversubscribed": host.oversubscribed,
+                "delays": args.delays,
+                "delays_note": delays_note(args.delays, scale),
+                "pt_style": args.pt_style,
+                "kaslr": args.kaslr,
+                "replicas_every": args.replicas_every,
+                "recover": args.recover,
+            },
+            "results": records,
+            # Set when the run stopped early (README, Errors): then `results` holds the
+            # policies that completed before, each with its speedup against single if it ran.
+            "failure": None,
+            "interrupted": False,
+        }
+
+    def partial_table(doc: dict) -> str:
+        done = doc["results"]
+        return (format_run_table(done) if done else "no policy completed") + f"\n(stopped early: {len(done)} of {len(policies)} policies completed)"
+
+    try:
+        records = run_policies(spec, policies, each=each)
+    except (NodeFailure, KeyboardInterrupt) as exc:  # keep the policies that completed
+        add_speedups(completed)
+        _write_partial(exc, completed, document, json_path, log, partial_table)
+        raise
     args.outcome = 1 if args.verify and not all(r["verified"] for r in records) else 0
 
     print(format_run_table(records), file=log)
@@ -545,36 +713,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.verify:
         ok = all(r["verified"] for r in records)
         print("verify: " + ("every task read the master's bytes at every address, on every node, across migrations" if ok else "MISMATCH: " + "; ".join(f"{r['policy']}: tasks {r['verify_failed_tasks']}" for r in records if not r["verified"])), file=log)
-    doc = {
-        "schema": SCHEMA,
-        "command": "run",
-        "argv": sys.argv[1:],
-        "topology": topo.to_json(),
-        "host_placement": host.to_json(),
-        "image": image.summary(),
-        "workload": workload.summary(),
-        "host": host_metadata(),
-        "settings": {
-            "policies": policies,
-            "replicate": args.replicate,
-            "cache": args.cache,
-            "user_data": args.user_data,
-            "duration_s": duration,
-            "requests": args.requests,
-            "migrate_rate": args.migrate_rate,
-            "seed": args.seed,
-            "start_method": start_method,
-            "time_scale": scale if paced else None,
-            "calibration": cal,
-            "oversubscribed": host.oversubscribed,
-            "delays": args.delays,
-            "delays_note": delays_note(args.delays, scale),
-            "pt_style": args.pt_style,
-            "kaslr": args.kaslr,
-            "replicas_every": args.replicas_every,
-        },
-        "results": records,
-    }
+    for r in records:
+        for rec in r.get("recoveries", []):
+            inside = f" ({rec['where']})" if rec.get("where") else ""
+            print(f"recovered ({r['policy']}): node {rec['node']} (pid {rec['old_pid']} -> {rec['new_pid']}), died in phase '{rec['phase']}'{inside}"
+                  + (f" at {rec['at_s']:.2f} s" if rec.get("at_s") is not None else "") + f": {rec['detail']}", file=log)
+    doc = document(records)
     _write_doc(doc, json_path, log)
     if args.verify and not all(r["verified"] for r in records):
         return 1
@@ -600,10 +744,10 @@ BENCH_LISTS = {
     "replicate": REPLICATE_SCOPES, "policy": POLICIES,
 }
 BENCH_SCALARS = {
-    "repeat": _positive_int, "warmup": _integer(0, None, "must be an integer >= 0"), "duration": _positive_float("duration"),
-    "requests": _positive_int, "migrate-rate": _rate, "seed": _seed, "image-scale": _scale,
-    "local-ns": _positive_float("local-ns"), "time-scale": _positive_float("time-scale"),
-    "delays": _one_of(DELAYS), "pt-style": _one_of(PT_STYLES), "replicas-every": _positive_int,
+    "repeat": _repeat, "warmup": _warmup, "duration": _duration,
+    "requests": _requests, "migrate-rate": _rate, "seed": _seed, "image-scale": _scale,
+    "local-ns": _local_ns, "time-scale": _time_scale,
+    "delays": _one_of(DELAYS), "pt-style": _one_of(PT_STYLES), "replicas-every": _replicas_every,
 }
 
 
@@ -647,16 +791,19 @@ def _bench_experiment(args: argparse.Namespace) -> Experiment:
     if duration is not None and requests is not None:
         raise UsageError("--duration", "give --duration or --requests, not both")
     host_cpus_text, _ = raw("host-cpus")
-    if host_cpus_text and len(lists["topology"]) > 1:
+    if host_cpus_text is not None and len(lists["topology"]) > 1:
         raise UsageError("--host-cpus", "an explicit placement fits one topology; sweep topologies without it")
     image_text, image_param = raw("image")
-    if image_text and scalar("image-scale") != 1:
+    if image_text is not None and scalar("image-scale") != 1:
         raise UsageError(image_param, f"cannot be combined with --image-scale {scalar('image-scale'):g}: the scale shrinks the embedded synthetic image only")
-    trace_text, _ = raw("trace")
+    trace_text, trace_param = raw("trace")
+    for text, what in ((image_text, image_param), (trace_text, trace_param)):
+        if text is not None and not text.strip():
+            raise UsageError(what, "is empty; give a file path")
     if trace_text and "trace" not in lists["workload"]:
         raise UsageError("--trace", "--trace is only for --workload trace")
     start_text, param = raw("start-method")
-    start_method = _choice(start_text or mp.get_start_method(), START_METHODS, param)
+    start_method = _choice(start_text if start_text is not None else mp.get_start_method(), START_METHODS, param)
     points = tuple(
         Point(topology=t, workload=w, cache=c, user_data=u, replicate=r)
         for t in lists["topology"] for w in lists["workload"] for c in lists["cache"]
@@ -667,7 +814,7 @@ def _bench_experiment(args: argparse.Namespace) -> Experiment:
         duration_s=None if requests else (duration or 2.0), requests=requests, migrate_rate=scalar("migrate-rate"),
         seed=scalar("seed"), image_scale=scalar("image-scale"), start_method=start_method, host_cpus=host_cpus_text,
         local_ns=scalar("local-ns"), sysfs_root=args.sysfs_root, trace=Path(trace_text) if trace_text else None,
-        image=Path(image_text) if image_text else None,
+        image=Path(image_text) if image_text is not None else None,
         time_scale=scalar("time-scale"), delays=scalar("delays"), pt_style=scalar("pt-style"),
         replicas_every=scalar("replicas-every"),
     )
@@ -675,9 +822,18 @@ def _bench_experiment(args: argparse.Namespace) -> Experiment:
         raise UsageError("--time-scale", "is for --delays model; with --delays none nothing is paced")
     # Check every topology, workload and image now, so a typo fails before minutes of running.
     image = exp.kernel_image()
-    override = parse_host_cpus(exp.host_cpus) if exp.host_cpus else None
-    for t in lists["topology"]:
-        place_on_host(load_topology(t, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns), host_cpus(), override)
+    override = parse_host_cpus(exp.host_cpus) if exp.host_cpus is not None else None
+    # And that the largest point fits (the points run one after the other).
+    topos = [load_topology(t, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns) for t in lists["topology"]]
+    needs: list[SegmentNeed] = []
+    for t, topo in zip(lists["topology"], topos):
+        place_on_host(topo, host_cpus(), override)
+        for r in lists["replicate"]:
+            point = run_needs(topo, image, exp.policies, replicate=r, replicas_every=exp.replicas_every, label=f"{t}, --replicate {r}: " if len(lists["replicate"]) > 1 else f"{t}: ")
+            check_node_memory(topo, point)
+            needs += point
+    _check_replicas_every(exp.replicas_every, topos)
+    check_fit(needs, *free_space())
     for w in lists["workload"]:
         build_workload(w, image, exp.seed, exp.trace if w == "trace" else None)
     return exp
@@ -702,17 +858,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(delays_note("none"), file=log)
     if exp.pt_style != "none" or exp.replicas_every > 1:
         print(f"design: page tables {exp.pt_style}" + (f", replicate puts a copy on every {exp.replicas_every}th node" if exp.replicas_every > 1 else ""), file=log)
-    points = run_experiment(exp, progress=args.progress, log=lambda text: print(text + "\n", file=log, flush=True))
+    def document(points: list[dict]) -> dict:
+        return {
+            "schema": SCHEMA,
+            "bench_schema": BENCH_SCHEMA,
+            "command": "bench",
+            "argv": sys.argv[1:],
+            "host": host_metadata(),
+            "experiment": {**exp.settings(), "axes": list(AXES), "file": args.experiment},
+            "points": points,
+            "failure": None,  # set when the sweep stopped early (README, Errors): `points` are those completed
+            "interrupted": False,
+        }
+
+    completed: list[dict] = []
+    try:
+        points = run_experiment(exp, progress=args.progress, log=lambda text: print(text + "\n", file=log, flush=True), done=completed)
+    except (NodeFailure, KeyboardInterrupt) as exc:  # keep the points completed so far
+        _write_partial(exc, completed, document, json_path, log, lambda doc: f"stopped early: {len(completed)} of {len(exp.points)} points completed")
+        raise
     print(LEGEND, file=log)  # the points were printed as each ended
-    doc = {
-        "schema": SCHEMA,
-        "bench_schema": BENCH_SCHEMA,
-        "command": "bench",
-        "argv": sys.argv[1:],
-        "host": host_metadata(),
-        "experiment": {**exp.settings(), "axes": list(AXES), "file": args.experiment},
-        "points": points,
-    }
+    doc = document(points)
     _write_doc(doc, json_path, log)
     if csv_path:
         write_csv(points, csv_path)
@@ -728,13 +894,16 @@ def _read_bench(path: str, param: str) -> dict:
         doc = json.loads(Path(path).read_text())
     except OSError as exc:
         raise UsageError(param, f"cannot read '{path}': {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, or an integer of 4300+ digits
         raise UsageError(param, f"'{path}' is not JSON") from None
     if not isinstance(doc, dict) or doc.get("command") != "bench" or "points" not in doc:
         what = doc.get("command") if isinstance(doc, dict) else None
         raise UsageError(param, f"'{path}' is not a numaemu bench result" + (f" (it is from numaemu {what})" if what else ""))
     if doc.get("bench_schema") != BENCH_SCHEMA:
         raise UsageError(param, f"'{path}' has bench schema {doc.get('bench_schema')}; this numaemu reads {BENCH_SCHEMA}")
+    problem = bench_doc_problem(doc)
+    if problem:
+        raise UsageError(param, f"'{path}' is a damaged bench result: {problem}")
     return doc
 
 
@@ -763,7 +932,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import FULL, QUICK, calibrate, format_calibration
 
-    start_method = args.start_method or mp.get_start_method()
+    start_method = args.start_method if args.start_method is not None else mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")
     json_path = _output_path(args.json_path, "calibrate")
     # The patch round needs 2 nodes; 2s-xeon's local latency also charges the engine's fetches.
@@ -807,8 +976,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.print_help()
-            return EXIT_USAGE
+            parser.print_help()  # the commands, on stdout; then the one error line
+            raise UsageError("COMMAND", f"give a command: {', '.join(COMMANDS)} (numaemu COMMAND --help for its options)")
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code

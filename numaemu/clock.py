@@ -81,6 +81,10 @@ class Pacer:
     yield_cpu: Callable[[], object] = os.sched_yield
     paced_ns: int = 0  # wall time the batches were held to
     overrun_ns: int = 0  # processing time beyond the paced time (fidelity lost)
+    # Called between sleeps of at most `tick_ns` during a long wait (a large --time-scale holds
+    # a batch for seconds): the worker's abort check, so a stop is never held up by pacing.
+    tick: Callable[[], object] | None = None
+    tick_ns: int = 20_000_000
 
     def pace(self, batch_start_ns: int, emulated_ns: float) -> int:
         """Hold the batch that began at `batch_start_ns` to `scale * emulated_ns`. Returns now."""
@@ -96,6 +100,11 @@ class Pacer:
     def wait_until(self, deadline_ns: int) -> int:
         now = self.clock()
         remaining = deadline_ns - now
+        while self.tick is not None and remaining - self.oversleep_ns > self.tick_ns + SPIN_ONLY_NS:
+            self.sleep(self.tick_ns / 1e9)
+            self.tick()
+            now = self.clock()
+            remaining = deadline_ns - now
         if remaining > SPIN_ONLY_NS + self.oversleep_ns:
             self.sleep((remaining - self.oversleep_ns) / 1e9)
             now = self.clock()

@@ -12,7 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
-__all__ = ["parse_cpu_list", "format_cpu_list", "host_cpus", "pin_to"]
+__all__ = ["MAX_CPU", "parse_cpu_list", "format_cpu_list", "host_cpus", "pin_to"]
+
+# The largest CPU number a list may name: Linux's NR_CPUS is at most 8192 (CONFIG_MAXSMP), so
+# CPUs are 0..8191. It also keeps a typo such as 0-99999999999 from expanding into a huge set.
+MAX_CPU = 8191
 
 
 def parse_cpu_list(text: str) -> tuple[int, ...]:
@@ -31,6 +35,8 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
             raise ValueError(f"'{part}' is not a CPU number or range such as 0-3") from None
         if lo < 0 or hi < lo:
             raise ValueError(f"'{part}' is not a CPU range: need 0 <= first <= last")
+        if hi > MAX_CPU:
+            raise ValueError(f"'{part}': CPU numbers go up to {MAX_CPU} (Linux's most CPUs, NR_CPUS, is {MAX_CPU + 1})")
         cpus.update(range(lo, hi + 1))
     return tuple(sorted(cpus))
 

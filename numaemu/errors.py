@@ -22,12 +22,24 @@ class UsageError(Exception):
 
 
 class NodeFailure(RuntimeError):
-    """A node process failed (or died) during a phase of a run."""
+    """A node process failed (or died) during a phase of a run.
 
-    def __init__(self, node: int, pid: int | None, phase: str, detail: str) -> None:
+    `where` says what it was inside of within the phase, when that is known (``inside a
+    text_poke_bp sync``); `detected_after_s` how long after its death the coordinator noticed,
+    when the moment of death is known (the test fault hook, ``--kill-workers``); `partial` what
+    the run had produced when it failed, for the command to write (set by the runner)."""
+
+    def __init__(self, node: int, pid: int | None, phase: str, detail: str, where: str = "", detected_after_s: float | None = None) -> None:
         self.node = node
         self.pid = pid
         self.phase = phase
         self.detail = detail
+        self.where = where
+        self.detected_after_s = detected_after_s
+        self.partial: object = None
         who = f"node {node}" if pid is None else f"node {node} (pid {pid})"
-        super().__init__(f"{who} failed in phase '{phase}': {detail}")
+        inside = f" ({where})" if where else ""
+        super().__init__(f"{who} failed in phase '{phase}'{inside}: {detail}")
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "pid": self.pid, "phase": self.phase, "where": self.where or None, "detail": self.detail, "detected_after_s": self.detected_after_s}

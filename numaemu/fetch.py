@@ -32,6 +32,7 @@ import numpy as np
 from .clock import spin
 from .engine import page_bases
 from .image import LINE_SIZE, PAGE_SIZE
+from .memory import WHERE
 from .placement import PageTable
 from .sites import INT3, MAX_INSN, SiteTable
 from .textmem import TextState
@@ -41,6 +42,7 @@ __all__ = ["IBUF_LINES", "Observation", "Reader", "check_batch", "Violation"]
 IBUF_LINES = 512  # 32 KiB, an L1i
 FETCH_GAP_NS = 20_000  # between deciding on the first byte and reading the rest
 HANDLER_NS = 200_000  # time inside the INT3 handler before it emulates (a slow path: NMI context, tracing)
+INT3_HANDLER = WHERE.index("inside an INT3 handler")
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,9 @@ class Violation:
 class Reader:
     """One node's instruction fetch through its page table and instruction buffer."""
 
-    def __init__(self, node: int, mem: np.ndarray, table: PageTable, part_offset: tuple[int, ...], sites: SiteTable, state: TextState, safe_point, *, fetch_gap_ns: int = FETCH_GAP_NS, handler_ns: int = HANDLER_NS) -> None:
+    def __init__(self, node: int, mem: np.ndarray, table: PageTable, part_offset: tuple[int, ...], sites: SiteTable, state: TextState, safe_point, *, fetch_gap_ns: int = FETCH_GAP_NS, handler_ns: int = HANDLER_NS, mark=None) -> None:
         self.node = node
+        self.mark = mark  # records "inside an INT3 handler" for a failure message (memory.WHERE)
         self.mem = mem
         self.sites = sites
         self.st = state
@@ -143,6 +146,7 @@ class Reader:
         """poke_int3_handler: take a reference, find the site, emulate its new instruction."""
         st, node = self.st, self.node
         st.node_set(node, "in_int3", st.node_get(node, "in_int3") + 1)
+        prev = self.mark(INT3_HANDLER) if self.mark is not None else 0
         try:
             live = st.get("desc_live") == 1
             gen = st.get("desc_gen")
@@ -161,6 +165,8 @@ class Reader:
             same = st.get("desc_gen") == gen and gen % 2 == 0
         finally:
             st.node_set(node, "in_int3", st.node_get(node, "in_int3") - 1)
+            if self.mark is not None:
+                self.mark(prev)
         want = self.sites.offset[sites]
         idx = np.minimum(np.searchsorted(offs, want), max(n - 1, 0))
         found = (offs[idx] == want) if n else np.zeros(len(sites), dtype=bool)

@@ -122,6 +122,8 @@ _CACHE: dict[tuple[str, int, int], KernelImage] = {}
 def load_image(path: str | os.PathLike) -> KernelImage:
     """The kernel image in the file at `path`; cached per (path, mtime, size) in this process
     (decompressing and scanning a distro kernel takes about a second)."""
+    if not str(path).strip():
+        raise UsageError(PARAM, "is empty; give a kernel image file")
     p = Path(path)
     try:
         st = p.stat()

@@ -24,11 +24,15 @@ tmpfs pages land on the node of the CPU that first writes them).
 
 The ``master`` segment holds the master image: `KernelImage.data`, byte for byte.
 
-The ``ctl`` segment (see CONTROL_HEADER, NODE_SLOT, TASK_SLOT):
+The ``ctl`` segment (see CONTROL_HEADER, NODE_SLOT, TASK_SLOT, JOURNAL_ENTRY):
 
-    0                    header, 64 bytes
-    64                   n_nodes node slots, 64 bytes each
-    64 + 64 * n_nodes    n_tasks task slots, 32 bytes each
+    0                                    header, 64 bytes
+    64                                   n_nodes node slots, 64 bytes each
+    64 + 64 * n_nodes                    n_tasks task slots, 32 bytes each
+    ... + 32 * n_tasks                   n_nodes x n_tasks journal entries, 32 bytes each: each
+                                         node's undo record of the task slots its batch in flight
+                                         is updating (see `worker.run_batch`), so a node killed
+                                         half-way through an update can be rolled back
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ __all__ = [
     "segment_name",
     "prune_stale",
     "list_segments",
+    "WHERE",
+    "STATE_RECOVER",
 ]
 
 SHM_DIR = Path("/dev/shm")
@@ -59,7 +65,7 @@ PARTITION_ALIGN = 2 << 20
 USER_DATA_BYTES = 8 << 20  # each node's user data: larger than the emulated cache
 
 CONTROL_MAGIC = 0x6E756D61656D7531  # "numaemu1"
-CONTROL_VERSION = 1
+CONTROL_VERSION = 2
 CONTROL_HEADER = np.dtype(
     [
         ("magic", "<u8"),
@@ -70,17 +76,21 @@ CONTROL_HEADER = np.dtype(
         ("start_ns", "<i8"),  # perf_counter_ns at which every node starts running
         ("end_ns", "<i8"),  # duration mode: when every node stops; 0 in request mode
         ("coordinator_pid", "<i8"),
-        ("pad", "V16"),
+        ("recover_gen", "<i8"),  # recoveries begun (STATE_RECOVER); a node parks with this number
+        ("pad", "V8"),
     ]
 )
 NODE_SLOT = np.dtype(
     [
         ("pid", "<i8"),
         ("phase", "<u4"),  # PHASES index, written by the node
-        ("pad0", "<u4"),
+        ("where", "<u4"),  # WHERE index: what the node is inside of within its phase (patching)
         ("heartbeat_ns", "<i8"),
         ("requests", "<i8"),
-        ("pad", "V32"),
+        ("parked", "<i8"),  # the recover_gen this node is parked for (stress --recover)
+        ("journal", "<i8"),  # task entries of its undo journal in force (0: no batch in flight)
+        ("fault_ns", "<i8"),  # perf_counter_ns when the test fault hook killed it (0: never)
+        ("pad", "V8"),
     ]
 )
 TASK_SLOT = np.dtype(
@@ -92,10 +102,16 @@ TASK_SLOT = np.dtype(
         ("checksum", "<u8"),  # sum (mod 2**64) of the checksums of its requests
     ]
 )
-assert CONTROL_HEADER.itemsize == 64 and NODE_SLOT.itemsize == 64 and TASK_SLOT.itemsize == 32
+# One node's undo record of one task slot: the values before the batch in flight.
+JOURNAL_ENTRY = np.dtype([("task", "<i8"), ("done", "<i8"), ("budget", "<i8"), ("checksum", "<u8")])
+assert CONTROL_HEADER.itemsize == 64 and NODE_SLOT.itemsize == 64 and TASK_SLOT.itemsize == 32 and JOURNAL_ENTRY.itemsize == 32
 
-STATE_SETUP, STATE_RUN, STATE_ABORT = 0, 1, 2
+# STATE_RECOVER: a node died and is being replaced (--recover); every other node parks at its
+# next wait until the coordinator sets STATE_RUN again (see stress.py and recovery.py).
+STATE_SETUP, STATE_RUN, STATE_ABORT, STATE_RECOVER = 0, 1, 2, 3
 PHASES = ("spawn", "attach", "fill", "ready", "run", "report", "done")
+# Finer than the phase, for the failure message: what a patching node was inside of.
+WHERE = ("", "holding text_mutex", "inside a text_poke_bp sync", "inside a stop_machine rendezvous", "inside an INT3 handler", "inside a sync")
 
 
 def segment_name(kind: str, token: str) -> str:
@@ -194,11 +210,17 @@ class Control:
     def __init__(self, seg: Segment, n_nodes: int, n_tasks: int) -> None:
         self.header = seg.array(CONTROL_HEADER, 0, 1)[0:1]
         self.nodes = seg.array(NODE_SLOT, CONTROL_HEADER.itemsize, n_nodes)
-        self.tasks = seg.array(TASK_SLOT, CONTROL_HEADER.itemsize + NODE_SLOT.itemsize * n_nodes, n_tasks)
+        tasks_at = CONTROL_HEADER.itemsize + NODE_SLOT.itemsize * n_nodes
+        self.tasks = seg.array(TASK_SLOT, tasks_at, n_tasks)
+        journal_at = tasks_at + TASK_SLOT.itemsize * n_tasks
+        self.journal = seg.array(JOURNAL_ENTRY, journal_at, n_nodes * n_tasks).reshape(n_nodes, n_tasks)
 
     @staticmethod
     def size(n_nodes: int, n_tasks: int) -> int:
-        return CONTROL_HEADER.itemsize + NODE_SLOT.itemsize * n_nodes + TASK_SLOT.itemsize * n_tasks
+        return (
+            CONTROL_HEADER.itemsize + NODE_SLOT.itemsize * n_nodes + TASK_SLOT.itemsize * n_tasks
+            + JOURNAL_ENTRY.itemsize * n_nodes * n_tasks
+        )
 
     def get(self, field: str) -> int:
         return int(self.header[field][0])

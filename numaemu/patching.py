@@ -22,7 +22,14 @@ wait until no INT3 handler still holds one before the descriptor can be reused.
 A *sync* (``text_poke_sync`` / ``sync_core`` IPI, ``kick_all_cpus_sync``) completes when every
 node has acknowledged it at a safe point, after flushing its instruction buffer: so no node is
 still part-way through fetching what was there before. Waiting spins briefly, then yields, then
-sleeps, so it does not burn a core that another node needs (BACKGROUND.md s.5).
+sleeps, so it does not burn a core that another node needs (BACKGROUND.md s.5). Every wait, and
+every attempt on a lock, calls `check_alive` (time-gated by the worker: a clock read, the real
+check every ~20 ms), so a node never waits on a dead one: it learns of the abort (or parks for a
+recovery) within ~20 ms, from inside a rendezvous or a sync as from anywhere.
+
+For ``--recover`` each node keeps a write-ahead record of the operation it is in (textmem.py:
+its ``pend`` row, ``journal`` and ``j_*`` fields, and ``lock_owner``), so that if it is SIGKILLed
+half-way, `recovery.repair_text` can finish its patch for it while every other node is parked.
 
 Bugs that `--inject-bug` plants, each the kernel's own (BACKGROUND.md s.4):
 ``early-master`` the first node to arrive patches; ``descriptor-reuse`` the descriptor is
@@ -34,6 +41,7 @@ lock (see sources.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .clock import spin
+from .memory import WHERE
 from .sites import INT3, SiteTable
 from .textmem import MAX_BATCH, TextCopies, TextState
 
@@ -60,6 +69,13 @@ IPI_DELAY_NS = 100_000  # mean delay before a node notices a sync request
 TEXT_POKE_NS = 1_000
 POKE_CHUNK = 16  # sites written between two checks of the clock
 SMALL_WRITE = 40  # bytes: below this, writes and checks take a scalar path (no numpy calls)
+SMALL_SITES = SMALL_WRITE // 5
+# What a node is inside of, for the failure message (memory.WHERE).
+W_TEXT_MUTEX = WHERE.index("holding text_mutex")
+W_BP_SYNC = WHERE.index("inside a text_poke_bp sync")
+W_STOP = WHERE.index("inside a stop_machine rendezvous")
+W_INT3 = WHERE.index("inside an INT3 handler")
+W_SYNC = WHERE.index("inside a sync")
 
 
 class PatchTimeout(RuntimeError):
@@ -106,6 +122,8 @@ class NodeKernel:
         check_alive: Callable[[], None] = lambda: None,
         ipi_delay_ns: int = IPI_DELAY_NS,
         text_poke_ns: int = TEXT_POKE_NS,
+        mark: Callable[[int], int] = lambda where: 0,
+        fault: Callable[[str], None] = lambda point: None,
     ) -> None:
         self.node = node
         self.n_nodes = n_nodes
@@ -119,7 +137,12 @@ class NodeKernel:
         self.bug = bug
         self.shared_core = shared_core
         self.flush = flush
-        self.check_alive = check_alive
+        self.check_alive = check_alive  # cheap to call often: the worker gates it by time
+        self.mark = mark  # records what this node is inside of (memory.WHERE), returns the old mark
+        self.fault = fault  # the test fault hook (faults.py)
+        self._lock_index = {id(getattr(locks, f.name)): i for i, f in enumerate(dataclasses.fields(locks))}
+        self._pend_base = node * state.n_sites
+        self.resumes = 0  # recoveries this node was parked through (a wait's deadline restarts)
         self.master_mv = memoryview(master)
         self.mem_mv = memoryview(mem)
         self.stats = PatchStats()
@@ -134,10 +157,14 @@ class NodeKernel:
 
     def wait_for(self, cond: Callable[[], bool], what: str, service: bool = True) -> None:
         """Spin, then yield, then sleep until `cond()`; take part in other nodes' syncs meanwhile
-        (unless `service` is False: inside a stop_machine round nothing else can be pending)."""
+        (unless `service` is False: inside a stop_machine round nothing else can be pending).
+        Every iteration calls `check_alive`: the node it waits for may be dead."""
         tries = 0
         deadline = 0.0
+        resumes = self.resumes
+        check = self.check_alive
         while not cond():
+            check()
             if service:
                 self.safe_point()
             tries += 1
@@ -146,36 +173,80 @@ class NodeKernel:
             if tries < SPIN_TRIES + YIELD_TRIES:
                 os.sched_yield()
                 continue
+            if resumes != self.resumes:  # parked through a recovery: that time was not waiting
+                resumes, deadline = self.resumes, 0.0
             if not deadline:
                 deadline = time.monotonic() + WAIT_TIMEOUT_S
             elif time.monotonic() > deadline:
                 raise PatchTimeout(f"node {self.node}: waited {WAIT_TIMEOUT_S:.0f} s for {what}")
-            if tries % 64 == 0:
-                self.check_alive()
             time.sleep(20e-6)
 
-    def lock(self, lock) -> None:
+    def lock(self, lock, service: bool = True) -> None:
         """Take a mutex. Like a task sleeping on a mutex, the node meanwhile runs its readers
-        (`idle`), which also take part in other nodes' syncs."""
-        if lock.acquire(False):
-            return
-        deadline = time.monotonic() + WAIT_TIMEOUT_S
-        while not lock.acquire(False):
-            if self.idle is not None:
-                self.idle()
-            else:
-                self.safe_point()
-                os.sched_yield()
-            if time.monotonic() > deadline:
-                raise PatchTimeout(f"node {self.node}: waited {WAIT_TIMEOUT_S:.0f} s for a lock")
+        (`idle`), which also take part in other nodes' syncs (with `service` False, inside a
+        stop_machine round, it only yields). Records itself as the owner (``lock_owner``), so
+        a recovery can tell the locks a dead node held from those of the living."""
+        if not lock.acquire(False):
+            deadline = time.monotonic() + WAIT_TIMEOUT_S
+            resumes = self.resumes
+            while not lock.acquire(False):
+                self.check_alive()
+                if service and self.idle is not None:
+                    self.idle()
+                else:
+                    if service:
+                        self.safe_point()
+                    os.sched_yield()
+                if resumes != self.resumes:
+                    resumes, deadline = self.resumes, time.monotonic() + WAIT_TIMEOUT_S
+                if time.monotonic() > deadline:
+                    raise PatchTimeout(f"node {self.node}: waited {WAIT_TIMEOUT_S:.0f} s for a lock")
+        # No wait between the acquire and this store (nor between the next two in `holding`):
+        # a node is never parked there, which `recovery.release_locks` relies on.
+        self.st.owner_q[self._lock_index[id(lock)]] = self.node + 1
 
     @contextmanager
-    def holding(self, lock) -> Iterator[None]:
-        self.lock(lock)
+    def holding(self, lock, service: bool = True) -> Iterator[None]:
+        self.lock(lock, service)
         try:
             yield
         finally:
+            self.st.owner_q[self._lock_index[id(lock)]] = 0
             lock.release()
+
+    def resync(self) -> None:
+        """After being parked through a recovery: forget every prefetched line and every pending
+        IPI (the coordinator acknowledged every sync and round on this node's behalf, which this
+        flush makes true), as a CPU coming back online starts with nothing cached."""
+        self.flush()
+        self._due.clear()
+        self.resumes += 1
+
+    # -- the operation journal (--recover) ----------------------------------------------------
+
+    def begin_op(self, key: int = -1, count: int = 0, refs: int = 0) -> None:
+        """Commit this node's operation intent: its ``pend`` row (written before) and, for a
+        static-key op, the key's count and this node's references once the op is done. From
+        here on a recovery finishes the op if this node dies (a write-ahead log)."""
+        st, node = self.st, self.node
+        st.node_set(node, "j_key", key + 1)
+        st.node_set(node, "j_count", count)
+        st.node_set(node, "j_refs", refs)
+        st.node_set(node, "journal", 1)  # the commit point: one aligned 8-byte store
+
+    def end_op(self) -> None:
+        self.st.node_set(self.node, "journal", 0)
+        self.st.node_set(self.node, "j_key", 0)
+
+    def _intend(self, sites: np.ndarray, new_states: np.ndarray | None) -> None:
+        """This node's ``pend`` row: `new_states` + 1 at `sites` (None: clear them)."""
+        if len(sites) <= SMALL_SITES:
+            b, base = self.st.pend_b, self._pend_base
+            values = [0] * len(sites) if new_states is None else [v + 1 for v in new_states.tolist()]
+            for s, v in zip(sites.tolist(), values):
+                b[base + s] = v
+        else:
+            self.st.pend[self.node, sites] = 0 if new_states is None else new_states + 1
 
     # -- taking part in other nodes' patches --------------------------------------------------
 
@@ -208,33 +279,49 @@ class NodeKernel:
 
     # -- syncs and rendezvous ------------------------------------------------------------------
 
-    def sync(self, wait: bool = True) -> None:
-        """Ask every node to synchronise (the IPI); with `wait`, return once all have."""
+    def sync(self, wait: bool = True, point: str | None = None) -> None:
+        """Ask every node to synchronise (the IPI); with `wait`, return once all have. `point`:
+        the fault-hook point this sync is (``int3_sync``: the first sync of text_poke_bp)."""
         self.st.set("sync_req_ns", time.perf_counter_ns())
         seq = self.st.add("sync_seq")
         self.flush()
         self.st.node_set(self.node, "sync_ack", seq)
         self.stats.syncs += 1
-        if wait:
+        if not wait:
+            return
+        prev = self.mark(W_BP_SYNC if self.protocol == "text_poke_bp" else W_SYNC)
+        try:
+            if point is not None:
+                self.fault(point)
             st, nodes = self.st, range(self.n_nodes)
             self.wait_for(lambda: all(st.node_get(n, "sync_ack") >= seq for n in nodes), f"sync {seq}", service=False)
+        finally:
+            self.mark(prev)
 
     def _stop_round(self, seq: int) -> None:
         st = self.st
-        with self.locks.stop_arrival:
-            arrived = st.add("stop_arrived")
-        first, last = arrived == 1, arrived == self.n_nodes
-        if (self.bug == "early-master" and first) or (self.bug != "early-master" and last):
-            self._apply_descriptor()
-            if self.bug == "early-master":  # patched already; now wait for the others to park
-                self.wait_for(lambda: st.get("stop_arrived") >= self.n_nodes, "stop_machine arrivals", service=False)
-            st.set("stop_arrived", 0)
-            st.set("stop_released", seq)
-        else:
-            self.wait_for(lambda: st.get("stop_released") >= seq, "stop_machine release", service=False)
-        if self.bug != "no-sync":
-            self.flush()  # resynchronise: nothing prefetched before the patch survives
-        st.node_set(self.node, "stop_ack", seq)
+        prev = self.mark(W_STOP)
+        try:
+            with self.holding(self.locks.stop_arrival, service=False):
+                # Released already: a recovery finished this round while this node was on its
+                # way in (parked at the lock); it must not count itself into the next one.
+                arrived = 0 if st.get("stop_released") >= seq else st.add("stop_arrived")
+            if arrived:
+                self.fault("stop_machine")
+                first, last = arrived == 1, arrived == self.n_nodes
+                if (self.bug == "early-master" and first) or (self.bug != "early-master" and last):
+                    self._apply_descriptor()
+                    if self.bug == "early-master":  # patched already; now wait for the others to park
+                        self.wait_for(lambda: st.get("stop_arrived") >= self.n_nodes or st.get("stop_released") >= seq, "stop_machine arrivals", service=False)
+                    st.set("stop_arrived", 0)
+                    st.set("stop_released", seq)
+                else:
+                    self.wait_for(lambda: st.get("stop_released") >= seq, "stop_machine release", service=False)
+            if self.bug != "no-sync":
+                self.flush()  # resynchronise: nothing prefetched before the patch survives
+            st.node_set(self.node, "stop_ack", seq)
+        finally:
+            self.mark(prev)
 
     # -- the descriptor -----------------------------------------------------------------------
 
@@ -271,6 +358,9 @@ class NodeKernel:
         bounds = np.flatnonzero(np.diff(site_of_byte)) + 1
         starts = np.concatenate([[0], bounds])
         for i in range(0, len(starts), POKE_CHUNK):
+            # Tracing every function pokes ~35,000 sites into every copy (0.1-0.6 s): look for
+            # an abort (or park for a recovery) between chunks, each written whole everywhere.
+            self.check_alive()
             lo = starts[i]
             hi = starts[i + POKE_CHUNK] if i + POKE_CHUNK < len(starts) else len(offsets)
             t0 = time.perf_counter_ns()
@@ -311,28 +401,48 @@ class NodeKernel:
 
     # -- the API the patch sources call ------------------------------------------------------
 
-    def patch(self, sites: np.ndarray, old_states: np.ndarray, new_states: np.ndarray) -> int:
+    def patch(self, sites: np.ndarray, old_states: np.ndarray, new_states: np.ndarray, commit: Callable[[], None] | None = None) -> int:
         """Move `sites` from `old_states` to `new_states` with this run's protocol. The caller
         holds no text lock. Old bytes are verified first; a site whose bytes are not its old
-        state's is an *unexpected op*: recorded, left untouched. Returns sites patched."""
+        state's is an *unexpected op*: recorded, left untouched. Returns sites patched.
+
+        Before anything else the call is journaled (``pend``, then the commit: `commit` if the
+        caller gives one, which must call `begin_op` and may then update what the patch goes
+        with, a static key's count; else `begin_op` here), and the journal is closed at the end."""
         sites = np.asarray(sites, dtype=np.int64)
         if len(sites) == 0:
+            if commit is not None:
+                commit()
+                self.end_op()
             return 0
         order = np.argsort(self.sites.offset[sites], kind="stable")
         sites, old_states, new_states = sites[order], np.asarray(old_states)[order], np.asarray(new_states)[order]
+        self._intend(sites, np.asarray(new_states, dtype=np.int64))
+        if commit is not None:
+            commit()
+        else:
+            self.begin_op()
         t0 = time.perf_counter_ns()
         with self.holding(self.locks.text_mutex):
-            ok = self._verify_old(sites, old_states)
-            sites, new_states = sites[ok], new_states[ok]
-            if len(sites):
-                st = self.st
-                self._bump(sites)  # odd: in flight
-                for i in range(0, len(sites), MAX_BATCH):
-                    self._one_batch(sites[i : i + MAX_BATCH], new_states[i : i + MAX_BATCH])
-                st.site_state[sites] = new_states
-                self._bump(sites)  # even: the call has returned
-                st.add("patch_calls")
-                self._check_copies(sites)
+            prev = self.mark(W_TEXT_MUTEX)
+            try:
+                ok = self._verify_old(sites, old_states)
+                if not ok.all():
+                    self._intend(sites[~ok], None)  # not patched: nothing for a recovery to finish
+                sites, new_states = sites[ok], new_states[ok]
+                if len(sites):
+                    st = self.st
+                    self._bump(sites)  # odd: in flight
+                    for i in range(0, len(sites), MAX_BATCH):
+                        self._one_batch(sites[i : i + MAX_BATCH], new_states[i : i + MAX_BATCH])
+                    st.site_state[sites] = new_states
+                    self._bump(sites)  # even: the call has returned
+                    st.add("patch_calls")
+                    self._check_copies(sites)
+            finally:
+                self.mark(prev)
+        self._intend(sites, None)
+        self.end_op()
         self.stats.calls += 1
         self.stats.sites += len(sites)
         self.stats.latencies_ns.append(time.perf_counter_ns() - t0)
@@ -418,7 +528,7 @@ class NodeKernel:
         each = np.arange(len(sites))
         self._poke(offs, np.full(len(sites), INT3, dtype=np.uint8), each)
         if self.bug != "no-sync":
-            self.sync()
+            self.sync(point="int3_sync")
         if len(sites) <= SMALL_WRITE // 5:  # a few sites: write each tail directly
             t0 = time.perf_counter_ns()
             for o, L, row in zip(offs.tolist(), lens.tolist(), new):

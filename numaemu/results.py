@@ -135,8 +135,16 @@ def add_speedups(records: list[dict]) -> None:
 
 @functools.cache
 def _cpu_model() -> str:
-    """The CPU's model name, looked up once per process: py-cpuinfo starts a subprocess to probe
-    the machine (~1.2 s here), which scripts that run numaemu many times would pay each run."""
+    """The CPU's model name, looked up once per process: from /proc/cpuinfo where it says (x86
+    Linux: at once), else py-cpuinfo, which starts a subprocess to probe the machine (~1.2 s
+    here): too slow for a run stopped by Ctrl-C, which must write its results within a second."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
     try:
         import cpuinfo
 

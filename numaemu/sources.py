@@ -22,6 +22,12 @@ between nodes lives in the ``txt`` segment (site states, key counts, livepatch t
   site of the set is patched (kernel/livepatch/transition.c), so it never runs a mix.
 - ``mixed``: all of these in turn (without ``static_keys`` on an image with no static keys, such
   as a real kernel whose ``__jump_table`` was not found).
+
+For ``--recover``, every operation does what it shares with other nodes (a key's count and this
+node's references, the ``ftrace_all`` flag) *before* its one patch call, and journals it with the
+patch (`NodeKernel.begin_op`), so a recovery that finishes the patch of a node killed half-way
+leaves the count and the code in agreement. A node's key references live in the ``txt`` segment
+(``key_refs``), so its replacement inherits them and drops them at the end, as it would have.
 """
 
 from __future__ import annotations
@@ -44,9 +50,9 @@ from .sites import (
     KIND_JUMP,
     SiteTable,
 )
-from .textmem import TextState
+from .textmem import MAX_KEYS, TextState
 
-__all__ = ["SOURCES", "SourcePlan", "hot_keys", "plan_sources", "NodeSource", "key_agreement"]
+__all__ = ["SOURCES", "SourcePlan", "hot_keys", "plan_sources", "NodeSource", "key_agreement", "slot_fill"]
 
 SOURCES = ("static_keys", "ftrace", "module", "bpf", "livepatch", "mixed")
 HOT_KEYS = 8
@@ -57,6 +63,7 @@ LIVEPATCH_FUNCS = 8
 RESERVED_FUNCS = 4  # functions 1..3 are the trampolines; keep them untraced
 MAX_HELD = 3
 KEY_RACE_WINDOW_NS = 2_000_000
+assert HOT_KEYS <= MAX_KEYS
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +134,11 @@ class NodeSource:
         self.st = state
         self.rng = rng
         self.key_race = key_race
-        self.held = np.zeros(len(plan.keys), dtype=np.int64)
+        # This node's references, shared (a replacement node inherits them), and the copy the
+        # readers' check uses, which follows once an operation has completed (the references
+        # change before the patch that goes with them, see `_key_change`).
+        self.refs = state.key_refs[kernel.node, : len(plan.keys)]
+        self.held = self.refs.copy()
         self.turn = 0
         self.ops = 0
         self.ftrace_enables = 0
@@ -147,7 +158,7 @@ class NodeSource:
         if not len(self.plan.keys):
             return  # an image without static keys (the CLI refuses --source static_keys for it)
         i = int(self.rng.integers(len(self.plan.keys)))
-        if self.held[i] and (self.held[i] >= MAX_HELD or self.rng.random() < 0.5):
+        if self.refs[i] and (self.refs[i] >= MAX_HELD or self.rng.random() < 0.5):
             self._key_dec(i)
         else:
             self._key_inc(i)
@@ -171,28 +182,43 @@ class NodeSource:
 
     def _key_inc(self, i: int) -> None:
         self._key_change(i, +1)
-        self.held[i] += 1
+        self.held[i] = self.refs[i]
 
     def _key_dec(self, i: int) -> None:
         self._key_change(i, -1)
-        self.held[i] -= 1
+        self.held[i] = self.refs[i]
 
     def _key_change(self, i: int, delta: int) -> None:
         """static_key_slow_inc (+1: the 0 -> 1 transition patches NOP -> JMP) or _dec (-1: the
         1 -> 0 transition patches JMP -> NOP)."""
         flip_from, old, new = (0, 0, 1) if delta > 0 else (1, 1, 0)
         if self.key_race:  # the bug: the count changes outside jump_label_mutex
-            if self._key_update(i, delta) == flip_from:
+            before = self._key_update(i, delta)
+            self.refs[i] += delta
+            if before == flip_from:
                 with self.k.holding(self.k.locks.jump_label):
                     self._patch_all(self._sites_of_key(i), old, new)
             return
         with self.k.holding(self.k.locks.jump_label):
             sites = self._sites_of_key(i)  # under the lock: no module comes or goes meanwhile
-            if self._key_update(i, delta) == flip_from:
-                self._patch_all(sites, old, new)
+            k = int(self.plan.keys[i])
+            before = int(self.st.key_count[k])
 
-    def _patch_all(self, sites: np.ndarray, old: int, new: int) -> None:
-        self.k.patch(sites, np.full(len(sites), old, np.int64), np.full(len(sites), new, np.int64))
+            def commit() -> None:
+                # Journaled first (with the patch's sites, when there is one), so a recovery
+                # sets exactly these values whether this node died before or after them.
+                self.k.begin_op(i, before + delta, int(self.refs[i]) + delta)
+                self._key_update(i, delta)
+                self.refs[i] += delta
+
+            if before == flip_from:
+                self._patch_all(sites, old, new, commit)
+            else:
+                commit()
+                self.k.end_op()
+
+    def _patch_all(self, sites: np.ndarray, old: int, new: int, commit=None) -> None:
+        self.k.patch(sites, np.full(len(sites), old, np.int64), np.full(len(sites), new, np.int64), commit)
 
     # -- ftrace and bpf --------------------------------------------------------------------
 
@@ -202,8 +228,8 @@ class NodeSource:
             state = self.st.site_state[sites]
             on = np.concatenate([sites[state == FTRACE_CALLER], self._live_module_ftrace(FTRACE_CALLER)])
             if len(on) and self.rng.random() < 0.5:
+                self.st.set("ftrace_all", 0)  # before the patch: what a recovery finishes agrees
                 self._patch_all(on, FTRACE_CALLER, FTRACE_OFF)
-                self.st.set("ftrace_all", 0)
                 return
             self.ftrace_enables += 1
             if self.ftrace_enables % FTRACE_ALL_EVERY == 0:
@@ -273,6 +299,9 @@ class NodeSource:
 
     def _load(self, slot: int) -> None:
         t, st = self.k.sites, self.st
+        # Journaled: a node killed half-way through a load or an unload leaves the slot for a
+        # recovery to unload cleanly (recovery.repair_text), as a failed load_module() frees it.
+        st.node_set(self.k.node, "module_op", slot + 1)
         gen = st.add("module_gen")
         sites = t.module_sites(slot)
         body = np.random.default_rng([gen, slot, 0x6D6F64]).integers(0, 256, MODULE_SLOT_BYTES, dtype=np.uint8)
@@ -299,13 +328,15 @@ class NodeSource:
         self.module_loads += 1
         st.site_state[sites] = states
         st.site_live[sites] = 1
+        st.node_set(self.k.node, "module_op", 0)
 
     def _unload(self, slot: int) -> None:
         sites = self.k.sites.module_sites(slot)
+        self.st.node_set(self.k.node, "module_op", slot + 1)
         self.st.site_live[sites] = 0
-        fill = 0 if self.k.sites.arch == "arm64" else INT3
-        self._write_slot(slot, np.full(MODULE_SLOT_BYTES, fill, dtype=np.uint8))
+        self._write_slot(slot, np.full(MODULE_SLOT_BYTES, slot_fill(self.k.sites.arch), dtype=np.uint8))
         self.module_unloads += 1
+        self.st.node_set(self.k.node, "module_op", 0)
 
     def _write_slot(self, slot: int, body: np.ndarray) -> None:
         """Write a module slot in the master and every copy, then sync, so that no node still
@@ -317,10 +348,16 @@ class NodeSource:
             k.sync()  # and nobody holds its old lines
 
     def finish(self) -> None:
-        """Drop every static-key reference this node holds."""
-        for i in range(len(self.held)):
-            while self.held[i] > 0:
+        """Drop every static-key reference this node holds (its predecessor's too, if it
+        replaced a node that died holding some)."""
+        for i in range(len(self.refs)):
+            while self.refs[i] > 0:
                 self._key_dec(i)
+
+
+def slot_fill(arch: str) -> int:
+    """What an empty module slot holds: INT3 padding on x86, zeros (UDF #0) on arm64."""
+    return 0 if arch == "arm64" else INT3
 
 
 def key_agreement(plan: SourcePlan, key_count: np.ndarray, site_state: np.ndarray, site_live: np.ndarray) -> list[str]:

@@ -9,6 +9,13 @@ node is done, so no patch is left half-way.
 
 The coordinator then compares every copy with the master byte for byte, reads the unexpected ops
 the patchers logged, and checks that static-key counts and code agree.
+
+When a node dies the run stops (`NodeFailure`), and what the living nodes saw until then is kept
+(`run_stress` attaches it to the exception as ``partial``, with the same comparisons). With
+``--recover`` the dead node is replaced instead (`coordinator.NodeSession._recover`,
+`recovery.repair_text`): every other node parks where it is, the dead node's journaled operation
+is finished for it, a new process of the same node refills its copy from the master and joins,
+and the run goes on; ``--kill-workers RATE`` kills random nodes to prove it.
 """
 
 from __future__ import annotations
@@ -21,22 +28,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clock import Pacer
-from .coordinator import NodeSession, check_reachable, place_for
+from .coordinator import MAX_RECOVERIES, NodeSession, check_reachable, place_for
 from .cpus import host_cpus, pin_to
+from .errors import NodeFailure
+from .faults import Launch
 from .fetch import Reader, check_batch
 from .image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from .memory import MemoryLayout
-from .patching import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
 from .pagetables import page_table_cost
+from .patching import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
 from .placement import PageTable
+from .recovery import repair_text
 from .results import SCHEMA
 from .sites import FTRACE_KLP, SiteTable, site_table
 from .sources import NodeSource, SourcePlan, key_agreement, plan_sources
 from .textmem import TextCopies, TextState, text_segment_size
 from .topology import HostPlacement, Topology, place_on_host
-from .worker import NodeContext, fill_partition, node_shell
+from .worker import Aborted, NodeContext, fill_partition, node_shell
 
-__all__ = ["StressSpec", "PatchBench", "run_stress", "run_patch_bench", "READER_TASKS", "BATCH_SITES"]
+__all__ = ["StressSpec", "PatchBench", "run_stress", "run_patch_bench", "READER_TASKS", "BATCH_SITES", "MAX_RECOVERIES"]
 
 READER_TASKS = 2  # per node, for livepatch's per-task consistency
 BATCH_SITES = 48  # sites executed per reader batch (between two safe points)
@@ -62,6 +72,8 @@ class StressSpec:
     text_poke_ns: int = TEXT_POKE_NS
     replicas_every: int = 1  # replicate: a copy on every K-th node; every copy gets every patch
     pt_style: str = "none"  # reported: the page-table memory of the design
+    recover: int = 0  # node deaths replaced (--recover: MAX_RECOVERIES); 0: a death ends the run
+    kill_rate: float = 0.0  # --kill-workers: SIGKILLs per second over all nodes, from the coordinator
 
 
 @dataclass(frozen=True)
@@ -117,8 +129,8 @@ class StressConfig:
     text_poke_ns: int
 
 
-def stress_worker_main(cfg: StressConfig, conn) -> None:
-    node_shell(cfg, conn, _stress_body)
+def stress_worker_main(cfg: StressConfig, conn, launch: Launch | None = None) -> None:
+    node_shell(cfg, conn, _stress_body, launch)
 
 
 def _stress_body(nc: NodeContext) -> dict:
@@ -134,10 +146,12 @@ def _stress_body(nc: NodeContext) -> dict:
         cfg.node, cfg.n_nodes, st, cfg.copies, master, mem, cfg.sites, cfg.locks,
         protocol=cfg.protocol, bug=cfg.bug, shared_core=cfg.shared_core,
         flush=lambda: reader.flush() if reader is not None else None,
-        check_alive=nc.check_alive, ipi_delay_ns=cfg.ipi_delay_ns, text_poke_ns=cfg.text_poke_ns,
+        check_alive=nc.poll, ipi_delay_ns=cfg.ipi_delay_ns, text_poke_ns=cfg.text_poke_ns,
+        mark=nc.mark, fault=nc.fault.reached,
     )
-    reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point)
-    rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273])  # "strs"
+    reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point, mark=nc.mark)
+    incarnation = nc.launch.incarnation  # a replacement (--recover) draws its own choices
+    rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273] + ([incarnation] if incarnation else []))  # "strs"
     source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")
     readers = ReaderTasks(cfg, st, reader, rng, source)
     kernel.idle = readers.run_batch  # a node waiting for a lock runs its readers meanwhile
@@ -147,33 +161,22 @@ def _stress_body(nc: NodeContext) -> dict:
         return _bench(cfg, st, kernel, readers, cpus)
 
     nc.phase("run")
-    interval = int(1e9 * cfg.n_nodes / cfg.rate)
-    # Each node issues its operations as a Poisson process at rate/n_nodes: independent CPUs do
-    # not take turns, so operations of different nodes really overlap (as key-race needs).
-    next_op = start_ns + int(rng.exponential(interval))
-    while True:
-        now = time.perf_counter_ns()
-        if now >= end_ns:
-            break
-        kernel.safe_point()
-        if now >= next_op:
-            source.step()
-            next_op += int(rng.exponential(interval))
-            if next_op < now:  # fell behind (a slow patch): do not burst to catch up
-                next_op = now + int(rng.exponential(interval))
-        readers.run_batch()
-        if readers.batches % 256 == 0:
-            nc.check_alive()
-
-    # Wind down: drop what this node holds, then keep answering syncs until every node is done.
-    source.finish()
-    kernel.idle = None
-    st.nodes["done"][cfg.node] = 1
-    kernel.wait_for(lambda: bool(np.all(st.nodes["done"] == 1)), "the other nodes to finish")
+    # From here on a recovery parks this node wherever it waits (or between two reader
+    # batches), and it resynchronises before going on.
+    nc.parkable = True
+    nc.on_resume.append(kernel.resync)
+    aborted = None
+    try:
+        _patch_and_read(nc, kernel, source, readers, st, rng, max(start_ns, time.perf_counter_ns()), end_ns)
+    except Aborted as exc:  # the run is stopping (a node died, Ctrl-C): report what was seen
+        aborted = str(exc)
     lat = np.array(kernel.stats.latencies_ns, dtype=np.float64) / 1e3
     return {
         "node": cfg.node,
         "pid": os.getpid(),
+        "incarnation": incarnation,
+        "parks": nc.parks,
+        "aborted": aborted,
         "cpus": list(cpus),
         "executions": readers.executions,
         "violations": readers.violations,
@@ -193,6 +196,35 @@ def _stress_body(nc: NodeContext) -> dict:
     }
 
 
+def _patch_and_read(nc: NodeContext, kernel: NodeKernel, source: NodeSource, readers: ReaderTasks, st: TextState, rng: np.random.Generator, start_ns: int, end_ns: int) -> None:
+    """The run phase: readers, safe points and this node's share of the patch operations until
+    `end_ns`, then the wind-down."""
+    cfg = nc.cfg
+    interval = int(1e9 * cfg.n_nodes / cfg.rate)
+    # Each node issues its operations as a Poisson process at rate/n_nodes: independent CPUs do
+    # not take turns, so operations of different nodes really overlap (as key-race needs).
+    next_op = start_ns + int(rng.exponential(interval))
+    while True:
+        nc.poll()
+        now = time.perf_counter_ns()
+        if now >= end_ns:
+            break
+        kernel.safe_point()
+        if now >= next_op:
+            source.step()
+            next_op += int(rng.exponential(interval))
+            if next_op < now:  # fell behind (a slow patch): do not burst to catch up
+                next_op = now + int(rng.exponential(interval))
+        nc.fault.reached("run")
+        readers.run_batch()
+
+    # Wind down: drop what this node holds, then keep answering syncs until every node is done.
+    source.finish()
+    kernel.idle = None
+    st.nodes["done"][cfg.node] = 1
+    kernel.wait_for(lambda: bool(np.all(st.nodes["done"] == 1)), "the other nodes to finish")
+
+
 def _bench(cfg: StressConfig, st: TextState, kernel: NodeKernel, readers: ReaderTasks, cpus) -> dict:
     """Node 0 times patch calls; every other node waits at a safe point (or runs its readers,
     under load) until node 0 is done."""
@@ -201,6 +233,7 @@ def _bench(cfg: StressConfig, st: TextState, kernel: NodeKernel, readers: Reader
     out: dict = {"node": cfg.node, "pid": os.getpid(), "cpus": list(cpus)}
     if cfg.node != 0:
         while st.node_get(0, "done") != 1:
+            kernel.check_alive()  # node 0 may have died
             if b.load:
                 readers.run_batch()
             else:
@@ -330,6 +363,13 @@ class ReaderTasks:
         self.violations += bad
         self.examples += [v.to_json() for v in found][: max(0, MAX_REPORTED - len(self.examples))]
         self.batches += 1
+        # Published as they grow: a node killed before its report still counts (recovery.py).
+        node, stats = cfg.node, self.source.k.stats
+        st.node_set(node, "executions", self.executions)
+        st.node_set(node, "violations", self.violations)
+        st.node_set(node, "patch_calls", stats.calls)
+        st.node_set(node, "sites_patched", stats.sites)
+        st.node_set(node, "source_ops", self.source.ops)
 
 
 def _jump_taken(obs, sites: SiteTable, which: np.ndarray) -> np.ndarray:
@@ -350,6 +390,12 @@ def _livepatch_mix(obs, sites: SiteTable, n_klp: int, task_state: int) -> str:
 
 
 def run_stress(spec: StressSpec) -> dict:
+    """Run `spec`; return the reports and the end-of-run comparisons (see `stress_document`).
+
+    A node failure (`NodeFailure`) or an interrupt (KeyboardInterrupt) during the run stops every
+    node; the reports the living send on their way out and the same comparisons are attached to
+    the exception as ``partial`` (a dict like the one returned, with ``checked`` False when the
+    run had not started), then it propagates."""
     topo, n = spec.topology, spec.topology.n_nodes
     image = with_module_area(spec.image)
     placement, mem_serving = place_for(topo, image, spec.policy, replicas_every=spec.replicas_every)
@@ -362,51 +408,85 @@ def run_stress(spec: StressSpec) -> dict:
     n_tasks = READER_TASKS * n
     ctx = mp.get_context(spec.start_method)
     locks = Locks(*(ctx.Lock() for _ in range(6)))
-    with NodeSession(spec.start_method, n, n_tasks) as session:
+    facts = {
+        "plan": plan,
+        "copy_nodes": list(placement.copy_nodes) or [min(mem_serving)],
+        "image_bytes": [placement.image_bytes(i) for i in range(n)],
+        "page_tables": tables.to_json() if tables else None,
+    }
+    views: dict = {}
+
+    def repair(dead: list[int]) -> dict:
+        """While every living node is parked (NodeSession._recover)."""
+        return repair_text(views["st"], sites, copies, views["master"], views["mem"], plan, locks, dead)
+
+    session = NodeSession(spec.start_method, n, n_tasks, max_recoveries=spec.recover, quiesce=True, repair=repair,
+                          kill_rate=spec.kill_rate, seed=spec.seed)
+    with session:
         session.open_control()
         master = session.create("master", len(image.data))
         mem = session.create("mem", layout.size)
         txt = session.create("txt", text_segment_size(n, len(sites), image.n_keys, n_tasks))
         master.array(np.uint8)[:] = image.data
-        configs = [
-            StressConfig(
-                node=node, n_nodes=n, n_tasks=n_tasks, ctl_name=session.ctl_name, mem_name=mem.name,
-                master_name=master.name, txt_name=txt.name, host_cpus=spec.host.cpus[node],
-                hosted=placement.hosted[node], table=placement.tables[node], layout=layout, copies=copies,
-                sites=sites, plan=plan, n_keys=image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
-                rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
-                bench=spec.bench, ipi_delay_ns=spec.ipi_delay_ns, text_poke_ns=spec.text_poke_ns,
-            )
-            for node in range(n)
-        ]
-        session.start(stress_worker_main, configs)
-        session.wait_ready()
-        t0 = time.perf_counter()
-        session.go(spec.duration_s)
-        reports = session.collect(spec.duration_s + 120.0)
-        wall = time.perf_counter() - t0
-        st = TextState(txt, n, len(sites), image.n_keys, n_tasks)
-        m = master.array(np.uint8)
-        mm = mem.array(np.uint8)
-        identical_pages = copies.mismatches(m, mm, np.arange(image.n_pages)[copies.where[:, 0] >= 0])
-        failures = [_failure_json(rec, sites) for rec in st.failure_log[: min(st.get("failures"), 10)]]
-        n_failures = st.get("failures")
-        key_problems = key_agreement(plan, st.key_count, st.site_state, st.site_live) if "static_keys" in plan.names else []
-        # The master's bytes agree with the committed state of every site.
-        drift = _state_drift(m, sites, st.site_state, st.site_live)
-        del m, mm, st
+        st = views["st"] = TextState(txt, n, len(sites), image.n_keys, n_tasks)
+        views["master"], views["mem"] = master.array(np.uint8), mem.array(np.uint8)
+        try:
+            configs = [
+                StressConfig(
+                    node=node, n_nodes=n, n_tasks=n_tasks, ctl_name=session.ctl_name, mem_name=mem.name,
+                    master_name=master.name, txt_name=txt.name, host_cpus=spec.host.cpus[node],
+                    hosted=placement.hosted[node], table=placement.tables[node], layout=layout, copies=copies,
+                    sites=sites, plan=plan, n_keys=image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
+                    rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
+                    bench=spec.bench, ipi_delay_ns=spec.ipi_delay_ns, text_poke_ns=spec.text_poke_ns,
+                )
+                for node in range(n)
+            ]
+            t0 = time.perf_counter()
+            try:
+                session.start(stress_worker_main, configs)
+                session.wait_ready()
+                t0 = time.perf_counter()
+                session.go(spec.duration_s)
+                reports = session.collect(spec.duration_s + 120.0)
+            except (NodeFailure, KeyboardInterrupt) as exc:
+                # Keep what there is: the living nodes' reports, and the comparisons (once
+                # they have stopped, nothing moves). Before the start there is nothing to compare.
+                reports = session.abort_and_drain() if session.started else []
+                exc.partial = {  # type: ignore[union-attr]
+                    **facts,
+                    **_end_checks(st, sites, copies, plan, views["master"], views["mem"], image.n_pages, session.started),
+                    "reports": reports, "wall_s": time.perf_counter() - t0,
+                    "recoveries": session.recoveries, "kills": session.kills,
+                }
+                raise
+            result = {
+                **facts,
+                **_end_checks(st, sites, copies, plan, views["master"], views["mem"], image.n_pages, True),
+                "reports": reports, "wall_s": time.perf_counter() - t0,
+                "recoveries": session.recoveries, "kills": session.kills,
+            }
+        finally:
+            views.clear()
+            st.release()
+            del st
+    return result
+
+
+def _end_checks(st: TextState, sites: SiteTable, copies: TextCopies, plan: SourcePlan, m: np.ndarray, mm: np.ndarray, n_pages: int, started: bool) -> dict:
+    """Every copy against the master, the patchers' log of unexpected ops, static keys' counts
+    against their code, and the master against the committed states (`checked` False: the run
+    never started, nothing was compared)."""
+    if not started:
+        return {"checked": False, "replica_mismatches": [], "failures": [], "n_failures": 0, "key_problems": [], "state_drift": 0}
     return {
-        "reports": reports,
-        "wall_s": wall,
-        "replica_mismatches": identical_pages,
-        "failures": failures,
-        "n_failures": n_failures,
-        "key_problems": key_problems,
-        "state_drift": drift,
-        "plan": plan,
-        "copy_nodes": list(placement.copy_nodes) or [min(mem_serving)],
-        "image_bytes": [placement.image_bytes(i) for i in range(n)],
-        "page_tables": tables.to_json() if tables else None,
+        "checked": True,
+        "replica_mismatches": copies.mismatches(m, mm, np.arange(n_pages)[copies.where[:, 0] >= 0]),
+        "failures": [_failure_json(rec, sites) for rec in st.failure_log[: min(st.get("failures"), 10)]],
+        "n_failures": st.get("failures"),
+        "key_problems": key_agreement(plan, st.key_count, st.site_state, st.site_live) if "static_keys" in plan.names else [],
+        # The master's bytes agree with the committed state of every site.
+        "state_drift": _state_drift(m, sites, st.site_state, st.site_live),
     }
 
 
@@ -457,6 +537,16 @@ def stress_document(spec: StressSpec, result: dict) -> dict:
     violations = sum(r["violations"] for r in reports)
     examples += result["failures"][: max(0, MAX_REPORTED - len(examples))]
     violations += result["n_failures"]
+    # What replaced nodes had done before they died (their reports died with them).
+    lost = [r["repair"].get("lost", {}) for r in result.get("recoveries", [])]
+
+    def total(field: str) -> int:
+        return sum(r[field] for r in reports) + sum(x.get(field, 0) for x in lost)
+
+    lost_violations = sum(x.get("violations", 0) for x in lost)
+    violations += lost_violations
+    if lost_violations:
+        examples.append({"kind": "lost-report", "detail": f"{lost_violations} violations seen by nodes that died before reporting (their examples died with them)"})
     for problem in result["key_problems"]:
         violations += 1
         if len(examples) < MAX_REPORTED:
@@ -464,7 +554,7 @@ def stress_document(spec: StressSpec, result: dict) -> dict:
     if result["state_drift"]:
         violations += result["state_drift"]
         examples.append({"kind": "state-drift", "detail": f"{result['state_drift']} sites hold bytes other than their committed state in the master"})
-    identical = not result["replica_mismatches"]
+    identical = not result["replica_mismatches"] if result.get("checked", True) else None
     return {
         "schema": SCHEMA,
         "command": "stress",
@@ -479,10 +569,10 @@ def stress_document(spec: StressSpec, result: dict) -> dict:
         "seed": spec.seed,
         "start_method": spec.start_method,
         "wall_s": result["wall_s"],
-        "patches_applied": sum(r["patch_calls"] for r in reports),
-        "source_ops": sum(r["source_ops"] for r in reports),
-        "sites_patched": sum(r["sites_patched"] for r in reports),
-        "executions_checked": sum(r["executions"] for r in reports),
+        "patches_applied": total("patch_calls"),
+        "source_ops": total("source_ops"),
+        "sites_patched": total("sites_patched"),
+        "executions_checked": total("executions"),
         "violations": violations,
         "violation_examples": examples,
         "replicas_identical": identical,
@@ -503,9 +593,17 @@ def stress_document(spec: StressSpec, result: dict) -> dict:
         "module_loads": sum(r.get("module_loads", 0) for r in reports),
         "ftrace_all_enables": sum(r.get("ftrace_all_enables", 0) for r in reports),
         "module_unloads": sum(r.get("module_unloads", 0) for r in reports),
-        "ok": violations == 0 and identical,
+        # Failures at run time (see the README's Errors): set by the command when the run stopped
+        # early (`failure`: the node that died; `interrupted`: Ctrl-C or SIGTERM).
+        "failure": None,
+        "interrupted": False,
+        "recover": spec.recover,
+        "kill_workers": spec.kill_rate or None,
+        "recoveries": result.get("recoveries", []),
+        "kills": result.get("kills", []),
+        "ok": violations == 0 and identical is True,
         "per_node": [
-            {k: r[k] for k in ("node", "pid", "cpus", "executions", "violations", "int3_hits", "flushes", "patch_calls", "sites_patched", "syncs", "unexpected_ops", "source_ops")}
+            {k: r.get(k) for k in ("node", "pid", "incarnation", "cpus", "executions", "violations", "int3_hits", "flushes", "patch_calls", "sites_patched", "syncs", "unexpected_ops", "source_ops", "parks", "aborted")}
             for r in reports
         ],
     }
@@ -520,14 +618,29 @@ def format_stress_summary(doc: dict) -> str:
         + (f"; modules loaded {doc['module_loads']:,}, unloaded {doc['module_unloads']:,}" if doc["module_loads"] else "")
         + (f"; tracing enabled on every function {doc['ftrace_all_enables']:,} times" if doc["ftrace_all_enables"] else ""),
         "patch latency: " + (f"median {lat['median']:.0f} us, p99 {lat['p99']:.0f} us" if lat["median"] is not None else "no patch calls"),
-        f"replicas identical to the master: {'yes' if doc['replicas_identical'] else 'NO'}"
+        f"replicas identical to the master: {({True: 'yes', False: 'NO', None: 'not checked (the run never started)'})[doc['replicas_identical']]}"
         f" ({len(doc['copy_nodes'])} {'copy' if len(doc['copy_nodes']) == 1 else 'copies'}, on node{'s' if len(doc['copy_nodes']) > 1 else ''} {', '.join(map(str, doc['copy_nodes']))})",
         f"violations: {doc['violations']:,}",
     ]
+    head = []
+    if doc.get("kills"):
+        head.append(f"killed by --kill-workers {doc['kill_workers']:g}/s: {len(doc['kills'])} (" + ", ".join(f"node {k['node']} at {k['at_s']:.2f} s" for k in doc["kills"]) + ")")
+    for r in doc.get("recoveries", []):
+        inside = f" ({r['where']})" if r.get("where") else ""
+        took = f", replaced in {1e3 * r['took_s']:.0f} ms" if r.get("took_s") is not None else ""
+        head.append(f"recovered: node {r['node']} (pid {r['old_pid']} -> {r['new_pid']}), died in phase '{r['phase']}'{inside}"
+                    + (f" at {r['at_s']:.2f} s" if r.get("at_s") is not None else "") + f"{took}: {r['detail']}")
+    lines[:0] = head
     for e in doc["violation_examples"][:5]:
         where = f" node {e['node']}" if "node" in e else ""
         addr = f" at {e['address']}" if "address" in e else ""
         seen = f": executed {e['observed']}" if "observed" in e else ""
         lines.append(f"  {e['kind']}{where}{addr}{seen} ({e.get('detail', '')})".rstrip())
-    lines.append("OK: nothing violated" if doc["ok"] else "FAILED: see the violations above")
+    if doc.get("failure") or doc.get("interrupted"):
+        why = "a node failed" if doc.get("failure") else "interrupted"
+        lines.append(f"STOPPED ({why}): the figures above are what the nodes saw until then ({len(doc['per_node'])} of them reported)")
+    elif doc["ok"]:
+        lines.append("OK: nothing violated" + (f" ({len(doc['recoveries'])} node(s) recovered, every copy equal to the master)" if doc.get("recoveries") else ""))
+    else:
+        lines.append("FAILED: see the violations above")
     return "\n".join(lines)

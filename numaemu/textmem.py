@@ -9,7 +9,7 @@ writes node 0's copy, then every other node's.
 Byte layout of the ``txt`` segment (numpy dtypes below; all integers little-endian):
 
     0                     TXT_HEADER, 128 bytes
-    128                   n_nodes x TXT_NODE, 64 bytes each
+    128                   n_nodes x TXT_NODE, 128 bytes each
     ...                   site_seq   int64 [n_sites]  even: stable; odd: a patch call is in flight
     ...                   site_state int8  [n_sites]  state committed by the last call that returned
     ...                   site_live  uint8 [n_sites]  1 where the site may be executed (modules)
@@ -17,10 +17,19 @@ Byte layout of the ``txt`` segment (numpy dtypes below; all integers little-endi
     ...                   desc       TXT_DESC          the text_poke_bp descriptor (256 entries)
     ...                   task_klp   int8  [n_tasks]  each reader task's livepatch state
     ...                   failures   TXT_FAILURE [64] unexpected ops seen by patchers
+    ...                   lock_owner int64 [N_LOCKS]  node + 1 holding each of `patching.Locks` (0: none)
+    ...                   pend       int8  [n_nodes, n_sites]  each node's patch call in intent:
+                                                      new state + 1 per site (0: none)
+    ...                   key_refs   int64 [n_nodes, MAX_KEYS] static-key references each node holds
 
 Every field has one writer at a time: the holder of ``text_mutex`` for the header's sync and
-descriptor fields and for site_seq/site_state; each node for its own TXT_NODE slot; the holder of
-the static-key lock for key_count (unless the ``key-race`` bug is planted).
+descriptor fields and for site_seq/site_state; each node for its own TXT_NODE slot, ``pend`` row
+and ``key_refs`` row; the holder of the static-key lock for key_count (unless the ``key-race`` bug
+is planted); the holder of a lock for its ``lock_owner`` entry.
+
+The node's ``journal`` fields, its ``pend`` row and ``lock_owner`` exist for ``--recover``: they are
+the write-ahead record of what a node SIGKILLed half-way through an operation meant to do, so the
+coordinator can finish it for the dead node (`recovery.repair_text`).
 """
 
 from __future__ import annotations
@@ -33,10 +42,14 @@ from .image import PAGE_SIZE
 from .memory import MemoryLayout, Segment
 from .placement import Placement
 
-__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "TextState", "TextCopies", "text_segment_size"]
+__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "PUBLISHED", "TextState", "TextCopies", "text_segment_size"]
 
 MAX_BATCH = 256  # text_poke_bp batch limit (TP_VEC_MAX in arch/x86/kernel/alternative.c)
 MAX_FAILURES = 64
+MAX_KEYS = 8  # static keys a source flips (sources.HOT_KEYS), each node's references to them
+# The counters a stress node publishes in its TXT_NODE slot as it goes (its report's figures).
+PUBLISHED = ("executions", "violations", "patch_calls", "sites_patched", "source_ops")
+N_LOCKS = 6  # patching.Locks
 
 TXT_HEADER = np.dtype(
     [
@@ -63,7 +76,20 @@ TXT_NODE = np.dtype(
         ("stop_ack", "<i8"),  # last stop_machine round this node left
         ("in_int3", "<i8"),  # references this node holds on the descriptor (inside its INT3 handler)
         ("done", "<i8"),  # 1 once the node stopped patching and dropped what it held
-        ("pad", "V32"),
+        # The node's operation in intent (write-ahead, for --recover): journal is 1 from the
+        # moment its intent (pend row, j_*) is complete until the operation has finished.
+        ("journal", "<i8"),
+        ("j_key", "<i8"),  # static-key op: hot key index + 1 (0: not a key op)
+        ("j_count", "<i8"),  # ... the key's count once the op is done
+        ("j_refs", "<i8"),  # ... this node's references to it once the op is done
+        ("module_op", "<i8"),  # module slot + 1 being loaded or unloaded (0: none)
+        # What this node has done so far (`PUBLISHED`): if it dies, its report is lost, not these.
+        ("executions", "<i8"),
+        ("violations", "<i8"),
+        ("patch_calls", "<i8"),
+        ("sites_patched", "<i8"),
+        ("source_ops", "<i8"),
+        ("pad", "V16"),
     ]
 )
 TXT_DESC = np.dtype(
@@ -74,7 +100,7 @@ TXT_DESC = np.dtype(
     ]
 )
 TXT_FAILURE = np.dtype([("node", "<i8"), ("site", "<i8"), ("expected", "u1", (8,)), ("found", "u1", (8,))])
-assert TXT_HEADER.itemsize == 128 and TXT_NODE.itemsize == 64
+assert TXT_HEADER.itemsize == 128 and TXT_NODE.itemsize == 128
 _HEADER_INDEX = {name: TXT_HEADER.fields[name][1] // 8 for name in TXT_HEADER.names if name != "pad"}
 _NODE_INDEX = {name: TXT_NODE.fields[name][1] // 8 for name in TXT_NODE.names if name != "pad"}
 _NODE_WORDS = TXT_NODE.itemsize // 8
@@ -91,6 +117,9 @@ def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> list[tup
         ("desc", TXT_DESC, 1),
         ("task_klp", np.dtype("i1"), n_tasks),
         ("failure_log", TXT_FAILURE, MAX_FAILURES),
+        ("lock_owner", np.dtype("<i8"), N_LOCKS),
+        ("pend", np.dtype("i1"), n_nodes * n_sites),
+        ("key_refs", np.dtype("<i8"), n_nodes * MAX_KEYS),
     ]
 
 
@@ -125,6 +154,9 @@ class TextState:
         self.desc_new = self.desc["new"]
         self.task_klp = views["task_klp"]
         self.failure_log = views["failure_log"]
+        self.lock_owner = views["lock_owner"]
+        self.pend = views["pend"].reshape(n_nodes, n_sites)
+        self.key_refs = views["key_refs"].reshape(n_nodes, MAX_KEYS)
         # Scalar access goes through memoryviews: an element of a memoryview costs ~50 ns, a
         # numpy scalar ~1 us, and safe points and small patches are all scalar accesses.
         assert seg.buf is not None
@@ -136,6 +168,11 @@ class TextState:
         self.seq_q = buf[off : off + 8 * n_sites].cast("q")
         off = layout["site_state"][0]
         self.state_b = buf[off : off + n_sites].cast("b")
+        off = layout["lock_owner"][0]
+        self.owner_q = buf[off : off + 8 * N_LOCKS].cast("q")
+        off = layout["pend"][0]
+        self.pend_b = buf[off : off + n_nodes * n_sites].cast("b")  # [node * n_sites + site]
+        self.n_sites = n_sites
 
     def get(self, field: str) -> int:
         return self.hq[_HEADER_INDEX[field]]
@@ -158,7 +195,7 @@ class TextState:
 
     def release(self) -> None:
         """Drop the memoryviews, so the segment can be closed."""
-        for mv in (self.hq, self.nq, self.seq_q, self.state_b):
+        for mv in (self.hq, self.nq, self.seq_q, self.state_b, self.owner_q, self.pend_b):
             mv.release()
 
     def record_failure(self, node: int, site: int, expected: bytes, found: bytes) -> None:

@@ -96,7 +96,7 @@ DEFAULT_NODE_CPUS = 4
 DEFAULT_NODE_MEMORY_BYTES = 4 << 30
 
 _SPEC_RE = re.compile(r"\d+(:.*)?", re.DOTALL)
-_UINT_RE = re.compile(r"\d+")
+_UINT_RE = re.compile(r"\d{1,18}")  # at most 18 digits: int() refuses 4300+, and no count is that big
 _FILE_SUFFIXES = (".json", ".toml")
 
 
@@ -479,9 +479,9 @@ def parse_spec(spec: str, *, local_ns: float = DEFAULT_LOCAL_NS) -> Topology:
     if not _SPEC_RE.fullmatch(spec):
         raise UsageError("--topology", f"spec '{spec}' must look like 4 or 2:10,21,21,10")
     count_s, colon, rest = spec.partition(":")
-    n = int(count_s)
+    n = int(count_s) if len(count_s) <= 18 else MAX_NODES + 1  # int() refuses 4300+ digits
     if not 1 <= n <= MAX_NODES:
-        raise UsageError("--topology", f"spec '{spec}': {n} nodes; need 1..{MAX_NODES}")
+        raise UsageError("--topology", f"spec '{spec}': {count_s.lstrip('0') or '0'} nodes; need 1..{MAX_NODES}")
     if colon:
         tokens = [t.strip() for t in rest.split(",")] if rest.strip() else []
         if len(tokens) != n * n:
@@ -676,6 +676,8 @@ def _load_file(path: Path, arg: str) -> Topology:
         raise UsageError("--topology", f"'{arg}' is not valid JSON: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError("--topology", f"'{arg}' is not valid TOML: {e}") from None
+    except ValueError as e:  # an integer of 4300+ digits (sys.get_int_max_str_digits)
+        raise UsageError("--topology", f"'{arg}' holds a number too long to read: {str(e).split(';')[0]}") from None
     try:
         return from_mapping(data, name=arg)
     except UsageError as e:
@@ -726,7 +728,7 @@ def read_sysfs(root: str | os.PathLike[str] = "/sys") -> Topology:
             raise UsageError("--topology", f"{distance_path}: '{' '.join(tokens)}' is not a row of integers")
         rows.append([int(t) for t in tokens])
         meminfo_path = node_dir / "meminfo"
-        m = re.search(r"^Node\s+\d+\s+MemTotal:\s+(\d+)\s+kB", _read_text(meminfo_path), re.M)
+        m = re.search(r"^Node\s+\d+\s+MemTotal:\s+(\d{1,18})\s+kB", _read_text(meminfo_path), re.M)
         if m is None:
             raise UsageError("--topology", f"{meminfo_path}: no 'Node {nid} MemTotal: N kB' line")
         nodes.append(Node(index, cpus, int(m.group(1)) * 1024, host_node=nid))

@@ -6,7 +6,14 @@ node's partition: its frames of the image, copied from the master, and its user 
 ``ready`` (wait for the start signal), ``run``, ``report`` (send counters over the pipe), ``done``.
 
 A worker never unlinks a segment; it only closes its mappings. Every wait has a deadline and
-also ends when the coordinator aborts or dies.
+also ends when the coordinator aborts or dies: every loop, busy or waiting, calls `NodeContext.poll`,
+which looks at the control block and the coordinator's pid at most every `ALIVE_CHECK_NS` (a clock
+read otherwise), so a node notices an abort, or its coordinator's death, within ~20 ms wherever it
+is, without a syscall per batch.
+
+Under ``stress --recover`` a node that sees STATE_RECOVER *parks in place* (`NodeContext.park`): it
+stays inside whatever wait it was in, holding whatever locks it held, until the coordinator has
+replaced the dead node; then it resynchronises and goes on where it was (see recovery.py).
 """
 
 from __future__ import annotations
@@ -25,17 +32,32 @@ from .cache import DirectMappedCache
 from .clock import Pacer, Unpaced
 from .cpus import pin_to
 from .engine import NodeEngine
+from .faults import FaultHook, Launch
 from .image import PAGE_SIZE
-from .memory import PHASES, STATE_ABORT, STATE_RUN, Control, MemoryLayout, Segment
+from .memory import (
+    NODE_SLOT,
+    PHASES,
+    STATE_ABORT,
+    STATE_RECOVER,
+    STATE_RUN,
+    Control,
+    MemoryLayout,
+    Segment,
+)
 from .placement import PageTable
 from .tasks import choose_destination, plan_tasks
 from .workloads import Workload
 
-__all__ = ["WorkerConfig", "NodeContext", "node_shell", "fill_partition", "worker_main", "BATCH_FETCHES", "run_batch"]
+__all__ = ["WorkerConfig", "NodeContext", "node_shell", "fill_partition", "worker_main", "BATCH_FETCHES", "run_batch", "TaskJournal", "restore_journal", "Aborted", "ALIVE_CHECK_NS"]
 
 BATCH_FETCHES = 16384  # kernel fetches per paced batch: ~1 ms emulated for db
 SETUP_TIMEOUT_S = 120.0
 IDLE_SLEEP_S = 200e-6
+# How often a node looks at the control block (abort, recovery) and at its coordinator's pid,
+# from every loop and wait. Time-based, not per N iterations: an iteration can take 10 us (a
+# spin) or 100 ms (a huge patch), and the coordinator must learn of nothing late.
+ALIVE_CHECK_NS = 20_000_000
+PARK_SLEEP_S = 500e-6
 
 
 @dataclass(frozen=True)
@@ -68,9 +90,51 @@ class WorkerConfig:
     delays: str = "model"  # coordinator.DELAYS: "none" runs batches unpaced (clock.Unpaced)
 
 
-def run_batch(engine: NodeEngine, tasks: np.ndarray, owned: np.ndarray, cfg_seed: int, migrate_rate: float) -> tuple[float, list[tuple[int, int]]]:
+class TaskJournal:
+    """One node's undo journal of its task-slot updates (its row of `Control.journal`).
+
+    A batch adds to several fields of several task slots; a node SIGKILLed half-way would leave a
+    task whose checksum counts requests its ``done`` does not (and ``--verify`` would fail), or
+    the reverse. So before updating, the node saves the slots' old values and then publishes how
+    many it saved (one aligned 8-byte store: the commit point); after updating it publishes 0. If
+    it dies while the count is non-zero, `restore_journal` puts the old values back and the
+    batch's requests are simply run again by its replacement: requests are a pure function of
+    (seed, task, request number), so the checksums come out the same.
+    """
+
+    def __init__(self, ctl: Control, node: int) -> None:
+        self.entries = ctl.journal[node]
+        self.counts = ctl.nodes["journal"]
+        self.node = node
+
+    def begin(self, tasks: np.ndarray, owned: np.ndarray) -> None:
+        e = self.entries[: len(owned)]
+        e["task"] = owned
+        e["done"] = tasks["done"][owned]
+        e["budget"] = tasks["budget"][owned]
+        e["checksum"] = tasks["checksum"][owned]
+        self.counts[self.node] = len(owned)
+
+    def end(self) -> None:
+        self.counts[self.node] = 0
+
+
+def restore_journal(ctl: Control, node: int) -> int:
+    """Coordinator, once `node` is dead: undo its batch in flight, if any; return the task slots
+    restored."""
+    k = int(ctl.nodes["journal"][node])
+    if k:
+        e = ctl.journal[node, :k]
+        for field in ("done", "budget", "checksum"):
+            ctl.tasks[field][e["task"]] = e[field]
+        ctl.nodes["journal"][node] = 0
+    return k
+
+
+def run_batch(engine: NodeEngine, tasks: np.ndarray, owned: np.ndarray, cfg_seed: int, migrate_rate: float, journal: TaskJournal | None = None) -> tuple[float, list[tuple[int, int]]]:
     """Run one batch: a few requests of each owned task. Updates the task slots (done, budget,
-    checksum) and returns (emulated ns, [(task, destination) for tasks that migrate])."""
+    checksum), under `journal` if given, and returns (emulated ns, [(task, destination) for
+    tasks that migrate])."""
     wl = engine.workload
     per_task = max(1, int(BATCH_FETCHES // (float(wl.lengths.mean()) * len(owned))))
     owned = np.asarray(owned, dtype=np.int64)
@@ -84,37 +148,103 @@ def run_batch(engine: NodeEngine, tasks: np.ndarray, owned: np.ndarray, cfg_seed
     some = ks > 0
     if len(result.checksums):
         sums[some] = np.add.reduceat(result.checksums, (np.cumsum(ks) - ks)[some])
+    if journal is not None:
+        journal.begin(tasks, owned)
     tasks["checksum"][owned] += sums
     tasks["done"][owned] += ks
     tasks["budget"][owned] = np.where(budget > 0, budget - ks, budget)
+    if journal is not None:
+        journal.end()
     moves = [(int(t), p.migrate_to) for t, p in zip(owned, plans) if p.migrate_to >= 0]
     return result.emulated_ns, moves
 
 
 class NodeContext:
     """What the generic node shell hands to a node body: the control block, the segments it
-    attached, and `phase` to record where the node is."""
+    attached, `phase` to record where the node is, `poll` to call from every loop, and the
+    fault hook (`fault.reached(point)`, a test hook, see faults.py)."""
 
-    def __init__(self, cfg, ctl: Control, segs: list[Segment], set_phase: Callable[[str], None]) -> None:
+    def __init__(self, cfg, ctl: Control, segs: list[Segment], set_phase: Callable[[str], None], launch: Launch | None = None, fault: FaultHook | None = None) -> None:
         self.cfg = cfg
         self.ctl = ctl
         self.segs = segs
         self.phase = set_phase
+        self.launch = launch or Launch()
+        self.fault = fault or FaultHook(None, cfg.node)
+        self.parkable = False  # set by a body that can park in place for a recovery (stress)
+        self.on_resume: list[Callable[[], None]] = []  # run after a recovery, before going on
+        self.parks = 0
+        self._next_check = 0
+        self._next_coordinator_check = 0
+        self._where: memoryview | None = None
+        self._where_at = 0
 
     def attach(self, name: str) -> Segment:
         seg = Segment.attach(name)
         self.segs.append(seg)
         return seg
 
+    def poll(self) -> None:
+        """`check_alive`, at most every ALIVE_CHECK_NS: call it from every loop, busy or not."""
+        if time.perf_counter_ns() >= self._next_check:
+            self.check_alive()
+
     def check_alive(self) -> None:
-        _check_alive(self.ctl, self.cfg)
+        """Raise `Aborted` if the coordinator aborted the run or is gone; park for a recovery."""
+        state = self.ctl.get("state")
+        if state == STATE_ABORT:
+            raise Aborted("the coordinator aborted the run")
+        if state == STATE_RECOVER and self.parkable:
+            self.park()
+        _check_coordinator(self.cfg)
+        self._next_check = time.perf_counter_ns() + ALIVE_CHECK_NS
+
+    def _coordinator_alive(self) -> None:
+        """The coordinator check alone, time-gated (for loops that read the state themselves)."""
+        now = time.perf_counter_ns()
+        if now >= self._next_coordinator_check:
+            _check_coordinator(self.cfg)
+            self._next_coordinator_check = now + ALIVE_CHECK_NS
+
+    def park(self) -> None:
+        """Stay here, inside whatever this node was doing, until the coordinator has replaced a
+        dead node (STATE_RECOVER back to STATE_RUN); then resynchronise (`on_resume`).
+
+        The coordinator repairs the shared state only once every live node is parked, so
+        nothing moves under it: the kernel's CPU hotplug likewise parks every other CPU in its
+        stopper thread (take_cpu_down runs under stop_machine, kernel/cpu.c) and keeps text
+        patching out with cpus_write_lock() while a CPU comes up."""
+        ctl, node = self.ctl, self.cfg.node
+        while (state := ctl.get("state")) == STATE_RECOVER:
+            ctl.nodes["parked"][node] = ctl.get("recover_gen")  # again if a second recovery began
+            self._coordinator_alive()
+            time.sleep(PARK_SLEEP_S)
+        if state == STATE_ABORT:
+            raise Aborted("the coordinator aborted the run")
+        self.parks += 1
+        for fn in self.on_resume:
+            fn()
+
+    def mark(self, where: int) -> int:
+        """Record what this node is inside of (a WHERE index); return the previous mark. Called
+        around every sync, rendezvous and INT3 handler: a memoryview store (~50 ns), not numpy."""
+        if self._where is None:
+            words = NODE_SLOT.itemsize // 4
+            self._where = memoryview(self.ctl.nodes.view(np.uint32)).cast("B").cast("I")
+            self._where_at = self.cfg.node * words + NODE_SLOT.fields["where"][1] // 4
+        prev = self._where[self._where_at]
+        self._where[self._where_at] = where
+        return prev
 
     def wait_start(self, pacer: Pacer) -> tuple[int, int]:
-        """Phase ``ready``: wait for the start signal; return (start_ns, end_ns) once it is time."""
+        """Phase ``ready``: wait for the start signal; return (start_ns, end_ns) once it is time.
+        A replacement node (--recover) waits here while the others are parked."""
         self.phase("ready")
         deadline = time.monotonic() + SETUP_TIMEOUT_S
         while self.ctl.get("state") != STATE_RUN:
-            self.check_alive()
+            if self.ctl.get("state") == STATE_ABORT:
+                raise Aborted("the coordinator aborted the run")
+            self._coordinator_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no start signal within {SETUP_TIMEOUT_S:.0f} s")
             time.sleep(1e-3)
@@ -123,29 +253,41 @@ class NodeContext:
         return start_ns, end_ns
 
 
-def node_shell(cfg, conn: Connection, body: Callable[[NodeContext], dict]) -> None:
+def node_shell(cfg, conn: Connection, body: Callable[[NodeContext], dict], launch: Launch | None = None) -> None:
     """Run `body` as node ``cfg.node``: attach the control block, record phases, send the
     body's report, or the error with the phase it happened in, and always detach."""
     segs: list[Segment] = []
     ctl: Control | None = None
     phase = "attach"
+    launch = launch or Launch()
+
+    def record_fault(ns: int) -> None:
+        if ctl is not None:
+            ctl.nodes["fault_ns"][cfg.node] = ns
+
+    fault = FaultHook(launch.fault, cfg.node, record_fault)
 
     def set_phase(name: str) -> None:
         nonlocal phase
         phase = name
         if ctl is not None:
             ctl.nodes["phase"][cfg.node] = PHASES.index(name)
+            ctl.nodes["where"][cfg.node] = 0
+        fault.reached(name)
 
-    # Ctrl-C reaches the whole process group; the coordinator alone decides how to stop
-    # (it sets STATE_ABORT), so a node never dies half-way through on its own.
+    # Ctrl-C (and a SIGTERM to the process group) reaches every process; the coordinator alone
+    # decides how to stop (it sets STATE_ABORT and collects what the nodes have), so a node never
+    # dies half-way through on its own. Under fork the coordinator's handlers were inherited.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    fault.reached("spawn")
     try:
         ctl_seg = Segment.attach(cfg.ctl_name)
         segs.append(ctl_seg)
         ctl = Control(ctl_seg, cfg.n_nodes, cfg.n_tasks)
         ctl.nodes["pid"][cfg.node] = os.getpid()
         set_phase("attach")
-        report = body(NodeContext(cfg, ctl, segs, set_phase))
+        report = body(NodeContext(cfg, ctl, segs, set_phase, launch, fault))
         set_phase("report")
         conn.send(report)
         set_phase("done")
@@ -173,8 +315,8 @@ def fill_partition(mem: np.ndarray, master: np.ndarray, layout: MemoryLayout, no
     user[:] = np.random.default_rng([seed, node, 0x64617461]).integers(0, 256, len(user), dtype=np.uint8)
 
 
-def worker_main(cfg: WorkerConfig, conn: Connection) -> None:
-    node_shell(cfg, conn, _run_body)
+def worker_main(cfg: WorkerConfig, conn: Connection, launch: Launch | None = None) -> None:
+    node_shell(cfg, conn, _run_body, launch)
 
 
 def _run_body(nc: NodeContext) -> dict:
@@ -207,15 +349,20 @@ def _run_body(nc: NodeContext) -> dict:
     engine.prepare()
     # --delays none: batches are not held to their emulated time, so the wall clock measures
     # this host's own memory (on a real NUMA host, remote frames are really remote).
-    pacer = Unpaced(shared_core=cfg.shared_core, oversleep_ns=cfg.oversleep_ns) if cfg.delays == "none" else Pacer(cfg.scale, cfg.shared_core, cfg.oversleep_ns)
+    pacer = Unpaced(shared_core=cfg.shared_core, oversleep_ns=cfg.oversleep_ns) if cfg.delays == "none" else Pacer(cfg.scale, cfg.shared_core, cfg.oversleep_ns, tick=nc.poll)
     start_ns, end_ns = nc.wait_start(pacer)
+    if nc.launch.incarnation:
+        # A replacement (--recover) joins a run already under way: its own time starts now.
+        start_ns = max(start_ns, time.perf_counter_ns())
 
     nc.phase("run")
     tasks = ctl.tasks
+    journal = TaskJournal(ctl, cfg.node)
     busy_ns = 0
     finish_ns = start_ns
     batches = 0
     while True:
+        nc.poll()
         now = time.perf_counter_ns()
         if end_ns and now >= end_ns:
             break
@@ -223,10 +370,10 @@ def _run_body(nc: NodeContext) -> dict:
         if len(owned) == 0:
             if not end_ns and not np.any(tasks["budget"] != 0):
                 break  # request mode: every task is done
-            nc.check_alive()
             time.sleep(IDLE_SLEEP_S)
             continue
-        emulated, moves = run_batch(engine, tasks, owned, cfg.seed, cfg.migrate_rate)
+        nc.fault.reached("run")
+        emulated, moves = run_batch(engine, tasks, owned, cfg.seed, cfg.migrate_rate, journal)
         finish_ns = pacer.pace(now, emulated)
         busy_ns += finish_ns - now
         for t, preferred in moves:  # hand over only once the request's paced time is over
@@ -238,13 +385,12 @@ def _run_body(nc: NodeContext) -> dict:
         batches += 1
         ctl.nodes["requests"][cfg.node] = engine.counters.requests
         ctl.nodes["heartbeat_ns"][cfg.node] = finish_ns
-        if batches % 64 == 0:
-            nc.check_alive()
 
     c = engine.counters
     return {
         "node": cfg.node,
         "pid": os.getpid(),
+        "incarnation": nc.launch.incarnation,
         "cpus": list(cpus),
         "wall_s": (finish_ns - start_ns) / 1e9,
         "busy_s": busy_ns / 1e9,
@@ -263,16 +409,28 @@ def _run_body(nc: NodeContext) -> dict:
     }
 
 
-class _Aborted(Exception):
-    pass
+class Aborted(Exception):
+    """The coordinator aborted the run (or died): stop, report what there is, exit."""
 
 
-def _check_alive(ctl: Control, cfg) -> None:
-    if ctl.get("state") == STATE_ABORT:
-        raise _Aborted("the coordinator aborted the run")
+def _check_coordinator(cfg) -> None:
     # Under forkserver the parent is the fork server, not the coordinator: ask about the
     # coordinator's pid itself (signal 0 only checks that it exists).
     try:
         os.kill(cfg.coordinator_pid, 0)
     except ProcessLookupError:
-        raise _Aborted("the coordinator is gone") from None
+        raise Aborted("the coordinator is gone") from None
+    if _zombie(cfg.coordinator_pid):
+        # Dead, not yet reaped by whoever started it (a script still reading its output, which
+        # this node's inherited stdout keeps open: each would wait for the other).
+        raise Aborted("the coordinator is gone")
+
+
+def _zombie(pid: int) -> bool:
+    """Whether `pid` has exited but not been reaped (state Z or X in /proc; False if unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")

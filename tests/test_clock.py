@@ -194,3 +194,19 @@ def test_oversleep_is_the_90th_percentile_of_pacer_length_sleeps() -> None:
     assert measure_oversleep_ns(20, clock=fake.clock, sleep=sleep) == 180_000
     assert fake.sleeps == [OVERSLEEP_PROBE_NS] * 20
     assert measure_oversleep_ns(1, clock=FakeClock(tick=0).clock, sleep=lambda s: None) == 0
+
+
+def test_a_long_wait_ticks_so_a_stop_is_noticed() -> None:
+    # A batch held for a second (a large --time-scale) sleeps in chunks of at most tick_ns and
+    # calls `tick` (the worker's abort check) between them; it still ends on its deadline.
+    fake = FakeClock(now=0, tick=1000, oversleep=80_000)
+    ticks: list[int] = []
+    pacer = Pacer(1.0, False, 100_000, clock=fake.clock, sleep=fake.sleep, yield_cpu=fake.yield_cpu,
+                  tick=lambda: ticks.append(fake.now), tick_ns=20_000_000)
+    end = pacer.wait_until(1_000_000_000)
+    assert 1_000_000_000 <= end < 1_000_000_000 + 5_000
+    assert 45 <= len(ticks) <= 50 and max(fake.sleeps) <= 20_000_000
+    assert all(b - a <= 21_000_000 for a, b in zip([0, *ticks], ticks))
+    short = FakeClock(now=0)
+    Pacer(1.0, False, 100_000, clock=short.clock, sleep=short.sleep, tick=lambda: ticks.append(-1)).wait_until(15_000_000)
+    assert len(short.sleeps) == 1 and ticks[-1] != -1  # a batch's usual wait: one sleep, no tick

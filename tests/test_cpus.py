@@ -65,6 +65,8 @@ def test_format_cpu_list(cpus, text: str) -> None:
         ("1-2-3", r"^'1-2-3' is not a CPU number or range such as 0-3$"),
         ("3-1", r"^'3-1' is not a CPU range: need 0 <= first <= last$"),
         ("0-2,7-5", r"^'7-5' is not a CPU range: need 0 <= first <= last$"),
+        ("0-99999999999", r"^'0-99999999999': CPU numbers go up to 8191"),  # not a 10^11-CPU set
+        ("8192", r"^'8192': CPU numbers go up to 8191"),
     ],
 )
 def test_parse_cpu_list_errors(text: str, message: str) -> None:

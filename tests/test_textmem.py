@@ -210,7 +210,7 @@ def state(seg):
 
 
 def test_segment_size() -> None:
-    size = 128 + 64 * N_NODES
+    size = 128 + 128 * N_NODES
     size += 8 * N_SITES  # site_seq
     size += N_SITES  # site_state
     size = -(-size // 8) * 8 + N_SITES  # site_live
@@ -218,6 +218,9 @@ def test_segment_size() -> None:
     size += MAX_BATCH * 8 * 2 + MAX_BATCH * 8  # desc
     size += N_TASKS
     size = -(-size // 8) * 8 + 64 * (8 + 8 + 8 + 8)
+    size += 8 * 6  # lock_owner
+    size += N_NODES * N_SITES  # pend
+    size = -(-size // 8) * 8 + 8 * N_NODES * 8  # key_refs
     assert text_segment_size(N_NODES, N_SITES, N_KEYS, N_TASKS) == size
 
 

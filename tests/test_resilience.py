@@ -1,0 +1,349 @@
+"""Nothing hangs, nothing leaks, no patch is lost: node deaths at every phase (the NUMAEMU_FAULT
+test hook: the worker really SIGKILLs itself), ``--recover``, ``stress --kill-workers``, a dead
+coordinator, and Ctrl-C / SIGTERM. End to end, through the CLI; marked slow (CI runs them).
+
+Each run is short (a 5% image, a second or less) and every test checks the exit code, the one
+error line naming node, pid and phase, what the JSON kept, the time taken, and (`no_leaks`) that
+no segment and no process is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from numaemu.memory import SHM_DIR, list_segments
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+SMALL = ("--image-scale", "0.05")
+RUN = ("run", *SMALL, "--policy", "single", "--duration", "0.5", "--time-scale", "1")
+STRESS = ("stress", *SMALL, "--duration", "1", "--source", "mixed")
+LIMIT_S = 10.0  # a failing run ends within this, start-up included
+
+
+def cli(*args: str, fault: str | None = None, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NUMAEMU_FAULT", None)
+    if fault:
+        env["NUMAEMU_FAULT"] = fault
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "numaemu", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return proc, time.monotonic() - t0
+
+
+def popen(*args: str, fault: str | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NUMAEMU_FAULT", None)
+    if fault:
+        env["NUMAEMU_FAULT"] = fault
+    return subprocess.Popen([sys.executable, "-m", "numaemu", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def error_line(proc: subprocess.CompletedProcess, node: int, phase: str, where: str = "") -> int:
+    """The run ends with exactly one error line naming the node, its pid and the phase; return the pid."""
+    lines = proc.stderr.strip().splitlines()
+    assert lines, proc.stdout
+    assert sum(line.startswith("error: ") for line in lines) == 1, proc.stderr
+    inside = f" \\({re.escape(where)}\\)" if where else ""
+    m = re.fullmatch(rf"error: node {node} \(pid (\d+)\) failed in phase '{phase}'{inside}: process killed by SIGKILL", lines[-1])
+    assert m, lines[-1]
+    return int(m.group(1))
+
+
+def gone(pids) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+# -- a node dies, no --recover: exit 3, one line, partial results, nothing left -----------------
+
+
+@pytest.mark.parametrize("point", ["spawn", "attach", "fill", "ready", "run", "report"])
+def test_run_node_killed_at(no_leaks, tmp_path, point):
+    out = tmp_path / "r.json"
+    proc, took = cli(*RUN, "--json", str(out), fault=f"1:{point}")
+    assert proc.returncode == 3, proc.stderr
+    pid = error_line(proc, 1, point)
+    assert took < LIMIT_S and gone([pid])
+    doc = json.loads(out.read_text())
+    assert doc["results"] == [] and doc["interrupted"] is False
+    failure = doc["failure"]
+    assert (failure["node"], failure["pid"], failure["phase"]) == (1, pid, point)
+    if point != "spawn":  # the hook records the moment of death once the control block is attached
+        assert failure["detected_after_s"] is not None and failure["detected_after_s"] < 1.0
+
+
+def test_run_keeps_the_policies_that_completed(no_leaks, tmp_path):
+    out = tmp_path / "r.json"
+    # Node 0 dies at its 10th batch of the second policy (the second set of node processes).
+    proc, took = cli("run", *SMALL, "--duration", "0.5", "--time-scale", "1", "--policy", "single,replicate", "--verify",
+                     "--json", str(out), fault="0:run:10:2")
+    assert proc.returncode == 3, proc.stderr
+    error_line(proc, 0, "run")
+    assert "1 of 2 policies completed" in proc.stdout and f"wrote {out}" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert [r["policy"] for r in doc["results"]] == ["single"] and doc["results"][0]["verified"]
+    assert doc["failure"]["phase"] == "run" and took < LIMIT_S
+
+
+def test_bench_keeps_the_points_that_completed(no_leaks, tmp_path):
+    out = tmp_path / "b.json"
+    # One run per point: the second set of node processes is the second point's.
+    proc, took = cli("bench", *SMALL, "--topology", "2s-xeon,4", "--duration", "0.3", "--repeat", "1", "--warmup", "0",
+                     "--policy", "single", "--time-scale", "1", "--no-progress", "--json", str(out), fault="1:run:5:2")
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: node 1 \(pid \d+\) failed in phase 'run': process killed by SIGKILL \(at 4 .+, repetition 1\)", last), last
+    doc = json.loads(out.read_text())
+    assert [p["point"]["topology"] for p in doc["points"]] == ["2s-xeon"] and doc["failure"]["node"] == 1
+    assert "stopped early: 1 of 2 points completed" in proc.stdout and took < 2 * LIMIT_S
+
+
+STRESS_POINTS = [
+    ("spawn", "spawn", "", ()),
+    ("attach", "attach", "", ()),
+    ("fill", "fill", "", ()),
+    ("ready", "ready", "", ()),
+    ("run", "run", "", ()),
+    ("stop_machine", "run", "inside a stop_machine rendezvous", ("--protocol", "stop_machine")),
+    ("int3_sync", "run", "inside a text_poke_bp sync", ()),
+    ("report", "report", "", ()),
+]
+
+
+@pytest.mark.parametrize(("point", "phase", "where", "extra"), STRESS_POINTS, ids=[p[0] for p in STRESS_POINTS])
+def test_stress_node_killed_at(no_leaks, tmp_path, point, phase, where, extra):
+    out = tmp_path / "s.json"
+    proc, took = cli(*STRESS, *extra, "--json", str(out), fault=f"1:{point}")
+    assert proc.returncode == 3, proc.stderr
+    pid = error_line(proc, 1, phase, where)
+    assert took < LIMIT_S and gone([pid])
+    doc = json.loads(out.read_text())
+    failure = doc["failure"]
+    assert (failure["node"], failure["pid"], failure["phase"], failure["where"]) == (1, pid, phase, where or None)
+    assert doc["ok"] is False and "STOPPED (a node failed)" in proc.stdout
+    if phase in ("run", "report"):
+        # The survivor's report and the comparisons of every copy with the master are kept.
+        assert [r["node"] for r in doc["per_node"]] == [0] and doc["executions_checked"] > 0
+        assert isinstance(doc["replicas_identical"], bool) and failure["detected_after_s"] < 1.0
+    elif phase != "ready":  # (a node killed on entering 'ready' may be noticed just after the start)
+        assert doc["per_node"] == [] and doc["replicas_identical"] is None
+
+
+# -- --recover ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fault", "phase"), [("1:run:20", "run"), ("0:fill", "fill"), ("1:report", "report")])
+def test_run_recover_replaces_the_node_and_verifies(no_leaks, tmp_path, fault, phase):
+    out = tmp_path / "r.json"
+    proc, _ = cli("run", *SMALL, "--policy", "single", "--duration", "1", "--time-scale", "1", "--recover", "--verify",
+                  "--migrate-rate", "0.05", "--json", str(out), fault=fault)
+    assert proc.returncode == 0, proc.stderr
+    assert "verify: every task read the master's bytes" in proc.stdout and "recovered (single): node" in proc.stdout
+    rec = json.loads(out.read_text())["results"][0]
+    assert rec["verified"] and len(rec["recoveries"]) == 1
+    r = rec["recoveries"][0]
+    assert r["node"] == int(fault[0]) and r["phase"] == phase and r["old_pid"] != r["new_pid"] and gone([r["old_pid"]])
+    assert {n["pid"] for n in rec["per_node"]} >= {r["new_pid"]}
+
+
+@pytest.mark.parametrize(("fault", "extra", "where"), [
+    ("1:int3_sync", (), "inside a text_poke_bp sync"),
+    ("0:int3_sync:4", ("--source", "static_keys"), "inside a text_poke_bp sync"),
+    ("1:stop_machine:3", ("--protocol", "stop_machine"), "inside a stop_machine rendezvous"),
+    ("0:run:200", ("--arch", "arm64"), None),
+    ("1:report", (), None),
+], ids=["int3_sync", "int3_sync-static_keys", "stop_machine", "run-arm64", "report"])
+def test_stress_recover_finishes_the_dead_nodes_patch(no_leaks, tmp_path, fault, extra, where):
+    out = tmp_path / "s.json"
+    proc, _ = cli(*STRESS[:-2], "--source", "mixed", *extra, "--recover", "--json", str(out), fault=fault)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["ok"] and doc["violations"] == 0 and doc["replicas_identical"] is True and doc["failure"] is None
+    (r,) = doc["recoveries"]
+    assert r["where"] == where and r["repair"]["copies_equal_master"] and gone([r["old_pid"]])
+    if where == "inside a text_poke_bp sync":  # the patcher died mid-patch: its patch was finished for it
+        assert r["repair"]["sites_rolled_forward"] > 0 and "text_mutex" in r["repair"]["locks_released"]
+    if where == "inside a stop_machine rendezvous":  # counted in, then died: the round was completed
+        assert "stop_machine_round_completed" in r["repair"] or r["repair"].get("sites_rolled_forward")
+    assert "OK: nothing violated (1 node(s) recovered" in proc.stdout
+
+
+def test_kill_workers_with_recover_loses_no_patch(no_leaks, tmp_path):
+    """The issue's done-when: random SIGKILLs at 1/s for 6 s, every one recovered, every copy equal
+    to the master, nothing violated, nothing left."""
+    out = tmp_path / "s.json"
+    proc, _ = cli("stress", *SMALL, "--recover", "--kill-workers", "1", "--duration", "6", "--source", "mixed", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["ok"] and doc["violations"] == 0 and doc["replicas_identical"] is True
+    assert len(doc["kills"]) >= 1 and len(doc["recoveries"]) == len(doc["kills"])
+    assert all(r["repair"]["copies_equal_master"] and r["detected_after_s"] < 1.0 for r in doc["recoveries"])
+    assert all("(--kill-workers)" in r["detail"] for r in doc["recoveries"])
+    assert gone([r["old_pid"] for r in doc["recoveries"]])
+    assert proc.stdout.count("recovered: node") == len(doc["recoveries"])
+
+
+def test_kill_workers_without_recover_ends_the_run(no_leaks, tmp_path):
+    out = tmp_path / "s.json"
+    proc, took = cli("stress", *SMALL, "--kill-workers", "5", "--duration", "5", "--json", str(out))
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: node \d \(pid \d+\) failed in phase 'run'( \(.+\))?: process killed by SIGKILL \(--kill-workers\)", last), last
+    doc = json.loads(out.read_text())
+    assert len(doc["kills"]) == 1 and doc["failure"]["detected_after_s"] < 1.0 and took < LIMIT_S
+
+
+# -- the coordinator dies: the nodes leave, the next start removes the segments ----------------
+
+
+@pytest.mark.parametrize("command", [RUN[:-4] + ("--duration", "60", "--time-scale", "1"), ("stress", *SMALL, "--duration", "60")], ids=["run", "stress"])
+def test_a_killed_coordinator_is_cleaned_up_after(no_leaks, tmp_path, command):
+    proc = popen(*command, "--json", str(tmp_path / "x.json"))
+    mine = f"numaemu-{proc.pid}-"
+    deadline = time.monotonic() + 60
+    while len([n for n in list_segments() if n.startswith(mine)]) < 3 or len(psutil.Process(proc.pid).children()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    nodes = [p.pid for p in psutil.Process(proc.pid).children()]
+    t0 = time.monotonic()
+    proc.kill()
+    proc.communicate()  # reaped: its pid is free, as after a shell reaps it
+    while not gone(nodes) and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
+    left_after = time.monotonic() - t0
+    assert gone(nodes) and left_after < 2.0, f"nodes still running {left_after:.2f} s after the coordinator died"
+    stale = sorted(n for n in list_segments() if n.startswith(mine))
+    assert stale, "the dead run's segments should still be there"
+    again, _ = cli(*RUN, "--json", str(tmp_path / "y.json"))
+    assert again.returncode == 0, again.stderr
+    assert f"removed {len(stale)} shared-memory segment(s) left by dead numaemu runs: {', '.join(stale)}" in again.stdout
+    assert not [n for n in list_segments() if n.startswith(mine)]
+
+
+@pytest.mark.parametrize("command", [
+    RUN,
+    ("stress", *SMALL, "--duration", "0.3"),
+    ("bench", *SMALL, "--duration", "0.3", "--repeat", "1", "--warmup", "0", "--policy", "single", "--time-scale", "1"),
+], ids=["run", "stress", "bench"])
+def test_every_runner_removes_dead_runs_segments_and_says_so(no_leaks, tmp_path, command):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    name = f"numaemu-{dead.pid}-0badc0de-ctl"
+    (SHM_DIR / name).write_bytes(b"x" * 64)
+    try:
+        proc, _ = cli(*command, "--json", str(tmp_path / "o.json"))
+        assert proc.returncode == 0, proc.stderr
+        said = [line for line in proc.stdout.splitlines() if line.startswith("removed ")]
+        assert said and re.fullmatch(r"removed \d+ shared-memory segment\(s\) left by dead numaemu runs: .+", said[0])
+        assert name in said[0].split(": ", 1)[1].split(", ")
+        assert not (SHM_DIR / name).exists()
+    finally:
+        (SHM_DIR / name).unlink(missing_ok=True)
+
+
+# -- Ctrl-C and SIGTERM --------------------------------------------------------------------
+
+
+def _started(proc: subprocess.Popen, nodes: int = 2) -> list[int]:
+    mine = f"numaemu-{proc.pid}-"
+    deadline = time.monotonic() + 60
+    while not any(n.startswith(mine) for n in list_segments()) or len(psutil.Process(proc.pid).children()) < nodes:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # let the nodes get going
+    return [p.pid for p in psutil.Process(proc.pid).children()]
+
+
+def _interrupted(proc: subprocess.Popen, sig: int, pids: list[int]) -> tuple[str, str, float]:
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted; every node stopped and every segment removed"
+    assert not any(n.startswith(f"numaemu-{proc.pid}-") for n in list_segments())
+    assert gone(pids)
+    return out, err, took
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stress_interrupt_keeps_what_the_nodes_saw(no_leaks, tmp_path, sig):
+    out_json = tmp_path / "s.json"
+    proc = popen("stress", *SMALL, "--duration", "60", "--source", "mixed", "--json", str(out_json))
+    pids = _started(proc)
+    out, _, took = _interrupted(proc, sig, pids)
+    assert took < 1.0, f"stopped in {took:.2f} s"
+    doc = json.loads(out_json.read_text())
+    assert doc["interrupted"] is True and doc["ok"] is False and doc["failure"] is None
+    assert len(doc["per_node"]) == 2 and all(r["aborted"] for r in doc["per_node"]) and doc["executions_checked"] > 0
+    assert isinstance(doc["replicas_identical"], bool) and "STOPPED (interrupted)" in out
+
+
+def test_bench_interrupt_keeps_the_points_completed(no_leaks, tmp_path):
+    out_json = tmp_path / "b.json"
+    with popen("bench", *SMALL, "--topology", "2s-xeon,4", "--duration", "0.3", "--repeat", "4", "--warmup", "0",
+               "--policy", "single", "--time-scale", "1", "--no-progress", "--json", str(out_json)) as proc:
+        _bench_interrupted(proc, out_json)
+
+
+def _bench_interrupted(proc: subprocess.Popen, out_json: Path) -> None:
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not any(" repetitions, " in line for line in lines):  # the first point is done
+        assert proc.poll() is None and time.monotonic() < deadline, "no point completed"
+        time.sleep(0.02)
+    pids = [p.pid for p in psutil.Process(proc.pid).children()]
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    took = time.monotonic() - t0
+    reader.join(5)
+    err = proc.stderr.read()
+    assert proc.returncode == 130, err
+    assert took < 1.0, f"stopped in {took:.2f} s"
+    doc = json.loads(out_json.read_text())
+    assert doc["interrupted"] is True and [p["point"]["topology"] for p in doc["points"]] == ["2s-xeon"]
+    assert gone(pids) and not any(n.startswith(f"numaemu-{proc.pid}-") for n in list_segments())
+
+
+def test_a_second_ctrl_c_forces_the_stop(no_leaks, tmp_path):
+    # Node 1 hangs (SIGSTOP, the test hook's 'stop'), so the first Ctrl-C's orderly stop waits on
+    # it; the second SIGKILLs every node at once.
+    out_json = tmp_path / "r.json"
+    proc = popen(*RUN[:-4], "--duration", "60", "--time-scale", "1", "--json", str(out_json), fault="1:run:1:1:stop")
+    pids = _started(proc)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the first Ctrl-C should still be waiting for the stopped node"
+    _, _, took = _interrupted(proc, signal.SIGINT, pids)
+    assert took < 1.0 and time.monotonic() - t0 < 2.0
+    assert json.loads(out_json.read_text())["interrupted"] is True
+
+
+def test_fault_hook_documented_and_refused_when_malformed(tmp_path):
+    proc, _ = cli(*RUN, "--json", str(tmp_path / "r.json"), fault="1:nowhere")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: NUMAEMU_FAULT: '1:nowhere': point 'nowhere' is not one of spawn, attach, fill, ready, run, stop_machine, int3_sync, report"
+    assert "NUMAEMU_FAULT" in Path(ROOT, "README.md").read_text()
