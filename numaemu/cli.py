@@ -42,6 +42,8 @@ from .bench import (
     split_topologies,
     write_csv,
 )
+from .cluster import ClusterSession, ClusterSweep, parse_address
+from .cluster import check_available as check_cluster_available
 from .cpus import format_cpu_list, host_cpus
 from .errors import NodeFailure, UsageError
 from .fit import SegmentNeed, check_fit, check_node_memory, free_space, run_needs, stress_need
@@ -305,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", dest="csv_path", metavar="PATH", help="also write one CSV row per point and policy")
     p.add_argument("--plot", dest="plot_path", metavar="FILE.png", help="draw speedups with their intervals and per-node times (needs the 'plot' extra: matplotlib)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--cluster", metavar="ADDRESS", help="run each repetition as a task on the Dask scheduler at ADDRESS (tcp://HOST:PORT), or on a LocalCluster here ('local'); needs the 'cluster' extra")
 
     p = sub.add_parser("plot", help="draw a bench result's figure again, from its JSON (needs the 'plot' extra)")
     p.add_argument("bench_json", metavar="BENCH.json")
@@ -763,7 +766,9 @@ def _comma_list(text: str, param: str, choices: Sequence[str] | None = None) -> 
     return items
 
 
-def _bench_experiment(args: argparse.Namespace) -> Experiment:
+def _bench_experiment(args: argparse.Namespace, cluster: str | None = None) -> Experiment:
+    """The experiment `args` describe, checked: names, numbers, files, and (unless the sweep
+    runs on other hosts: `cluster` an address) that its largest point fits on this host."""
     from_file = read_experiment_file(args.experiment) if args.experiment else {}
 
     def raw(name: str) -> tuple[str | None, str]:
@@ -784,6 +789,8 @@ def _bench_experiment(args: argparse.Namespace) -> Experiment:
             raise UsageError(param, str(exc)) from None
 
     lists = {name: _comma_list(*raw(name), BENCH_LISTS.get(name)) for name in ("topology", *BENCH_LISTS)}
+    if cluster is not None and "host" in lists["topology"]:
+        raise UsageError("--cluster", "cannot sweep --topology host: each host would emulate its own machine, so a point would differ from host to host; name a preset, a spec or a file")
     policies = lists.pop("policy")
     if "single" not in policies:
         policies.insert(0, "single")  # the baseline of every speedup
@@ -825,22 +832,30 @@ def _bench_experiment(args: argparse.Namespace) -> Experiment:
     override = parse_host_cpus(exp.host_cpus) if exp.host_cpus is not None else None
     # And that the largest point fits (the points run one after the other).
     topos = [load_topology(t, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns) for t in lists["topology"]]
+    # Another host's CPUs and memory are its own: each host checks them before its runs
+    # (runner.execute), and one that does not fit fails its runs, naming itself.
+    here = cluster is None or cluster == "local"
     needs: list[SegmentNeed] = []
     for t, topo in zip(lists["topology"], topos):
-        place_on_host(topo, host_cpus(), override)
+        if here:
+            place_on_host(topo, host_cpus(), override)
         for r in lists["replicate"]:
             point = run_needs(topo, image, exp.policies, replicate=r, replicas_every=exp.replicas_every, label=f"{t}, --replicate {r}: " if len(lists["replicate"]) > 1 else f"{t}: ")
             check_node_memory(topo, point)
             needs += point
     _check_replicas_every(exp.replicas_every, topos)
-    check_fit(needs, *free_space())
+    if here:
+        check_fit(needs, *free_space())
     for w in lists["workload"]:
         build_workload(w, image, exp.seed, exp.trace if w == "trace" else None)
     return exp
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    exp = _bench_experiment(args)
+    address = parse_address(args.cluster) if args.cluster is not None else None
+    if address is not None:
+        check_cluster_available()
+    exp = _bench_experiment(args, address)
     json_path = _output_path(args.json_path, "bench")
     csv_path = _output_path(args.csv_path, param="--csv") if args.csv_path else None
     if args.plot_path:
@@ -848,18 +863,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _output_path(args.plot_path, param="--plot")
     log = sys.stderr if json_path == "-" else sys.stdout
     _prune(log)
+    # Connect (or start the LocalCluster) before saying anything: an unreachable scheduler, or one
+    # without workers, is bad input like any other.
+    session = ClusterSession(address, log=lambda text: print(text, file=log, flush=True)) if address is not None else None
+    try:
+        return _bench(args, exp, session, json_path, csv_path, log)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _bench(args: argparse.Namespace, exp: Experiment, session: ClusterSession | None, json_path: str, csv_path: str | None, log) -> int:
+    address = session.address if session is not None else None
     per = f"{exp.duration_s:g} s" if exp.duration_s else f"{exp.requests} requests"
+    where = "in fresh node processes" if address is None else (
+        f"as {exp.repeat * len(exp.points)} tasks (a repetition each; warmups once per host and point) "
+        + ("on a Dask LocalCluster here" if address == "local" else f"on the Dask cluster at {address}")
+    )
     print(
         f"numaemu bench: {len(exp.points)} point(s) x {len(exp.policies)} policies ({', '.join(exp.policies)}), "
-        f"{exp.warmup} warmup + {exp.repeat} repetitions of {per} each: {exp.runs} runs in fresh node processes",
+        f"{exp.warmup} warmup + {exp.repeat} repetitions of {per} each: {exp.runs} runs {where}",
         file=log,
     )
     if exp.delays == "none":
         print(delays_note("none"), file=log)
     if exp.pt_style != "none" or exp.replicas_every > 1:
         print(f"design: page tables {exp.pt_style}" + (f", replicate puts a copy on every {exp.replicas_every}th node" if exp.replicas_every > 1 else ""), file=log)
+    sweep: ClusterSweep | None = None
+
     def document(points: list[dict]) -> dict:
-        return {
+        doc = {
             "schema": SCHEMA,
             "bench_schema": BENCH_SCHEMA,
             "command": "bench",
@@ -869,11 +902,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "points": points,
             "failure": None,  # set when the sweep stopped early (README, Errors): `points` are those completed
             "interrupted": False,
+            # --cluster: runs that failed on their own merits (the sweep went on without them),
+            # and points none of whose repetitions succeeded. A local sweep stops at a failure.
+            "failed_runs": [f.to_json() for f in sweep.ledger.failures] if sweep else [],
+            "failed_points": [p.to_json() for p in sweep.ledger.failed_points] if sweep else [],
         }
+        if sweep is not None:
+            doc["cluster"] = sweep.info()
+        return doc
 
     completed: list[dict] = []
+    say = lambda text: print(text + "\n", file=log, flush=True)  # noqa: E731
     try:
-        points = run_experiment(exp, progress=args.progress, log=lambda text: print(text + "\n", file=log, flush=True), done=completed)
+        if session is None:
+            points = run_experiment(exp, progress=args.progress, log=say, done=completed)
+        else:
+            sweep = ClusterSweep(exp, session, progress=args.progress, log=say)
+            points = sweep.run(done=completed)
     except (NodeFailure, KeyboardInterrupt) as exc:  # keep the points completed so far
         _write_partial(exc, completed, document, json_path, log, lambda doc: f"stopped early: {len(completed)} of {len(exp.points)} points completed")
         raise
@@ -883,9 +928,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if csv_path:
         write_csv(points, csv_path)
         print(f"wrote {csv_path}", file=log)
-    if args.plot_path:
+    if args.plot_path and points:
         plot_bench(points, args.plot_path, exp.settings())
         print(f"wrote {args.plot_path}", file=log)
+    if sweep is not None and sweep.ledger.failures:
+        failed = sweep.ledger.failures
+        print(f"error: {len(failed)} of {len(sweep.tasks)} runs failed (each named above; failed_runs in the JSON): first {failed[0].line()}", file=sys.stderr)
+        return EXIT_NODE_FAILURE
     return 0
 
 

@@ -668,10 +668,15 @@ def prepare_spec(
     pt_style: str = "none",
     replicas_every: int = 1,
     delays: str = "model",
+    calibrated: tuple[float, dict] | None = None,
 ) -> tuple[RunSpec, dict]:
     """A `RunSpec` with its time scale: `time_scale` if given, else calibrated on this host for
     this workload (`calibrate_scale`); also returns the calibration's figures ({} if given).
-    With ``delays="none"`` nothing is paced, so nothing is calibrated ({} too)."""
+    With ``delays="none"`` nothing is paced, so nothing is calibrated ({} too).
+
+    `calibrated`: a (scale, figures) pair `calibrate_scale` already returned on this host for
+    the same point, used as if just measured (``bench --cluster`` calibrates once per host and
+    point, not once per task); its figures include the measured oversleep the pacer needs."""
     if delays not in DELAYS:
         raise UsageError("--delays", f"'{delays}' is not one of {', '.join(DELAYS)}")
     if delays == "none" and time_scale:
@@ -681,6 +686,8 @@ def prepare_spec(
         scale = 1.0  # never used: the workers run unpaced (clock.Unpaced)
     elif time_scale:
         scale = time_scale
+    elif calibrated is not None:
+        scale, cal = calibrated
     else:
         sharing = topology.n_nodes / host.n_cpus_used
         scale, cal = calibrate_scale(image, workload, topology, cold=cold, user_local=user_local, sharing=sharing, seed=seed)

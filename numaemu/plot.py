@@ -79,10 +79,13 @@ def plot_bench(points: list[dict], path: str, settings: dict) -> None:
                 x = base + (j - (n - 1) / 2) * bar_w / n
                 ax2.bar(x, node["us_per_request"]["median"], width=bar_w / n * 0.9, color=color, alpha=0.4 + 0.6 * (j == 0),
                         label=policy if i == 0 and j == 0 else None)
-    ax2.set_xticks(range(len(points)), [_short(s["point"]) for s in points], fontsize=8)
+    # A point run on several hosts has per-node wall times per host only (bench.summarise_runs):
+    # no bars here; its label says where they are.
+    ax2.set_xticks(range(len(points)), [_short(s["point"]) + (f"\n({s['hosts']} hosts: per host in the JSON)" if "per_host" in s else "") for s in points], fontsize=8)
     ax2.set_ylabel("wall us per request (median), one bar per node")
     ax2.set_title("per node: node 0 solid, others lighter")
-    ax2.legend(fontsize=8)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=8)
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
     plt.close(fig)

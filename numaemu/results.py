@@ -19,7 +19,7 @@ from .cpus import format_cpu_list
 from .pagetables import PageTableCost
 from .placement import Placement
 
-__all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "format_run_table", "write_json"]
+__all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "host_id", "host_record", "format_run_table", "write_json"]
 
 SCHEMA = 1
 
@@ -163,6 +163,20 @@ def host_metadata() -> dict:
         "platform": platform.platform(),
         "hostname": platform.node(),
     }
+
+
+def host_id(meta: dict) -> str:
+    """A name for the machine `meta` (`host_metadata`) describes that stays the same from run to
+    run and tells apart hosts a sweep should never mix: two hosts of one name but other CPUs, or
+    one host with other CPUs usable to it (a cpuset), time requests differently."""
+    return f"{meta['hostname']} ({meta['cpu_model']}; CPUs {meta['usable_cpus']})"
+
+
+def host_record() -> dict:
+    """This host's metadata with its `host_id`: what every ``bench`` run record carries, so
+    that speedups are computed from runs on one host only (``bench --cluster``)."""
+    meta = host_metadata()
+    return {"id": host_id(meta), **meta}
 
 
 def _mib(n: int) -> str:

@@ -22,13 +22,20 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as sps
 
 __all__ = ["Summary", "Test", "summarise", "paired_test", "welch_test", "ALPHA", "CONFIDENCE"]
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 4999
+
+
+def _scipy_stats():
+    """scipy.stats, imported when first needed: it takes over a second to import on a small host,
+    which every ``bench --cluster`` task's fresh process (runner) would pay for nothing."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ def summarise(values: Sequence[float], seed: int = 0) -> Summary:
     if len(x) == 0:
         raise ValueError("no values to summarise")
     med = float(np.median(x))
+    sps = _scipy_stats()
     mad = float(sps.median_abs_deviation(x))
     lo = hi = None
     if len(x) >= 2:
@@ -113,7 +121,7 @@ def paired_test(ratios: Sequence[float]) -> Test:
     if np.ptp(logs) == 0:  # no spread: t is infinite, or undefined when exactly 1
         same = bool(np.all(logs == 0))
         return Test("paired t-test on log ratios", 1.0 if same else 0.0, not same, len(x))
-    return _t_test("paired t-test on log ratios", sps.ttest_1samp(logs, 0.0).pvalue, len(x))
+    return _t_test("paired t-test on log ratios", _scipy_stats().ttest_1samp(logs, 0.0).pvalue, len(x))
 
 
 def welch_test(a: Sequence[float], b: Sequence[float]) -> Test:
@@ -126,4 +134,4 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> Test:
     if np.ptp(lx) == 0 and np.ptp(ly) == 0:
         same = bool(lx[0] == ly[0])
         return Test("Welch t-test on logs", 1.0 if same else 0.0, not same, n)
-    return _t_test("Welch t-test on logs", sps.ttest_ind(lx, ly, equal_var=False).pvalue, n)
+    return _t_test("Welch t-test on logs", _scipy_stats().ttest_ind(lx, ly, equal_var=False).pvalue, n)

@@ -18,6 +18,8 @@ import io
 import json
 import os
 import re
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,7 +45,7 @@ def nothing_starts(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("bad input got past validation: a run started")
 
-    for target in ("run_policies", "run_stress", "run_experiment", "prepare_spec"):
+    for target in ("run_policies", "run_stress", "run_experiment", "prepare_spec", "ClusterSession", "ClusterSweep"):
         monkeypatch.setattr(cli, target, started)
     monkeypatch.setattr("numaemu.calibrate.calibrate", started)
     monkeypatch.setattr(cli, "free_space", lambda: (64 * GIB, 64 * GIB))
@@ -677,6 +679,66 @@ BENCH = [
 @table(BENCH)
 def test_bench(capsys, d, argv, expect):
     check(capsys, d, ["bench", *argv], expect)
+
+
+# bench --cluster: the address, checked before anything else; the extra; what each host reads
+CLUSTER_WHERE = "give tcp://HOST:PORT (dask scheduler listens on 8786) or local"
+CLUSTER = [
+    (["--cluster", ""], "--cluster: is empty; give the scheduler's address, tcp://HOST:PORT (dask scheduler listens on 8786), or local"),
+    (["--cluster", " "], "--cluster: is empty"),
+    (["--cluster", "tcp://sched"], f"--cluster: 'tcp://sched' is not a scheduler address: {CLUSTER_WHERE}"),
+    (["--cluster", "sched"], f"--cluster: 'sched' is not a scheduler address: {CLUSTER_WHERE}"),
+    (["--cluster", "http://sched:8786"], f"--cluster: 'http://sched:8786' is not a scheduler address: {CLUSTER_WHERE}"),
+    (["--cluster", "tcp://sched:0"], f"--cluster: 'tcp://sched:0' is not a scheduler address: {CLUSTER_WHERE}"),
+    (["--cluster", "tcp://sched:99999"], f"--cluster: 'tcp://sched:99999' is not a scheduler address: {CLUSTER_WHERE}"),
+    (["--cluster", "tcp://sched:8786/x"], f"--cluster: 'tcp://sched:8786/x' is not a scheduler address: {CLUSTER_WHERE}"),
+    (["--cluster", "local", "--topology", "2s-xeon,host"], "--cluster: cannot sweep --topology host: each host would emulate its own machine"),
+    (["--cluster", "tcp://sched:8786", "--topology", "host"], "--cluster: cannot sweep --topology host"),
+    # the rest of the experiment is checked as without --cluster
+    (["--cluster", "local", "--repeat", "0"], "--repeat: must be a positive integer, got '0'"),
+    (["--cluster", "tcp://sched:8786", "--workload", "trace", "--trace", "{d}/missing.txt"], "--trace: cannot read '{d}/missing.txt'"),
+]
+
+
+@table(CLUSTER)
+def test_bench_cluster(capsys, d, argv, expect):
+    pytest.importorskip("distributed")
+    check(capsys, d, ["bench", *argv], expect)
+
+
+def test_bench_cluster_without_dask_gives_the_install_hint(capsys, d, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed raises ImportError
+    assert check(capsys, d, ["bench", "--cluster", "local"], "--cluster: ") == "--cluster: needs the cluster extra: pip install 'numaemu[cluster]'"
+    # The address is checked first, with or without Dask.
+    assert check(capsys, d, ["bench", "--cluster", "sched"], "--cluster: ").startswith("--cluster: 'sched' is not a scheduler address")
+
+
+def test_bench_cluster_with_no_scheduler_there(capsys, d, monkeypatch):
+    pytest.importorskip("distributed")
+    from numaemu import cluster
+
+    monkeypatch.setattr(cli, "ClusterSession", cluster.ClusterSession)
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    got = check(capsys, d, ["bench", "--cluster", f"tcp://127.0.0.1:{port}"], "--cluster: ")
+    assert got == f"--cluster: no Dask scheduler answered at tcp://127.0.0.1:{port} within 1 s; start one there with `dask scheduler` (it listens on port 8786)"
+
+
+def test_bench_cluster_with_no_worker_that_has_the_resource(capsys, d, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from numaemu import cluster
+
+    monkeypatch.setattr(cli, "ClusterSession", cluster.ClusterSession)
+    monkeypatch.setattr(cluster, "WORKER_WAIT_S", 1.0)
+    # A scheduler, and a worker without the resource (as `dask worker` starts one by default).
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None) as here:
+        got = check(capsys, d, ["bench", "--cluster", here.scheduler_address], "--cluster: ")
+    assert got == (
+        f"--cluster: the scheduler at {here.scheduler_address} has no worker with the numaemu resource (waited 1 s); "
+        f"start one on each host: dask worker {here.scheduler_address} --nworkers 1 --nthreads 1 --resources numaemu=1"
+    )
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""``python -m numaemu.runner PARENT_PID``: one task of a ``bench --cluster`` sweep, in a fresh process.
+
+A Dask worker runs each task (`cluster.run_task`) by starting this module and waiting for it,
+rather than running the emulation in the worker itself, because:
+
+- Dask worker processes are daemonic, and multiprocessing refuses to start children of a
+  daemonic process, while the coordinator starts one per emulated node;
+- Dask runs tasks in threads other than the main one, where no signal handler can be installed,
+  and the coordinator's cleanup on SIGINT/SIGTERM (stop the nodes, unlink every segment) needs one;
+- a crash here (a node's death is handled, but anything else) must not take the worker with it.
+
+Protocol: the `RunRequest` comes pickled on stdin; the `bench.RunOutcome` goes pickled to stdout,
+exit code 0. Anything else this process prints goes to stderr (stdout is pointed there while it
+works). A failure of the task's own (a node died: `NodeFailure`; bad input on this host, such as
+an --image missing here: `UsageError`) is an outcome like any other, with `failure` set, so Dask
+never retries it. SIGTERM or SIGINT stop it as they stop ``numaemu bench``: the nodes are stopped,
+every segment removed, and it exits 130 without an outcome (SIGINT only if it was not ignored when
+this process started: see `main`).
+
+It dies with its parent, the Dask worker: PR_SET_PDEATHSIG sends it SIGTERM when the thread that
+started it exits (prctl(2): the signal follows the parent *thread*; Dask's task thread lives as
+long as the worker, and waits on this process throughout), and a watchdog thread checks that the
+parent is still the one it was started by, in case it died before the prctl. Its node workers exit
+within 20 ms of its own death (worker.py), as they do when ``numaemu bench`` dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from . import __version__
+from .bench import (
+    Experiment,
+    RunFailure,
+    RunOutcome,
+    RunTask,
+    prepare_point,
+    run_repetition,
+    run_warmups,
+)
+from .errors import NodeFailure, UsageError
+from .fit import check_fit, check_node_memory, free_space, run_needs
+from .memory import prune_stale
+from .results import host_id, host_metadata
+from .topology import load_topology
+
+__all__ = ["RunRequest", "execute", "main"]
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 0.5  # the watchdog's period, should the death signal not have been armed in time
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a task's process is asked to do: `task` of `exp`, after `warmups` discarded
+    repetitions of its point (its host's first task of the point), with the time scale this host
+    already calibrated for the point (`calibrated`; None: calibrate now, unless --time-scale)."""
+
+    exp: Experiment
+    task: RunTask
+    warmups: int
+    calibrated: tuple[float, dict] | None
+    version: str = __version__
+
+
+def execute(request: RunRequest) -> RunOutcome:
+    """Run `request` on this host; a failure of its own is returned as the outcome's `failure`."""
+    exp, task = request.exp, request.task
+    host = host_id(host_metadata())
+    if request.version != __version__:
+        return RunOutcome(task, failure=RunFailure(task, host, f"numaemu {__version__} on this host, {request.version} where the sweep was started: install the same version on every host (at {task.label()})"))
+    pruned = tuple(prune_stale())
+    # What this host got done for the point stays done if the repetition then fails: its
+    # calibration and its warmups are not repeated by its next task of the point.
+    made: tuple[float, dict] | None = None
+    warmups = 0
+    try:
+        image = exp.kernel_image()
+        _check_fits(exp, task, image)
+        spec, setup, made = prepare_point(exp, task.point, image, {}, request.calibrated)
+        run_warmups(exp, task.point, spec, request.warmups)
+        warmups = request.warmups
+        records = run_repetition(exp, task, spec, setup.host)
+    except NodeFailure as exc:
+        return RunOutcome(task, failure=RunFailure.from_node_failure(task, host, exc), calibrated=made, warmups=warmups, pruned=pruned)
+    except UsageError as exc:  # this host cannot run it: a file missing here, too little memory
+        return RunOutcome(task, failure=RunFailure(task, host, f"{exc} (at {task.label()})"), calibrated=made, warmups=warmups, pruned=pruned)
+    return RunOutcome(task, records, setup, calibrated=made, warmups=warmups, pruned=pruned)
+
+
+def _check_fits(exp: Experiment, task: RunTask, image) -> None:
+    """What ``numaemu bench`` checks up front for its own host, checked here for this one: that
+    the point's largest policy fits in this host's /dev/shm and memory."""
+    topo = load_topology(task.point.topology, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns)
+    needs = run_needs(topo, image, exp.policies, replicate=task.point.replicate, replicas_every=exp.replicas_every, label=f"{task.point.topology}: ")
+    check_node_memory(topo, needs)
+    check_fit(needs, *free_space())
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog alone
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="numaemu-parent-watchdog", daemon=True).start()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not argv[0].isdigit():
+        print("usage: python -m numaemu.runner PARENT_PID (a RunRequest pickled on stdin; run by numaemu bench --cluster)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too, unless it came ignored: a LocalCluster's worker ignores it, so that only
+    # numaemu bench acts on a Ctrl-C in its terminal (cluster._sigint_ignored); a worker a user
+    # started in a terminal does not, and a Ctrl-C there stops its task's process with it.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
+    _die_with_parent(int(argv[0]))
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever else is printed goes to stderr, never into the outcome
+    try:
+        request = pickle.load(sys.stdin.buffer)
+        outcome = execute(request)
+    except KeyboardInterrupt:  # the coordinator has stopped its nodes and removed its segments
+        return EXIT_INTERRUPTED
+    pickle.dump(outcome, out)
+    out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
