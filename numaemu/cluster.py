@@ -343,7 +343,7 @@ class ClusterSweep:
             client.submit(run_task, self.sweep, self.exp, t, key=f"numaemu-{self.sweep[:12]}-{t.index}", resources={RESOURCE: 1}, priority=-t.index, pure=False): t
             for t in self.tasks
         }
-        bar = tqdm(total=len(self.tasks), unit="run", disable=None if self.progress is None else not self.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=len(self.tasks), unit="task", disable=None if self.progress is None else not self.progress, leave=False, dynamic_ncols=True)
         pending = set(futures)
         no_worker_since: float | None = None
 
