@@ -479,7 +479,7 @@ def parse_spec(spec: str, *, local_ns: float = DEFAULT_LOCAL_NS) -> Topology:
     if not _SPEC_RE.fullmatch(spec):
         raise UsageError("--topology", f"spec '{spec}' must look like 4 or 2:10,21,21,10")
     count_s, colon, rest = spec.partition(":")
-    n = int(count_s) if len(count_s) <= 18 else MAX_NODES + 1  # int() refuses 4300+ digits
+    n = int(count_s) if len(count_s.lstrip("0")) <= 18 else MAX_NODES + 1  # int() refuses 4300+ digits
     if not 1 <= n <= MAX_NODES:
         raise UsageError("--topology", f"spec '{spec}': {count_s.lstrip('0') or '0'} nodes; need 1..{MAX_NODES}")
     if colon:

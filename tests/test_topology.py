@@ -707,3 +707,8 @@ def test_format_numactl_unreachable_and_placement() -> None:
     assert format_numactl(parse_spec("3"), overlap).splitlines()[-1] == (
         "oversubscribed: 2 nodes share 3 host CPUs; emulated time stays exact, wall-clock fidelity is reduced"
     )
+
+
+def test_a_node_count_with_leading_zeros_is_its_number():
+    # 19 characters, but 2 nodes: the 4300-digit guard counts digits after the zeros
+    assert load_topology("0000000000000000002").n_nodes == 2
