@@ -384,7 +384,7 @@ class NodeKernel:
         """Write every entry's whole new instruction (stop_machine's patch function)."""
         st = self.st
         n = st.get("desc_count")
-        if n <= SMALL_WRITE // 5:
+        if n <= SMALL_SITES:
             t0 = time.perf_counter_ns()
             for i in range(n):
                 o, s = int(st.desc_offset[i]), int(st.desc_site[i])
@@ -449,7 +449,7 @@ class NodeKernel:
         return len(sites)
 
     def _bump(self, sites: np.ndarray) -> None:
-        if len(sites) <= SMALL_WRITE // 5:
+        if len(sites) <= SMALL_SITES:
             q = self.st.seq_q
             for s in sites.tolist():
                 q[s] += 1
@@ -459,7 +459,7 @@ class NodeKernel:
     def _check_copies(self, sites: np.ndarray) -> None:
         """After the call: every copy of the patched sites equals the master."""
         t, st = self.sites, self.st
-        if len(sites) <= SMALL_WRITE // 5:  # compare just the sites' bytes
+        if len(sites) <= SMALL_SITES:  # compare just the sites' bytes
             for s in sites.tolist():
                 o, L = int(t.offset[s]), int(t.length[s])
                 ref = self.master_mv[o : o + L]
@@ -479,7 +479,7 @@ class NodeKernel:
 
     def _verify_old(self, sites: np.ndarray, old_states: np.ndarray) -> np.ndarray:
         t = self.sites
-        if len(sites) <= SMALL_WRITE // 5:
+        if len(sites) <= SMALL_SITES:
             ok = np.ones(len(sites), dtype=bool)
             for i, (s, old) in enumerate(zip(sites.tolist(), old_states.tolist())):
                 o, L = int(t.offset[s]), int(t.length[s])
@@ -529,7 +529,7 @@ class NodeKernel:
         self._poke(offs, np.full(len(sites), INT3, dtype=np.uint8), each)
         if self.bug != "no-sync":
             self.sync(point="int3_sync")
-        if len(sites) <= SMALL_WRITE // 5:  # a few sites: write each tail directly
+        if len(sites) <= SMALL_SITES:  # a few sites: write each tail directly
             t0 = time.perf_counter_ns()
             for o, L, row in zip(offs.tolist(), lens.tolist(), new):
                 if L > 1:

@@ -278,7 +278,7 @@ def parse_trace(path: Path, image: KernelImage) -> Workload:
         hexa = item[:2].lower() == "0x"
         if len((item[2:] if hexa else item).lstrip("0")) > (16 if hexa else 20):  # int() refuses 4300+ digits
             raise UsageError("--trace", f"{path}:{lineno}: '{item[:24]}...' is not an address: longer than 64 bits")
-        addr = int(item, 16) if item[:2].lower() == "0x" else int(item, 10)
+        addr = int(item, 16 if hexa else 10)
         if not any(lo <= addr < hi for lo, hi in spans):
             raise UsageError("--trace", f"{path}:{lineno}: address {addr:#x} is outside the image ({where})")
         current.append((addr - image.base) // LINE_SIZE)
