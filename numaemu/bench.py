@@ -32,7 +32,6 @@ import csv
 import dataclasses
 import re
 import tomllib
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from .image import KernelImage, synthetic_image
 from .kernelfile import load_image
 from .results import host_record
 from .stats import Summary, paired_test, summarise, welch_test
-from .topology import load_topology, parse_host_cpus, place_on_host
+from .topology import Topology, load_topology, parse_host_cpus, place_on_host
 from .workloads import Workload, build_workload
 
 __all__ = [
@@ -310,13 +309,12 @@ class SweepLedger:
 
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
-        self._left = Counter(t.point_index for t in plan_tasks(exp))
+        self._left = dict.fromkeys(range(len(exp.points)), exp.repeat)  # one task a measured repetition (`plan_tasks`)
         self._reps: dict[int, dict[int, list[dict]]] = {}
         self._setups: dict[int, dict[str, PointSetup]] = {}
         self._summaries: dict[int, dict] = {}
         self.failures: list[RunFailure] = []
         self.failed_points: list[Point] = []
-        self.hosts: dict[str, dict] = {}  # host id -> metadata, of every host that ran a task
 
     def add(self, outcome: RunOutcome) -> dict | None:
         """Record `outcome`; return its point's summary if that completed the point."""
@@ -330,7 +328,6 @@ class SweepLedger:
             assert outcome.setup is not None
             self._reps.setdefault(pi, {})[outcome.task.repetition] = list(outcome.records)
             self._setups.setdefault(pi, {}).setdefault(outcome.setup.host_id, outcome.setup)
-            self.hosts.setdefault(outcome.setup.host_id, outcome.setup.host)
         if self._left[pi]:
             return None
         reps = self._reps.get(pi)
@@ -340,6 +337,11 @@ class SweepLedger:
         summary = summarise_runs(outcome.task.point, [reps[i] for i in sorted(reps)], self._setups[pi], seed=self.exp.seed, delays=self.exp.delays)
         self._summaries[pi] = summary
         return summary
+
+    @property
+    def hosts(self) -> dict[str, dict]:
+        """Host id -> metadata, of every host that ran a task successfully."""
+        return {hid: setup.host for per in self._setups.values() for hid, setup in per.items()}
 
     @property
     def complete(self) -> bool:
@@ -355,26 +357,29 @@ class SweepLedger:
 
 
 def prepare_point(
-    exp: Experiment, point: Point, image: KernelImage, workloads: dict[str, Workload], calibrated: tuple[float, dict] | None = None
+    exp: Experiment, point: Point, image: KernelImage, workloads: dict[str, Workload], calibrated: tuple[float, dict] | None = None,
+    *, topo: Topology | None = None, host: dict | None = None,
 ) -> tuple[RunSpec, PointSetup, tuple[float, dict] | None]:
     """The run spec of `point` on this host, its `PointSetup`, and the calibration made for it
     (or reused: `calibrated`), to be reused for the point's later tasks on this host. Calibrates
-    unless --time-scale was given or delays are none. `workloads` caches them by name."""
-    topo = load_topology(point.topology, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns)
+    unless --time-scale was given or delays are none. `workloads` caches them by name; `topo`
+    and `host` (`host_record`), if the caller has them already, are not read again."""
+    if topo is None:
+        topo = load_topology(point.topology, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns)
     override = parse_host_cpus(exp.host_cpus) if exp.host_cpus is not None else None
-    host = place_on_host(topo, host_cpus(), override)
+    placement = place_on_host(topo, host_cpus(), override)
     if point.workload not in workloads:
         workloads[point.workload] = build_workload(point.workload, image, exp.seed, exp.trace if point.workload == "trace" else None)
     spec, cal = prepare_spec(
-        topo, host, image, workloads[point.workload], cold=point.cache == "cold", user_local=point.user_data == "local",
+        topo, placement, image, workloads[point.workload], cold=point.cache == "cold", user_local=point.user_data == "local",
         duration_s=exp.duration_s, requests=exp.requests, migrate_rate=exp.migrate_rate, seed=exp.seed,
         start_method=exp.start_method, replicate=point.replicate, time_scale=exp.time_scale, delays=exp.delays,
         pt_style=exp.pt_style, replicas_every=exp.replicas_every, calibrated=calibrated,
     )
     setup = PointSetup(
-        host=host_record(), n_nodes=topo.n_nodes, cpus_used=host.n_cpus_used, oversubscribed=host.oversubscribed,
-        time_scale=spec.scale if exp.delays == "model" else None, calibration=cal, topology_detail=topo.to_json(),
-        host_placement=host.to_json(),
+        host=host if host is not None else host_record(), n_nodes=topo.n_nodes, cpus_used=placement.n_cpus_used,
+        oversubscribed=placement.oversubscribed, time_scale=spec.scale if exp.delays == "model" else None, calibration=cal,
+        topology_detail=topo.to_json(), host_placement=placement.to_json(),
     )
     made = (spec.scale, cal) if cal else None
     return spec, setup, made
@@ -508,14 +513,15 @@ def _policy_row(policy: str, recs: list[dict], *, n_nodes: int, cpus_used: int, 
     return row
 
 
-def summarise_point(point: Point, reps: list[list[dict]], *, n_nodes: int, cpus_used: int, oversubscribed: bool, seed: int = 0, delays: str = "model") -> dict:
+def summarise_point(point: Point, reps: list[list[dict]], *, n_nodes: int, cpus_used: int, oversubscribed: bool, seed: int = 0, delays: str = "model", absolute: bool = True) -> dict:
     """Statistics of one point from its repetitions on one host (each a list of
     `policy_record`s with speedups, in the experiment's policy order). With ``delays="none"``
     nothing was paced: a gap between the measured speedup and the model is this host against
-    the model, the finding itself, so it is not flagged as a fault of the run."""
+    the model, the finding itself, so it is not flagged as a fault of the run. ``absolute=False``
+    (repetitions of several hosts, `_across_hosts`) leaves out throughput and per-node times."""
     policies = [r["policy"] for r in reps[0]]
     rows = {
-        policy: _policy_row(policy, [rep[pi] for rep in reps], n_nodes=n_nodes, cpus_used=cpus_used, oversubscribed=oversubscribed, seed=seed, delays=delays)
+        policy: _policy_row(policy, [rep[pi] for rep in reps], n_nodes=n_nodes, cpus_used=cpus_used, oversubscribed=oversubscribed, seed=seed, delays=delays, absolute=absolute)
         for pi, policy in enumerate(policies)
     }
     lost_all = max(r["pacing_lost_pct"]["max"] for r in rows.values())
@@ -584,37 +590,24 @@ def _across_hosts(point: Point, reps: list[list[dict]], per_host: list[tuple[Poi
     n_nodes = per_host[0][0].n_nodes
     oversubscribed = any(setup.oversubscribed for setup, _ in per_host)
     cpus_used = min(setup.cpus_used for setup, _ in per_host)  # the tightest host, for the gap's reasons
-    policies = [r["policy"] for r in reps[0]]
-    rows = {
-        policy: _policy_row(policy, [rep[pi] for rep in reps], n_nodes=n_nodes, cpus_used=cpus_used, oversubscribed=oversubscribed, seed=seed, delays=delays, absolute=False)
-        for pi, policy in enumerate(policies)
-    }
-    lost_all = max(r["pacing_lost_pct"]["max"] for r in rows.values())
+    out = summarise_point(point, reps, n_nodes=n_nodes, cpus_used=cpus_used, oversubscribed=oversubscribed, seed=seed, delays=delays, absolute=False)
+    out["fidelity"]["note"] = f"{len(per_host)} hosts; speedups pooled across them, throughput and per-node times per host; " + "; ".join(
+        f"{setup.host_id}: {summary['fidelity']['note']}" for setup, summary in per_host
+    )
     hosts = []
     for setup, summary in per_host:
         own = {k: v for k, v in summary.items() if k not in ("point", "runs", "topology_detail")}
         hosts.append({"host": setup.host, **own})
-    return {
-        "point": point.to_json(),
-        "n_nodes": n_nodes,
-        "repetitions": len(reps),
+    out.update({
         "hosts": len(per_host),
-        "fidelity": {
-            "oversubscribed": oversubscribed,
-            "host_cpus_used": cpus_used,
-            "pacing_lost_pct_max": lost_all,
-            "note": f"{len(per_host)} hosts; speedups pooled across them, throughput and per-node times per host; "
-            + "; ".join(f"{setup.host_id}: {summary['fidelity']['note']}" for setup, summary in per_host),
-        },
-        "policies": rows,
         "per_host": hosts,
-        "runs": reps,
         "time_scale": None,  # each host's own, in per_host
         "delays": delays,
         "calibration": None,
         "topology_detail": per_host[0][1]["topology_detail"],
         "host_placement": None,
-    }
+    })
+    return out
 
 
 def fidelity_note(n_nodes: int, cpus_used: int, oversubscribed: bool, lost_pct: float) -> str:

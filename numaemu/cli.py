@@ -46,7 +46,7 @@ from .cluster import ClusterSession, ClusterSweep, parse_address
 from .cluster import check_available as check_cluster_available
 from .cpus import format_cpu_list, host_cpus
 from .errors import NodeFailure, UsageError
-from .fit import SegmentNeed, check_fit, check_node_memory, free_space, run_needs, stress_need
+from .fit import SegmentNeed, check_fit, check_host_fits, check_node_memory, free_space, run_needs, stress_need
 from .pagetables import PT_STYLES, kaslr_base, with_base
 from .image import ARCHES, KernelImage, synthetic_image
 from .kernelfile import load_image
@@ -339,8 +339,7 @@ def _fits(topo: Topology, needs: list[SegmentNeed], replicas_every: int) -> None
     the node count, a node declaring less memory than it must hold, or segments that do not fit
     in /dev/shm or in memory (see `fit`)."""
     _check_replicas_every(replicas_every, [topo])
-    check_node_memory(topo, needs)
-    check_fit(needs, *free_space())
+    check_host_fits(topo, needs)
 
 
 def _topology(args: argparse.Namespace) -> tuple[Topology, HostPlacement]:

@@ -192,7 +192,6 @@ def run_in_process(request: RunRequest, cancelled: Callable[[], bool]) -> RunOut
             proc.kill()
             proc.wait()
         raise
-    host = host_id(host_metadata())
     if proc.returncode == 0:
         try:
             return pickle.loads(out)
@@ -203,7 +202,7 @@ def run_in_process(request: RunRequest, cancelled: Callable[[], bool]) -> RunOut
         why = f"its process exited with code {rc}" if rc > 0 else f"its process was killed by {signal.Signals(-rc).name}"
     tail = err.decode(errors="replace").strip().splitlines()
     last = f": {tail[-1]}" if tail else ""
-    return RunOutcome(task, failure=RunFailure(task, host, f"{why}{last} (at {task.label()})"))
+    return RunOutcome(task, failure=RunFailure(task, host_id(host_metadata()), f"{why}{last} (at {task.label()})"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ __all__ = [
     "stress_need",
     "check_fit",
     "check_node_memory",
+    "check_host_fits",
     "free_space",
     "format_bytes",
 ]
@@ -229,6 +230,12 @@ def check_node_memory(topo: Topology, needs: Sequence[SegmentNeed]) -> None:
                 f"but under {worst.policy} it holds {format_bytes(must)} (image frames {format_bytes(frames)} + user data "
                 f"{format_bytes(worst.user_bytes)}); give it at least {must:,} bytes, or 0 for a memoryless node",
             )
+
+
+def check_host_fits(topo: Topology, needs: Sequence[SegmentNeed]) -> None:
+    """`check_node_memory`, then `check_fit` against this host's free /dev/shm and memory."""
+    check_node_memory(topo, needs)
+    check_fit(needs, *free_space())
 
 
 def free_space(shm_dir: os.PathLike[str] | str = SHM_DIR) -> tuple[int, int]:

@@ -46,10 +46,10 @@ from .bench import (
     run_warmups,
 )
 from .errors import NodeFailure, UsageError
-from .fit import check_fit, check_node_memory, free_space, run_needs
+from .fit import check_host_fits, run_needs
 from .memory import prune_stale
-from .results import host_id, host_metadata
-from .topology import load_topology
+from .results import host_record
+from .topology import Topology, load_topology
 
 __all__ = ["RunRequest", "execute", "main"]
 
@@ -74,7 +74,8 @@ class RunRequest:
 def execute(request: RunRequest) -> RunOutcome:
     """Run `request` on this host; a failure of its own is returned as the outcome's `failure`."""
     exp, task = request.exp, request.task
-    host = host_id(host_metadata())
+    record = host_record()
+    host = record["id"]
     if request.version != __version__:
         return RunOutcome(task, failure=RunFailure(task, host, f"numaemu {__version__} on this host, {request.version} where the sweep was started: install the same version on every host (at {task.label()})"))
     pruned = tuple(prune_stale())
@@ -84,8 +85,9 @@ def execute(request: RunRequest) -> RunOutcome:
     warmups = 0
     try:
         image = exp.kernel_image()
-        _check_fits(exp, task, image)
-        spec, setup, made = prepare_point(exp, task.point, image, {}, request.calibrated)
+        topo = load_topology(task.point.topology, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns)
+        _check_fits(exp, task, image, topo)
+        spec, setup, made = prepare_point(exp, task.point, image, {}, request.calibrated, topo=topo, host=record)
         run_warmups(exp, task.point, spec, request.warmups)
         warmups = request.warmups
         records = run_repetition(exp, task, spec, setup.host)
@@ -96,13 +98,11 @@ def execute(request: RunRequest) -> RunOutcome:
     return RunOutcome(task, records, setup, calibrated=made, warmups=warmups, pruned=pruned)
 
 
-def _check_fits(exp: Experiment, task: RunTask, image) -> None:
+def _check_fits(exp: Experiment, task: RunTask, image, topo: Topology) -> None:
     """What ``numaemu bench`` checks up front for its own host, checked here for this one: that
     the point's largest policy fits in this host's /dev/shm and memory."""
-    topo = load_topology(task.point.topology, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns)
     needs = run_needs(topo, image, exp.policies, replicate=task.point.replicate, replicas_every=exp.replicas_every, label=f"{task.point.topology}: ")
-    check_node_memory(topo, needs)
-    check_fit(needs, *free_space())
+    check_host_fits(topo, needs)
 
 
 def _die_with_parent(parent: int) -> None:

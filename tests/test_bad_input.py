@@ -26,6 +26,7 @@ import pytest
 
 from numaemu import cli
 from numaemu.cli import main
+from numaemu import fit
 from numaemu.fit import free_space
 
 from .conftest import numaemu
@@ -49,6 +50,7 @@ def nothing_starts(monkeypatch):
         monkeypatch.setattr(cli, target, started)
     monkeypatch.setattr("numaemu.calibrate.calibrate", started)
     monkeypatch.setattr(cli, "free_space", lambda: (64 * GIB, 64 * GIB))
+    monkeypatch.setattr(fit, "free_space", lambda: (64 * GIB, 64 * GIB))
     yield
     assert not mine(), "a segment was left in /dev/shm"
 
@@ -852,6 +854,7 @@ MIB = 1 << 20
 )
 def test_runs_that_would_not_fit_are_refused(capsys, d, monkeypatch, argv, shm, mem, expect):
     monkeypatch.setattr(cli, "free_space", lambda: (shm, mem))
+    monkeypatch.setattr(fit, "free_space", lambda: (shm, mem))
     rule = check(capsys, d, argv, expect)
     assert "free" in rule or "available" in rule
 
