@@ -1,10 +1,10 @@
 """numaemu: emulate a NUMA machine on a multicore host to study kernel-text replication."""
 
-from .errors import NodeFailure, UsageError
-from .image import KernelImage, synthetic_image
-from .placement import POLICIES, Placement, place
-from .stress import StressSpec, run_stress
-from .topology import HostPlacement, Topology, load_topology, place_on_host
+from numaemu.errors import NodeFailure, UsageError
+from numaemu.model.image import KernelImage, synthetic_image
+from numaemu.model.placement import POLICIES, Placement, place
+from numaemu.patching.stress import StressSpec, run_stress
+from numaemu.model.topology import HostPlacement, Topology, load_topology, place_on_host
 
 __version__ = "0.1.0"
 __all__ = [

@@ -3,7 +3,7 @@ table, write the results.
 
 Each script prints our figure beside a published one and writes two files (default under
 results/): ``published-<name>.json``, with the exact command (``command``), the host's metadata
-(``host``, `numaemu.results.host_metadata`), the settings, every repetition's figures and the
+(``host``, `numaemu.runtime.results.host_metadata`), the settings, every repetition's figures and the
 medians; and ``published-<name>.txt``, what it printed, headed by the command.
 
 Every speedup is a ratio against a `single` record measured in the same repetition (as
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from numaemu.cli import main as numaemu_main
-from numaemu.patching import IPI_DELAY_NS, TEXT_POKE_NS
-from numaemu.results import SCHEMA, host_metadata, write_json
-from numaemu.textmem import MAX_BATCH
+from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS
+from numaemu.runtime.results import SCHEMA, host_metadata, write_json
+from numaemu.patching.textmem import MAX_BATCH
 
 __all__ = ["Options", "Pair", "Report", "Spread", "options", "pct", "record", "run", "text_poke_bp_model_ns", "write_results"]
 

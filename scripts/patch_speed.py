@@ -22,10 +22,10 @@ import json
 import statistics
 import sys
 
-from numaemu.baselines import barrier_round_ns, flag_round_trip_ns
-from numaemu.results import host_metadata
-from numaemu.stress import PatchBench, run_patch_bench
-from numaemu.topology import load_topology
+from numaemu.measure.baselines import barrier_round_ns, flag_round_trip_ns
+from numaemu.runtime.results import host_metadata
+from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.model.topology import load_topology
 
 
 def bench(topology: str, protocol: str, bench: PatchBench, modeled: bool) -> dict:

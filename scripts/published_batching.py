@@ -28,8 +28,8 @@ from __future__ import annotations
 import sys
 import time
 
-from numaemu.stress import PatchBench, run_patch_bench
-from numaemu.topology import load_topology
+from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.model.topology import load_topology
 
 from _published import Report, Spread, options, text_poke_bp_model_ns, write_results
 

@@ -34,10 +34,10 @@ import statistics
 import sys
 import time
 
-from numaemu.image import PAGE_SIZE, synthetic_image
-from numaemu.placement import place
-from numaemu.stress import PatchBench, run_patch_bench
-from numaemu.topology import load_topology
+from numaemu.model.image import PAGE_SIZE, synthetic_image
+from numaemu.model.placement import place
+from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.model.topology import load_topology
 
 from _published import Pair, Report, Spread, options, pct, record, run, text_poke_bp_model_ns, write_results
 

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from numaemu.topology import load_topology
+from numaemu.model.topology import load_topology
 
 from _published import Pair, Report, Spread, options, pct, record, run, write_results
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from numaemu.memory import list_segments
+from numaemu.host.segments import list_segments
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,8 +26,8 @@ import pytest
 
 from numaemu import cli
 from numaemu.cli import main
-from numaemu import fit
-from numaemu.fit import free_space
+from numaemu.host import fit
+from numaemu.host.fit import free_space
 
 from .conftest import numaemu
 from .test_cli import mine, run_cli
@@ -48,7 +48,7 @@ def nothing_starts(monkeypatch):
 
     for target in ("run_policies", "run_stress", "run_experiment", "prepare_spec", "ClusterSession", "ClusterSweep"):
         monkeypatch.setattr(cli, target, started)
-    monkeypatch.setattr("numaemu.calibrate.calibrate", started)
+    monkeypatch.setattr("numaemu.measure.calibrate.calibrate", started)
     monkeypatch.setattr(cli, "free_space", lambda: (64 * GIB, 64 * GIB))
     monkeypatch.setattr(fit, "free_space", lambda: (64 * GIB, 64 * GIB))
     yield
@@ -717,7 +717,7 @@ def test_bench_cluster_without_dask_gives_the_install_hint(capsys, d, monkeypatc
 
 def test_bench_cluster_with_no_scheduler_there(capsys, d, monkeypatch):
     pytest.importorskip("distributed")
-    from numaemu import cluster
+    from numaemu.measure import cluster
 
     monkeypatch.setattr(cli, "ClusterSession", cluster.ClusterSession)
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
@@ -730,7 +730,7 @@ def test_bench_cluster_with_no_scheduler_there(capsys, d, monkeypatch):
 
 def test_bench_cluster_with_no_worker_that_has_the_resource(capsys, d, monkeypatch):
     distributed = pytest.importorskip("distributed")
-    from numaemu import cluster
+    from numaemu.measure import cluster
 
     monkeypatch.setattr(cli, "ClusterSession", cluster.ClusterSession)
     monkeypatch.setattr(cluster, "WORKER_WAIT_S", 1.0)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from numaemu.bench import (
+from numaemu.measure.bench import (
     Point,
     compare_docs,
     csv_rows,
@@ -21,7 +21,7 @@ from numaemu.bench import (
 )
 from numaemu.cli import main
 from numaemu.errors import UsageError
-from numaemu.stats import summarise
+from numaemu.measure.stats import summarise
 
 from .conftest import numaemu
 
@@ -223,7 +223,7 @@ def test_bench_end_to_end_with_csv_plot_and_compare(tmp_path, no_leaks):
 
 
 def test_a_node_failure_says_where_in_the_sweep(monkeypatch):
-    import numaemu.bench as bench
+    import numaemu.measure.bench as bench
     from numaemu.errors import NodeFailure
 
     def fail(*args, **kwargs):
@@ -239,7 +239,7 @@ def test_a_node_failure_says_where_in_the_sweep(monkeypatch):
 
 
 def test_fidelity_lost_counts_every_wall_ns_beyond_the_paced_time():
-    from numaemu.results import _lost_pct
+    from numaemu.runtime.results import _lost_pct
 
     on_time = {"paced_ns": 1_000_000_000, "wall_s": 1.0, "overrun_ns": 0}
     late = {"paced_ns": 1_000_000_000, "wall_s": 1.05, "overrun_ns": 0}  # late wake-ups, no overrun

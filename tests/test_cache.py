@@ -1,4 +1,4 @@
-"""Tests for numaemu.cache: the batched direct-mapped cache against a scalar reference."""
+"""Tests for numaemu.model.cache: the batched direct-mapped cache against a scalar reference."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import numaemu.cache
-from numaemu.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
+import numaemu.model.cache
+from numaemu.model.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
 
 
 class ScalarCache:
@@ -166,7 +166,7 @@ def test_replayed_footprints_match_access(loop_min: int, stream, cold: bool) -> 
     """Requests reduced to footprints and replayed hit exactly where their lines hit, by either
     way `replay` takes (a loop per sequence, or one sort over the batch)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(numaemu.cache, "REPLAY_LOOP_MIN", loop_min)
+        mp.setattr(numaemu.model.cache, "REPLAY_LOOP_MIN", loop_min)
         _check_replay(stream, cold)
 
 

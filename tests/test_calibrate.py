@@ -1,4 +1,4 @@
-"""Tests for numaemu.calibrate: the derivations and verdicts as pure functions, the measuring
+"""Tests for numaemu.measure.calibrate: the derivations and verdicts as pure functions, the measuring
 loops with injected clocks, the output with a fixed calibration, and (slow) the whole command."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-import numaemu.calibrate as calibrate_module
-from numaemu.calibrate import (
+import numaemu.measure.calibrate as calibrate_module
+from numaemu.measure.calibrate import (
     DELAYS_NS,
     QUICK,
     Calibration,
@@ -25,7 +25,7 @@ from numaemu.calibrate import (
     samples_for,
 )
 from numaemu.cli import main
-from numaemu.clock import Pacer
+from numaemu.host.clock import Pacer
 
 from .conftest import numaemu
 from .test_clock import FakeClock

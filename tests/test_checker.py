@@ -1,13 +1,13 @@
-"""Tests for numaemu.fetch.check_batch: the checker judges hand-built observations."""
+"""Tests for numaemu.patching.reader.check_batch: the checker judges hand-built observations."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from numaemu.fetch import Observation, Violation, check_batch
-from numaemu.image import ARM64_NOP, NOP2, NOP5, synthetic_image, with_module_area
-from numaemu.sites import (
+from numaemu.patching.reader import Observation, Violation, check_batch
+from numaemu.model.image import ARM64_NOP, NOP2, NOP5, synthetic_image, with_module_area
+from numaemu.model.sites import (
     FTRACE_BPF,
     FTRACE_CALLER,
     FTRACE_OFF,
@@ -216,7 +216,7 @@ def test_garbage_past_the_length_is_ignored(x86) -> None:
 
 
 def test_module_sites(x86) -> None:
-    from numaemu.sites import KIND_ALT
+    from numaemu.model.sites import KIND_ALT
 
     alt = int(x86.module_sites(1, KIND_ALT)[0])
     lf = x86.encoding(alt, 1)

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from numaemu.cli import main
-from numaemu.memory import list_segments
+from numaemu.host.segments import list_segments
 
 
 def mine() -> set[str]:
@@ -159,7 +159,7 @@ def test_json_to_a_device_writes_through_it(capsys, tmp_path):
     # --json /dev/null must not replace the device with a file (write_json renames temp files).
     import stat
 
-    from numaemu.results import write_json
+    from numaemu.runtime.results import write_json
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

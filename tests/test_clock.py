@@ -1,10 +1,10 @@
-"""Tests for numaemu.clock: pacing with an injected clock (no real sleeping) and time_scale."""
+"""Tests for numaemu.host.clock: pacing with an injected clock (no real sleeping) and time_scale."""
 
 from __future__ import annotations
 
 import pytest
 
-from numaemu.clock import OVERSLEEP_PROBE_NS, SPIN_ONLY_NS, Pacer, measure_oversleep_ns, time_scale
+from numaemu.host.clock import OVERSLEEP_PROBE_NS, SPIN_ONLY_NS, Pacer, measure_oversleep_ns, time_scale
 
 
 class FakeClock:

@@ -19,8 +19,8 @@ from dataclasses import replace
 import psutil
 import pytest
 
-from numaemu import cluster
-from numaemu.bench import (
+from numaemu.measure import cluster
+from numaemu.measure.bench import (
     Experiment,
     Point,
     PointSetup,
@@ -37,7 +37,7 @@ from numaemu.bench import (
     summarise_runs,
 )
 from numaemu.errors import NodeFailure, UsageError
-from numaemu.runner import RunRequest, execute
+from numaemu.measure.runner import RunRequest, execute
 
 from .conftest import ROOT, numaemu
 from .test_bench import record
@@ -200,10 +200,10 @@ def test_one_host_gives_exactly_the_local_summary():
 
 
 def test_a_point_of_two_hosts_passes_the_document_check_and_plots(tmp_path):
-    from numaemu.bench import bench_doc_problem
+    from numaemu.measure.bench import bench_doc_problem
 
     pytest.importorskip("matplotlib")
-    from numaemu.plot import plot_bench
+    from numaemu.measure.plot import plot_bench
 
     s = summarise_runs(P1, REPS_AB, {host("a")["id"]: setup("a"), host("b")["id"]: setup("b")})
     one = summarise_runs(P2, REPS_AB[:1], {host("a")["id"]: setup("a")})
@@ -495,7 +495,7 @@ def test_a_lost_worker_s_run_is_retried_on_another(tmp_path, no_leaks):
                                "--no-progress", "--repeat", "2", "--warmup", "0", "--cluster", address, "--json", str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()) as bench:
             victim, runner = wait_for(  # a task's process, and the worker that started it
-                lambda: [(w, c) for w in daemons[1:] for c in psutil.Process(w.pid).children() if "numaemu.runner" in " ".join(c.cmdline())],
+                lambda: [(w, c) for w in daemons[1:] for c in psutil.Process(w.pid).children() if "numaemu.measure.runner" in " ".join(c.cmdline())],
                 bench, "a task's process",
             )[0]
             victim.kill()

@@ -1,4 +1,4 @@
-"""Tests for numaemu.cpus: the kernel cpulist syntax, as exact-value tables."""
+"""Tests for numaemu.host.cpus: the kernel cpulist syntax, as exact-value tables."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numaemu.cpus import format_cpu_list, host_cpus, parse_cpu_list
+from numaemu.host.cpus import format_cpu_list, host_cpus, parse_cpu_list
 
 
 @pytest.mark.parametrize(

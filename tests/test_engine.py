@@ -1,4 +1,4 @@
-"""Tests for numaemu.engine: one node's execution of requests, on plain numpy arrays.
+"""Tests for numaemu.model.engine: one node's execution of requests, on plain numpy arrays.
 
 The memory array is laid out and filled exactly as the worker does it (`worker_main`'s ``fill``
 phase), without processes or shared memory.
@@ -9,20 +9,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import numaemu.engine
-from numaemu.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
-from numaemu.engine import HIT_NS, NodeEngine, line_bases
-from numaemu.image import (
+import numaemu.model.engine
+from numaemu.model.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
+from numaemu.model.engine import HIT_NS, NodeEngine, line_bases
+from numaemu.model.image import (
     LINE_SIZE,
     LINES_PER_PAGE,
     PAGE_SIZE,
     KernelImage,
     synthetic_image,
 )
-from numaemu.memory import MemoryLayout
-from numaemu.placement import Placement, place
-from numaemu.worker import fill_partition
-from numaemu.workloads import Workload, build_workload
+from numaemu.host.segments import MemoryLayout
+from numaemu.model.placement import Placement, place
+from numaemu.runtime.worker import fill_partition
+from numaemu.model.workloads import Workload, build_workload
 
 USER_BYTES = 64 << 10
 SEED = 0
@@ -37,7 +37,7 @@ TEXT_PAGES = 36  # synthetic_image(0.01)
 def way(request, monkeypatch) -> str:
     """Every test runs both ways a batch can go (engine.py): fetch by fetch, and through each
     template's precomputed path; both must give exactly the same results."""
-    monkeypatch.setattr(numaemu.engine, "PATH_MIN_FETCHES", 10**9 if request.param == "direct" else 0)
+    monkeypatch.setattr(numaemu.model.engine, "PATH_MIN_FETCHES", 10**9 if request.param == "direct" else 0)
     return request.param
 
 
@@ -314,7 +314,7 @@ def test_both_ways_agree_batch_after_batch(image, db, cold, user_local) -> None:
     results = {}
     for way in ("direct", "paths"):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(numaemu.engine, "PATH_MIN_FETCHES", 10**9 if way == "direct" else 0)
+            mp.setattr(numaemu.model.engine, "PATH_MIN_FETCHES", 10**9 if way == "direct" else 0)
             engine = make_engine(mem, lay, p, 1, db, cold=cold, user_local=user_local)
             out = [(r.emulated_ns, r.checksums.tolist()) for r in map(engine.run, batches)]
             c = engine.counters

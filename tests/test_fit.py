@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from numaemu.coordinator import place_for
+from numaemu.runtime.coordinator import place_for
 from numaemu.errors import UsageError
-from numaemu.fit import (
+from numaemu.host.fit import (
     SegmentNeed,
     check_fit,
     check_node_memory,
@@ -17,10 +17,10 @@ from numaemu.fit import (
     segment_need,
     stress_need,
 )
-from numaemu.image import PAGE_SIZE, synthetic_image
-from numaemu.memory import USER_DATA_BYTES, Control, MemoryLayout
-from numaemu.tasks import TASKS_PER_NODE
-from numaemu.topology import PRESETS, load_topology
+from numaemu.model.image import PAGE_SIZE, synthetic_image
+from numaemu.host.segments import USER_DATA_BYTES, Control, MemoryLayout
+from numaemu.model.tasks import TASKS_PER_NODE
+from numaemu.model.topology import PRESETS, load_topology
 
 MIB, GIB = 1 << 20, 1 << 30
 IMAGE = synthetic_image()  # the full embedded image: 17.9 MiB of text+rodata
@@ -176,7 +176,8 @@ class _Stop(Exception):
 @pytest.fixture
 def segments_created(monkeypatch, no_leaks):
     """Record each segment a run creates (kind -> bytes), and stop it before any node starts."""
-    from numaemu import coordinator, memory
+    from numaemu.runtime import coordinator
+    from numaemu.host import segments as memory
 
     created: dict[str, int] = {}
     real = memory.Segment.create.__func__
@@ -195,9 +196,9 @@ def segments_created(monkeypatch, no_leaks):
 
 @pytest.mark.parametrize("policy", ["single", "interleave", "replicate"])
 def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy):
-    from numaemu.coordinator import prepare_spec, run_policy
-    from numaemu.topology import place_on_host
-    from numaemu.workloads import build_workload
+    from numaemu.runtime.coordinator import prepare_spec, run_policy
+    from numaemu.model.topology import place_on_host
+    from numaemu.model.workloads import build_workload
 
     image = synthetic_image(0.05)
     topo = load_topology("kunpeng920")
@@ -212,8 +213,8 @@ def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy)
 
 
 def test_the_stress_need_is_the_segments_run_stress_creates(segments_created):
-    from numaemu.stress import StressSpec, run_stress
-    from numaemu.topology import place_on_host
+    from numaemu.patching.stress import StressSpec, run_stress
+    from numaemu.model.topology import place_on_host
 
     image = synthetic_image(0.05)
     topo = load_topology("2s-xeon")

@@ -1,11 +1,11 @@
-"""Tests for numaemu.image: the embedded synthetic kernel image."""
+"""Tests for numaemu.model.image: the embedded synthetic kernel image."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from numaemu.image import (
+from numaemu.model.image import (
     KERNEL_BASE,
     NOP2,
     NOP5,

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from numaemu.memory import PREFIX, Segment, list_segments
+from numaemu.host.segments import PREFIX, Segment, list_segments
 
 from .conftest import leaked_since
 

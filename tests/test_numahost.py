@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from numaemu.bench import format_point, summarise_point
+from numaemu.measure.bench import format_point, summarise_point
 from numaemu.cli import main
-from numaemu.clock import Pacer, Unpaced
-from numaemu.coordinator import prepare_spec
+from numaemu.host.clock import Pacer, Unpaced
+from numaemu.runtime.coordinator import prepare_spec
 from numaemu.errors import UsageError
-from numaemu.memory import USER_DATA_BYTES
-from numaemu.numamaps import (
+from numaemu.host.segments import USER_DATA_BYTES
+from numaemu.host.numamaps import (
     HostPages,
     NodePlacement,
     PlacementReport,
@@ -31,7 +31,7 @@ from numaemu.numamaps import (
     placement_warnings,
     read_placement,
 )
-from numaemu.topology import (
+from numaemu.model.topology import (
     Node,
     format_numactl,
     from_mapping,
@@ -295,8 +295,8 @@ def test_unpaced_clock_never_holds_a_batch() -> None:
 
 
 def test_prepare_spec_none_skips_calibration() -> None:
-    from numaemu.image import synthetic_image
-    from numaemu.workloads import build_workload
+    from numaemu.model.image import synthetic_image
+    from numaemu.model.workloads import build_workload
 
     topo = load_topology("2s-xeon")
     image = synthetic_image(0.05)
@@ -349,7 +349,7 @@ def test_bench_summary_with_delays_none_flags_no_gap() -> None:
 
 
 def _host_nodes() -> list[int]:
-    from numaemu.cpus import parse_cpu_list
+    from numaemu.host.cpus import parse_cpu_list
 
     try:
         return list(parse_cpu_list(Path("/sys/devices/system/node/online").read_text()))

@@ -1,4 +1,4 @@
-"""Tests for numaemu.pagetables, partial replication and memoryless nodes: the memory and latency
+"""Tests for numaemu.model.pagetables, partial replication and memoryless nodes: the memory and latency
 figures each design and each placement should give, worked out by hand."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numaemu.coordinator import place_for
-from numaemu.engine import NodeEngine
-from numaemu.image import PAGE_SIZE, synthetic_image, with_module_area
-from numaemu.memory import MemoryLayout
-from numaemu.pagetables import (
+from numaemu.runtime.coordinator import place_for
+from numaemu.model.engine import NodeEngine
+from numaemu.model.image import PAGE_SIZE, synthetic_image, with_module_area
+from numaemu.host.segments import MemoryLayout
+from numaemu.model.pagetables import (
     KERNEL_IMAGE_SIZE,
     PMD_SIZE,
     START_KERNEL_MAP,
@@ -20,9 +20,9 @@ from numaemu.pagetables import (
     walk_profile,
     with_base,
 )
-from numaemu.placement import UNMAPPED, place, serving_nodes
-from numaemu.topology import PRESETS, Node, Topology, derive_latency, validate_distance
-from numaemu.workloads import build_workload
+from numaemu.model.placement import UNMAPPED, place, serving_nodes
+from numaemu.model.topology import PRESETS, Node, Topology, derive_latency, validate_distance
+from numaemu.model.workloads import build_workload
 
 KUNPENG = PRESETS["kunpeng920"]()  # 10 12 20 22 / 12 10 22 24 / 20 22 10 12 / 22 24 12 10
 
@@ -207,7 +207,7 @@ def test_walks_cost_a_leaf_read_from_the_tables_node_when_cold(image):
 
 
 def test_hot_walks_cost_a_cache_hit(image):
-    from numaemu.engine import HIT_NS
+    from numaemu.model.engine import HIT_NS
 
     p = place(image, 2, "replicate")
     wl = build_workload("db", image, 0, None)

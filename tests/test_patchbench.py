@@ -6,8 +6,8 @@ import statistics
 
 import pytest
 
-from numaemu.stress import PatchBench, run_patch_bench
-from numaemu.topology import load_topology
+from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.model.topology import load_topology
 
 
 def test_defaults() -> None:

@@ -1,4 +1,4 @@
-"""Tests for numaemu.patching.NodeKernel: every protocol in one process with one node (so syncs
+"""Tests for numaemu.patching.protocols.NodeKernel: every protocol in one process with one node (so syncs
 and stop_machine rounds complete at once), over a replicated image with two copies."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from numaemu.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
-from numaemu.memory import MemoryLayout, Segment, list_segments, new_token, segment_name
-from numaemu.patching import Locks, NodeKernel, _ranges
-from numaemu.placement import place
-from numaemu.sites import SiteTable, site_table
-from numaemu.textmem import MAX_BATCH, TextCopies, TextState, text_segment_size
-from numaemu.worker import fill_partition
+from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
+from numaemu.host.segments import MemoryLayout, Segment, list_segments, new_token, segment_name
+from numaemu.patching.protocols import Locks, NodeKernel, _ranges
+from numaemu.model.placement import place
+from numaemu.model.sites import SiteTable, site_table
+from numaemu.patching.textmem import MAX_BATCH, TextCopies, TextState, text_segment_size
+from numaemu.runtime.worker import fill_partition
 
 N_COPIES = 2
 N_TASKS = 2

@@ -1,12 +1,12 @@
-"""Tests for numaemu.placement: policies, hosted frames and per-node page tables."""
+"""Tests for numaemu.model.placement: policies, hosted frames and per-node page tables."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from numaemu.image import PAGE_SIZE, KernelImage, synthetic_image
-from numaemu.placement import UNMAPPED, Placement, place
+from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image
+from numaemu.model.placement import UNMAPPED, Placement, place
 
 # synthetic_image(0.01): .text 146,880 B = 36 pages at page 0; .rodata 40,561 B = 10 pages at
 # page 512 (2 MiB); 522 pages in all, 46 of them mapped.

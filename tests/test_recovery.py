@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from numaemu.errors import UsageError
-from numaemu.faults import (
+from numaemu.runtime.faults import (
     Fault,
     FaultHook,
     KillSchedule,
@@ -28,8 +28,8 @@ from numaemu.faults import (
     fault_from_env,
     parse_fault,
 )
-from numaemu.image import MODULE_SLOT_BYTES, synthetic_image, with_module_area
-from numaemu.memory import (
+from numaemu.model.image import MODULE_SLOT_BYTES, synthetic_image, with_module_area
+from numaemu.host.segments import (
     STATE_ABORT,
     STATE_RECOVER,
     STATE_RUN,
@@ -39,13 +39,13 @@ from numaemu.memory import (
     new_token,
     segment_name,
 )
-from numaemu.patching import Locks, NodeKernel
-from numaemu.placement import place
-from numaemu.recovery import release_locks, repair_text
-from numaemu.sites import INT3, site_table
-from numaemu.sources import NodeSource, plan_sources
-from numaemu.textmem import PUBLISHED, TextCopies, TextState, text_segment_size
-from numaemu.worker import (
+from numaemu.patching.protocols import Locks, NodeKernel
+from numaemu.model.placement import place
+from numaemu.patching.recovery import release_locks, repair_text
+from numaemu.model.sites import INT3, site_table
+from numaemu.patching.sources import NodeSource, plan_sources
+from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, text_segment_size
+from numaemu.runtime.worker import (
     ALIVE_CHECK_NS,
     Aborted,
     NodeContext,
@@ -76,7 +76,7 @@ def test_fault_from_env() -> None:
 
 def test_fault_hook_fires_once_at_the_count(monkeypatch) -> None:
     sent, recorded = [], []
-    monkeypatch.setattr("numaemu.faults.os.kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr("numaemu.runtime.faults.os.kill", lambda pid, sig: sent.append((pid, sig)))
     hook = FaultHook(Fault(1, "run", 3), 1, recorded.append)
     for point in ("fill", "run", "ready", "run"):
         hook.reached(point)

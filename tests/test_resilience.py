@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from numaemu.memory import SHM_DIR, list_segments
+from numaemu.host.segments import SHM_DIR, list_segments
 
 from .conftest import ROOT
 

@@ -11,13 +11,13 @@ import numpy as np
 import psutil
 import pytest
 
-from numaemu.coordinator import RunSpec, expected_checksum, run_policy
-from numaemu.cpus import host_cpus
+from numaemu.runtime.coordinator import RunSpec, expected_checksum, run_policy
+from numaemu.host.cpus import host_cpus
 from numaemu.errors import NodeFailure
-from numaemu.image import synthetic_image
-from numaemu.placement import place
-from numaemu.topology import load_topology, place_on_host
-from numaemu.workloads import build_workload
+from numaemu.model.image import synthetic_image
+from numaemu.model.placement import place
+from numaemu.model.topology import load_topology, place_on_host
+from numaemu.model.workloads import build_workload
 
 from .conftest import numaemu
 
@@ -169,7 +169,7 @@ def test_interrupt_stops_cleanly(no_leaks, tmp_path, sig):
     import sys
     import time
 
-    from numaemu.memory import list_segments
+    from numaemu.host.segments import list_segments
 
     from .conftest import ROOT
 

@@ -1,11 +1,11 @@
-"""Tests for numaemu.sites: the patch-site table and the encodings of every state."""
+"""Tests for numaemu.model.sites: the patch-site table and the encodings of every state."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from numaemu.image import (
+from numaemu.model.image import (
     ARM64_NOP,
     MODULE_SLOT_BYTES,
     NOP2,
@@ -14,7 +14,7 @@ from numaemu.image import (
     synthetic_image,
     with_module_area,
 )
-from numaemu.sites import (
+from numaemu.model.sites import (
     FTRACE_BPF,
     FTRACE_CALLER,
     FTRACE_KLP,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numaemu.stats import paired_test, summarise, welch_test
+from numaemu.measure.stats import paired_test, summarise, welch_test
 
 
 def test_summary_of_known_values():

@@ -1,4 +1,4 @@
-"""Tests for numaemu.tasks: counter-based request plans and migration destinations."""
+"""Tests for numaemu.model.tasks: counter-based request plans and migration destinations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numaemu.tasks import (
+from numaemu.model.tasks import (
     TASKS_PER_NODE,
     RequestPlan,
     choose_destination,

@@ -1,14 +1,14 @@
-"""Tests for numaemu.textmem: writes reaching the master and every copy, and the txt segment."""
+"""Tests for numaemu.patching.textmem: writes reaching the master and every copy, and the txt segment."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from numaemu.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
-from numaemu.memory import MemoryLayout, Segment, list_segments, new_token, segment_name
-from numaemu.placement import Placement, place
-from numaemu.textmem import (
+from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
+from numaemu.host.segments import MemoryLayout, Segment, list_segments, new_token, segment_name
+from numaemu.model.placement import Placement, place
+from numaemu.patching.textmem import (
     MAX_BATCH,
     TXT_HEADER,
     TXT_NODE,
@@ -16,7 +16,7 @@ from numaemu.textmem import (
     TextState,
     text_segment_size,
 )
-from numaemu.worker import fill_partition
+from numaemu.runtime.worker import fill_partition
 
 
 @pytest.fixture(scope="module")

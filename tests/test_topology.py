@@ -1,4 +1,4 @@
-"""Tests for numaemu.topology: pure, fast, exact values."""
+"""Tests for numaemu.model.topology: pure, fast, exact values."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numaemu.errors import UsageError
-from numaemu.topology import (
+from numaemu.model.topology import (
     DEFAULT_LOCAL_NS,
     PRESETS,
     SLIT_LOCAL,

@@ -1,4 +1,4 @@
-"""Tests for numaemu.workloads: request templates and trace files."""
+"""Tests for numaemu.model.workloads: request templates and trace files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from numaemu.errors import UsageError
-from numaemu.image import KERNEL_BASE, LINE_SIZE, KernelImage, synthetic_image
-from numaemu.workloads import (
+from numaemu.model.image import KERNEL_BASE, LINE_SIZE, KernelImage, synthetic_image
+from numaemu.model.workloads import (
     ENTRY_FUNCTIONS,
     MICROBENCHMARKS,
     MIXES,

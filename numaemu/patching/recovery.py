@@ -49,11 +49,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .image import MODULE_SLOT_BYTES
-from .patching import Locks, _ranges
-from .sites import SiteTable
-from .sources import SourcePlan, slot_fill
-from .textmem import PUBLISHED, TextCopies, TextState
+from numaemu.model.image import MODULE_SLOT_BYTES
+from numaemu.patching.protocols import Locks, _ranges
+from numaemu.model.sites import SiteTable
+from numaemu.patching.sources import SourcePlan, slot_fill
+from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState
 
 __all__ = ["repair_text", "release_locks", "finish_operation", "reset_protocols"]
 

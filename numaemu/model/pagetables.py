@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .image import PAGE_SIZE, KernelImage
+from numaemu.model.image import PAGE_SIZE, KernelImage
 
 __all__ = [
     "PT_STYLES",

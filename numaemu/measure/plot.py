@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from .errors import UsageError
+from numaemu.errors import UsageError
 
 __all__ = ["check_available", "plot_bench"]
 

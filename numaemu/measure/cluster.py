@@ -45,7 +45,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .bench import (
+from numaemu.measure.bench import (
     Experiment,
     RunFailure,
     RunOutcome,
@@ -54,9 +54,9 @@ from .bench import (
     format_point,
     plan_tasks,
 )
-from .errors import UsageError
-from .results import host_id, host_metadata
-from .runner import RunRequest
+from numaemu.errors import UsageError
+from numaemu.runtime.results import host_id, host_metadata
+from numaemu.measure.runner import RunRequest
 
 __all__ = ["RESOURCE", "ClusterSession", "ClusterSweep", "check_available", "parse_address", "run_task"]
 
@@ -69,7 +69,7 @@ PROGRESS_S = 1.0  # the progress line's refresh (each asks the scheduler what ru
 CANCEL_WAIT_S = 10.0  # after Ctrl-C: for running tasks to stop their processes before the client goes
 STOP_WAIT_S = 30.0  # for a task's process to stop once told to (the coordinator stops within a second)
 ATTEMPTS = "numaemu-attempt"  # event topic: a worker started ("start") or ended ("end") a task
-RUNNER = "numaemu.runner"  # the module a task's process runs
+RUNNER = "numaemu.measure.runner"  # the module a task's process runs
 # Dask's own periodic work, made rarer for --cluster local: its scheduler, nanny and worker share
 # this host's CPUs with the run's pinned nodes, and on a small host every wake-up steals paced
 # time (2 nodes on 2 CPUs: pacing loss 3% run alone, 6-11% beside a LocalCluster's defaults,
@@ -164,7 +164,7 @@ def _cancelled(worker: Any, key: object) -> bool:
 
 
 def run_in_process(request: RunRequest, cancelled: Callable[[], bool]) -> RunOutcome | None:
-    """Run `request` in ``python -m numaemu.runner`` and return its outcome; a process that ends
+    """Run `request` in ``python -m numaemu.measure.runner`` and return its outcome; a process that ends
     without one is a failure of the run. `cancelled` is asked every `POLL_S`: once it says so,
     the process is sent SIGTERM (it stops its nodes and removes its segments) and None returned."""
     task = request.task

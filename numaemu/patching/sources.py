@@ -36,10 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .clock import spin
-from .image import MODULE_SLOT_BYTES
-from .patching import NodeKernel
-from .sites import (
+from numaemu.host.clock import spin
+from numaemu.model.image import MODULE_SLOT_BYTES
+from numaemu.patching.protocols import NodeKernel
+from numaemu.model.sites import (
     FTRACE_BPF,
     FTRACE_CALLER,
     FTRACE_KLP,
@@ -50,7 +50,7 @@ from .sites import (
     KIND_JUMP,
     SiteTable,
 )
-from .textmem import MAX_KEYS, TextState
+from numaemu.patching.textmem import MAX_KEYS, TextState
 
 __all__ = ["SOURCES", "SourcePlan", "hot_keys", "plan_sources", "NodeSource", "key_agreement", "slot_fill"]
 

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image import PAGE_SIZE
-from .memory import MemoryLayout, Segment
-from .placement import Placement
+from numaemu.model.image import PAGE_SIZE
+from numaemu.host.segments import MemoryLayout, Segment
+from numaemu.model.placement import Placement
 
 __all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "PUBLISHED", "TextState", "TextCopies", "text_segment_size"]
 

@@ -31,13 +31,13 @@ from multiprocessing.context import reduction, set_spawning_popen
 
 import numpy as np
 
-from .cache import DirectMappedCache
-from .clock import measure_oversleep_ns, time_scale
-from .engine import NodeEngine
-from .errors import NodeFailure, UsageError
-from .faults import Fault, KillSchedule, Launch, fault_from_env
-from .image import LINE_SIZE, KernelImage
-from .memory import (
+from numaemu.model.cache import DirectMappedCache
+from numaemu.host.clock import measure_oversleep_ns, time_scale
+from numaemu.model.engine import NodeEngine
+from numaemu.errors import NodeFailure, UsageError
+from numaemu.runtime.faults import Fault, KillSchedule, Launch, fault_from_env
+from numaemu.model.image import LINE_SIZE, KernelImage
+from numaemu.host.segments import (
     CONTROL_MAGIC,
     CONTROL_VERSION,
     PHASES,
@@ -52,13 +52,13 @@ from .memory import (
     new_token,
     segment_name,
 )
-from .numamaps import expected_host_nodes, read_placement
-from .pagetables import page_table_cost, walk_profile
-from .placement import Placement, place, serving_nodes
-from .results import add_speedups, policy_record
-from .tasks import TASKS_PER_NODE, plan_requests
-from .topology import HostPlacement, Topology
-from .worker import (
+from numaemu.host.numamaps import expected_host_nodes, read_placement
+from numaemu.model.pagetables import page_table_cost, walk_profile
+from numaemu.model.placement import Placement, place, serving_nodes
+from numaemu.runtime.results import add_speedups, policy_record
+from numaemu.model.tasks import TASKS_PER_NODE, plan_requests
+from numaemu.model.topology import HostPlacement, Topology
+from numaemu.runtime.worker import (
     SETUP_TIMEOUT_S,
     WorkerConfig,
     fill_partition,
@@ -66,7 +66,7 @@ from .worker import (
     run_batch,
     worker_main,
 )
-from .workloads import Workload
+from numaemu.model.workloads import Workload
 
 __all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "LocalNode", "local_node", "calibrate_scale", "expected_checksum", "place_for", "START_METHODS", "DELAYS"]
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .memory import Segment, new_token, segment_name
+from numaemu.host.segments import Segment, new_token, segment_name
 
 __all__ = ["flag_round_trip_ns", "barrier_round_ns"]
 

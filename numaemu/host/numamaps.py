@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .topology import Topology
+from numaemu.model.topology import Topology
 
 __all__ = [
     "MapsLine",

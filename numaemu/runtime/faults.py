@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UsageError
+from numaemu.errors import UsageError
 
 __all__ = ["ENV", "POINTS", "ACTIONS", "Fault", "Launch", "FaultHook", "parse_fault", "fault_from_env", "KillSchedule"]
 

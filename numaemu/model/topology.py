@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from numaemu.cpus import format_cpu_list, parse_cpu_list
+from numaemu.host.cpus import format_cpu_list, parse_cpu_list
 from numaemu.errors import UsageError
 
 __all__ = [

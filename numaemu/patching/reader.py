@@ -29,13 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .clock import spin
-from .engine import page_bases
-from .image import LINE_SIZE, PAGE_SIZE
-from .memory import WHERE
-from .placement import PageTable
-from .sites import INT3, MAX_INSN, SiteTable
-from .textmem import TextState
+from numaemu.host.clock import spin
+from numaemu.model.engine import page_bases
+from numaemu.model.image import LINE_SIZE, PAGE_SIZE
+from numaemu.host.segments import WHERE
+from numaemu.model.placement import PageTable
+from numaemu.model.sites import INT3, MAX_INSN, SiteTable
+from numaemu.patching.textmem import TextState
 
 __all__ = ["IBUF_LINES", "Observation", "Reader", "check_batch", "Violation"]
 

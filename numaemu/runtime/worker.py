@@ -28,13 +28,13 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from .cache import DirectMappedCache
-from .clock import Pacer, Unpaced
-from .cpus import pin_to
-from .engine import NodeEngine
-from .faults import FaultHook, Launch
-from .image import PAGE_SIZE
-from .memory import (
+from numaemu.model.cache import DirectMappedCache
+from numaemu.host.clock import Pacer, Unpaced
+from numaemu.host.cpus import pin_to
+from numaemu.model.engine import NodeEngine
+from numaemu.runtime.faults import FaultHook, Launch
+from numaemu.model.image import PAGE_SIZE
+from numaemu.host.segments import (
     NODE_SLOT,
     PHASES,
     STATE_ABORT,
@@ -44,9 +44,9 @@ from .memory import (
     MemoryLayout,
     Segment,
 )
-from .placement import PageTable
-from .tasks import choose_destination, plan_tasks
-from .workloads import Workload
+from numaemu.model.placement import PageTable
+from numaemu.model.tasks import choose_destination, plan_tasks
+from numaemu.model.workloads import Workload
 
 __all__ = ["WorkerConfig", "NodeContext", "node_shell", "fill_partition", "worker_main", "BATCH_FETCHES", "run_batch", "TaskJournal", "restore_journal", "Aborted", "ALIVE_CHECK_NS"]
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import DirectMappedCache, Footprint
-from .image import LINE_SIZE, LINES_PER_PAGE, PAGE_SIZE
-from .placement import UNMAPPED, PageTable
-from .workloads import Workload
+from numaemu.model.cache import DirectMappedCache, Footprint
+from numaemu.model.image import LINE_SIZE, LINES_PER_PAGE, PAGE_SIZE
+from numaemu.model.placement import UNMAPPED, PageTable
+from numaemu.model.workloads import Workload
 
 __all__ = ["HIT_NS", "PATH_MIN_FETCHES", "Counters", "BatchResult", "NodeEngine", "line_bases", "page_bases"]
 

@@ -27,24 +27,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .clock import Pacer
-from .coordinator import MAX_RECOVERIES, NodeSession, check_reachable, place_for
-from .cpus import host_cpus, pin_to
-from .errors import NodeFailure
-from .faults import Launch
-from .fetch import Reader, check_batch
-from .image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
-from .memory import MemoryLayout
-from .pagetables import page_table_cost
-from .patching import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
-from .placement import PageTable
-from .recovery import repair_text
-from .results import SCHEMA
-from .sites import FTRACE_KLP, SiteTable, site_table
-from .sources import NodeSource, SourcePlan, key_agreement, plan_sources
-from .textmem import TextCopies, TextState, text_segment_size
-from .topology import HostPlacement, Topology, place_on_host
-from .worker import Aborted, NodeContext, fill_partition, node_shell
+from numaemu.host.clock import Pacer
+from numaemu.runtime.coordinator import MAX_RECOVERIES, NodeSession, check_reachable, place_for
+from numaemu.host.cpus import host_cpus, pin_to
+from numaemu.errors import NodeFailure
+from numaemu.runtime.faults import Launch
+from numaemu.patching.reader import Reader, check_batch
+from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
+from numaemu.host.segments import MemoryLayout
+from numaemu.model.pagetables import page_table_cost
+from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
+from numaemu.model.placement import PageTable
+from numaemu.patching.recovery import repair_text
+from numaemu.runtime.results import SCHEMA
+from numaemu.model.sites import FTRACE_KLP, SiteTable, site_table
+from numaemu.patching.sources import NodeSource, SourcePlan, key_agreement, plan_sources
+from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
+from numaemu.model.topology import HostPlacement, Topology, place_on_host
+from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_shell
 
 __all__ = ["StressSpec", "PatchBench", "run_stress", "run_patch_bench", "READER_TASKS", "BATCH_SITES", "MAX_RECOVERIES"]
 

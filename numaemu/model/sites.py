@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image import ARM64_NOP, MODULE_SLOT_BYTES, NOP2, NOP5, KernelImage
+from numaemu.model.image import ARM64_NOP, MODULE_SLOT_BYTES, NOP2, NOP5, KernelImage
 
 __all__ = [
     "INT3",

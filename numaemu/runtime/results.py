@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cpus import format_cpu_list
-from .pagetables import PageTableCost
-from .placement import Placement
+from numaemu.host.cpus import format_cpu_list
+from numaemu.model.pagetables import PageTableCost
+from numaemu.model.placement import Placement
 
 __all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "host_id", "host_record", "format_run_table", "write_json"]
 

@@ -1,4 +1,4 @@
-"""``python -m numaemu.runner PARENT_PID``: one task of a ``bench --cluster`` sweep, in a fresh process.
+"""``python -m numaemu.measure.runner PARENT_PID``: one task of a ``bench --cluster`` sweep, in a fresh process.
 
 A Dask worker runs each task (`cluster.run_task`) by starting this module and waiting for it,
 rather than running the emulation in the worker itself, because:
@@ -35,8 +35,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import __version__
-from .bench import (
+from numaemu import __version__
+from numaemu.measure.bench import (
     Experiment,
     RunFailure,
     RunOutcome,
@@ -45,11 +45,11 @@ from .bench import (
     run_repetition,
     run_warmups,
 )
-from .errors import NodeFailure, UsageError
-from .fit import check_host_fits, run_needs
-from .memory import prune_stale
-from .results import host_record
-from .topology import Topology, load_topology
+from numaemu.errors import NodeFailure, UsageError
+from numaemu.host.fit import check_host_fits, run_needs
+from numaemu.host.segments import prune_stale
+from numaemu.runtime.results import host_record
+from numaemu.model.topology import Topology, load_topology
 
 __all__ = ["RunRequest", "execute", "main"]
 
@@ -127,7 +127,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m numaemu.runner PARENT_PID (a RunRequest pickled on stdin; run by numaemu bench --cluster)", file=sys.stderr)
+        print("usage: python -m numaemu.measure.runner PARENT_PID (a RunRequest pickled on stdin; run by numaemu bench --cluster)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     # SIGINT too, unless it came ignored: a LocalCluster's worker ignores it, so that only

@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .clock import spin
-from .memory import WHERE
-from .sites import INT3, SiteTable
-from .textmem import MAX_BATCH, TextCopies, TextState
+from numaemu.host.clock import spin
+from numaemu.host.segments import WHERE
+from numaemu.model.sites import INT3, SiteTable
+from numaemu.patching.textmem import MAX_BATCH, TextCopies, TextState
 
 __all__ = ["PROTOCOLS", "BUGS", "Locks", "NodeKernel", "PatchTimeout"]
 

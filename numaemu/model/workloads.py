@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .image import LINE_SIZE, KernelImage
+from numaemu.errors import UsageError
+from numaemu.model.image import LINE_SIZE, KernelImage
 
 __all__ = ["MICROBENCHMARKS", "WORKLOADS", "Workload", "build_workload", "parse_trace"]
 

@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .coordinator import (
+from numaemu import __version__
+from numaemu.runtime.coordinator import (
     DELAYS,
     MAX_RECOVERIES,
     START_METHODS,
@@ -28,7 +28,7 @@ from .coordinator import (
     prepare_spec,
     run_policies,
 )
-from .bench import (
+from numaemu.measure.bench import (
     AXES,
     BENCH_SCHEMA,
     Experiment,
@@ -42,30 +42,30 @@ from .bench import (
     split_topologies,
     write_csv,
 )
-from .cluster import ClusterSession, ClusterSweep, parse_address
-from .cluster import check_available as check_cluster_available
-from .cpus import format_cpu_list, host_cpus
-from .errors import NodeFailure, UsageError
-from .fit import SegmentNeed, check_fit, check_host_fits, check_node_memory, free_space, run_needs, stress_need
-from .pagetables import PT_STYLES, kaslr_base, with_base
-from .image import ARCHES, KernelImage, synthetic_image
-from .kernelfile import load_image
-from .memory import prune_stale
-from .numamaps import PlacementReport, format_placement, placement_informative, placement_warnings
-from .patching import BUGS, PROTOCOLS
-from .placement import POLICIES, REPLICATE_SCOPES
-from .plot import check_available as check_plot_available
-from .plot import plot_bench
-from .results import (
+from numaemu.measure.cluster import ClusterSession, ClusterSweep, parse_address
+from numaemu.measure.cluster import check_available as check_cluster_available
+from numaemu.host.cpus import format_cpu_list, host_cpus
+from numaemu.errors import NodeFailure, UsageError
+from numaemu.host.fit import SegmentNeed, check_fit, check_host_fits, check_node_memory, free_space, run_needs, stress_need
+from numaemu.model.pagetables import PT_STYLES, kaslr_base, with_base
+from numaemu.model.image import ARCHES, KernelImage, synthetic_image
+from numaemu.model.kernelfile import load_image
+from numaemu.host.segments import prune_stale
+from numaemu.host.numamaps import PlacementReport, format_placement, placement_informative, placement_warnings
+from numaemu.patching.protocols import BUGS, PROTOCOLS
+from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
+from numaemu.measure.plot import check_available as check_plot_available
+from numaemu.measure.plot import plot_bench
+from numaemu.runtime.results import (
     SCHEMA,
     add_speedups,
     format_run_table,
     host_metadata,
     write_json,
 )
-from .sources import SOURCES, hot_keys
-from .stress import StressSpec, format_stress_summary, run_stress, stress_document
-from .topology import (
+from numaemu.patching.sources import SOURCES, hot_keys
+from numaemu.patching.stress import StressSpec, format_stress_summary, run_stress, stress_document
+from numaemu.model.topology import (
     MAX_NODES,
     HostPlacement,
     Topology,
@@ -75,7 +75,7 @@ from .topology import (
     parse_host_cpus,
     place_on_host,
 )
-from .workloads import WORKLOADS, build_workload
+from numaemu.model.workloads import WORKLOADS, build_workload
 
 __all__ = ["main"]
 
@@ -978,7 +978,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import FULL, QUICK, calibrate, format_calibration
+    from numaemu.measure.calibrate import FULL, QUICK, calibrate, format_calibration
 
     start_method = args.start_method if args.start_method is not None else mp.get_start_method()
     _choice(start_method, START_METHODS, "--start-method")

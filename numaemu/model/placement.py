@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image import PAGE_SIZE, KernelImage
+from numaemu.model.image import PAGE_SIZE, KernelImage
 
 __all__ = ["POLICIES", "REPLICATE_SCOPES", "PageTable", "Placement", "place", "serving_nodes"]
 

@@ -57,8 +57,8 @@ import numpy as np
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 
-from .errors import UsageError
-from .image import INT3, NOP2, NOP5, PAGE_SIZE, ImageSource, KernelImage, Section
+from numaemu.errors import UsageError
+from numaemu.model.image import INT3, NOP2, NOP5, PAGE_SIZE, ImageSource, KernelImage, Section
 
 __all__ = [
     "EXTRA_HINT",

@@ -1,0 +1,1 @@
+"""Measurement: calibrate, bench, statistics, plots, the cluster."""

@@ -1,0 +1,1 @@
+"""Pure model: no OS calls, no processes, no clocks."""

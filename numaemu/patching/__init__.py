@@ -1,0 +1,1 @@
+"""Text patching: text memory, protocols, sources, reader and checker, stress."""

@@ -1,0 +1,1 @@
+"""Node processes: the node shell, the supervisor, recovery and faults."""
