@@ -3,8 +3,8 @@
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.model.image import KernelImage, synthetic_image
 from numaemu.model.placement import POLICIES, Placement, place
-from numaemu.patching.stress import StressSpec, run_stress
 from numaemu.model.topology import HostPlacement, Topology, load_topology, place_on_host
+from numaemu.patching.stress import StressSpec, run_stress
 
 __version__ = "0.1.0"
 __all__ = [

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from numaemu.cli import main as numaemu_main
 from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS
-from numaemu.runtime.results import SCHEMA, host_metadata, write_json
 from numaemu.patching.textmem import MAX_BATCH
+from numaemu.runtime.results import SCHEMA, host_metadata, write_json
 
 __all__ = ["Options", "Pair", "Report", "Spread", "options", "pct", "record", "run", "text_poke_bp_model_ns", "write_results"]
 

@@ -23,9 +23,9 @@ import statistics
 import sys
 
 from numaemu.measure.baselines import barrier_round_ns, flag_round_trip_ns
-from numaemu.runtime.results import host_metadata
-from numaemu.patching.stress import PatchBench, run_patch_bench
 from numaemu.model.topology import load_topology
+from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.runtime.results import host_metadata
 
 
 def bench(topology: str, protocol: str, bench: PatchBench, modeled: bool) -> dict:

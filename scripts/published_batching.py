@@ -28,10 +28,10 @@ from __future__ import annotations
 import sys
 import time
 
-from numaemu.patching.stress import PatchBench, run_patch_bench
-from numaemu.model.topology import load_topology
-
 from _published import Report, Spread, options, text_poke_bp_model_ns, write_results
+
+from numaemu.model.topology import load_topology
+from numaemu.patching.stress import PatchBench, run_patch_bench
 
 SITES = 56
 KERNEL_UNBATCHED_S = 57e-3

@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from numaemu.cli import main
+from numaemu.errors import UsageError
 from numaemu.measure.bench import (
     Point,
     compare_docs,
@@ -19,8 +21,6 @@ from numaemu.measure.bench import (
     split_topologies,
     summarise_point,
 )
-from numaemu.cli import main
-from numaemu.errors import UsageError
 from numaemu.measure.stats import summarise
 
 from .conftest import numaemu

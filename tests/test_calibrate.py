@@ -10,6 +10,8 @@ import math
 import pytest
 
 import numaemu.measure.calibrate as calibrate_module
+from numaemu.cli import main
+from numaemu.host.clock import Pacer
 from numaemu.measure.calibrate import (
     DELAYS_NS,
     QUICK,
@@ -24,8 +26,6 @@ from numaemu.measure.calibrate import (
     min_latency_difference_ns,
     samples_for,
 )
-from numaemu.cli import main
-from numaemu.host.clock import Pacer
 
 from .conftest import numaemu
 from .test_clock import FakeClock

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numaemu.patching.reader import Observation, Violation, check_batch
 from numaemu.model.image import ARM64_NOP, NOP2, NOP5, synthetic_image, with_module_area
 from numaemu.model.sites import (
     FTRACE_BPF,
@@ -15,6 +14,7 @@ from numaemu.model.sites import (
     SiteTable,
     site_table,
 )
+from numaemu.patching.reader import Observation, Violation, check_batch
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from dataclasses import replace
 import psutil
 import pytest
 
+from numaemu.errors import NodeFailure, UsageError
 from numaemu.measure import cluster
 from numaemu.measure.bench import (
     Experiment,
@@ -36,7 +37,6 @@ from numaemu.measure.bench import (
     summarise_point,
     summarise_runs,
 )
-from numaemu.errors import NodeFailure, UsageError
 from numaemu.measure.runner import RunRequest, execute
 
 from .conftest import ROOT, numaemu

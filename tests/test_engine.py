@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import numaemu.model.engine
+from numaemu.host.segments import MemoryLayout
 from numaemu.model.cache import DEFAULT_CACHE_BYTES, DirectMappedCache
 from numaemu.model.engine import HIT_NS, NodeEngine, line_bases
 from numaemu.model.image import (
@@ -19,10 +20,9 @@ from numaemu.model.image import (
     KernelImage,
     synthetic_image,
 )
-from numaemu.host.segments import MemoryLayout
 from numaemu.model.placement import Placement, place
-from numaemu.runtime.worker import fill_partition
 from numaemu.model.workloads import Workload, build_workload
+from numaemu.runtime.worker import fill_partition
 
 USER_BYTES = 64 << 10
 SEED = 0

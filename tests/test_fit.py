@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from numaemu.runtime.coordinator import place_for
 from numaemu.errors import UsageError
 from numaemu.host.fit import (
     SegmentNeed,
@@ -17,10 +16,11 @@ from numaemu.host.fit import (
     segment_need,
     stress_need,
 )
-from numaemu.model.image import PAGE_SIZE, synthetic_image
 from numaemu.host.segments import USER_DATA_BYTES, Control, MemoryLayout
+from numaemu.model.image import PAGE_SIZE, synthetic_image
 from numaemu.model.tasks import TASKS_PER_NODE
 from numaemu.model.topology import PRESETS, load_topology
+from numaemu.runtime.coordinator import place_for
 
 MIB, GIB = 1 << 20, 1 << 30
 IMAGE = synthetic_image()  # the full embedded image: 17.9 MiB of text+rodata
@@ -176,8 +176,8 @@ class _Stop(Exception):
 @pytest.fixture
 def segments_created(monkeypatch, no_leaks):
     """Record each segment a run creates (kind -> bytes), and stop it before any node starts."""
-    from numaemu.runtime import coordinator
     from numaemu.host import segments as memory
+    from numaemu.runtime import coordinator
 
     created: dict[str, int] = {}
     real = memory.Segment.create.__func__
@@ -196,9 +196,9 @@ def segments_created(monkeypatch, no_leaks):
 
 @pytest.mark.parametrize("policy", ["single", "interleave", "replicate"])
 def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy):
-    from numaemu.runtime.coordinator import prepare_spec, run_policy
     from numaemu.model.topology import place_on_host
     from numaemu.model.workloads import build_workload
+    from numaemu.runtime.coordinator import prepare_spec, run_policy
 
     image = synthetic_image(0.05)
     topo = load_topology("kunpeng920")
@@ -213,8 +213,8 @@ def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy)
 
 
 def test_the_stress_need_is_the_segments_run_stress_creates(segments_created):
-    from numaemu.patching.stress import StressSpec, run_stress
     from numaemu.model.topology import place_on_host
+    from numaemu.patching.stress import StressSpec, run_stress
 
     image = synthetic_image(0.05)
     topo = load_topology("2s-xeon")

@@ -99,7 +99,7 @@ def test_functions_are_ordered_aligned_and_inside_text(image: KernelImage) -> No
 def test_every_function_starts_with_ftrace_nop5(image: KernelImage) -> None:
     entries = image.data[image.functions[:, None] + np.arange(5)]
     assert np.all(entries == np.frombuffer(NOP5, dtype=np.uint8))
-    assert NOP5 == bytes([0x0F, 0x1F, 0x44, 0x00, 0x00])
+    assert bytes([0x0F, 0x1F, 0x44, 0x00, 0x00]) == NOP5
     assert image.ftrace_sites is image.functions
 
 
@@ -130,7 +130,7 @@ def test_jump_sites_hold_nops(image: KernelImage) -> None:
     two, five = sites[lengths == 2], sites[lengths == 5]
     assert np.all(image.data[two[:, None] + np.arange(2)] == np.frombuffer(NOP2, dtype=np.uint8))
     assert np.all(image.data[five[:, None] + np.arange(5)] == np.frombuffer(NOP5, dtype=np.uint8))
-    assert NOP2 == bytes([0x66, 0x90])
+    assert bytes([0x66, 0x90]) == NOP2
 
 
 def test_jump_sites_lie_inside_their_function_after_the_ftrace_site(image: KernelImage) -> None:

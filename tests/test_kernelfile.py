@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from numaemu.model import kernelfile
 from numaemu.cli import main
 from numaemu.errors import UsageError
+from numaemu.model import kernelfile
 from numaemu.model.image import KERNEL_BASE, NOP2, NOP5, PAGE_SIZE, with_module_area
 from numaemu.model.kernelfile import EXTRA_HINT, MIN_JUMP_ENTRIES, load_image, parse_image
 from numaemu.model.sites import FTRACE_CALLER, KIND_FTRACE, KIND_JUMP, site_table

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from numaemu.measure.bench import format_point, summarise_point
 from numaemu.cli import main
-from numaemu.host.clock import Pacer, Unpaced
-from numaemu.runtime.coordinator import prepare_spec
 from numaemu.errors import UsageError
-from numaemu.host.segments import USER_DATA_BYTES
+from numaemu.host.clock import Pacer, Unpaced
 from numaemu.host.numamaps import (
     HostPages,
     NodePlacement,
@@ -31,6 +28,8 @@ from numaemu.host.numamaps import (
     placement_warnings,
     read_placement,
 )
+from numaemu.host.segments import USER_DATA_BYTES
+from numaemu.measure.bench import format_point, summarise_point
 from numaemu.model.topology import (
     Node,
     format_numactl,
@@ -40,6 +39,7 @@ from numaemu.model.topology import (
     place_on_host,
     read_sysfs,
 )
+from numaemu.runtime.coordinator import prepare_spec
 
 from .conftest import numaemu
 from .test_bench import POINT, reps

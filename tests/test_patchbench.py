@@ -6,8 +6,8 @@ import statistics
 
 import pytest
 
-from numaemu.patching.stress import PatchBench, run_patch_bench
 from numaemu.model.topology import load_topology
+from numaemu.patching.stress import PatchBench, run_patch_bench
 
 
 def test_defaults() -> None:

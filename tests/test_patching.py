@@ -9,11 +9,11 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.host.segments import MemoryLayout, Segment, list_segments, new_token, segment_name
-from numaemu.patching.protocols import Locks, NodeKernel, _ranges
+from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.model.placement import place
 from numaemu.model.sites import SiteTable, site_table
+from numaemu.patching.protocols import Locks, NodeKernel, _ranges
 from numaemu.patching.textmem import MAX_BATCH, TextCopies, TextState, text_segment_size
 from numaemu.runtime.worker import fill_partition
 

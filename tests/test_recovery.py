@@ -20,15 +20,6 @@ import numpy as np
 import pytest
 
 from numaemu.errors import UsageError
-from numaemu.runtime.faults import (
-    Fault,
-    FaultHook,
-    KillSchedule,
-    Launch,
-    fault_from_env,
-    parse_fault,
-)
-from numaemu.model.image import MODULE_SLOT_BYTES, synthetic_image, with_module_area
 from numaemu.host.segments import (
     STATE_ABORT,
     STATE_RECOVER,
@@ -39,12 +30,21 @@ from numaemu.host.segments import (
     new_token,
     segment_name,
 )
-from numaemu.patching.protocols import Locks, NodeKernel
+from numaemu.model.image import MODULE_SLOT_BYTES, synthetic_image, with_module_area
 from numaemu.model.placement import place
-from numaemu.patching.recovery import release_locks, repair_text
 from numaemu.model.sites import INT3, site_table
+from numaemu.patching.protocols import Locks, NodeKernel
+from numaemu.patching.recovery import release_locks, repair_text
 from numaemu.patching.sources import NodeSource, plan_sources
 from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, text_segment_size
+from numaemu.runtime.faults import (
+    Fault,
+    FaultHook,
+    KillSchedule,
+    Launch,
+    fault_from_env,
+    parse_fault,
+)
 from numaemu.runtime.worker import (
     ALIVE_CHECK_NS,
     Aborted,

@@ -11,13 +11,13 @@ import numpy as np
 import psutil
 import pytest
 
-from numaemu.runtime.coordinator import RunSpec, expected_checksum, run_policy
-from numaemu.host.cpus import host_cpus
 from numaemu.errors import NodeFailure
+from numaemu.host.cpus import host_cpus
 from numaemu.model.image import synthetic_image
 from numaemu.model.placement import place
 from numaemu.model.topology import load_topology, place_on_host
 from numaemu.model.workloads import build_workload
+from numaemu.runtime.coordinator import RunSpec, expected_checksum, run_policy
 
 from .conftest import numaemu
 

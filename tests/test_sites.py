@@ -189,7 +189,7 @@ def test_x86_ftrace_calls(x86) -> None:
 
 def test_arm64_nops_and_branches(arm) -> None:
     image, t = arm
-    assert ARM64_NOP == bytes.fromhex("1f2003d5")
+    assert bytes.fromhex("1f2003d5") == ARM64_NOP
     for s in range(t.n_core):
         assert t.encoding(s, 0) == ARM64_NOP
     for s in range(t.n_jump):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.host.segments import MemoryLayout, Segment, list_segments, new_token, segment_name
+from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.model.placement import Placement, place
 from numaemu.patching.textmem import (
     MAX_BATCH,

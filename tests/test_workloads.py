@@ -125,7 +125,7 @@ def test_unknown_workload(image) -> None:
     with pytest.raises(UsageError, match=rf"^--workload: unknown workload 'nginx'; choose one of {names}$") as info:
         build_workload("nginx", image)
     assert info.value.parameter == "--workload"
-    assert WORKLOADS == ("getpid", "db", "compute", *MICROBENCHMARKS, "trace")
+    assert ("getpid", "db", "compute", *MICROBENCHMARKS, "trace") == WORKLOADS
 
 
 # The x86 series' microbenchmarks (Kuzin, RFC 00/12, 2023-12-28): their kernel paths and the small

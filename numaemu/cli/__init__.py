@@ -20,22 +20,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from numaemu import __version__
-from numaemu.runtime.coordinator import (
-    DELAYS,
-    MAX_RECOVERIES,
-    START_METHODS,
-    expected_checksum,
-    prepare_spec,
-    run_policies,
-)
+from numaemu.errors import NodeFailure, UsageError
+from numaemu.host.cpus import format_cpu_list, host_cpus
+from numaemu.host.fit import SegmentNeed, check_fit, check_host_fits, check_node_memory, free_space, run_needs, stress_need
+from numaemu.host.numamaps import PlacementReport, format_placement, placement_informative, placement_warnings
+from numaemu.host.segments import prune_stale
 from numaemu.measure.bench import (
     AXES,
     BENCH_SCHEMA,
+    LEGEND,
     Experiment,
     Point,
     bench_doc_problem,
     compare_docs,
-    LEGEND,
     format_compare,
     read_experiment_file,
     run_experiment,
@@ -44,27 +41,12 @@ from numaemu.measure.bench import (
 )
 from numaemu.measure.cluster import ClusterSession, ClusterSweep, parse_address
 from numaemu.measure.cluster import check_available as check_cluster_available
-from numaemu.host.cpus import format_cpu_list, host_cpus
-from numaemu.errors import NodeFailure, UsageError
-from numaemu.host.fit import SegmentNeed, check_fit, check_host_fits, check_node_memory, free_space, run_needs, stress_need
-from numaemu.model.pagetables import PT_STYLES, kaslr_base, with_base
-from numaemu.model.image import ARCHES, KernelImage, synthetic_image
-from numaemu.model.kernelfile import load_image
-from numaemu.host.segments import prune_stale
-from numaemu.host.numamaps import PlacementReport, format_placement, placement_informative, placement_warnings
-from numaemu.patching.protocols import BUGS, PROTOCOLS
-from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
 from numaemu.measure.plot import check_available as check_plot_available
 from numaemu.measure.plot import plot_bench
-from numaemu.runtime.results import (
-    SCHEMA,
-    add_speedups,
-    format_run_table,
-    host_metadata,
-    write_json,
-)
-from numaemu.patching.sources import SOURCES, hot_keys
-from numaemu.patching.stress import StressSpec, format_stress_summary, run_stress, stress_document
+from numaemu.model.image import ARCHES, KernelImage, synthetic_image
+from numaemu.model.kernelfile import load_image
+from numaemu.model.pagetables import PT_STYLES, kaslr_base, with_base
+from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
 from numaemu.model.topology import (
     MAX_NODES,
     HostPlacement,
@@ -76,6 +58,24 @@ from numaemu.model.topology import (
     place_on_host,
 )
 from numaemu.model.workloads import WORKLOADS, build_workload
+from numaemu.patching.protocols import BUGS, PROTOCOLS
+from numaemu.patching.sources import SOURCES, hot_keys
+from numaemu.patching.stress import StressSpec, format_stress_summary, run_stress, stress_document
+from numaemu.runtime.coordinator import (
+    DELAYS,
+    MAX_RECOVERIES,
+    START_METHODS,
+    expected_checksum,
+    prepare_spec,
+    run_policies,
+)
+from numaemu.runtime.results import (
+    SCHEMA,
+    add_speedups,
+    format_run_table,
+    host_metadata,
+    write_json,
+)
 
 __all__ = ["main"]
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from numaemu.errors import UsageError
-from numaemu.model.image import PAGE_SIZE, KernelImage
 from numaemu.host.segments import SHM_DIR, USER_DATA_BYTES, Control, MemoryLayout
+from numaemu.model.image import PAGE_SIZE, KernelImage
 from numaemu.model.placement import Placement
 from numaemu.model.topology import Topology
 
@@ -129,8 +129,8 @@ def run_needs(
     """The `SegmentNeed` of each policy of a ``run`` (or of one ``bench`` point), placed as
     `coordinator.run_policy` places it. Also refuses, as the run would later, a policy under
     which a node cannot reach the memory that backs its image, or a machine without memory."""
-    from numaemu.runtime.coordinator import check_reachable, place_for
     from numaemu.model.tasks import TASKS_PER_NODE
+    from numaemu.runtime.coordinator import check_reachable, place_for
 
     needs = []
     for policy in policies:
@@ -143,11 +143,11 @@ def run_needs(
 def stress_need(topo: Topology, image: KernelImage, policy: str, *, replicas_every: int = 1) -> SegmentNeed:
     """The `SegmentNeed` of ``stress`` (`stress.run_stress`: the image with its module area,
     one page of user data per node, and the ``txt`` segment)."""
-    from numaemu.runtime.coordinator import check_reachable, place_for
     from numaemu.model.image import with_module_area
     from numaemu.model.sites import site_table
     from numaemu.patching.stress import READER_TASKS
     from numaemu.patching.textmem import text_segment_size
+    from numaemu.runtime.coordinator import check_reachable, place_for
 
     image = with_module_area(image)
     placement, _ = place_for(topo, image, policy, replicas_every=replicas_every)

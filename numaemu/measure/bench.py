@@ -39,15 +39,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from numaemu.runtime.coordinator import RunSpec, prepare_spec, run_policies
-from numaemu.host.cpus import host_cpus
 from numaemu.errors import NodeFailure, UsageError
+from numaemu.host.cpus import host_cpus
+from numaemu.measure.stats import Summary, paired_test, summarise, welch_test
 from numaemu.model.image import KernelImage, synthetic_image
 from numaemu.model.kernelfile import load_image
-from numaemu.runtime.results import host_record
-from numaemu.measure.stats import Summary, paired_test, summarise, welch_test
 from numaemu.model.topology import Topology, load_topology, parse_host_cpus, place_on_host
 from numaemu.model.workloads import Workload, build_workload
+from numaemu.runtime.coordinator import RunSpec, prepare_spec, run_policies
+from numaemu.runtime.results import host_record
 
 __all__ = [
     "AXES",

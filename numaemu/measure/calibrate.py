@@ -35,16 +35,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from numaemu.measure.baselines import barrier_round_ns, flag_round_trip_ns
 from numaemu.host.clock import Pacer, measure_oversleep_ns, time_scale
-from numaemu.runtime.coordinator import local_node
-from numaemu.model.image import KernelImage
 from numaemu.host.segments import MemoryLayout, Segment, new_token, segment_name
+from numaemu.measure.baselines import barrier_round_ns, flag_round_trip_ns
+from numaemu.model.image import KernelImage
 from numaemu.model.placement import place
-from numaemu.patching.stress import PatchBench, run_patch_bench
 from numaemu.model.topology import Topology
-from numaemu.runtime.worker import BATCH_FETCHES, fill_partition
 from numaemu.model.workloads import Workload
+from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.runtime.coordinator import local_node
+from numaemu.runtime.worker import BATCH_FETCHES, fill_partition
 
 __all__ = [
     "DELAYS_NS",

@@ -45,6 +45,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from numaemu.errors import UsageError
 from numaemu.measure.bench import (
     Experiment,
     RunFailure,
@@ -54,9 +55,8 @@ from numaemu.measure.bench import (
     format_point,
     plan_tasks,
 )
-from numaemu.errors import UsageError
-from numaemu.runtime.results import host_id, host_metadata
 from numaemu.measure.runner import RunRequest
+from numaemu.runtime.results import host_id, host_metadata
 
 __all__ = ["RESOURCE", "ClusterSession", "ClusterSweep", "check_available", "parse_address", "run_task"]
 

@@ -36,6 +36,9 @@ import time
 from dataclasses import dataclass
 
 from numaemu import __version__
+from numaemu.errors import NodeFailure, UsageError
+from numaemu.host.fit import check_host_fits, run_needs
+from numaemu.host.segments import prune_stale
 from numaemu.measure.bench import (
     Experiment,
     RunFailure,
@@ -45,11 +48,8 @@ from numaemu.measure.bench import (
     run_repetition,
     run_warmups,
 )
-from numaemu.errors import NodeFailure, UsageError
-from numaemu.host.fit import check_host_fits, run_needs
-from numaemu.host.segments import prune_stale
-from numaemu.runtime.results import host_record
 from numaemu.model.topology import Topology, load_topology
+from numaemu.runtime.results import host_record
 
 __all__ = ["RunRequest", "execute", "main"]
 

@@ -37,8 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from numaemu.host.cpus import format_cpu_list, parse_cpu_list
 from numaemu.errors import UsageError
+from numaemu.host.cpus import format_cpu_list, parse_cpu_list
 
 __all__ = [
     "SLIT_LOCAL",

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.host.segments import WHERE
 from numaemu.model.engine import page_bases
 from numaemu.model.image import LINE_SIZE, PAGE_SIZE
-from numaemu.host.segments import WHERE
 from numaemu.model.placement import PageTable
 from numaemu.model.sites import INT3, MAX_INSN, SiteTable
 from numaemu.patching.textmem import TextState

@@ -50,8 +50,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from numaemu.model.image import MODULE_SLOT_BYTES
-from numaemu.patching.protocols import Locks, _ranges
 from numaemu.model.sites import SiteTable
+from numaemu.patching.protocols import Locks, _ranges
 from numaemu.patching.sources import SourcePlan, slot_fill
 from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState
 

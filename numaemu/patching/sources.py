@@ -38,7 +38,6 @@ import numpy as np
 
 from numaemu.host.clock import spin
 from numaemu.model.image import MODULE_SLOT_BYTES
-from numaemu.patching.protocols import NodeKernel
 from numaemu.model.sites import (
     FTRACE_BPF,
     FTRACE_CALLER,
@@ -50,6 +49,7 @@ from numaemu.model.sites import (
     KIND_JUMP,
     SiteTable,
 )
+from numaemu.patching.protocols import NodeKernel
 from numaemu.patching.textmem import MAX_KEYS, TextState
 
 __all__ = ["SOURCES", "SourcePlan", "hot_keys", "plan_sources", "NodeSource", "key_agreement", "slot_fill"]

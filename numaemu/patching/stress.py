@@ -27,23 +27,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numaemu.host.clock import Pacer
-from numaemu.runtime.coordinator import MAX_RECOVERIES, NodeSession, check_reachable, place_for
-from numaemu.host.cpus import host_cpus, pin_to
 from numaemu.errors import NodeFailure
-from numaemu.runtime.faults import Launch
-from numaemu.patching.reader import Reader, check_batch
-from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
+from numaemu.host.clock import Pacer
+from numaemu.host.cpus import host_cpus, pin_to
 from numaemu.host.segments import MemoryLayout
+from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.model.pagetables import page_table_cost
-from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
 from numaemu.model.placement import PageTable
-from numaemu.patching.recovery import repair_text
-from numaemu.runtime.results import SCHEMA
 from numaemu.model.sites import FTRACE_KLP, SiteTable, site_table
+from numaemu.model.topology import HostPlacement, Topology, place_on_host
+from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
+from numaemu.patching.reader import Reader, check_batch
+from numaemu.patching.recovery import repair_text
 from numaemu.patching.sources import NodeSource, SourcePlan, key_agreement, plan_sources
 from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
-from numaemu.model.topology import HostPlacement, Topology, place_on_host
+from numaemu.runtime.coordinator import MAX_RECOVERIES, NodeSession, check_reachable, place_for
+from numaemu.runtime.faults import Launch
+from numaemu.runtime.results import SCHEMA
 from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_shell
 
 __all__ = ["StressSpec", "PatchBench", "run_stress", "run_patch_bench", "READER_TASKS", "BATCH_SITES", "MAX_RECOVERIES"]

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numaemu.model.image import PAGE_SIZE
 from numaemu.host.segments import MemoryLayout, Segment
+from numaemu.model.image import PAGE_SIZE
 from numaemu.model.placement import Placement
 
 __all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "PUBLISHED", "TextState", "TextCopies", "text_segment_size"]

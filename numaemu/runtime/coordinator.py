@@ -31,12 +31,9 @@ from multiprocessing.context import reduction, set_spawning_popen
 
 import numpy as np
 
-from numaemu.model.cache import DirectMappedCache
-from numaemu.host.clock import measure_oversleep_ns, time_scale
-from numaemu.model.engine import NodeEngine
 from numaemu.errors import NodeFailure, UsageError
-from numaemu.runtime.faults import Fault, KillSchedule, Launch, fault_from_env
-from numaemu.model.image import LINE_SIZE, KernelImage
+from numaemu.host.clock import measure_oversleep_ns, time_scale
+from numaemu.host.numamaps import expected_host_nodes, read_placement
 from numaemu.host.segments import (
     CONTROL_MAGIC,
     CONTROL_VERSION,
@@ -52,12 +49,16 @@ from numaemu.host.segments import (
     new_token,
     segment_name,
 )
-from numaemu.host.numamaps import expected_host_nodes, read_placement
+from numaemu.model.cache import DirectMappedCache
+from numaemu.model.engine import NodeEngine
+from numaemu.model.image import LINE_SIZE, KernelImage
 from numaemu.model.pagetables import page_table_cost, walk_profile
 from numaemu.model.placement import Placement, place, serving_nodes
-from numaemu.runtime.results import add_speedups, policy_record
 from numaemu.model.tasks import TASKS_PER_NODE, plan_requests
 from numaemu.model.topology import HostPlacement, Topology
+from numaemu.model.workloads import Workload
+from numaemu.runtime.faults import Fault, KillSchedule, Launch, fault_from_env
+from numaemu.runtime.results import add_speedups, policy_record
 from numaemu.runtime.worker import (
     SETUP_TIMEOUT_S,
     WorkerConfig,
@@ -66,7 +67,6 @@ from numaemu.runtime.worker import (
     run_batch,
     worker_main,
 )
-from numaemu.model.workloads import Workload
 
 __all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "LocalNode", "local_node", "calibrate_scale", "expected_checksum", "place_for", "START_METHODS", "DELAYS"]
 

@@ -28,12 +28,8 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from numaemu.model.cache import DirectMappedCache
 from numaemu.host.clock import Pacer, Unpaced
 from numaemu.host.cpus import pin_to
-from numaemu.model.engine import NodeEngine
-from numaemu.runtime.faults import FaultHook, Launch
-from numaemu.model.image import PAGE_SIZE
 from numaemu.host.segments import (
     NODE_SLOT,
     PHASES,
@@ -44,9 +40,13 @@ from numaemu.host.segments import (
     MemoryLayout,
     Segment,
 )
+from numaemu.model.cache import DirectMappedCache
+from numaemu.model.engine import NodeEngine
+from numaemu.model.image import PAGE_SIZE
 from numaemu.model.placement import PageTable
 from numaemu.model.tasks import choose_destination, plan_tasks
 from numaemu.model.workloads import Workload
+from numaemu.runtime.faults import FaultHook, Launch
 
 __all__ = ["WorkerConfig", "NodeContext", "node_shell", "fill_partition", "worker_main", "BATCH_FETCHES", "run_batch", "TaskJournal", "restore_journal", "Aborted", "ALIVE_CHECK_NS"]
 
