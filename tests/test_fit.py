@@ -14,13 +14,13 @@ from numaemu.host.fit import (
     format_bytes,
     run_needs,
     segment_need,
-    stress_need,
 )
 from numaemu.host.segments import USER_DATA_BYTES, Control, MemoryLayout
 from numaemu.model.image import PAGE_SIZE, synthetic_image
+from numaemu.model.placement import place_for
 from numaemu.model.tasks import TASKS_PER_NODE
 from numaemu.model.topology import PRESETS, load_topology
-from numaemu.runtime.coordinator import place_for
+from numaemu.patching.stress import stress_need
 
 MIB, GIB = 1 << 20, 1 << 30
 IMAGE = synthetic_image()  # the full embedded image: 17.9 MiB of text+rodata

@@ -22,7 +22,7 @@ from pathlib import Path
 from numaemu import __version__
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.host.cpus import format_cpu_list, host_cpus
-from numaemu.host.fit import SegmentNeed, check_fit, check_host_fits, check_node_memory, free_space, run_needs, stress_need
+from numaemu.host.fit import SegmentNeed, check_fit, check_host_fits, check_node_memory, free_space, run_needs
 from numaemu.host.numamaps import PlacementReport, format_placement, placement_informative, placement_warnings
 from numaemu.host.segments import prune_stale
 from numaemu.measure.bench import (
@@ -60,7 +60,7 @@ from numaemu.model.topology import (
 from numaemu.model.workloads import WORKLOADS, build_workload
 from numaemu.patching.protocols import BUGS, PROTOCOLS
 from numaemu.patching.sources import SOURCES, hot_keys
-from numaemu.patching.stress import StressSpec, format_stress_summary, run_stress, stress_document
+from numaemu.patching.stress import StressSpec, format_stress_summary, run_stress, stress_document, stress_need
 from numaemu.runtime.coordinator import (
     DELAYS,
     MAX_RECOVERIES,

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from numaemu.errors import UsageError
 from numaemu.host.segments import SHM_DIR, USER_DATA_BYTES, Control, MemoryLayout
 from numaemu.model.image import PAGE_SIZE, KernelImage
-from numaemu.model.placement import Placement
+from numaemu.model.placement import Placement, check_reachable, place_for
+from numaemu.model.tasks import TASKS_PER_NODE
 from numaemu.model.topology import Topology
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "SegmentNeed",
     "segment_need",
     "run_needs",
-    "stress_need",
     "check_fit",
     "check_node_memory",
     "check_host_fits",
@@ -129,9 +129,6 @@ def run_needs(
     """The `SegmentNeed` of each policy of a ``run`` (or of one ``bench`` point), placed as
     `coordinator.run_policy` places it. Also refuses, as the run would later, a policy under
     which a node cannot reach the memory that backs its image, or a machine without memory."""
-    from numaemu.model.tasks import TASKS_PER_NODE
-    from numaemu.runtime.coordinator import check_reachable, place_for
-
     needs = []
     for policy in policies:
         placement, _ = place_for(topo, image, policy, replicate, replicas_every)
@@ -140,21 +137,6 @@ def run_needs(
     return needs
 
 
-def stress_need(topo: Topology, image: KernelImage, policy: str, *, replicas_every: int = 1) -> SegmentNeed:
-    """The `SegmentNeed` of ``stress`` (`stress.run_stress`: the image with its module area,
-    one page of user data per node, and the ``txt`` segment)."""
-    from numaemu.model.image import with_module_area
-    from numaemu.model.sites import site_table
-    from numaemu.patching.stress import READER_TASKS
-    from numaemu.patching.textmem import text_segment_size
-    from numaemu.runtime.coordinator import check_reachable, place_for
-
-    image = with_module_area(image)
-    placement, _ = place_for(topo, image, policy, replicas_every=replicas_every)
-    check_reachable(topo, placement)
-    n, n_tasks = topo.n_nodes, READER_TASKS * topo.n_nodes
-    txt = text_segment_size(n, len(site_table(image)), image.n_keys, n_tasks)
-    return segment_need(placement, image, label=policy, n_tasks=n_tasks, user_bytes=PAGE_SIZE, txt=txt)
 
 
 def check_fit(

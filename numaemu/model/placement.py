@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numaemu.errors import UsageError
 from numaemu.model.image import PAGE_SIZE, KernelImage
+from numaemu.model.topology import Topology
 
 __all__ = ["POLICIES", "REPLICATE_SCOPES", "PageTable", "Placement", "place", "serving_nodes"]
 
@@ -162,3 +164,26 @@ def place(
         frame[rows, cols] = np.searchsorted(pages, cols)
     tables = tuple(PageTable(n, home[n].copy(), frame[n].copy()) for n in range(n_nodes))
     return Placement(policy, replicate, n_nodes, hosted, tables, len(mapped), serving if policy == "replicate" else ())
+
+def check_reachable(topology: Topology, placement: Placement) -> None:
+    for node in range(topology.n_nodes):
+        for home in placement.homes_of(node):
+            if topology.latency_ns[node][home] is None:
+                raise UsageError(
+                    "--policy",
+                    f"{placement.policy}: node {node} cannot reach node {home}, whose memory backs its "
+                    f"kernel image (distance {topology.distance[node][home]} = unreachable)",
+                )
+
+
+def place_for(
+    topo: Topology, image: KernelImage, policy: str, replicate: str = "text+rodata", replicas_every: int = 1
+) -> tuple[Placement, tuple[int, ...]]:
+    """The placement of `policy` on `topo`, and per node the nearest node with memory (itself
+    if it has some): memoryless nodes and ``--replicas-every`` are decided here."""
+    has_memory = [nd.memory_bytes > 0 for nd in topo.nodes]
+    if not any(has_memory):
+        raise UsageError("--topology", f"{topo.name}: no node has memory; at least one must hold the image")
+    mem_serving = serving_nodes(topo.distance, has_memory, 1)
+    serving = serving_nodes(topo.distance, has_memory, replicas_every) if policy == "replicate" else mem_serving
+    return place(image, topo.n_nodes, policy, replicate, serving=serving), mem_serving

@@ -30,10 +30,11 @@ import numpy as np
 from numaemu.errors import NodeFailure
 from numaemu.host.clock import Pacer
 from numaemu.host.cpus import host_cpus, pin_to
+from numaemu.host.fit import SegmentNeed, segment_need
 from numaemu.host.segments import MemoryLayout
 from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.model.pagetables import page_table_cost
-from numaemu.model.placement import PageTable
+from numaemu.model.placement import PageTable, check_reachable, place_for
 from numaemu.model.sites import FTRACE_KLP, SiteTable, site_table
 from numaemu.model.topology import HostPlacement, Topology, place_on_host
 from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS, Locks, NodeKernel
@@ -41,7 +42,7 @@ from numaemu.patching.reader import Reader, check_batch
 from numaemu.patching.recovery import repair_text
 from numaemu.patching.sources import NodeSource, SourcePlan, key_agreement, plan_sources
 from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
-from numaemu.runtime.coordinator import MAX_RECOVERIES, NodeSession, check_reachable, place_for
+from numaemu.runtime.coordinator import MAX_RECOVERIES, NodeSession
 from numaemu.runtime.faults import Launch
 from numaemu.runtime.results import SCHEMA
 from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_shell
@@ -644,3 +645,13 @@ def format_stress_summary(doc: dict) -> str:
     else:
         lines.append("FAILED: see the violations above")
     return "\n".join(lines)
+
+def stress_need(topo: Topology, image: KernelImage, policy: str, *, replicas_every: int = 1) -> SegmentNeed:
+    """The `SegmentNeed` of ``stress`` (`stress.run_stress`: the image with its module area,
+    one page of user data per node, and the ``txt`` segment)."""
+    image = with_module_area(image)
+    placement, _ = place_for(topo, image, policy, replicas_every=replicas_every)
+    check_reachable(topo, placement)
+    n, n_tasks = topo.n_nodes, READER_TASKS * topo.n_nodes
+    txt = text_segment_size(n, len(site_table(image)), image.n_keys, n_tasks)
+    return segment_need(placement, image, label=policy, n_tasks=n_tasks, user_bytes=PAGE_SIZE, txt=txt)

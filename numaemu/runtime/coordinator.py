@@ -53,7 +53,7 @@ from numaemu.model.cache import DirectMappedCache
 from numaemu.model.engine import NodeEngine
 from numaemu.model.image import LINE_SIZE, KernelImage
 from numaemu.model.pagetables import page_table_cost, walk_profile
-from numaemu.model.placement import Placement, place, serving_nodes
+from numaemu.model.placement import Placement, check_reachable, place, place_for
 from numaemu.model.tasks import TASKS_PER_NODE, plan_requests
 from numaemu.model.topology import HostPlacement, Topology
 from numaemu.model.workloads import Workload
@@ -68,7 +68,7 @@ from numaemu.runtime.worker import (
     worker_main,
 )
 
-__all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "LocalNode", "local_node", "calibrate_scale", "expected_checksum", "place_for", "START_METHODS", "DELAYS"]
+__all__ = ["NodeSession", "RunSpec", "run_policy", "run_policies", "prepare_spec", "LocalNode", "local_node", "calibrate_scale", "expected_checksum", "START_METHODS", "DELAYS"]
 
 START_METHODS = ("fork", "spawn", "forkserver")
 # --delays: "model" paces every batch to the emulated topology's latencies (clock.Pacer);
@@ -107,15 +107,6 @@ class RunSpec:
     recover: int = 0  # node deaths replaced per policy (--recover: MAX_RECOVERIES); 0: a death fails the run
 
 
-def check_reachable(topology: Topology, placement: Placement) -> None:
-    for node in range(topology.n_nodes):
-        for home in placement.homes_of(node):
-            if topology.latency_ns[node][home] is None:
-                raise UsageError(
-                    "--policy",
-                    f"{placement.policy}: node {node} cannot reach node {home}, whose memory backs its "
-                    f"kernel image (distance {topology.distance[node][home]} = unreachable)",
-                )
 
 
 class NodeSession:
@@ -621,17 +612,6 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
         }
 
 
-def place_for(
-    topo: Topology, image: KernelImage, policy: str, replicate: str = "text+rodata", replicas_every: int = 1
-) -> tuple[Placement, tuple[int, ...]]:
-    """The placement of `policy` on `topo`, and per node the nearest node with memory (itself
-    if it has some): memoryless nodes and ``--replicas-every`` are decided here."""
-    has_memory = [nd.memory_bytes > 0 for nd in topo.nodes]
-    if not any(has_memory):
-        raise UsageError("--topology", f"{topo.name}: no node has memory; at least one must hold the image")
-    mem_serving = serving_nodes(topo.distance, has_memory, 1)
-    serving = serving_nodes(topo.distance, has_memory, replicas_every) if policy == "replicate" else mem_serving
-    return place(image, topo.n_nodes, policy, replicate, serving=serving), mem_serving
 
 
 def run_policies(spec: RunSpec, policies: Sequence[str], *, each: Callable[[str, dict, dict], None] | None = None) -> list[dict]:
