@@ -177,7 +177,7 @@ class _Stop(Exception):
 def segments_created(monkeypatch, no_leaks):
     """Record each segment a run creates (kind -> bytes), and stop it before any node starts."""
     from numaemu.host import segments as memory
-    from numaemu.runtime import coordinator
+    from numaemu.runtime import supervisor
 
     created: dict[str, int] = {}
     real = memory.Segment.create.__func__
@@ -190,7 +190,7 @@ def segments_created(monkeypatch, no_leaks):
         raise _Stop
 
     monkeypatch.setattr(memory.Segment, "create", classmethod(create))
-    monkeypatch.setattr(coordinator.NodeSession, "start", start)
+    monkeypatch.setattr(supervisor.NodeSession, "start", start)
     return created
 
 
@@ -198,7 +198,7 @@ def segments_created(monkeypatch, no_leaks):
 def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy):
     from numaemu.model.topology import place_on_host
     from numaemu.model.workloads import build_workload
-    from numaemu.runtime.coordinator import prepare_spec, run_policy
+    from numaemu.runtime.policy_run import prepare_spec, run_policy
 
     image = synthetic_image(0.05)
     topo = load_topology("kunpeng920")

@@ -39,7 +39,7 @@ from numaemu.model.topology import (
     place_on_host,
     read_sysfs,
 )
-from numaemu.runtime.coordinator import prepare_spec
+from numaemu.runtime.policy_run import prepare_spec
 
 from .conftest import numaemu
 from .test_bench import POINT, reps

@@ -17,7 +17,8 @@ from numaemu.model.image import synthetic_image
 from numaemu.model.placement import place
 from numaemu.model.topology import load_topology, place_on_host
 from numaemu.model.workloads import build_workload
-from numaemu.runtime.coordinator import RunSpec, expected_checksum, run_policy
+from numaemu.runtime.inprocess import expected_checksum
+from numaemu.runtime.policy_run import RunSpec, run_policy
 
 from .conftest import numaemu
 

@@ -61,14 +61,9 @@ from numaemu.model.workloads import WORKLOADS, build_workload
 from numaemu.patching.protocols import BUGS, PROTOCOLS
 from numaemu.patching.sources import SOURCES, hot_keys
 from numaemu.patching.stress import StressSpec, format_stress_summary, run_stress, stress_document, stress_need
-from numaemu.runtime.coordinator import (
-    DELAYS,
-    MAX_RECOVERIES,
-    START_METHODS,
-    expected_checksum,
-    prepare_spec,
-    run_policies,
-)
+from numaemu.runtime.inprocess import expected_checksum
+from numaemu.runtime.policy_run import DELAYS, START_METHODS, prepare_spec, run_policies
+from numaemu.runtime.respawn import MAX_RECOVERIES
 from numaemu.runtime.results import (
     SCHEMA,
     add_speedups,

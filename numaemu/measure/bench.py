@@ -46,7 +46,7 @@ from numaemu.model.image import KernelImage, synthetic_image
 from numaemu.model.kernelfile import load_image
 from numaemu.model.topology import Topology, load_topology, parse_host_cpus, place_on_host
 from numaemu.model.workloads import Workload, build_workload
-from numaemu.runtime.coordinator import RunSpec, prepare_spec, run_policies
+from numaemu.runtime.policy_run import RunSpec, prepare_spec, run_policies
 from numaemu.runtime.results import host_record
 
 __all__ = [

@@ -43,7 +43,7 @@ from numaemu.model.placement import place
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
 from numaemu.patching.stress import PatchBench, run_patch_bench
-from numaemu.runtime.coordinator import local_node
+from numaemu.runtime.inprocess import local_node
 from numaemu.runtime.worker import BATCH_FETCHES, fill_partition
 
 __all__ = [

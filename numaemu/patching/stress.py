@@ -42,9 +42,10 @@ from numaemu.patching.reader import Reader, check_batch
 from numaemu.patching.recovery import repair_text
 from numaemu.patching.sources import NodeSource, SourcePlan, key_agreement, plan_sources
 from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
-from numaemu.runtime.coordinator import MAX_RECOVERIES, NodeSession
 from numaemu.runtime.faults import Launch
+from numaemu.runtime.respawn import MAX_RECOVERIES
 from numaemu.runtime.results import SCHEMA
+from numaemu.runtime.supervisor import NodeSession
 from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_shell
 
 __all__ = ["StressSpec", "PatchBench", "run_stress", "run_patch_bench", "READER_TASKS", "BATCH_SITES", "MAX_RECOVERIES"]
