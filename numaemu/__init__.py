@@ -1,13 +1,36 @@
-"""numaemu: emulate a NUMA machine on a multicore host to study kernel-text replication."""
+"""numaemu: emulate a NUMA machine on a multicore host to study kernel-text replication.
 
-from numaemu.errors import NodeFailure, UsageError
-from numaemu.model.image import KernelImage, synthetic_image
-from numaemu.model.placement import POLICIES, Placement, place
-from numaemu.model.topology import HostPlacement, Topology, load_topology, place_on_host
-from numaemu.patching.stress import StressSpec, run_stress
+For scripts (README, "Scripting")::
+
+    import numaemu
+
+    with numaemu.Emulation(topology="kunpeng920") as emu:
+        result = emu.run("db", duration=2)
+        print(result["replicate"].speedup_vs_single)
+"""
 
 __version__ = "0.1.0"
+
+from numaemu.api.bench import bench  # noqa: E402  (after __version__: the layers below read it)
+from numaemu.api.calibrate import calibrate  # noqa: E402
+from numaemu.api.config import MachineConfig, RunConfig, StressConfig  # noqa: E402
+from numaemu.api.emulation import Emulation  # noqa: E402
+from numaemu.api.records import PolicyResult, RunResult, StressResult  # noqa: E402
+from numaemu.errors import NodeFailure, UsageError  # noqa: E402
+from numaemu.model.image import KernelImage, synthetic_image  # noqa: E402
+from numaemu.model.placement import POLICIES, Placement, place  # noqa: E402
+from numaemu.model.topology import Topology  # noqa: E402
+
 __all__ = [
+    "Emulation",
+    "MachineConfig",
+    "RunConfig",
+    "StressConfig",
+    "RunResult",
+    "PolicyResult",
+    "StressResult",
+    "bench",
+    "calibrate",
     "NodeFailure",
     "UsageError",
     "KernelImage",
@@ -15,11 +38,6 @@ __all__ = [
     "POLICIES",
     "Placement",
     "place",
-    "StressSpec",
-    "run_stress",
-    "HostPlacement",
     "Topology",
-    "load_topology",
-    "place_on_host",
     "__version__",
 ]

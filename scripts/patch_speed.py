@@ -22,9 +22,9 @@ import json
 import statistics
 import sys
 
+from numaemu.host.files import load_topology
 from numaemu.measure.baselines import barrier_round_ns, flag_round_trip_ns
-from numaemu.model.topology import load_topology
-from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.patching.patch_bench import PatchBench, run_patch_bench
 from numaemu.runtime.results import host_metadata
 
 

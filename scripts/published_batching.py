@@ -30,8 +30,8 @@ import time
 
 from _published import Report, Spread, options, text_poke_bp_model_ns, write_results
 
-from numaemu.model.topology import load_topology
-from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.host.files import load_topology
+from numaemu.patching.patch_bench import PatchBench, run_patch_bench
 
 SITES = 56
 KERNEL_UNBATCHED_S = 57e-3

@@ -36,10 +36,10 @@ import time
 
 from _published import Pair, Report, Spread, options, pct, record, run, text_poke_bp_model_ns, write_results
 
+from numaemu.host.files import load_topology
 from numaemu.model.image import PAGE_SIZE, synthetic_image
 from numaemu.model.placement import place
-from numaemu.model.topology import load_topology
-from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.patching.patch_bench import PatchBench, run_patch_bench
 
 PUBLISHED = "dual EPYC 7713 (x86 series, an AMD reviewer): mostly regressions, e.g. mount -13%, kill cold -54%"
 # One socket of a dual EPYC in NPS4 mode: 4 nodes at SLIT 10 local, 12 to the socket's other

@@ -40,7 +40,7 @@ import numpy as np
 from _published import Pair, Report, Spread, options, pct, record, run, write_results
 from scipy.stats import rankdata, spearmanr
 
-from numaemu.model.topology import load_topology
+from numaemu.host.files import load_topology
 
 RANK_TOLERANCE = 1  # places a row's model rank may differ from its published rank and still agree
 

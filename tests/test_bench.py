@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
 from numaemu.cli import main
 from numaemu.errors import UsageError
-from numaemu.measure.bench import (
-    Point,
-    compare_docs,
-    csv_rows,
-    explain_gap,
-    format_bench,
-    format_compare,
-    read_experiment_file,
-    split_topologies,
-    summarise_point,
-)
+from numaemu.measure.compare import compare_docs, format_compare, read_bench_file
+from numaemu.measure.experiment import Point, read_experiment_file, split_topologies
+from numaemu.measure.report import csv_rows, format_bench
 from numaemu.measure.stats import summarise
+from numaemu.measure.summary import explain_gap, summarise_point
 
 from .conftest import numaemu
 
@@ -90,6 +84,32 @@ def test_bad_experiment_files(tmp_path, text, message):
     f.write_text(text)
     with pytest.raises(UsageError, match=message):
         read_experiment_file(str(f))
+
+
+def test_an_experiment_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "e.toml"
+    os.mkfifo(fifo)  # opened, it would wait for a writer
+    with pytest.raises(UsageError, match=r"^--experiment: '.*/e.toml' is a FIFO, not a regular file$"):
+        read_experiment_file(str(fifo))
+    with pytest.raises(UsageError, match=r"^--experiment: '.*' is a directory, not a regular file$"):
+        read_experiment_file(str(tmp_path))
+
+
+def test_a_results_file_is_read_whole_or_refused_in_one_line(tmp_path):
+    good = tmp_path / "a.json"
+    good.write_text(json.dumps({**doc([1.06, 1.07]), "bench_schema": 1, "experiment": {}}))
+    assert read_bench_file(str(good), "A.json")["points"][0]["point"] == POINT.to_json()
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match=r"^A.json: '.*/fifo.json' is a FIFO, not a regular file$"):
+        read_bench_file(str(fifo), "A.json")
+    with pytest.raises(UsageError, match=r"^BENCH.json: '.*' is a directory, not a regular file$"):
+        read_bench_file(str(tmp_path), "BENCH.json")
+    with pytest.raises(UsageError, match=r"^B.json: '.*/none.json' does not exist$"):
+        read_bench_file(str(tmp_path / "none.json"), "B.json")
+    good.write_text(json.dumps({**doc([1.06, 1.07]), "bench_schema": 1}))
+    with pytest.raises(UsageError, match=r"is a damaged bench result: has no experiment settings"):
+        read_bench_file(str(good), "A.json")
 
 
 def test_gap_within_tolerance_or_inside_the_interval_is_not_flagged():
@@ -162,7 +182,7 @@ BAD = [
     (["bench", "--duration", "1", "--requests", "10"], "--duration: give --duration or --requests, not both"),
     (["bench", "--duration", "0"], "--duration: must be a positive number"),
     (["bench", "--topology", "2s-xeon,kunpeng920", "--host-cpus", "0;1"], "--host-cpus"),
-    (["bench", "--experiment", "/nonexistent.toml"], "--experiment: cannot read '/nonexistent.toml'"),
+    (["bench", "--experiment", "/nonexistent.toml"], "--experiment: '/nonexistent.toml' does not exist"),
     (["bench", "--csv", "/nonexistent-dir/x.csv"], "--csv: '/nonexistent-dir/x.csv': directory"),
     (["bench", "--plot", "/nonexistent-dir/x.png"], "--plot"),
     (["bench", "--json", "/nonexistent-dir/x.json"], "--json"),
@@ -223,15 +243,15 @@ def test_bench_end_to_end_with_csv_plot_and_compare(tmp_path, no_leaks):
 
 
 def test_a_node_failure_says_where_in_the_sweep(monkeypatch):
-    import numaemu.measure.bench as bench
+    import numaemu.measure.sweep as sweep
     from numaemu.errors import NodeFailure
 
     def fail(*args, **kwargs):
         raise NodeFailure(1, 4242, "run", "process exited with code -9")
 
-    monkeypatch.setattr(bench, "run_policies", fail)
+    monkeypatch.setattr(sweep, "run_policies", fail)
     with pytest.raises(NodeFailure) as info:
-        bench._run_policies_at(POINT, "repetition 3", None, ["single"], None)
+        sweep._run_policies_at(POINT, "repetition 3", None, ["single"], None)
     assert str(info.value) == (
         "node 1 (pid 4242) failed in phase 'run': process exited with code -9 "
         "(at 2s-xeon db, cache hot, user data local, replicate text+rodata, repetition 3)"

@@ -1,5 +1,6 @@
-"""Tests for numaemu.measure.calibrate: the derivations and verdicts as pure functions, the measuring
-loops with injected clocks, the output with a fixed calibration, and (slow) the whole command."""
+"""Tests for numaemu.measure.calibrate and calibration_report: the derivations and verdicts as pure
+functions, the measuring loops with injected clocks, the output with a fixed calibration, and
+(slow) the whole command."""
 
 from __future__ import annotations
 
@@ -17,14 +18,19 @@ from numaemu.measure.calibrate import (
     QUICK,
     Calibration,
     delay_error_pct,
-    delay_goal,
-    fetch_goal,
-    format_calibration,
     measure_clock_read_ns,
     measure_delay_errors,
     min_emulable_delay_ns,
     min_latency_difference_ns,
     samples_for,
+)
+from numaemu.measure.calibration_report import (
+    copy_figure,
+    delay_goal,
+    fetch_goal,
+    format_calibration,
+    patch_barrier_goal,
+    patch_flag_goal,
 )
 
 from .conftest import numaemu
@@ -104,6 +110,8 @@ def test_delay_goal_met_and_not_met() -> None:
     failed = delay_goal({1_000: 0.1, 20_000: 1.0, 1_000_000: 2.14})
     assert not failed.met and "1 ms 2.14%" in failed.detail
     assert not delay_goal({1_000: 0.1}).met  # nothing measured that the goal covers
+    assert (met.figure, met.goal, failed.figure) == (2.0, 2.0, 2.14)  # the worst covered delay
+    assert delay_goal({1_000: 0.1}).figure is None
 
 
 def test_fetch_goal_met_and_not_met() -> None:
@@ -112,6 +120,26 @@ def test_fetch_goal_met_and_not_met() -> None:
     assert not g.met
     assert g.detail == "29.9% (29.9 M/s of 100.0 M/s)"
     assert g.name == "emulated fetch rate >= 30% of the raw gather rate"
+    assert g.figure == pytest.approx(29.9) and g.goal == 30.0
+
+
+def test_patch_round_goals_met_and_missed() -> None:
+    # README, "Patching speed": <= 5x the flag round trip, well under a Barrier round.
+    assert patch_flag_goal(2.5, 0.5).met  # exactly 5x
+    g = patch_flag_goal(57.0, 0.5)
+    assert not g.met and (g.figure, g.goal) == (114.0, 5.0)
+    assert g.name == "stop_machine round <= 5x the shared-memory flag round"
+    assert g.detail == "114x (57.0 us against 0.50 us)"
+    b = patch_barrier_goal(39.5, 62.9)
+    assert b.met and b.detail == "0.63x (39.5 us against 62.9 us)"
+    assert b.name == "stop_machine round < 1x a multiprocessing.Barrier round"
+    assert not patch_barrier_goal(60.0, 60.0).met  # a whole Barrier round is not under one
+
+
+def test_copy_population_is_shown_without_a_goal() -> None:
+    c = copy_figure(0.95, 7.14)
+    assert c.met is None and c.goal is None and c.figure == pytest.approx(0.95 / 7.14)
+    assert c.detail == "0.13x (0.95 GB/s of 7.14 GB/s); no goal stated"
 
 
 def test_calibration_json_and_derived_fields() -> None:
@@ -128,7 +156,9 @@ def test_calibration_json_and_derived_fields() -> None:
         "patch_vs_flag": 60.0,
         "patch_vs_barrier": 0.5,
     }
-    assert [g["met"] for g in doc["goals"]] == [True, True]
+    assert [g["met"] for g in doc["goals"]] == [True, True, False, True, None]
+    assert [(g["figure"], g["goal"]) for g in doc["goals"]] == [(1.5, 2.0), (50.0, 30.0), (60.0, 5.0), (0.5, 1.0), (0.1, None)]
+    assert all(g["name"] and g["detail"] and g["source"] for g in doc["goals"])
 
 
 def test_format_prints_figures_ratios_and_verdicts() -> None:
@@ -136,11 +166,17 @@ def test_format_prints_figures_ratios_and_verdicts() -> None:
     assert "fetch rate per worker (db)" in text and "30.0 M/s" in text and "0.50x" in text
     assert "60x" in text and "0.50x" in text  # patch round against flag and Barrier rounds
     assert "= D_min / (scale x F) = 20 us / (1.1 x 26,000 fetches per batch)" in text
-    assert text.count("\n  met      ") == 2
+    assert text.count("\n  met      ") == 3
+    # A missed goal and a figure without one are listed as every met goal is: verdict, goal, figure.
+    assert "\n  MISSED   stop_machine round <= 5x the shared-memory flag round: 60x (30.0 us against 0.50 us)" in text
+    assert "\n  met      stop_machine round < 1x a multiprocessing.Barrier round: 0.50x (30.0 us against 60.0 us)" in text
+    assert "\n  no goal  copy population against numpy memcpy: 0.10x (1.00 GB/s of 10.00 GB/s); no goal stated" in text
+    assert text.endswith("\n  3 of 4 goals met; 1 figure(s) without a goal")
     bad = _calibration(fetch_rate_per_s=6e6, delay_error_pct={1_000: 9.0, 20_000: 2.5, 10_000_000: 3.0})
     text = format_calibration(bad.to_json())
-    assert "NOT MET  delay error <= 2% for delays >= 20 us: 20 us 2.50%, 10 ms 3.00%" in text
-    assert "NOT MET  emulated fetch rate >= 30% of the raw gather rate: 10.0%" in text
+    assert "MISSED   delay error <= 2% for delays >= 20 us: 20 us 2.50%, 10 ms 3.00%" in text
+    assert "MISSED   emulated fetch rate >= 30% of the raw gather rate: 10.0%" in text
+    assert "  1 of 4 goals met" in text
     assert "smallest emulable latency difference: none" in text
 
 
@@ -212,4 +248,5 @@ def test_quick_calibrate_end_to_end(no_leaks, tmp_path) -> None:
     assert all(math.isfinite(e) and e > 0 for e in r["delay_error_pct"].values())
     assert r["fetches_per_batch"] > 0 and r["time_scale"] >= 1
     assert all(math.isfinite(x) and x > 0 for x in r["ratios"].values())
-    assert len(r["goals"]) == 2 and all(isinstance(g["met"], bool) for g in r["goals"])
+    assert len(r["goals"]) == 5 and all(isinstance(g["met"], bool) for g in r["goals"][:4])
+    assert r["goals"][4]["met"] is None and r["goals"][4]["goal"] is None  # copy population: no goal

@@ -21,23 +21,12 @@ import pytest
 
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.measure import cluster
-from numaemu.measure.bench import (
-    Experiment,
-    Point,
-    PointSetup,
-    RunFailure,
-    RunOutcome,
-    RunTask,
-    SweepLedger,
-    compare_docs,
-    csv_rows,
-    format_point,
-    plan_tasks,
-    repetition_order,
-    summarise_point,
-    summarise_runs,
-)
+from numaemu.measure.compare import compare_docs
+from numaemu.measure.experiment import Experiment, Point, RunTask, plan_tasks, repetition_order
+from numaemu.measure.report import csv_rows, format_point
 from numaemu.measure.runner import RunRequest, execute
+from numaemu.measure.summary import PointSetup, summarise_point, summarise_runs
+from numaemu.measure.sweep import RunFailure, RunOutcome, SweepLedger
 
 from .conftest import ROOT, numaemu
 from .test_bench import record
@@ -200,7 +189,7 @@ def test_one_host_gives_exactly_the_local_summary():
 
 
 def test_a_point_of_two_hosts_passes_the_document_check_and_plots(tmp_path):
-    from numaemu.measure.bench import bench_doc_problem
+    from numaemu.measure.compare import bench_doc_problem
 
     pytest.importorskip("matplotlib")
     from numaemu.measure.plot import plot_bench

@@ -15,11 +15,12 @@ from numaemu.host.fit import (
     run_needs,
     segment_need,
 )
+from numaemu.host.files import load_topology
 from numaemu.host.segments import USER_DATA_BYTES, Control, MemoryLayout
 from numaemu.model.image import PAGE_SIZE, synthetic_image
 from numaemu.model.placement import place_for
 from numaemu.model.tasks import TASKS_PER_NODE
-from numaemu.model.topology import PRESETS, load_topology
+from numaemu.model.topology_parse import PRESETS
 from numaemu.patching.stress import stress_need
 
 MIB, GIB = 1 << 20, 1 << 30
@@ -196,7 +197,7 @@ def segments_created(monkeypatch, no_leaks):
 
 @pytest.mark.parametrize("policy", ["single", "interleave", "replicate"])
 def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy):
-    from numaemu.model.topology import place_on_host
+    from numaemu.model.binding import place_on_host
     from numaemu.model.workloads import build_workload
     from numaemu.runtime.policy_run import prepare_spec, run_policy
 
@@ -213,7 +214,7 @@ def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy)
 
 
 def test_the_stress_need_is_the_segments_run_stress_creates(segments_created):
-    from numaemu.model.topology import place_on_host
+    from numaemu.model.binding import place_on_host
     from numaemu.patching.stress import StressSpec, run_stress
 
     image = synthetic_image(0.05)

@@ -19,9 +19,11 @@ import pytest
 
 from numaemu.cli import main
 from numaemu.errors import UsageError
-from numaemu.model import kernelfile
+from numaemu.host.files import clear_cache, load_image
 from numaemu.model.image import KERNEL_BASE, NOP2, NOP5, PAGE_SIZE, with_module_area
-from numaemu.model.kernelfile import EXTRA_HINT, MIN_JUMP_ENTRIES, load_image, parse_image
+from numaemu.model.kernel_sites import MIN_JUMP_ENTRIES, JumpTable, jump_sites
+from numaemu.model.kernel_unpack import EXTRA_HINT
+from numaemu.model.kernelfile import parse_image
 from numaemu.model.sites import FTRACE_CALLER, KIND_FTRACE, KIND_JUMP, site_table
 from numaemu.patching.sources import plan_sources
 
@@ -227,9 +229,9 @@ def tiny() -> Tiny:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    kernelfile.clear_cache()
+    clear_cache()
     yield
-    kernelfile.clear_cache()
+    clear_cache()
 
 
 def write(tmp_path, name: str, blob: bytes) -> str:
@@ -371,8 +373,8 @@ def test_too_short_a_run_is_not_a_jump_table(tmp_path) -> None:
 def test_jump_entries_on_an_ftrace_site_outside_text_or_twice_are_skipped() -> None:
     code = np.array([10, 64, 66, 100, 100, 126, 300], dtype=np.int64)
     length = np.array([2, 5, 2, 2, 5, 5, 2], dtype=np.int8)
-    jt = kernelfile._JumpTable(0, code, code + 20, np.arange(7, dtype=np.int64) * 16, length, np.zeros(7, bool))
-    sites, lengths, targets, keys, jmp, skipped = kernelfile._jump_sites(jt, 256, np.array([64, 128], dtype=np.int64))
+    jt = JumpTable(0, code, code + 20, np.arange(7, dtype=np.int64) * 16, length, np.zeros(7, bool))
+    sites, lengths, targets, keys, jmp, skipped = jump_sites(jt, 256, np.array([64, 128], dtype=np.int64))
     # 64 and 66 lie on the ftrace site at 64; 126 (5 bytes) runs into the one at 128; 300 is past
     # .text; 100 is kept once, with its first entry.
     assert sites.tolist() == [10, 100] and lengths.tolist() == [2, 2]

@@ -16,6 +16,7 @@ import pytest
 from numaemu.cli import main
 from numaemu.errors import UsageError
 from numaemu.host.clock import Pacer, Unpaced
+from numaemu.host.files import load_topology
 from numaemu.host.numamaps import (
     HostPages,
     NodePlacement,
@@ -29,16 +30,13 @@ from numaemu.host.numamaps import (
     read_placement,
 )
 from numaemu.host.segments import USER_DATA_BYTES
-from numaemu.measure.bench import format_point, summarise_point
-from numaemu.model.topology import (
-    Node,
-    format_numactl,
-    from_mapping,
-    load_topology,
-    memory_only_nodes,
-    place_on_host,
-    read_sysfs,
-)
+from numaemu.host.sysfs import read_sysfs
+from numaemu.measure.report import format_point
+from numaemu.measure.summary import summarise_point
+from numaemu.model.binding import memory_only_nodes, place_on_host
+from numaemu.model.numactl import format_numactl
+from numaemu.model.topology import Node
+from numaemu.model.topology_parse import from_mapping
 from numaemu.runtime.policy_run import prepare_spec
 
 from .conftest import numaemu

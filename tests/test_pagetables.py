@@ -20,7 +20,8 @@ from numaemu.model.pagetables import (
     with_base,
 )
 from numaemu.model.placement import UNMAPPED, place, place_for, serving_nodes
-from numaemu.model.topology import PRESETS, Node, Topology, derive_latency, validate_distance
+from numaemu.model.topology import Node, Topology, derive_latency, validate_distance
+from numaemu.model.topology_parse import PRESETS
 from numaemu.model.workloads import build_workload
 
 KUNPENG = PRESETS["kunpeng920"]()  # 10 12 20 22 / 12 10 22 24 / 20 22 10 12 / 22 24 12 10

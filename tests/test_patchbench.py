@@ -6,8 +6,8 @@ import statistics
 
 import pytest
 
-from numaemu.model.topology import load_topology
-from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.host.files import load_topology
+from numaemu.patching.patch_bench import PatchBench, run_patch_bench
 
 
 def test_defaults() -> None:

@@ -1,4 +1,4 @@
-"""Tests for numaemu.patching.protocols.NodeKernel: every protocol in one process with one node (so syncs
+"""Tests for numaemu.patching.kernel.NodeKernel: every protocol in one process with one node (so syncs
 and stop_machine rounds complete at once), over a replicated image with two copies."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from numaemu.host.segments import MemoryLayout, Segment, list_segments, new_toke
 from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.model.placement import place
 from numaemu.model.sites import SiteTable, site_table
-from numaemu.patching.protocols import Locks, NodeKernel, _ranges
-from numaemu.patching.textmem import MAX_BATCH, TextCopies, TextState, text_segment_size
+from numaemu.patching.kernel import NodeKernel
+from numaemu.patching.protocols import Locks
+from numaemu.patching.textmem import MAX_BATCH, TextCopies, TextState, byte_ranges, text_segment_size
 from numaemu.runtime.worker import fill_partition
 
 N_COPIES = 2
@@ -117,7 +118,7 @@ def toggle_and_check(r: Rig, protocol: str, sites: np.ndarray) -> None:
         assert np.array_equal(r.master[untouched], r.image.data[untouched])
         syncs, rounds = expected_stats(protocol, batches)
         got = (k.stats.calls, k.stats.sites, k.stats.syncs, k.stats.stop_rounds)
-        assert tuple(g - b for g, b in zip(got, base_stats)) == (step, step * n, step * syncs, step * rounds)
+        assert tuple(g - b for g, b in zip(got, base_stats, strict=True)) == (step, step * n, step * syncs, step * rounds)
         assert len(k.stats.latencies_ns) == base_lat + step
         assert st.get("patch_calls") == base["patch_calls"] + step
         assert st.get("sync_seq") == base["sync_seq"] + step * syncs
@@ -277,7 +278,7 @@ def test_patch_nothing(rig) -> None:
     assert r.k.stats.calls == 0 and r.st.get("patch_calls") == 0
 
 
-# -- _ranges -------------------------------------------------------------------------------------
+# -- byte_ranges ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -293,6 +294,6 @@ def test_patch_nothing(rig) -> None:
     ],
 )
 def test_ranges(lens: list[int], want: list[int]) -> None:
-    got = _ranges(np.array(lens, dtype=np.int8))
+    got = byte_ranges(np.array(lens, dtype=np.int8))
     assert got.dtype == np.int64
     assert got.tolist() == want

@@ -33,7 +33,8 @@ from numaemu.host.segments import (
 from numaemu.model.image import MODULE_SLOT_BYTES, synthetic_image, with_module_area
 from numaemu.model.placement import place
 from numaemu.model.sites import INT3, site_table
-from numaemu.patching.protocols import Locks, NodeKernel
+from numaemu.patching.kernel import NodeKernel
+from numaemu.patching.protocols import Locks
 from numaemu.patching.recovery import release_locks, repair_text
 from numaemu.patching.sources import NodeSource, plan_sources
 from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, text_segment_size

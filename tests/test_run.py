@@ -13,9 +13,10 @@ import pytest
 
 from numaemu.errors import NodeFailure
 from numaemu.host.cpus import host_cpus
+from numaemu.host.files import load_topology
+from numaemu.model.binding import place_on_host
 from numaemu.model.image import synthetic_image
 from numaemu.model.placement import place
-from numaemu.model.topology import load_topology, place_on_host
 from numaemu.model.workloads import build_workload
 from numaemu.runtime.inprocess import expected_checksum
 from numaemu.runtime.policy_run import RunSpec, run_policy

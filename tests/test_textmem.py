@@ -118,7 +118,7 @@ def test_write_reaches_master_and_every_copy(setup: Setup) -> None:
     before = setup.mem.copy()
     setup.copies.write(setup.master, setup.mem, offs, vals)
     assert np.array_equal(setup.master[offs], vals)
-    for off, v in zip(offs.tolist(), vals.tolist()):
+    for off, v in zip(offs.tolist(), vals.tolist(), strict=True):
         for n in range(setup.pl.n_nodes):
             assert setup.seen_by(n, off) == v
     # exactly those bytes changed in mem: one per copy of each offset

@@ -1,4 +1,5 @@
-"""Tests for numaemu.model.topology: pure, fast, exact values."""
+"""Tests for numaemu.model.topology (and its parsing, binding and numactl output; load_topology and
+read_sysfs of numaemu.host): fast, exact values."""
 
 from __future__ import annotations
 
@@ -12,26 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from numaemu.errors import UsageError
+from numaemu.host.files import load_topology
+from numaemu.host.sysfs import read_sysfs
+from numaemu.model.binding import HostPlacement, parse_host_cpus, place_on_host
+from numaemu.model.numactl import format_numactl
 from numaemu.model.topology import (
     DEFAULT_LOCAL_NS,
-    PRESETS,
     SLIT_LOCAL,
     SLIT_MAX_REMOTE,
     SLIT_UNREACHABLE,
-    HostPlacement,
     Node,
     Topology,
     derive_latency,
-    format_numactl,
-    from_mapping,
-    load_topology,
-    parse_host_cpus,
-    parse_spec,
-    place_on_host,
-    read_sysfs,
     validate_distance,
     with_derived_latency,
 )
+from numaemu.model.topology_parse import PRESETS, from_mapping, parse_spec
 
 GiB = 1 << 30
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from numaemu.errors import UsageError
+from numaemu.host.files import load_trace, load_workload
 from numaemu.model.image import KERNEL_BASE, LINE_SIZE, KernelImage, synthetic_image
 from numaemu.model.workloads import (
     ENTRY_FUNCTIONS,
@@ -19,7 +20,6 @@ from numaemu.model.workloads import (
     WORKLOADS,
     Workload,
     build_workload,
-    parse_trace,
 )
 
 BUILT = ("getpid", "db", "compute")
@@ -184,7 +184,7 @@ def test_trace_workload_needs_a_file(image) -> None:
 
 def test_trace_file_only_for_trace_workload(image, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"^--trace: --trace is only for --workload trace, not db$") as info:
-        build_workload("db", image, trace=tmp_path / "t")
+        load_workload("db", image, trace=tmp_path / "t")
     assert info.value.parameter == "--trace"
 
 
@@ -208,26 +208,26 @@ def test_parse_trace_exact_lines(image, tmp_path: Path) -> None:
         f"  {TEXT_END - 1:#x}  \n"
         "\n",
     )
-    w = parse_trace(path, image)
+    w = load_trace(path, image)
     assert w.name == "trace"
     assert w.n_templates == 2
     assert w.template(0).tolist() == [0, 1, 2]
     assert w.template(1).tolist() == [RODATA_LINE, (TEXT_END - 1 - KERNEL_BASE) // LINE_SIZE]
     assert (w.user_accesses, w.compute_ns) == (0, 0.0)
-    # Same result through build_workload.
-    via = build_workload("trace", image, trace=path)
+    # Same result through load_workload (build_workload on the file's text).
+    via = load_workload("trace", image, trace=path)
     assert np.array_equal(via.lines, w.lines) and np.array_equal(via.lengths, w.lengths)
 
 
 def test_parse_trace_last_request_without_blank_line(image, tmp_path: Path) -> None:
-    w = parse_trace(_write(tmp_path, "0xffffffff81000000\n\n0xffffffff81000080"), image)
+    w = load_trace(_write(tmp_path, "0xffffffff81000000\n\n0xffffffff81000080"), image)
     assert [w.template(i).tolist() for i in range(w.n_templates)] == [[0], [2]]
 
 
 def test_parse_trace_cuts_long_requests(image, tmp_path: Path) -> None:
     n = TRACE_MAX_REQUEST + 10
     text = "".join(f"{KERNEL_BASE + 64 * (i % 100):#x}\n" for i in range(n))
-    w = parse_trace(_write(tmp_path, text), image)
+    w = load_trace(_write(tmp_path, text), image)
     assert w.lengths.tolist() == [TRACE_MAX_REQUEST, 10]
     assert w.lines.tolist() == [i % 100 for i in range(n)]
 
@@ -235,14 +235,14 @@ def test_parse_trace_cuts_long_requests(image, tmp_path: Path) -> None:
 def test_parse_trace_missing_file(image, tmp_path: Path) -> None:
     path = tmp_path / "nope.trace"
     with pytest.raises(UsageError) as info:
-        parse_trace(path, image)
+        load_trace(path, image)
     assert str(info.value) == f"--trace: cannot read '{path}': No such file or directory"
     assert info.value.parameter == "--trace"
 
 
 def test_parse_trace_directory(image, tmp_path: Path) -> None:
     with pytest.raises(UsageError) as info:
-        parse_trace(tmp_path, image)
+        load_trace(tmp_path, image)
     assert str(info.value) == f"--trace: cannot read '{tmp_path}': Is a directory"
 
 
@@ -250,7 +250,7 @@ def test_parse_trace_binary_file(image, tmp_path: Path) -> None:
     path = tmp_path / "binary.trace"
     path.write_bytes(b"\xff\xfe\x00\x81")
     with pytest.raises(UsageError) as info:
-        parse_trace(path, image)
+        load_trace(path, image)
     assert str(info.value).startswith(f"--trace: cannot read '{path}': ")
     assert "decode" in str(info.value)
 
@@ -259,7 +259,7 @@ def test_parse_trace_binary_file(image, tmp_path: Path) -> None:
 def test_parse_trace_bad_token(image, tmp_path: Path, token: str) -> None:
     path = _write(tmp_path, f"0xffffffff81000000\n# comment\n{token}\n")
     with pytest.raises(UsageError) as info:
-        parse_trace(path, image)
+        load_trace(path, image)
     assert str(info.value) == f"--trace: {path}:3: '{token}' is not an address (hex with 0x, or decimal)"
 
 
@@ -276,7 +276,7 @@ def test_parse_trace_bad_token(image, tmp_path: Path, token: str) -> None:
 def test_parse_trace_address_outside_image(image, tmp_path: Path, addr: int) -> None:
     path = _write(tmp_path, f"\n0xffffffff81000000\n{addr:#x}\n")
     with pytest.raises(UsageError) as info:
-        parse_trace(path, image)
+        load_trace(path, image)
     assert str(info.value) == f"--trace: {path}:3: address {addr:#x} is outside the image ({_where()})"
 
 
@@ -284,14 +284,14 @@ def test_parse_trace_address_outside_image(image, tmp_path: Path, addr: int) -> 
 def test_parse_trace_empty_file(image, tmp_path: Path, text: str) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(UsageError) as info:
-        parse_trace(path, image)
+        load_trace(path, image)
     assert str(info.value) == f"--trace: {path}: no addresses in the file"
 
 
 def test_parse_trace_zero_padded_decimal(image, tmp_path: Path) -> None:
     # Zero-padded decimal is decimal (not octal, not an error).
     path = _write(tmp_path, "018446744071578845184\n")  # == 0xffffffff81000000
-    assert parse_trace(path, image).lines.tolist() == [0]
+    assert load_trace(path, image).lines.tolist() == [0]
     path = _write(tmp_path, "0123\n")
     with pytest.raises(UsageError, match=r"^--trace: .*address 0x7b is outside the image"):
-        parse_trace(path, image)
+        load_trace(path, image)

@@ -18,9 +18,11 @@ because the host is shared and timings are noisy:
   ``multiprocessing.Barrier`` round between two processes (`baselines`).
 
 From the delay-error curve it derives the smallest per-fetch latency difference the host can
-emulate to within 2% (`min_latency_difference_ns`), and it checks the goals of the issue: delay
-error <= 2% for batch delays >= 20 us (Quartz reports 0.2-9%, HME < 5%: BACKGROUND.md s.5), and an
-emulated fetch rate >= 30% of the raw gather rate.
+emulate to within 2% (`min_latency_difference_ns`). Every figure that has a goal is judged against
+it, met or missed (`calibration_report`, which also prints the summary): delay error <= 2% for
+batch delays >= 20 us (Quartz reports 0.2-9%, HME < 5%: BACKGROUND.md s.5), an emulated fetch rate
+>= 30% of the raw gather rate, and a stop_machine round <= 5x the flag round trip and under a
+Barrier round (README, "Patching speed").
 
 The measuring functions take their clocks and sizes as arguments, and the derivations are pure
 functions, so tests check them with fakes (tests/test_calibrate.py).
@@ -32,46 +34,46 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from numaemu.host.clock import Pacer, measure_oversleep_ns, time_scale
 from numaemu.host.segments import MemoryLayout, Segment, new_token, segment_name
 from numaemu.measure.baselines import barrier_round_ns, flag_round_trip_ns
+from numaemu.measure.calibration_report import (
+    DELAY_ERROR_GOAL_PCT,
+    Goal,
+    copy_figure,
+    delay_goal,
+    fetch_goal,
+    patch_barrier_goal,
+    patch_flag_goal,
+)
 from numaemu.model.image import KernelImage
 from numaemu.model.placement import place
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
-from numaemu.patching.stress import PatchBench, run_patch_bench
+from numaemu.patching.patch_bench import PatchBench, run_patch_bench
 from numaemu.runtime.inprocess import local_node
 from numaemu.runtime.worker import BATCH_FETCHES, fill_partition
 
 __all__ = [
     "DELAYS_NS",
-    "DELAY_ERROR_GOAL_PCT",
-    "DELAY_GOAL_FROM_NS",
-    "FETCH_SHARE_GOAL",
     "Effort",
     "FULL",
     "QUICK",
-    "Goal",
     "Calibration",
     "delay_error_pct",
     "min_emulable_delay_ns",
     "min_latency_difference_ns",
-    "delay_goal",
-    "fetch_goal",
     "measure_clock_read_ns",
     "measure_delay_errors",
     "samples_for",
     "calibrate",
-    "format_calibration",
 ]
 
 DELAYS_NS = (1_000, 5_000, 20_000, 100_000, 1_000_000, 10_000_000)  # requested busy-waits
-DELAY_ERROR_GOAL_PCT = 2.0  # Quartz: 0.2-9 %, HME: < 5 % (BACKGROUND.md s.5)
-DELAY_GOAL_FROM_NS = 20_000  # the goal covers batch delays from 20 us (a db batch is ~1.6 ms)
-FETCH_SHARE_GOAL = 0.30  # emulated fetch rate against the raw gather rate of the same run
 GATHER_POOL_BLOCKS = 64  # distinct index blocks, so repeated gathers do not hit a warm CPU cache
 
 
@@ -93,13 +95,6 @@ FULL = Effort(clock_blocks=50, delay_budget_ns=400_000_000, delay_samples=(20, 2
 # Baselines time blocks of 1,000 flag rounds and 100 Barrier rounds, the first of which may
 # still wait for the peer process to start: at least 5 blocks, so the median skips it.
 QUICK = Effort(clock_blocks=5, delay_budget_ns=30_000_000, delay_samples=(5, 100), fetch_s=0.3, copies=3, flag_rounds=5_000, barrier_rounds=500, patch_repeats=20)
-
-
-@dataclass(frozen=True)
-class Goal:
-    name: str
-    met: bool
-    detail: str  # the numbers behind the verdict
 
 
 @dataclass(frozen=True)
@@ -128,10 +123,18 @@ class Calibration:
         return min_latency_difference_ns(self.min_emulable_delay_ns, self.fetches_per_batch, self.time_scale)
 
     @property
-    def goals(self) -> tuple[Goal, Goal]:
-        return delay_goal(self.delay_error_pct), fetch_goal(self.fetch_rate_per_s, self.gather_rate_per_s)
+    def goals(self) -> tuple[Goal, ...]:
+        """Every goal, met or not, in the order of the figures; then copy population, which has
+        no goal (`calibration_report`)."""
+        return (
+            delay_goal(self.delay_error_pct),
+            fetch_goal(self.fetch_rate_per_s, self.gather_rate_per_s),
+            patch_flag_goal(self.patch_round_us, self.flag_round_us),
+            patch_barrier_goal(self.patch_round_us, self.barrier_round_us),
+            copy_figure(self.replicate_gbps, self.memcpy_gbps),
+        )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["delay_error_pct"] = {str(k): v for k, v in sorted(self.delay_error_pct.items())}
         out["min_emulable_delay_ns"] = self.min_emulable_delay_ns
@@ -143,7 +146,7 @@ class Calibration:
             "patch_vs_flag": self.patch_round_us / self.flag_round_us,
             "patch_vs_barrier": self.patch_round_us / self.barrier_round_us,
         }
-        out["goals"] = [asdict(g) for g in self.goals]
+        out["goals"] = [g.to_json() for g in self.goals]
         return out
 
 
@@ -183,25 +186,6 @@ def min_latency_difference_ns(min_delay_ns: int | None, fetches_per_batch: float
     if min_delay_ns is None or fetches_per_batch <= 0 or scale <= 0:
         return None
     return min_delay_ns / (scale * fetches_per_batch)
-
-
-def _us(ns: float) -> str:
-    if ns >= 1_000_000:
-        return f"{ns / 1e6:g} ms"
-    return f"{ns / 1e3:g} us"
-
-
-def delay_goal(errors: Mapping[int, float], from_ns: int = DELAY_GOAL_FROM_NS, limit_pct: float = DELAY_ERROR_GOAL_PCT) -> Goal:
-    covered = {d: e for d, e in sorted(errors.items()) if d >= from_ns}
-    met = bool(covered) and all(e <= limit_pct for e in covered.values())
-    detail = ", ".join(f"{_us(d)} {e:.2f}%" for d, e in covered.items()) or "no delay measured"
-    return Goal(f"delay error <= {limit_pct:g}% for delays >= {_us(from_ns)}", met, detail)
-
-
-def fetch_goal(fetch_rate: float, gather_rate: float, share: float = FETCH_SHARE_GOAL) -> Goal:
-    got = fetch_rate / gather_rate
-    detail = f"{100 * got:.1f}% ({fetch_rate / 1e6:.1f} M/s of {gather_rate / 1e6:.1f} M/s)"
-    return Goal(f"emulated fetch rate >= {100 * share:g}% of the raw gather rate", got >= share, detail)
 
 
 # --- measurements ----------------------------------------------------------------------------
@@ -245,7 +229,7 @@ def measure_delay_errors(delays: Sequence[int], effort: Effort, pacer: Pacer) ->
     return out
 
 
-def measure_gather_and_fetch(image: KernelImage, workload: Workload, topology: Topology, sharing: float, seconds: float, seed: int = 0) -> dict:
+def measure_gather_and_fetch(image: KernelImage, workload: Workload, topology: Topology, sharing: float, seconds: float, seed: int = 0) -> dict[str, float]:
     """Alternate raw gather blocks and one engine batch for `seconds`; medians of each rate.
 
     Raw: `BATCH_FETCHES` random single-byte reads (``take``) from a buffer of the image's size,
@@ -264,7 +248,8 @@ def measure_gather_and_fetch(image: KernelImage, workload: Workload, topology: T
         buf.take(pool[i])
         node.batch()
     gather, warm, fetch, fetches = [], [], [], []
-    processing = emulated = 0
+    processing = 0
+    emulated = 0.0
     end = time.perf_counter_ns() + int(seconds * 1e9)
     i = 0
     while time.perf_counter_ns() < end or i < 5:
@@ -329,7 +314,7 @@ def measure_patch_round_us(topology: Topology, repeats: int, start_method: str) 
     """Median one-site stop_machine patch on `topology` (2 nodes), issued by node 0 while node 1
     waits at a safe point, modeled delays off: what numaemu's mechanism costs."""
     report = run_patch_bench(topology, PatchBench(repeats, batch=1), protocol="stop_machine", modeled=False, start_method=start_method)
-    return statistics.median(report["one_site_ns"]) / 1e3
+    return float(statistics.median(report["one_site_ns"])) / 1e3
 
 
 def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharing: float, effort: Effort, start_method: str = "fork", progress: Callable[[str], None] | None = None) -> Calibration:
@@ -359,41 +344,3 @@ def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharin
         patch_round_us=patch,
         **rates,
     )
-
-
-def format_calibration(results: dict, workload: str = "db") -> str:
-    """The human summary of `Calibration.to_json()`."""
-    r = results
-    q = r["ratios"]
-    curve = ", ".join(f"{_us(int(d))} {e:.2f}%" for d, e in sorted(r["delay_error_pct"].items(), key=lambda de: int(de[0])))
-
-    def row(label: str, value: str, base: str, base_value: str, ratio: float | None) -> str:
-        x = "" if ratio is None else f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x"
-        return f"{label:<31}{value:>11}   {base:<26}{base_value:>11}{x:>8}"
-
-    lines = [
-        f"clock read (perf_counter_ns): {r['clock_read_ns']:.0f} ns",
-        f"busy-wait error (Pacer, median): {curve}",
-        "",
-        f"{'numaemu':<31}{'':>11}   {'raw baseline (same run)':<26}{'':>11}{'ratio':>8}",
-        row(f"fetch rate per worker ({workload})", f"{r['fetch_rate_per_s'] / 1e6:.1f} M/s", "numpy gather, random", f"{r['gather_rate_per_s'] / 1e6:.1f} M/s", q["fetch_vs_gather"]),
-        row("", "", "numpy gather, warm cache", f"{r['gather_warm_rate_per_s'] / 1e6:.1f} M/s", q["fetch_vs_gather_warm"]),
-        row("copy population", f"{r['replicate_gbps']:.2f} GB/s", "numpy memcpy", f"{r['memcpy_gbps']:.2f} GB/s", q["replicate_vs_memcpy"]),
-        row("stop_machine round, 1 site", f"{r['patch_round_us']:.1f} us", "shared-memory flag round", f"{r['flag_round_us']:.2f} us", q["patch_vs_flag"]),
-        row("  (2 nodes, modeled delays off)", "", "multiprocessing.Barrier", f"{r['barrier_round_us']:.1f} us", q["patch_vs_barrier"]),
-        "",
-    ]
-    dmin, lmin = r["min_emulable_delay_ns"], r["min_latency_difference_ns"]
-    if dmin is None:
-        lines.append(f"smallest emulable latency difference: none (no requested delay was held to within {DELAY_ERROR_GOAL_PCT:g}%)")
-    else:
-        lines.append(
-            f"smallest emulable latency difference: {lmin:.3g} ns per fetch = D_min / (scale x F) = {_us(dmin)} / "
-            f"({r['time_scale']:g} x {r['fetches_per_batch']:,.0f} fetches per batch)\n"
-            f"  (D_min: the pacer holds every delay from {_us(dmin)} up to within {DELAY_ERROR_GOAL_PCT:g}%; "
-            "a batch of F fetches each Delta ns slower is held scale x F x Delta wall ns longer)"
-        )
-    lines.append("goals:")
-    for g in r["goals"]:
-        lines.append(f"  {'met' if g['met'] else 'NOT MET':<8} {g['name']}: {g['detail']}")
-    return "\n".join(lines)

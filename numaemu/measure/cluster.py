@@ -46,16 +46,10 @@ from typing import Any
 from tqdm import tqdm
 
 from numaemu.errors import UsageError
-from numaemu.measure.bench import (
-    Experiment,
-    RunFailure,
-    RunOutcome,
-    RunTask,
-    SweepLedger,
-    format_point,
-    plan_tasks,
-)
+from numaemu.measure.experiment import Experiment, RunTask, plan_tasks
+from numaemu.measure.report import format_point
 from numaemu.measure.runner import RunRequest
+from numaemu.measure.sweep import RunFailure, RunOutcome, SweepLedger
 from numaemu.runtime.results import host_id, host_metadata
 
 __all__ = ["RESOURCE", "ClusterSession", "ClusterSweep", "check_available", "parse_address", "run_task"]

@@ -9,6 +9,7 @@ per-node disparity (node 0 fast, the others slow under ``single``) is drawn, not
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 from numaemu.errors import UsageError
 
@@ -21,11 +22,11 @@ def check_available() -> None:
         raise UsageError("--plot", "needs matplotlib: pip install 'numaemu[plot]' (or pip install matplotlib)")
 
 
-def _short(point: dict) -> str:
+def _short(point: dict[str, Any]) -> str:
     return f"{point['topology']}\n{point['workload']} {point['cache']}\nuser {point['user_data']}"
 
 
-def plot_bench(points: list[dict], path: str, settings: dict) -> None:
+def plot_bench(points: list[dict[str, Any]], path: str, settings: dict[str, Any]) -> None:
     """Draw `points` (bench summaries) to `path`; `settings`: the experiment's (its JSON's
     ``experiment``), for the title."""
     per = f"{settings['duration_s']:g} s" if settings.get("duration_s") else f"{settings.get('requests')} requests"
@@ -79,7 +80,7 @@ def plot_bench(points: list[dict], path: str, settings: dict) -> None:
                 x = base + (j - (n - 1) / 2) * bar_w / n
                 ax2.bar(x, node["us_per_request"]["median"], width=bar_w / n * 0.9, color=color, alpha=0.4 + 0.6 * (j == 0),
                         label=policy if i == 0 and j == 0 else None)
-    # A point run on several hosts has per-node wall times per host only (bench.summarise_runs):
+    # A point run on several hosts has per-node wall times per host only (summary.summarise_runs):
     # no bars here; its label says where they are.
     ax2.set_xticks(range(len(points)), [_short(s["point"]) + (f"\n({s['hosts']} hosts: per host in the JSON)" if "per_host" in s else "") for s in points], fontsize=8)
     ax2.set_ylabel("wall us per request (median), one bar per node")

@@ -37,18 +37,12 @@ from dataclasses import dataclass
 
 from numaemu import __version__
 from numaemu.errors import NodeFailure, UsageError
+from numaemu.host.files import load_topology
 from numaemu.host.fit import check_host_fits, run_needs
 from numaemu.host.segments import prune_stale
-from numaemu.measure.bench import (
-    Experiment,
-    RunFailure,
-    RunOutcome,
-    RunTask,
-    prepare_point,
-    run_repetition,
-    run_warmups,
-)
-from numaemu.model.topology import Topology, load_topology
+from numaemu.measure.experiment import Experiment, RunTask
+from numaemu.measure.sweep import RunFailure, RunOutcome, prepare_point, run_repetition, run_warmups
+from numaemu.model.topology import Topology
 from numaemu.runtime.results import host_record
 
 __all__ = ["RunRequest", "execute", "main"]

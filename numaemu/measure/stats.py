@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 4999
 
 
-def _scipy_stats():
+def _scipy_stats() -> Any:  # scipy ships no type information
     """scipy.stats, imported when first needed: it takes over a second to import on a small host,
     which every ``bench --cluster`` task's fresh process (runner) would pay for nothing."""
     from scipy import stats
@@ -48,7 +49,7 @@ class Summary:
     ci_low: float | None  # bootstrap 95% CI of the median; None below 2 samples
     ci_high: float | None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def contains(self, value: float) -> bool:
@@ -71,7 +72,7 @@ class Test:
     significant: bool
     n: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -26,7 +26,8 @@ text footprint grows with the variety of requests, as it does in the kernel.
   child, timed until its handler runs: the send, the wake-up, the delivery), ``mount`` (procfs
   mounted once). Their user work is tiny; what they do besides fetching kernel text (copying page
   tables, zeroing a page, waking an idle CPU) is charged as compute, the same under every policy.
-- ``trace``: replays virtual addresses from a file (`parse_trace`).
+- ``trace``: replays virtual addresses from a file's text (`parse_trace`; the host reads the file,
+  `numaemu.host.files.read_trace`).
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from numaemu.errors import UsageError
 from numaemu.model.image import LINE_SIZE, KernelImage
 
-__all__ = ["MICROBENCHMARKS", "WORKLOADS", "Workload", "build_workload", "parse_trace"]
+__all__ = ["MICROBENCHMARKS", "WORKLOADS", "TraceText", "Workload", "build_workload", "check_workload", "parse_trace"]
 
 WORKLOADS = ("getpid", "db", "compute", "fork", "fork1024", "mmap", "mmap_lock", "open", "kill", "mount", "trace")
 
@@ -187,7 +189,7 @@ class Workload:
     def footprint_bytes(self) -> int:
         return int(len(np.unique(self.lines))) * LINE_SIZE
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "templates": self.n_templates,
@@ -217,15 +219,21 @@ def _function_lines(image: KernelImage, funcs: np.ndarray) -> np.ndarray:
     return np.insert(body, pos, ro_line)
 
 
-def build_workload(name: str, image: KernelImage, seed: int = 0, trace: Path | None = None) -> Workload:
+def check_workload(name: str, has_trace: bool) -> None:
+    """The rules for ``--workload`` and ``--trace`` together, checked before any file is read."""
     if name not in WORKLOADS:
         raise UsageError("--workload", f"unknown workload '{name}'; choose one of {', '.join(WORKLOADS)}")
-    if name == "trace":
-        if trace is None:
-            raise UsageError("--trace", "the trace workload needs --trace FILE")
-        return parse_trace(trace, image)
-    if trace is not None:
+    if name == "trace" and not has_trace:
+        raise UsageError("--trace", "the trace workload needs --trace FILE")
+    if name != "trace" and has_trace:
         raise UsageError("--trace", f"--trace is only for --workload trace, not {name}")
+
+
+def build_workload(name: str, image: KernelImage, seed: int = 0, trace: TraceText | None = None) -> Workload:
+    """The workload `name` on `image`, deterministic in `seed`; ``trace`` replays `trace`."""
+    check_workload(name, trace is not None)
+    if trace is not None:
+        return parse_trace(trace, image)
     mix = MIXES[name]
     ranges = _subsystem_ranges(len(image.functions))
     rng = np.random.default_rng([seed, 0x776B6C64])  # "wkld"
@@ -255,13 +263,18 @@ def _pack(name: str, templates: Sequence[np.ndarray], user_accesses: int, comput
 _ADDR = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$")
 
 
-def parse_trace(path: Path, image: KernelImage) -> Workload:
-    """A trace file: one virtual address a line (hex with 0x, or decimal); ``#`` starts a comment;
+@dataclass(frozen=True)
+class TraceText:
+    """A trace file's text, and the file's name for messages."""
+
+    source: str
+    text: str
+
+
+def parse_trace(trace: TraceText, image: KernelImage) -> Workload:
+    """A trace: one virtual address a line (hex with 0x, or decimal); ``#`` starts a comment;
     a blank line ends a request (so does every 4096th address)."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError("--trace", f"cannot read '{path}': {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    path, text = trace.source, trace.text
     spans = [(s.vaddr, s.vaddr + s.size) for s in image.sections]
     where = ", ".join(f"{s.name} {s.vaddr:#x}-{s.vaddr + s.size:#x}" for s in image.sections)
     templates: list[np.ndarray] = []

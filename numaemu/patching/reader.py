@@ -9,8 +9,8 @@ copy in memory a little later (`FETCH_GAP_NS`). A skipped or early sync can then
 torn or stale execution.
 
 `execute` runs a batch of sites: step 1 for all, the gap, step 2 for all, then the INT3 handler for
-sites whose first byte was INT3 (it takes a reference on the descriptor, takes part in pending
-syncs, bsearches the descriptor and emulates the new instruction). The node reads each site's
+sites whose first byte was INT3 (`text_poke_bp.poke_int3_handler`: it takes a reference on the
+descriptor, takes part in pending syncs, bsearches the descriptor and emulates the new instruction). The node reads each site's
 sequence number before and after, and the state the last returned call committed.
 
 `check_batch` is the checker. It is told nothing about bugs; it judges only the observations:
@@ -24,25 +24,24 @@ sequence number before and after, and the state the last returned call committed
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from numaemu.host.clock import spin
-from numaemu.host.segments import WHERE
 from numaemu.model.engine import page_bases
 from numaemu.model.image import LINE_SIZE, PAGE_SIZE
 from numaemu.model.placement import PageTable
 from numaemu.model.sites import INT3, MAX_INSN, SiteTable
+from numaemu.patching.text_poke_bp import HANDLER_NS, poke_int3_handler
 from numaemu.patching.textmem import TextState
 
 __all__ = ["IBUF_LINES", "Observation", "Reader", "check_batch", "Violation"]
 
 IBUF_LINES = 512  # 32 KiB, an L1i
 FETCH_GAP_NS = 20_000  # between deciding on the first byte and reading the rest
-HANDLER_NS = 200_000  # time inside the INT3 handler before it emulates (a slow path: NMI context, tracing)
-INT3_HANDLER = WHERE.index("inside an INT3 handler")
 
 
 @dataclass(frozen=True)
@@ -65,14 +64,27 @@ class Violation:
     observed: str
     detail: str
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "node": self.node, "site": self.site, "address": hex(self.offset), "observed": self.observed, "detail": self.detail}
 
 
 class Reader:
     """One node's instruction fetch through its page table and instruction buffer."""
 
-    def __init__(self, node: int, mem: np.ndarray, table: PageTable, part_offset: tuple[int, ...], sites: SiteTable, state: TextState, safe_point, *, fetch_gap_ns: int = FETCH_GAP_NS, handler_ns: int = HANDLER_NS, mark=None) -> None:
+    def __init__(
+        self,
+        node: int,
+        mem: np.ndarray,
+        table: PageTable,
+        part_offset: tuple[int, ...],
+        sites: SiteTable,
+        state: TextState,
+        safe_point: Callable[[], None],
+        *,
+        fetch_gap_ns: int = FETCH_GAP_NS,
+        handler_ns: int = HANDLER_NS,
+        mark: Callable[[int], int] | None = None,
+    ) -> None:
         self.node = node
         self.mark = mark  # records "inside an INT3 handler" for a failure message (memory.WHERE)
         self.mem = mem
@@ -93,7 +105,8 @@ class Reader:
         self.flushes += 1
 
     def _phys(self, offsets: np.ndarray) -> np.ndarray:
-        return self.page_base[offsets // PAGE_SIZE] + offsets % PAGE_SIZE
+        phys: np.ndarray = self.page_base[offsets // PAGE_SIZE] + offsets % PAGE_SIZE
+        return phys
 
     def _through_buffer(self, offsets: np.ndarray, width: int) -> np.ndarray:
         """Bytes [offset, offset+width) from the buffered line (fetching it on a miss)."""
@@ -138,43 +151,10 @@ class Reader:
                 observed[rest] *= np.arange(MAX_INSN) < lens[rest][:, None]
             if np.any(via_int3):
                 self.int3_hits += int(via_int3.sum())
-                observed[via_int3], handler_ok[via_int3] = self._int3(sites[via_int3])
+                at = sites[via_int3]
+                observed[via_int3], handler_ok[via_int3] = poke_int3_handler(self.st, self.node, t, at, self.safe_point, self.handler_ns, self.mark)
         s2 = st.site_seq[sites].copy()
         return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed)
-
-    def _int3(self, sites: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """poke_int3_handler: take a reference, find the site, emulate its new instruction."""
-        st, node = self.st, self.node
-        st.node_set(node, "in_int3", st.node_get(node, "in_int3") + 1)
-        prev = self.mark(INT3_HANDLER) if self.mark is not None else 0
-        try:
-            live = st.get("desc_live") == 1
-            gen = st.get("desc_gen")
-            # Inside the handler the node still answers syncs (every read of this batch is
-            # done, so it is not part-way through any fetch), so the handler can outlive the
-            # patcher's syncs and even the rest of its call; only the reference keeps the
-            # descriptor alive (the 2019 fix: bp_desc refcount, arch/x86/kernel/alternative.c).
-            end = time.perf_counter_ns() + self.handler_ns
-            while True:
-                self.safe_point()
-                if time.perf_counter_ns() >= end:
-                    break
-            n = st.get("desc_count")
-            offs = st.desc_offset[:n].copy()
-            new = st.desc_new[:n].copy()
-            same = st.get("desc_gen") == gen and gen % 2 == 0
-        finally:
-            st.node_set(node, "in_int3", st.node_get(node, "in_int3") - 1)
-            if self.mark is not None:
-                self.mark(prev)
-        want = self.sites.offset[sites]
-        idx = np.minimum(np.searchsorted(offs, want), max(n - 1, 0))
-        found = (offs[idx] == want) if n else np.zeros(len(sites), dtype=bool)
-        ok = found & live & same
-        out = np.zeros((len(sites), MAX_INSN), dtype=np.uint8)
-        if n:
-            out[ok] = new[idx[ok]]
-        return out, ok
 
 
 def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) -> tuple[int, list[Violation]]:

@@ -46,14 +46,15 @@ Pure logic on the shared arrays (no processes, no OS calls): tested in-process.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from numaemu.model.image import MODULE_SLOT_BYTES
 from numaemu.model.sites import SiteTable
-from numaemu.patching.protocols import Locks, _ranges
+from numaemu.patching.protocols import Locks
 from numaemu.patching.sources import SourcePlan, slot_fill
-from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState
+from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, byte_ranges
 
 __all__ = ["repair_text", "release_locks", "finish_operation", "reset_protocols"]
 
@@ -85,15 +86,15 @@ def _write_sites(st: TextState, sites: SiteTable, copies: TextCopies, master: np
     if len(which) == 0:
         return
     lens = sites.length[which].astype(np.int64)
-    offs = np.repeat(sites.offset[which], lens) + _ranges(lens)
+    offs = np.repeat(sites.offset[which], lens) + byte_ranges(lens)
     owner = np.repeat(np.arange(len(which)), lens)
-    vals = sites.enc[which[owner], states[owner], _ranges(lens)]
+    vals = sites.enc[which[owner], states[owner], byte_ranges(lens)]
     copies.write(master, mem, offs, vals)
 
 
-def finish_operation(st: TextState, sites: SiteTable, copies: TextCopies, master: np.ndarray, mem: np.ndarray, plan: SourcePlan, node: int) -> dict:
+def finish_operation(st: TextState, sites: SiteTable, copies: TextCopies, master: np.ndarray, mem: np.ndarray, plan: SourcePlan, node: int) -> dict[str, int]:
     """Finish (or drop) dead `node`'s journaled operation; return what was done."""
-    out: dict = {}
+    out: dict[str, int] = {}
     row = st.pend[node]
     which = np.flatnonzero(row).astype(np.int64)
     if st.node_get(node, "journal") == 1:
@@ -143,17 +144,17 @@ def finish_operation(st: TextState, sites: SiteTable, copies: TextCopies, master
     return out
 
 
-def reset_protocols(st: TextState, sites: SiteTable, copies: TextCopies, master: np.ndarray, mem: np.ndarray, dead: Sequence[int], n_nodes: int, dead_held_text_mutex: bool) -> dict:
+def reset_protocols(st: TextState, sites: SiteTable, copies: TextCopies, master: np.ndarray, mem: np.ndarray, dead: Sequence[int], n_nodes: int, dead_held_text_mutex: bool) -> dict[str, int]:
     """Step 3 of the module docstring; returns what was done."""
-    out: dict = {}
+    out: dict[str, int] = {}
     stop_seq = st.get("stop_seq")
     if st.get("stop_released") < stop_seq:
         # A round in progress: do what its last arrival does, then release it.
         n = st.get("desc_count")
         if n:
             lens = sites.length[st.desc_site[:n].astype(np.int64)].astype(np.int64)
-            offs = np.repeat(st.desc_offset[:n], lens) + _ranges(lens)
-            vals = st.desc_new[:n][np.repeat(np.arange(n), lens), _ranges(lens)]
+            offs = np.repeat(st.desc_offset[:n], lens) + byte_ranges(lens)
+            vals = st.desc_new[:n][np.repeat(np.arange(n), lens), byte_ranges(lens)]
             copies.write(master, mem, offs, vals)
         st.set("stop_released", stop_seq)
         out["stop_machine_round_completed"] = int(stop_seq)
@@ -172,7 +173,7 @@ def reset_protocols(st: TextState, sites: SiteTable, copies: TextCopies, master:
     return out
 
 
-def repair_text(st: TextState, sites: SiteTable, copies: TextCopies, master: np.ndarray, mem: np.ndarray, plan: SourcePlan, locks: Locks, dead: Sequence[int]) -> dict[int, dict]:
+def repair_text(st: TextState, sites: SiteTable, copies: TextCopies, master: np.ndarray, mem: np.ndarray, plan: SourcePlan, locks: Locks, dead: Sequence[int]) -> dict[int, dict[str, Any]]:
     """Steps 1-3 of the module docstring, for the nodes in `dead`, while every living node is
     parked. Returns, per dead node, what was done; ``copies_equal_master`` on each says whether
     every copy equals the master afterwards."""
@@ -180,7 +181,7 @@ def repair_text(st: TextState, sites: SiteTable, copies: TextCopies, master: np.
     text_owner = int(st.lock_owner[0])  # Locks.text_mutex is the first lock
     freed = release_locks(st, locks, dead)
     dead_text = text_owner in {d + 1 for d in dead} or (text_owner == 0 and "text_mutex" in freed)
-    out = {d: {"locks_released": [] if i else freed} for i, d in enumerate(dead)}
+    out: dict[int, dict[str, Any]] = {d: {"locks_released": [] if i else freed} for i, d in enumerate(dead)}
     for d in dead:
         out[d].update(finish_operation(st, sites, copies, master, mem, plan, d))
         # Its report is lost; what it had published is not (stress_document counts it).

@@ -32,6 +32,7 @@ leaves the count and the code in agreement. A node's key references live in the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ from numaemu.model.sites import (
     KIND_JUMP,
     SiteTable,
 )
-from numaemu.patching.protocols import NodeKernel
+from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.textmem import MAX_KEYS, TextState
 
 __all__ = ["SOURCES", "SourcePlan", "hot_keys", "plan_sources", "NodeSource", "key_agreement", "slot_fill"]
@@ -102,7 +103,7 @@ def hot_keys(jump_keys: np.ndarray, n_keys: int) -> np.ndarray:
 
 def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
     keys = hot_keys(sites.key[: sites.n_jump], n_keys)
-    names = ("static_keys", "ftrace", "module", "bpf", "livepatch") if source == "mixed" else (source,)
+    names: tuple[str, ...] = ("static_keys", "ftrace", "module", "bpf", "livepatch") if source == "mixed" else (source,)
     if source == "mixed" and len(keys) == 0:
         names = names[1:]  # nothing to flip: the other sources take the turns
     n_funcs = sites.n_core - sites.n_jump
@@ -217,7 +218,7 @@ class NodeSource:
                 commit()
                 self.k.end_op()
 
-    def _patch_all(self, sites: np.ndarray, old: int, new: int, commit=None) -> None:
+    def _patch_all(self, sites: np.ndarray, old: int, new: int, commit: Callable[[], None] | None = None) -> None:
         self.k.patch(sites, np.full(len(sites), old, np.int64), np.full(len(sites), new, np.int64), commit)
 
     # -- ftrace and bpf --------------------------------------------------------------------
@@ -244,7 +245,8 @@ class NodeSource:
     def _live_module_ftrace(self, state: int) -> np.ndarray:
         mod = self.plan.module_sites
         mod = mod[(self.k.sites.kind[mod] == KIND_FTRACE) & (self.st.site_live[mod] == 1)]
-        return mod[self.st.site_state[mod] == state]
+        on: np.ndarray = mod[self.st.site_state[mod] == state]
+        return on
 
     def _bpf(self) -> None:
         s = np.array([self.plan.bpf_site])
@@ -316,7 +318,7 @@ class NodeSource:
         jump = kinds == KIND_JUMP
         counts = st.key_count[self.plan.keys[np.maximum(keys, 0)]] if len(self.plan.keys) else np.zeros(len(sites))
         states[jump & (keys >= 0)] = (counts[jump & (keys >= 0)] > 0).astype(np.int64)
-        for s, state in zip(sites, states):  # alternatives are still their NOP placeholder here
+        for s, state in zip(sites, states, strict=True):  # alternatives are still their NOP placeholder here
             o, L = int(t.offset[s]) - base, int(t.length[s])
             body[o : o + L] = t.enc[s, state, :L]
         # Alternatives are applied to the new text before it is live (apply_alternatives()).
@@ -364,7 +366,7 @@ def key_agreement(plan: SourcePlan, key_count: np.ndarray, site_state: np.ndarra
     """Once every node has dropped its references, every hot key's count must be 0 and each of
     its use sites (in the core image and in loaded modules) a NOP: the count and the code agree."""
     problems = []
-    for i, (k, core) in enumerate(zip(plan.keys, plan.key_sites)):
+    for i, (k, core) in enumerate(zip(plan.keys, plan.key_sites, strict=True)):
         mod = plan.module_sites[plan.module_jump_key == i]
         sites = np.concatenate([core, mod[site_live[mod] == 1]])
         count = int(key_count[k])

@@ -42,7 +42,7 @@ from numaemu.host.segments import MemoryLayout, Segment
 from numaemu.model.image import PAGE_SIZE
 from numaemu.model.placement import Placement
 
-__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "PUBLISHED", "TextState", "TextCopies", "text_segment_size"]
+__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "PUBLISHED", "TextState", "TextCopies", "text_segment_size", "byte_ranges"]
 
 MAX_BATCH = 256  # text_poke_bp batch limit (TP_VEC_MAX in arch/x86/kernel/alternative.c)
 MAX_FAILURES = 64
@@ -101,9 +101,24 @@ TXT_DESC = np.dtype(
 )
 TXT_FAILURE = np.dtype([("node", "<i8"), ("site", "<i8"), ("expected", "u1", (8,)), ("found", "u1", (8,))])
 assert TXT_HEADER.itemsize == 128 and TXT_NODE.itemsize == 128
-_HEADER_INDEX = {name: TXT_HEADER.fields[name][1] // 8 for name in TXT_HEADER.names if name != "pad"}
-_NODE_INDEX = {name: TXT_NODE.fields[name][1] // 8 for name in TXT_NODE.names if name != "pad"}
+
+
+def _word_index(dt: np.dtype) -> dict[str, int]:
+    """Field name -> index of its 8-byte word in a record of `dt` (every field but ``pad``)."""
+    assert dt.fields is not None  # a structured dtype
+    return {name: offset // 8 for name, (_, offset, *_) in dt.fields.items() if name != "pad"}
+
+
+_HEADER_INDEX = _word_index(TXT_HEADER)
+_NODE_INDEX = _word_index(TXT_NODE)
 _NODE_WORDS = TXT_NODE.itemsize // 8
+
+
+def byte_ranges(lens: np.ndarray) -> np.ndarray:
+    """[0..l0-1, 0..l1-1, ...] for lengths `lens`: each site's byte offsets from its start."""
+    lens = np.asarray(lens, dtype=np.int64)
+    out: np.ndarray = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    return out
 
 
 def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> list[tuple[str, np.dtype, int]]:

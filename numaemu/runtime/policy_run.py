@@ -20,11 +20,12 @@ import numpy as np
 from numaemu.errors import UsageError
 from numaemu.host.numamaps import expected_host_nodes, read_placement
 from numaemu.host.segments import Control, MemoryLayout, Segment
+from numaemu.model.binding import HostPlacement
 from numaemu.model.image import KernelImage
 from numaemu.model.pagetables import page_table_cost, walk_profile
 from numaemu.model.placement import Placement, check_reachable, place_for
 from numaemu.model.tasks import TASKS_PER_NODE
-from numaemu.model.topology import HostPlacement, Topology
+from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
 from numaemu.runtime.inprocess import calibrate_scale
 from numaemu.runtime.results import add_speedups, policy_record

@@ -1,0 +1,1 @@
+"""The public Python API for emulation scripts: validated configurations, `Emulation`, `bench`, `calibrate`."""

@@ -1,0 +1,189 @@
+"""What a run is asked to do, validated once, in one place.
+
+`MachineConfig` is the emulated machine and how it sits on this host (topology, image, design,
+pacing); `RunConfig` adds one ``numaemu run`` (workload, policies, cache, length); `StressConfig`
+one ``numaemu stress``. Each is a frozen record whose ``__post_init__`` checks every field
+(through the rules of `params`) and every combination, raising one `UsageError` that names the
+command-line parameter. The command line only parses options and maps them onto these records;
+a script builds the same records (or lets `Emulation` build them), so both take one path.
+
+Checks that need the files or the host (the image's own arch, whether the run fits) happen when
+`Emulation` resolves the record, still before anything is started.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from numaemu.api import params
+from numaemu.errors import UsageError
+from numaemu.model.image import ARCHES
+from numaemu.model.pagetables import PT_STYLES
+from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
+from numaemu.model.workloads import WORKLOADS
+from numaemu.patching.protocols import BUGS, PROTOCOLS
+from numaemu.patching.sources import SOURCES
+from numaemu.runtime.policy_run import DELAYS, START_METHODS
+
+__all__ = ["MachineConfig", "RunConfig", "StressConfig", "BUG_PROTOCOLS"]
+
+# Which bugs each protocol can have (BACKGROUND.md s.4): stop_machine has no INT3 descriptor
+# and no final sync (each node resynchronises itself); text_poke_bp has no rendezvous; nosync
+# has neither.
+BUG_PROTOCOLS = {
+    "early-master": ("stop_machine",),
+    "descriptor-reuse": ("text_poke_bp",),
+    "no-sync": PROTOCOLS,
+    "no-final-sync": ("text_poke_bp", "nosync"),
+    "key-race": PROTOCOLS,
+}
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """The emulated machine: `topology` a preset, a numa=fake spec, a .json/.toml file or
+    ``host``; `image` a kernel image file (None: the embedded synthetic image, shrunk by
+    `image_scale`); the page-table design; how time is paced; where nodes run on this host."""
+
+    topology: str = "2s-xeon"
+    image: str | None = None
+    image_scale: float = 1.0
+    arch: str | None = None  # the embedded image's variant (x86_64 or arm64); with `image`, the file's
+    host_cpus: str | None = None  # ';'-separated cpulists, one per node
+    local_ns: float | None = None
+    sysfs_root: str = "/sys"
+    pt_style: str = "none"
+    kaslr: bool = False
+    replicas_every: int = 1
+    delays: str = "model"
+    time_scale: float | None = None
+    start_method: str | None = None  # None: Python's default
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.topology, str) or not self.topology.strip():
+            raise UsageError("--topology", "give a preset, a spec, a file or 'host'")
+        if self.image is not None and not str(self.image).strip():
+            raise UsageError("--image", "is empty; give a file path")
+        params.check("--image-scale", params.image_scale, self.image_scale)
+        if self.image is not None and self.image_scale != 1:
+            raise UsageError("--image", f"cannot be combined with --image-scale {self.image_scale:g}: the scale shrinks the embedded synthetic image only")
+        if self.arch is not None:
+            params.choice(self.arch, ARCHES, "--arch")
+        if self.local_ns is not None:
+            params.check("--local-ns", params.LOCAL_NS, self.local_ns)
+        params.choice(self.pt_style, PT_STYLES, "--pt-style")
+        if self.kaslr and self.pt_style == "arm64":
+            raise UsageError("--kaslr", "not with --pt-style arm64: King's series disables KASLR (the image must sit under its own level-0 entry)")
+        if self.kaslr and self.pt_style != "x86":
+            raise UsageError("--kaslr", "needs --pt-style x86, the design that supports it (Kuzin's series)")
+        params.check("--replicas-every", params.REPLICAS_EVERY, self.replicas_every)
+        params.choice(self.delays, DELAYS, "--delays")
+        if self.time_scale is not None:
+            params.check("--time-scale", params.TIME_SCALE, self.time_scale)
+            if self.delays == "none":
+                raise UsageError("--time-scale", "is for --delays model; with --delays none nothing is paced")
+        params.choice(self.method, START_METHODS, "--start-method")
+        params.check("--seed", params.SEED, self.seed)
+
+    @property
+    def method(self) -> str:
+        """The multiprocessing start method the nodes are started with."""
+        return self.start_method if self.start_method is not None else mp.get_start_method()
+
+    def machine(self) -> MachineConfig:
+        """The machine part of this record (itself for a `MachineConfig`)."""
+        own = {f.name for f in fields(MachineConfig)}
+        return MachineConfig(**{k: getattr(self, k) for k in own})
+
+
+@dataclass(frozen=True)
+class RunConfig(MachineConfig):
+    """One ``numaemu run``: the `workload` under each of `policies`, for `duration_s` seconds
+    each (default 2) or `requests` requests in all."""
+
+    workload: str = "db"
+    trace: str | None = None  # for workload "trace": a recording or an address list
+    policies: tuple[str, ...] = POLICIES
+    replicate: str = "text+rodata"
+    cache: str = "hot"
+    user_data: str = "local"
+    duration_s: float | None = None
+    requests: int | None = None
+    migrate_rate: float = 0.01
+    verify: bool = False
+    recover: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.policies, str):
+            object.__setattr__(self, "policies", tuple(params.comma_list(self.policies, "--policy", POLICIES)))
+        else:
+            object.__setattr__(self, "policies", tuple(params.comma_list(",".join(self.policies), "--policy", POLICIES)))
+        params.choice(self.workload, WORKLOADS, "--workload")
+        if self.trace is not None and not str(self.trace).strip():
+            raise UsageError("--trace", "is empty; give a file path")
+        params.choice(self.replicate, REPLICATE_SCOPES, "--replicate")
+        params.choice(self.cache, ("hot", "cold"), "--cache")
+        params.choice(self.user_data, ("local", "interleave"), "--user-data")
+        if self.duration_s is not None and self.requests is not None:
+            raise UsageError("--duration", "give --duration or --requests, not both")
+        if self.duration_s is not None:
+            params.check("--duration", params.DURATION, self.duration_s)
+        if self.requests is not None:
+            params.check("--requests", params.REQUESTS, self.requests)
+        params.check("--migrate-rate", params.probability, self.migrate_rate)
+
+    @property
+    def length_s(self) -> float | None:
+        """Seconds per policy: None when the run is `requests` long."""
+        return None if self.requests else (self.duration_s or 2.0)
+
+    @property
+    def trace_path(self) -> Path | None:
+        return Path(self.trace) if self.trace is not None else None
+
+
+@dataclass(frozen=True)
+class StressConfig(MachineConfig):
+    """One ``numaemu stress``: `source` patches the text of every copy under `protocol`
+    (default: text_poke_bp on x86, nosync on arm64) for `duration_s`, while every node's readers
+    execute it; `bug` plants one of the kernel's historical bugs."""
+
+    source: str = "static_keys"
+    protocol: str | None = None
+    policy: str = "replicate"
+    duration_s: float = 10.0
+    rate: float = 200.0
+    bug: str | None = None
+    recover: bool = False
+    kill_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.protocol is not None:
+            params.choice(self.protocol, PROTOCOLS, "--protocol")
+        params.choice(self.source, SOURCES, "--source")
+        params.choice(self.policy, POLICIES, "--policy")
+        params.check("--duration", params.DURATION, self.duration_s)
+        params.check("--rate", params.PATCH_RATE, self.rate)
+        if self.kill_rate is not None:
+            params.check("--kill-workers", params.KILL_RATE, self.kill_rate)
+        if self.bug is not None:
+            params.choice(self.bug, BUGS, "--inject-bug")
+            if self.bug == "key-race" and self.source not in ("static_keys", "mixed"):
+                raise UsageError("--inject-bug", f"key-race is a static-key bug: use --source static_keys or mixed, not {self.source}")
+
+    def protocol_for(self, arch: str) -> str:
+        """The protocol on an image of `arch`, checked against it and against `bug`."""
+        arm = arch == "arm64"
+        protocol = self.protocol if self.protocol is not None else ("nosync" if arm else "text_poke_bp")
+        if protocol == "nosync" and not arm:
+            raise UsageError("--protocol", "nosync (single aligned 4-byte writes) is only for the arm64 image; add --arch arm64, or use text_poke_bp or stop_machine")
+        if protocol == "text_poke_bp" and arm:
+            raise UsageError("--protocol", "text_poke_bp is the x86 INT3 protocol; the arm64 image uses nosync or stop_machine")
+        if self.bug is not None and protocol not in BUG_PROTOCOLS[self.bug]:
+            raise UsageError("--inject-bug", f"{self.bug} is a bug of {' and '.join(BUG_PROTOCOLS[self.bug])}, not of {protocol}")
+        return protocol

@@ -1,0 +1,123 @@
+"""The results a script gets back, as frozen records: `PolicyResult`, `RunResult`, `StressResult`.
+
+Each keeps its whole JSON document (the fields the README's "JSON formats" lists) and gives
+typed access to the figures a script compares; ``to_json()`` is that document, and
+``from_json()`` reads one back, refusing one of another command or of a schema this numaemu does
+not read with a one-line `UsageError`. Documents carry ``schema`` (`SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from numaemu.errors import UsageError
+from numaemu.host.files import regular_file
+from numaemu.runtime.results import SCHEMA
+
+__all__ = ["PolicyResult", "RunResult", "StressResult", "read_document"]
+
+
+def read_document(path: str | Path, param: str, command: str) -> dict[str, Any]:
+    """The JSON document at `path`, which must be a `command`'s of a schema this numaemu reads."""
+    p = regular_file(path, param)
+    try:
+        doc = json.loads(p.read_text())
+    except OSError as exc:
+        raise UsageError(param, f"cannot read '{path}': {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, or an integer of 4300+ digits
+        raise UsageError(param, f"'{path}' is not JSON") from None
+    return _checked(doc, command, param, f"'{path}'")
+
+
+def _checked(doc: object, command: str, param: str = "document", what: str = "the document") -> dict[str, Any]:
+    if not isinstance(doc, dict) or doc.get("command") != command:
+        other = doc.get("command") if isinstance(doc, dict) else None
+        raise UsageError(param, f"{what} is not a numaemu {command} result" + (f" (it is from numaemu {other})" if other else ""))
+    if doc.get("schema") != SCHEMA:
+        raise UsageError(param, f"{what} has schema {doc.get('schema')}; this numaemu reads schema {SCHEMA}")
+    return doc
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One policy of a run: its figures, and its whole record (``per_node`` and the rest)."""
+
+    policy: str
+    throughput_rps: float
+    speedup_vs_single: float | None  # measured: wall-clock throughput against single, same run
+    predicted_speedup_vs_single: float | None  # the latency model: emulated time per request
+    remote_fetch_share: float
+    emulated_us_per_request: float | None
+    extra_memory_bytes: int
+    pacing_lost_pct: float
+    verified: bool | None  # run --verify: every task read the master's bytes (None: not asked)
+    record: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, rec: Mapping[str, Any]) -> PolicyResult:
+        return cls(
+            policy=rec["policy"], throughput_rps=rec["throughput_rps"], speedup_vs_single=rec.get("speedup_vs_single"),
+            predicted_speedup_vs_single=rec.get("predicted_speedup_vs_single"), remote_fetch_share=rec["remote_fetch_share"],
+            emulated_us_per_request=rec["emulated_us_per_request"], extra_memory_bytes=rec["extra_memory_bytes"],
+            pacing_lost_pct=rec["pacing_lost_pct"], verified=rec.get("verified"), record=dict(rec),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.record)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A ``numaemu run``: each policy's result, and the document (topology, image, workload,
+    host, settings, failure) as written to JSON."""
+
+    policies: tuple[PolicyResult, ...]
+    document: Mapping[str, Any]
+    # Per policy, where each node's memory landed (`host.numamaps.PlacementReport`), read while
+    # the run went; its JSON is in each record's ``placement_report`` (not read back).
+    numa_maps: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, doc: object) -> RunResult:
+        d = _checked(doc, "run")
+        return cls(tuple(PolicyResult.from_json(r) for r in d["results"]), d)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.document)
+
+    def __getitem__(self, policy: str) -> PolicyResult:
+        for p in self.policies:
+            if p.policy == policy:
+                return p
+        raise KeyError(policy)
+
+    @property
+    def complete(self) -> bool:
+        """Every policy asked for ran, and the run was neither interrupted nor failed."""
+        d = self.document
+        return d.get("failure") is None and not d.get("interrupted") and len(self.policies) == len(d["settings"]["policies"])
+
+
+@dataclass(frozen=True)
+class StressResult:
+    """A ``numaemu stress``: what the checkers found, and the document as written to JSON."""
+
+    ok: bool  # no violation, every copy identical to the master, keys agree with their code
+    violations: int
+    executions_checked: int
+    patches_applied: int
+    replicas_identical: bool | None  # None: the run never started, nothing was compared
+    document: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, doc: object) -> StressResult:
+        d = _checked(doc, "stress")
+        return cls(ok=d["ok"], violations=d["violations"], executions_checked=d["executions_checked"], patches_applied=d["patches_applied"],
+                   replicas_identical=d["replicas_identical"], document=d)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.document)

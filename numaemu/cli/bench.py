@@ -1,0 +1,183 @@
+"""``numaemu bench``, ``numaemu plot`` and ``numaemu compare``: sweeps of runs with statistics,
+their figure, and two sweeps compared. The sweep itself is `numaemu.api.bench.bench`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from numaemu.api import bench as api_bench
+from numaemu.api.records import read_document
+from numaemu.api.run_document import delays_note
+from numaemu.cli.options import log_for, output_path, write_doc, write_partial
+from numaemu.errors import NodeFailure, UsageError
+from numaemu.host.segments import prune_stale
+from numaemu.measure.compare import BENCH_SCHEMA, bench_doc_problem, compare_docs, format_compare
+from numaemu.measure.experiment import Experiment
+from numaemu.measure.plot import check_available as check_plot_available
+from numaemu.measure.plot import plot_bench
+from numaemu.measure.report import LEGEND, write_csv
+from numaemu.model.workloads import WORKLOADS
+from numaemu.runtime.policy_run import START_METHODS
+from numaemu.runtime.results import SCHEMA
+
+__all__ = ["add_parsers", "cmd_bench", "cmd_plot", "cmd_compare", "EXIT_RUNS_FAILED"]
+
+EXIT_RUNS_FAILED = 3
+_OPTIONS = (
+    ("topology", "comma list of topologies to sweep (default 2s-xeon)"),
+    ("workload", f"comma list of {', '.join(WORKLOADS)} (default db)"),
+    ("cache", "comma list of hot, cold (default hot)"),
+    ("user-data", "comma list of local, interleave (default local)"),
+    ("replicate", "comma list of text, text+rodata (default text+rodata)"),
+    ("policy", "comma list of policies run at every point; single is always run, as the baseline (default: all three)"),
+    ("repeat", "measured repetitions per point, each in fresh node processes (default 5)"),
+    ("warmup", "discarded repetitions per point first, a quarter as long (default 1)"),
+    ("duration", "seconds per policy per repetition (default 2)"),
+    ("requests", "total requests per policy per repetition, instead of --duration"),
+    ("migrate-rate", "probability that a task migrates after a request (default 0.01)"),
+    ("seed", "seed of the workload, request choices and migrations (default 0)"),
+    ("image-scale", "shrink the embedded image by this factor (0, 1] (default 1)"),
+    ("image", "a real kernel image file (ELF vmlinux or vmlinuz/bzImage) instead of the embedded one"),
+    ("host-cpus", "host CPUs for each node, ';'-separated cpulists (one topology only)"),
+    ("local-ns", "derive latencies from distances with this local latency (ns)"),
+    ("trace", "for --workload trace: a file of virtual addresses"),
+    ("time-scale", "wall ns per emulated ns (default: calibrated at each point)"),
+    ("delays", "model (paced to the emulated latencies, default) or none (nothing injected; one value, not a sweep)"),
+    ("pt-style", "page-table design: none (default), arm64 or x86 (one value, not a sweep)"),
+    ("replicas-every", "replicate: a copy on every K-th node only (default 1; one value)"),
+    ("start-method", f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)"),
+)
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("bench", help="sweep run's options, repeated, with medians, intervals, significance and the model beside each speedup")
+    p.add_argument("--experiment", metavar="FILE.toml", help="a TOML experiment: keys named as these options, a list sweeps (options given here win)")
+    for name, text in _OPTIONS:
+        p.add_argument(f"--{name}", help=text)
+    p.add_argument("--sysfs-root", default="/sys", help=argparse.SUPPRESS)
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="where the JSON goes ('-' for stdout; default results/bench-<time>.json)")
+    p.add_argument("--csv", dest="csv_path", metavar="PATH", help="also write one CSV row per point and policy")
+    p.add_argument("--plot", dest="plot_path", metavar="FILE.png", help="draw speedups with their intervals and per-node times (needs the 'plot' extra: matplotlib)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run each repetition as a task on the Dask scheduler at ADDRESS (tcp://HOST:PORT), or on a LocalCluster here ('local'); needs the 'cluster' extra")
+
+    p = sub.add_parser("plot", help="draw a bench result's figure again, from its JSON (needs the 'plot' extra)")
+    p.add_argument("bench_json", metavar="BENCH.json")
+    p.add_argument("png", metavar="FILE.png")
+
+    p = sub.add_parser("compare", help="compare two bench results: the differences and their significance")
+    p.add_argument("a", metavar="A.json")
+    p.add_argument("b", metavar="B.json")
+    p.add_argument("--json", dest="json_path", metavar="PATH", help="also write the comparison as JSON ('-' for stdout)")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name.replace("-", "_")) for name, _ in _OPTIONS}
+    paths: dict[str, Any] = {}
+
+    def begin(exp: Experiment) -> None:
+        """Once the experiment is checked: the outputs, then what is about to run."""
+        paths["json"] = json_path = output_path(args.json_path, "bench")
+        paths["csv"] = output_path(args.csv_path, param="--csv") if args.csv_path else None
+        if args.plot_path:
+            check_plot_available()
+            output_path(args.plot_path, param="--plot")
+        log = paths["log"] = log_for(json_path)
+        pruned = prune_stale()
+        if pruned:
+            print(f"removed {len(pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(pruned)}", file=log)
+        _header(exp, args.cluster, log)
+
+    def say(text: str) -> None:
+        print(text + "\n" if paths.get("running") else text, file=paths.get("log", sys.stdout), flush=True)
+
+    try:
+        doc = _run(args, given, begin, say, paths)
+    except (NodeFailure, KeyboardInterrupt) as exc:  # keep the points completed so far
+        partial = getattr(exc, "partial", None)
+        if partial is not None and "json" in paths:
+            write_partial(exc, {**partial, "argv": sys.argv[1:]}, paths["json"], paths["log"],
+                          lambda d: f"stopped early: {len(d['points'])} of {paths['n_points']} points completed")
+        raise
+    return _finish(args, doc, paths)
+
+
+def _run(args: argparse.Namespace, given: dict[str, Any], begin: Any, say: Any, paths: dict[str, Any]) -> dict[str, Any]:
+    def start(exp: Experiment) -> None:
+        begin(exp)
+        paths["n_points"], paths["n_tasks"] = len(exp.points), exp.repeat * len(exp.points)
+        paths["running"] = True
+
+    return api_bench.bench(experiment_file=args.experiment, cluster=args.cluster, progress=args.progress, log=say, on_experiment=start,
+                           sysfs_root=args.sysfs_root, **{k.replace("-", "_"): v for k, v in given.items()})
+
+
+def _header(exp: Experiment, cluster: str | None, log: Any) -> None:
+    per = f"{exp.duration_s:g} s" if exp.duration_s else f"{exp.requests} requests"
+    where = "in fresh node processes" if cluster is None else (
+        f"as {exp.repeat * len(exp.points)} tasks (a repetition each; warmups once per host and point) "
+        + ("on a Dask LocalCluster here" if cluster == "local" else f"on the Dask cluster at {cluster}")
+    )
+    print(
+        f"numaemu bench: {len(exp.points)} point(s) x {len(exp.policies)} policies ({', '.join(exp.policies)}), "
+        f"{exp.warmup} warmup + {exp.repeat} repetitions of {per} each: {exp.runs} runs {where}",
+        file=log,
+    )
+    if exp.delays == "none":
+        print(delays_note("none"), file=log)
+    if exp.pt_style != "none" or exp.replicas_every > 1:
+        print(f"design: page tables {exp.pt_style}" + (f", replicate puts a copy on every {exp.replicas_every}th node" if exp.replicas_every > 1 else ""), file=log)
+
+
+def _finish(args: argparse.Namespace, doc: dict[str, Any], paths: dict[str, Any]) -> int:
+    log = paths["log"]
+    print(LEGEND, file=log)  # the points were printed as each ended
+    write_doc({**doc, "argv": sys.argv[1:]}, paths["json"], log)
+    points = doc["points"]
+    if paths["csv"]:
+        write_csv(points, paths["csv"])
+        print(f"wrote {paths['csv']}", file=log)
+    if args.plot_path and points:
+        plot_bench(points, args.plot_path, doc["experiment"])
+        print(f"wrote {args.plot_path}", file=log)
+    failed = doc["failed_runs"]
+    if failed:
+        first = f"run failed on {failed[0]['host'] or 'no host'}: {failed[0]['detail']}"  # sweep.RunFailure.line
+        print(f"error: {len(failed)} of {paths['n_tasks']} runs failed (each named above; failed_runs in the JSON): first {first}", file=sys.stderr)
+        return EXIT_RUNS_FAILED
+    return 0
+
+
+def read_bench(path: str, param: str) -> dict[str, Any]:
+    doc = read_document(path, param, "bench")
+    if doc.get("bench_schema") != BENCH_SCHEMA:
+        raise UsageError(param, f"'{path}' has bench schema {doc.get('bench_schema')}; this numaemu reads {BENCH_SCHEMA}")
+    problem = bench_doc_problem(doc)
+    if problem:
+        raise UsageError(param, f"'{path}' is a damaged bench result: {problem}")
+    return doc
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    doc = read_bench(args.bench_json, "BENCH.json")
+    check_plot_available()
+    output_path(args.png, param="FILE.png")
+    plot_bench(doc["points"], args.png, doc["experiment"])
+    print(f"wrote {args.png}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    a, b = read_bench(args.a, "A.json"), read_bench(args.b, "B.json")
+    json_path = output_path(args.json_path, "compare") if args.json_path else None
+    cmp = compare_docs(a, b)
+    log = log_for(json_path or "")
+    print(format_compare(cmp, args.a, args.b), file=log)
+    if not cmp["rows"]:
+        print("no point is in both files", file=log)
+    if json_path:
+        write_doc({"schema": SCHEMA, "command": "compare", "a": args.a, "b": args.b, **cmp}, json_path, log)
+    return 0

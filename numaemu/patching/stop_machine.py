@@ -1,0 +1,83 @@
+"""The ``stop_machine`` protocol (kernel/stop_machine.c, arm64 ``aarch64_insn_patch_text``).
+
+The patching node publishes its batch in the descriptor (text_poke_bp.publish_descriptor: the same
+record) and raises a round; every node notices it at a safe point (after its IPI delay), parks and
+counts itself in under the ``stop_arrival`` lock; the LAST to arrive applies the descriptor to the
+master and every copy (multi_cpu_stop's patch function), then releases the others, which
+resynchronise (flush their instruction buffers) before they run again. With the ``early-master``
+bug the FIRST to arrive patches, while others may still be executing; with ``no-sync`` the
+released nodes keep what they had prefetched.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from numaemu.patching.protocols import SMALL_SITES, W_STOP
+from numaemu.patching.text_poke_bp import publish_descriptor
+from numaemu.patching.textmem import byte_ranges
+
+if TYPE_CHECKING:
+    from numaemu.patching.kernel import NodeKernel
+
+__all__ = ["stop_machine_batch", "stop_round", "apply_descriptor"]
+
+
+def stop_machine_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
+    """Patch `sites` (sorted by address) to encodings `new` in one stop_machine round."""
+    publish_descriptor(k, sites, new)
+    k.st.set("stop_req_ns", time.perf_counter_ns())
+    seq = k.st.add("stop_seq")
+    k.stats.stop_rounds += 1
+    stop_round(k, seq)
+    k.st.set("desc_live", 0)
+
+
+def stop_round(k: NodeKernel, seq: int) -> None:
+    """Take part in round `seq` (as its patcher, or at a safe point): count in, patch if this
+    node is the one that does, wait for the release, resynchronise."""
+    st = k.st
+    prev = k.mark(W_STOP)
+    try:
+        with k.holding(k.locks.stop_arrival, service=False):
+            # Released already: a recovery finished this round while this node was on its
+            # way in (parked at the lock); it must not count itself into the next one.
+            arrived = 0 if st.get("stop_released") >= seq else st.add("stop_arrived")
+        if arrived:
+            k.fault("stop_machine")
+            first, last = arrived == 1, arrived == k.n_nodes
+            if (k.bug == "early-master" and first) or (k.bug != "early-master" and last):
+                apply_descriptor(k)
+                if k.bug == "early-master":  # patched already; now wait for the others to park
+                    k.wait_for(lambda: st.get("stop_arrived") >= k.n_nodes or st.get("stop_released") >= seq, "stop_machine arrivals", service=False)
+                st.set("stop_arrived", 0)
+                st.set("stop_released", seq)
+            else:
+                k.wait_for(lambda: st.get("stop_released") >= seq, "stop_machine release", service=False)
+        if k.bug != "no-sync":
+            k.flush()  # resynchronise: nothing prefetched before the patch survives
+        st.node_set(k.node, "stop_ack", seq)
+    finally:
+        k.mark(prev)
+
+
+def apply_descriptor(k: NodeKernel) -> None:
+    """Write every entry's whole new instruction (stop_machine's patch function)."""
+    st = k.st
+    n = st.get("desc_count")
+    if n <= SMALL_SITES:
+        t0 = time.perf_counter_ns()
+        for i in range(n):
+            o, s = int(st.desc_offset[i]), int(st.desc_site[i])
+            k.text.write_site(o, st.desc_new[i, : k.sites.length[s]].tobytes())
+        k.text.charge(n, t0)
+        return
+    sites = st.desc_site[:n]
+    lens = k.sites.length[sites].astype(np.int64)
+    owner = np.repeat(np.arange(n), lens)
+    offs = np.repeat(st.desc_offset[:n], lens) + byte_ranges(lens)
+    vals = st.desc_new[:n][owner, byte_ranges(lens)]
+    k.text.poke(offs, vals, owner)

@@ -1,0 +1,325 @@
+"""One ``numaemu stress`` node process: its readers execute patch sites while it patches.
+
+`stress_worker_main` is what the coordinator starts for each node (through
+`worker.node_shell`). The node fills its partition, builds its `NodeKernel`, its `Reader` and its
+share of the patch source, waits for the start, and then alternates between a batch of its reader
+tasks (`ReaderTasks`: executed, then checked at once by `reader.check_batch`), a safe point
+(where it takes part in other nodes' syncs and stop_machine rounds) and, when its turn comes at
+``--rate`` operations per second over all nodes, one operation of the source (`_patch_and_read`).
+After the duration it stops patching, drops what it holds, and keeps answering syncs until every
+node is done. Its report (`StressNodeReport`) goes back over the pipe, also when the run is
+aborted (what it saw until then). Under a `PatchBench` the node runs the bench instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from numaemu.host.clock import Pacer
+from numaemu.host.cpus import pin_to
+from numaemu.host.segments import MemoryLayout
+from numaemu.model.placement import PageTable
+from numaemu.model.sites import FTRACE_KLP, SiteTable
+from numaemu.patching.kernel import NodeKernel
+from numaemu.patching.protocols import Locks
+from numaemu.patching.reader import Observation, Reader, check_batch
+from numaemu.patching.sources import NodeSource, SourcePlan
+from numaemu.patching.textmem import TextCopies, TextState
+from numaemu.runtime.faults import Launch
+from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_shell
+
+if TYPE_CHECKING:
+    from numaemu.patching.patch_bench import PatchBench
+
+__all__ = ["StressConfig", "StressNodeReport", "stress_worker_main", "ReaderTasks", "READER_TASKS", "BATCH_SITES", "MAX_REPORTED"]
+
+READER_TASKS = 2  # per node, for livepatch's per-task consistency
+BATCH_SITES = 48  # sites executed per reader batch (between two safe points)
+HOT_SHARE = 0.75  # share of executions aimed at the sites the source patches
+MAX_REPORTED = 10
+
+
+@dataclass(frozen=True)
+class StressConfig:
+    node: int
+    n_nodes: int
+    n_tasks: int
+    ctl_name: str
+    mem_name: str
+    master_name: str
+    txt_name: str
+    host_cpus: tuple[int, ...]
+    hosted: np.ndarray
+    table: PageTable
+    layout: MemoryLayout
+    copies: TextCopies
+    sites: SiteTable
+    plan: SourcePlan
+    n_keys: int
+    locks: Locks
+    protocol: str
+    bug: str | None
+    rate: float
+    seed: int
+    shared_core: bool
+    coordinator_pid: int
+    bench: PatchBench | None
+    ipi_delay_ns: int
+    text_poke_ns: int
+
+
+@dataclass(frozen=True)
+class StressNodeReport:
+    """What a stress node reports to the coordinator when it is done (or aborted: `aborted`
+    says why, and the figures are what it saw until then)."""
+
+    node: int
+    pid: int
+    incarnation: int  # 0: the first process of this node; k: its k-th replacement (--recover)
+    parks: int  # recoveries this node was parked through
+    aborted: str | None
+    cpus: tuple[int, ...]
+    executions: int  # site executions checked
+    violations: int
+    examples: tuple[dict[str, Any], ...]  # the first MAX_REPORTED violations, as JSON
+    int3_hits: int
+    flushes: int  # of the instruction buffer
+    patch_calls: int
+    sites_patched: int
+    syncs: int
+    stop_rounds: int
+    unexpected_ops: int
+    source_ops: int
+    module_loads: int
+    ftrace_all_enables: int
+    module_unloads: int
+    latencies_us: tuple[float, ...]  # of each patch call
+
+    # The fields of the JSON's ``per_node`` entries, in their order there.
+    PER_NODE: ClassVar[tuple[str, ...]] = (
+        "node", "pid", "incarnation", "cpus", "executions", "violations", "int3_hits", "flushes",
+        "patch_calls", "sites_patched", "syncs", "unexpected_ops", "source_ops", "parks", "aborted",
+    )
+
+    def per_node(self) -> dict[str, Any]:
+        """This node's entry of the stress document's ``per_node``."""
+        out = {name: getattr(self, name) for name in self.PER_NODE}
+        out["cpus"] = list(self.cpus)
+        return out
+
+    def to_message(self) -> dict[str, Any]:
+        """The report as the pipe carries it: the node shell's messages are dicts (a failure is
+        one with an ``error`` key), so the report travels as its fields."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> StressNodeReport:
+        return cls(**msg)
+
+
+def stress_worker_main(cfg: StressConfig, conn: Connection, launch: Launch | None = None) -> None:
+    node_shell(cfg, conn, _stress_body, launch)
+
+
+def _stress_body(nc: NodeContext) -> dict[str, Any]:
+    cfg: StressConfig = nc.cfg
+    mem_seg, master_seg, txt_seg = nc.attach(cfg.mem_name), nc.attach(cfg.master_name), nc.attach(cfg.txt_name)
+    cpus = pin_to(cfg.host_cpus)
+    nc.phase("fill")
+    mem, master = mem_seg.array(np.uint8), master_seg.array(np.uint8)
+    fill_partition(mem, master, cfg.layout, cfg.node, cfg.hosted, cfg.seed)
+    st = TextState(txt_seg, cfg.n_nodes, len(cfg.sites), cfg.n_keys, cfg.n_tasks)
+    reader: Reader | None = None
+    kernel = NodeKernel(
+        cfg.node, cfg.n_nodes, st, cfg.copies, master, mem, cfg.sites, cfg.locks,
+        protocol=cfg.protocol, bug=cfg.bug, shared_core=cfg.shared_core,
+        flush=lambda: reader.flush() if reader is not None else None,
+        check_alive=nc.poll, ipi_delay_ns=cfg.ipi_delay_ns, text_poke_ns=cfg.text_poke_ns,
+        mark=nc.mark, fault=nc.fault.reached,
+    )
+    reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point, mark=nc.mark)
+    incarnation = nc.launch.incarnation  # a replacement (--recover) draws its own choices
+    rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273] + ([incarnation] if incarnation else []))  # "strs"
+    source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")
+    readers = ReaderTasks(cfg, st, reader, rng, source)
+    kernel.idle = readers.run_batch  # a node waiting for a lock runs its readers meanwhile
+    start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))
+    if cfg.bench is not None:
+        nc.phase("run")
+        return cfg.bench.on_node(cfg, st, kernel, readers, cpus)
+
+    nc.phase("run")
+    # From here on a recovery parks this node wherever it waits (or between two reader
+    # batches), and it resynchronises before going on.
+    nc.parkable = True
+    nc.on_resume.append(kernel.resync)
+    aborted = None
+    try:
+        _patch_and_read(nc, kernel, source, readers, st, rng, max(start_ns, time.perf_counter_ns()), end_ns)
+    except Aborted as exc:  # the run is stopping (a node died, Ctrl-C): report what was seen
+        aborted = str(exc)
+    return _report(nc, kernel, source, readers, reader, cpus, aborted).to_message()
+
+
+def _report(nc: NodeContext, kernel: NodeKernel, source: NodeSource, readers: ReaderTasks, reader: Reader, cpus: tuple[int, ...], aborted: str | None) -> StressNodeReport:
+    stats = kernel.stats
+    return StressNodeReport(
+        node=kernel.node, pid=os.getpid(), incarnation=nc.launch.incarnation, parks=nc.parks, aborted=aborted,
+        cpus=cpus, executions=readers.executions, violations=readers.violations, examples=tuple(readers.examples),
+        int3_hits=reader.int3_hits, flushes=reader.flushes, patch_calls=stats.calls, sites_patched=stats.sites,
+        syncs=stats.syncs, stop_rounds=stats.stop_rounds, unexpected_ops=kernel.unexpected, source_ops=source.ops,
+        module_loads=source.module_loads, ftrace_all_enables=source.ftrace_all_enables, module_unloads=source.module_unloads,
+        latencies_us=tuple((np.array(stats.latencies_ns, dtype=np.float64) / 1e3).tolist()),
+    )
+
+
+def _patch_and_read(nc: NodeContext, kernel: NodeKernel, source: NodeSource, readers: ReaderTasks, st: TextState, rng: np.random.Generator, start_ns: int, end_ns: int) -> None:
+    """The run phase: readers, safe points and this node's share of the patch operations until
+    `end_ns`, then the wind-down."""
+    cfg = nc.cfg
+    interval = int(1e9 * cfg.n_nodes / cfg.rate)
+    # Each node issues its operations as a Poisson process at rate/n_nodes: independent CPUs do
+    # not take turns, so operations of different nodes really overlap (as key-race needs).
+    next_op = start_ns + int(rng.exponential(interval))
+    while True:
+        nc.poll()
+        now = time.perf_counter_ns()
+        if now >= end_ns:
+            break
+        kernel.safe_point()
+        if now >= next_op:
+            source.step()
+            next_op += int(rng.exponential(interval))
+            if next_op < now:  # fell behind (a slow patch): do not burst to catch up
+                next_op = now + int(rng.exponential(interval))
+        nc.fault.reached("run")
+        readers.run_batch()
+
+    # Wind down: drop what this node holds, then keep answering syncs until every node is done.
+    source.finish()
+    kernel.idle = None
+    st.nodes["done"][cfg.node] = 1
+    kernel.wait_for(lambda: bool(np.all(st.nodes["done"] == 1)), "the other nodes to finish")
+
+
+class ReaderTasks:
+    """The node's reader tasks: each batch is one task's request: its livepatch set first (one
+    consistent version), then sites the source patches, then any site of the image."""
+
+    def __init__(self, cfg: StressConfig, st: TextState, reader: Reader, rng: np.random.Generator, source: NodeSource) -> None:
+        self.cfg, self.st, self.reader, self.rng, self.source = cfg, st, reader, rng, source
+        # Which hot static key each site belongs to (-1: none), to check that a key this node
+        # holds a reference on is enabled wherever the node runs its code.
+        plan = cfg.plan
+        self.key_of = np.full(len(cfg.sites), -1, dtype=np.int64)
+        if "static_keys" in plan.names:
+            for i, sites in enumerate(plan.key_sites):
+                self.key_of[sites] = i
+            jumps = plan.module_jump_key >= 0
+            self.key_of[plan.module_sites[jumps]] = plan.module_jump_key[jumps]
+        self.hot = cfg.plan.hot_sites()
+        self.klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
+        self.mod_sites = cfg.plan.module_sites if "module" in cfg.plan.names else np.zeros(0, np.int64)
+        self.task = 0
+        self.recent = [np.zeros(0, np.int64) for _ in range(READER_TASKS)]
+        self.executions = self.violations = self.batches = 0
+        self.examples: list[dict[str, Any]] = []
+
+    def _off_while_held(self, obs: Observation) -> int:
+        """Executions of a static key's site that did not jump although this node holds a
+        reference on the key (static_key_enabled() must be true while a reference is held)."""
+        keys = self.key_of[obs.sites]
+        which = np.flatnonzero(keys >= 0)
+        if len(which) == 0:
+            return 0
+        which = which[self.source.held[keys[which]] > 0]
+        if len(which) == 0:
+            return 0
+        ok = _jump_taken(obs, self.cfg.sites, which) & obs.handler_ok[which]
+        return int(np.count_nonzero(~ok))
+
+    def run_batch(self) -> None:
+        """One request of the next task: executed, checked, counted and published."""
+        cfg, st = self.cfg, self.st
+        self.reader.safe_point()
+        t = cfg.node * READER_TASKS + self.task
+        self.task = (self.task + 1) % READER_TASKS
+        if self.klp is not None:
+            st.task_klp[t] = st.get("klp_target")  # a task switches only here, between requests
+        batch = self._pick(t)
+        obs = self.reader.execute(batch)
+        self.violations += self._judge(obs, t)
+        self.executions += len(batch)
+        self.batches += 1
+        # Published as they grow: a node killed before its report still counts (recovery.py).
+        node, stats = cfg.node, self.source.k.stats
+        st.node_set(node, "executions", self.executions)
+        st.node_set(node, "violations", self.violations)
+        st.node_set(node, "patch_calls", stats.calls)
+        st.node_set(node, "sites_patched", stats.sites)
+        st.node_set(node, "source_ops", self.source.ops)
+
+    def _pick(self, t: int) -> np.ndarray:
+        """Task `t`'s request: its livepatch set, hot sites (half of them re-run from its previous
+        request), then sites of the whole image, BATCH_SITES in all."""
+        cfg, st, rng = self.cfg, self.st, self.rng
+        hot = self.hot
+        if len(self.mod_sites):  # modules' sites only while they are loaded
+            live = self.mod_sites[st.site_live[self.mod_sites] == 1]
+            hot = np.concatenate([hot, live])
+        n_hot = int(BATCH_SITES * HOT_SHARE) if len(hot) else 0
+        picked = hot[rng.integers(0, len(hot), n_hot)] if n_hot else np.zeros(0, np.int64)
+        # Locality, as in real code paths: a task re-executes half of the sites it ran in its
+        # previous request (so its instruction buffer keeps serving them).
+        prev = self.recent[t % READER_TASKS]
+        if len(prev) and n_hot:
+            keep = prev[rng.integers(0, len(prev), n_hot // 2)]
+            if len(self.mod_sites):
+                keep = keep[(keep < cfg.sites.n_core) | (st.site_live[keep] == 1)]
+            picked = np.concatenate([keep, picked[: n_hot - len(keep)]])
+        self.recent[t % READER_TASKS] = picked
+        return np.concatenate([
+            self.klp if self.klp is not None else np.zeros(0, np.int64),
+            picked,
+            rng.integers(0, cfg.sites.n_core, BATCH_SITES - len(picked)),
+        ])
+
+    def _judge(self, obs: Observation, t: int) -> int:
+        """The violations in task `t`'s request `obs` (the first few kept as examples)."""
+        cfg, st = self.cfg, self.st
+        room = MAX_REPORTED - len(self.examples)
+        bad, found = check_batch(obs, cfg.sites, cfg.node, room)
+        if self.klp is not None and _livepatch_mix(obs, cfg.sites, len(self.klp), int(st.task_klp[t])):
+            bad += 1
+            if len(self.examples) < MAX_REPORTED:
+                self.examples.append({"kind": "livepatch-mix", "node": cfg.node, "task": t, "detail": "one request ran old and new versions of the patched set"})
+        held = self._off_while_held(obs)
+        if held:
+            bad += held
+            if len(self.examples) < MAX_REPORTED:
+                self.examples.append({"kind": "key-off-while-held", "node": cfg.node, "detail": f"{held} sites of static keys this node holds a reference on ran their NOP"})
+        self.examples += [v.to_json() for v in found][: max(0, MAX_REPORTED - len(self.examples))]
+        return bad
+
+
+def _jump_taken(obs: Observation, sites: SiteTable, which: np.ndarray) -> np.ndarray:
+    """Whether the executions `which` of `obs` ran the site's JMP (state 1)."""
+    return sites.holds(obs.sites[which], 1, obs.observed[which])
+
+
+def _livepatch_mix(obs: Observation, sites: SiteTable, n_klp: int, task_state: int) -> str:
+    """The livepatch set is the first `n_klp` sites of the batch: which version of each
+    function ran? Site NOP: the old one; site -> handler: the task's version."""
+    versions = set()
+    for i in range(n_klp):
+        state = sites.state_of(int(obs.sites[i]), bytes(obs.observed[i, : sites.length[obs.sites[i]]]))
+        if state is None:
+            continue  # torn: already a violation of its own
+        versions.add(task_state if state == FTRACE_KLP else 0)
+    return "mix" if len(versions) > 1 else ""
