@@ -46,10 +46,11 @@ def nothing_starts(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("bad input got past validation: a run started")
 
-    for target in ("run_policies", "run_stress", "run_experiment", "prepare_spec", "ClusterSession", "ClusterSweep"):
-        monkeypatch.setattr(cli, target, started)
+    for target in ("numaemu.api.emulation.run_policies", "numaemu.api.emulation.run_stress", "numaemu.api.emulation.prepare_spec",
+                   "numaemu.measure.sweep.run_experiment", "numaemu.measure.cluster.ClusterSession", "numaemu.measure.cluster.ClusterSweep"):
+        monkeypatch.setattr(target, started)
     monkeypatch.setattr("numaemu.measure.calibrate.calibrate", started)
-    monkeypatch.setattr(cli, "free_space", lambda: (64 * GIB, 64 * GIB))
+    monkeypatch.setattr("numaemu.api.bench.free_space", lambda: (64 * GIB, 64 * GIB))
     monkeypatch.setattr(fit, "free_space", lambda: (64 * GIB, 64 * GIB))
     yield
     assert not mine(), "a segment was left in /dev/shm"
@@ -719,7 +720,8 @@ def test_bench_cluster_with_no_scheduler_there(capsys, d, monkeypatch):
     pytest.importorskip("distributed")
     from numaemu.measure import cluster
 
-    monkeypatch.setattr(cli, "ClusterSession", cluster.ClusterSession)
+    monkeypatch.undo()  # the real ClusterSession: nothing else starts before it refuses
+    monkeypatch.setattr("numaemu.api.bench.free_space", lambda: (64 * GIB, 64 * GIB))
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -732,7 +734,8 @@ def test_bench_cluster_with_no_worker_that_has_the_resource(capsys, d, monkeypat
     distributed = pytest.importorskip("distributed")
     from numaemu.measure import cluster
 
-    monkeypatch.setattr(cli, "ClusterSession", cluster.ClusterSession)
+    monkeypatch.undo()  # the real ClusterSession: nothing else starts before it refuses
+    monkeypatch.setattr("numaemu.api.bench.free_space", lambda: (64 * GIB, 64 * GIB))
     monkeypatch.setattr(cluster, "WORKER_WAIT_S", 1.0)
     # A scheduler, and a worker without the resource (as `dask worker` starts one by default).
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None) as here:
@@ -853,7 +856,7 @@ MIB = 1 << 20
     ],
 )
 def test_runs_that_would_not_fit_are_refused(capsys, d, monkeypatch, argv, shm, mem, expect):
-    monkeypatch.setattr(cli, "free_space", lambda: (shm, mem))
+    monkeypatch.setattr("numaemu.api.bench.free_space", lambda: (shm, mem))
     monkeypatch.setattr(fit, "free_space", lambda: (shm, mem))
     rule = check(capsys, d, argv, expect)
     assert "free" in rule or "available" in rule

@@ -11,7 +11,7 @@ import pytest
 
 from numaemu.cli import main
 from numaemu.errors import UsageError
-from numaemu.measure.compare import compare_docs, format_compare, read_bench_file
+from numaemu.measure.compare import compare_docs, format_compare
 from numaemu.measure.experiment import Point, read_experiment_file, split_topologies
 from numaemu.measure.report import csv_rows, format_bench
 from numaemu.measure.stats import summarise
@@ -91,25 +91,8 @@ def test_an_experiment_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
     os.mkfifo(fifo)  # opened, it would wait for a writer
     with pytest.raises(UsageError, match=r"^--experiment: '.*/e.toml' is a FIFO, not a regular file$"):
         read_experiment_file(str(fifo))
-    with pytest.raises(UsageError, match=r"^--experiment: '.*' is a directory, not a regular file$"):
+    with pytest.raises(UsageError, match=r"^--experiment: cannot read '.*': Is a directory$"):
         read_experiment_file(str(tmp_path))
-
-
-def test_a_results_file_is_read_whole_or_refused_in_one_line(tmp_path):
-    good = tmp_path / "a.json"
-    good.write_text(json.dumps({**doc([1.06, 1.07]), "bench_schema": 1, "experiment": {}}))
-    assert read_bench_file(str(good), "A.json")["points"][0]["point"] == POINT.to_json()
-    fifo = tmp_path / "fifo.json"
-    os.mkfifo(fifo)
-    with pytest.raises(UsageError, match=r"^A.json: '.*/fifo.json' is a FIFO, not a regular file$"):
-        read_bench_file(str(fifo), "A.json")
-    with pytest.raises(UsageError, match=r"^BENCH.json: '.*' is a directory, not a regular file$"):
-        read_bench_file(str(tmp_path), "BENCH.json")
-    with pytest.raises(UsageError, match=r"^B.json: '.*/none.json' does not exist$"):
-        read_bench_file(str(tmp_path / "none.json"), "B.json")
-    good.write_text(json.dumps({**doc([1.06, 1.07]), "bench_schema": 1}))
-    with pytest.raises(UsageError, match=r"is a damaged bench result: has no experiment settings"):
-        read_bench_file(str(good), "A.json")
 
 
 def test_gap_within_tolerance_or_inside_the_interval_is_not_flagged():
@@ -182,7 +165,7 @@ BAD = [
     (["bench", "--duration", "1", "--requests", "10"], "--duration: give --duration or --requests, not both"),
     (["bench", "--duration", "0"], "--duration: must be a positive number"),
     (["bench", "--topology", "2s-xeon,kunpeng920", "--host-cpus", "0;1"], "--host-cpus"),
-    (["bench", "--experiment", "/nonexistent.toml"], "--experiment: '/nonexistent.toml' does not exist"),
+    (["bench", "--experiment", "/nonexistent.toml"], "--experiment: cannot read '/nonexistent.toml'"),
     (["bench", "--csv", "/nonexistent-dir/x.csv"], "--csv: '/nonexistent-dir/x.csv': directory"),
     (["bench", "--plot", "/nonexistent-dir/x.png"], "--plot"),
     (["bench", "--json", "/nonexistent-dir/x.json"], "--json"),
@@ -203,6 +186,15 @@ def test_experiment_file_values_are_checked_like_options(capsys, tmp_path):
     f.write_text('cache = ["hot", "tepid"]\n')
     assert main(["bench", "--experiment", str(f)]) == 2
     assert f"--cache (from {f}): 'tepid' is not one of hot, cold" in capsys.readouterr().err
+
+
+def test_a_results_file_that_is_not_a_regular_file_is_refused_at_once(capsys, tmp_path):
+    fifo = tmp_path / "a.json"
+    os.mkfifo(fifo)  # opened, it would wait for a writer
+    assert main(["compare", str(fifo), str(fifo)]) == 2
+    assert capsys.readouterr().err == f"error: A.json: '{fifo}' is a FIFO, not a regular file\n"
+    assert main(["plot", str(fifo), str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err == f"error: BENCH.json: '{fifo}' is a FIFO, not a regular file\n"
 
 
 def test_compare_refuses_a_run_result(capsys, tmp_path):

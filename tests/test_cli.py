@@ -136,7 +136,7 @@ def test_topology_prints_numactl_format(capsys):
 
 
 def test_topology_json(capsys):
-    code, out, _ = run_cli(capsys, "topology", "2s-xeon", "--json")
+    code, out, _ = run_cli(capsys, "topology", "2s-xeon", "--json", "-")
     doc = json.loads(out)
     assert code == 0 and doc["schema"] == 1
     assert doc["topology"]["distance"] == [[10, 21], [21, 10]]
@@ -144,7 +144,7 @@ def test_topology_json(capsys):
 
 
 def test_image_summary(capsys):
-    code, out, _ = run_cli(capsys, "image", "--json")
+    code, out, _ = run_cli(capsys, "image", "--json", "-")
     s = json.loads(out)["image"]
     assert code == 0
     assert [(x["name"], x["size"], x["vaddr"]) for x in s["sections"]] == [

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from numaemu.errors import UsageError
+from numaemu.host.files import load_topology
 from numaemu.host.fit import (
     SegmentNeed,
     check_fit,
@@ -15,7 +16,6 @@ from numaemu.host.fit import (
     run_needs,
     segment_need,
 )
-from numaemu.host.files import load_topology
 from numaemu.host.segments import USER_DATA_BYTES, Control, MemoryLayout
 from numaemu.model.image import PAGE_SIZE, synthetic_image
 from numaemu.model.placement import place_for

@@ -541,7 +541,7 @@ def no_keys_elf(tmp_path_factory) -> str:
 
 
 def test_cli_image_json(tiny_bz: str, tiny: Tiny) -> None:
-    proc = numaemu("image", tiny_bz, "--json")
+    proc = numaemu("image", tiny_bz, "--json", "-")
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)["image"]
     assert s["name"] == "vmlinuz-tiny (Linux 6.1.0-tiny)"

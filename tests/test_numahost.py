@@ -107,7 +107,7 @@ def test_host_memory_only_node_is_read_but_cannot_run(tmp_path: Path, capsys) ->
     out = capsys.readouterr().out
     assert "node 1 cpus:\n" in out and "host CPUs:" not in out
     assert "no host placement: host node(s) 2 have memory but no CPUs" in out
-    assert main(["topology", "host", "--sysfs-root", str(root), "--json"]) == 0
+    assert main(["topology", "host", "--sysfs-root", str(root), "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["host_placement"] is None
 
 

@@ -17,14 +17,14 @@ from typing import Any
 from numaemu.api import params
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.host.cpus import host_cpus
-from numaemu.host.files import load_topology, read_trace
+from numaemu.host.files import load_topology, load_workload
 from numaemu.host.fit import SegmentNeed, check_fit, check_node_memory, free_space, run_needs
 from numaemu.measure.compare import BENCH_SCHEMA
 from numaemu.measure.experiment import AXES, Experiment, Point, read_experiment_file, split_topologies
 from numaemu.model.binding import parse_host_cpus, place_on_host
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
-from numaemu.model.workloads import WORKLOADS, build_workload
+from numaemu.model.workloads import WORKLOADS
 from numaemu.runtime.policy_run import DELAYS, START_METHODS
 from numaemu.runtime.results import SCHEMA, host_metadata
 
@@ -138,9 +138,8 @@ def _check_points(exp: Experiment, lists: dict[str, list[str]], *, here: bool) -
         raise UsageError("--replicas-every", f"{exp.replicas_every} is more than the {most.n_nodes} nodes of {most.name}: only the master node would hold a copy")
     if here:
         check_fit(needs, *free_space())
-    trace = read_trace(exp.trace) if exp.trace is not None and "trace" in lists["workload"] else None
     for w in lists["workload"]:
-        build_workload(w, image, exp.seed, trace if w == "trace" else None)
+        load_workload(w, image, exp.seed, exp.trace if w == "trace" else None)
 
 
 def bench_document(exp: Experiment, points: list[dict[str, Any]], *, file: str | None = None, sweep: Any = None) -> dict[str, Any]:
@@ -166,7 +165,7 @@ def bench_document(exp: Experiment, points: list[dict[str, Any]], *, file: str |
 
 def bench(*, experiment_file: str | None = None, cluster: str | None = None, progress: bool | None = False,
           log: Callable[[str], None] | None = None, on_experiment: Callable[[Experiment], None] | None = None,
-          **options: Any) -> dict[str, Any]:
+          sysfs_root: str = "/sys", **options: Any) -> dict[str, Any]:
     """Run a sweep from a script: options as ``numaemu bench``'s, with ``_`` for ``-``
     (``topology="2s-xeon,kunpeng920"`` or a list, ``cache=["hot", "cold"]``, ``repeat=3``, ...).
     Returns the bench document; a node failure or an interrupt propagates with the points
@@ -183,7 +182,7 @@ def bench(*, experiment_file: str | None = None, cluster: str | None = None, pro
     address = parse_address(cluster) if cluster is not None else None
     if address is not None:
         check_cluster_available()
-    exp = experiment(given, file=experiment_file, cluster=address)
+    exp = experiment(given, file=experiment_file, sysfs_root=sysfs_root, cluster=address)
     say = log or (lambda text: None)
     if on_experiment is not None:
         on_experiment(exp)

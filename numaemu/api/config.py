@@ -22,7 +22,7 @@ from numaemu.errors import UsageError
 from numaemu.model.image import ARCHES
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
-from numaemu.model.workloads import WORKLOADS
+from numaemu.model.workloads import check_workload
 from numaemu.patching.protocols import BUGS, PROTOCOLS
 from numaemu.patching.sources import SOURCES
 from numaemu.runtime.policy_run import DELAYS, START_METHODS
@@ -63,8 +63,8 @@ class MachineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.topology, str) or not self.topology.strip():
-            raise UsageError("--topology", "give a preset, a spec, a file or 'host'")
+        if not isinstance(self.topology, str):
+            raise UsageError("--topology", f"give a preset, a spec, a file or 'host' as text, not {self.topology!r}")
         if self.image is not None and not str(self.image).strip():
             raise UsageError("--image", "is empty; give a file path")
         params.check("--image-scale", params.image_scale, self.image_scale)
@@ -118,13 +118,13 @@ class RunConfig(MachineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.policies, str):
-            object.__setattr__(self, "policies", tuple(params.comma_list(self.policies, "--policy", POLICIES)))
-        else:
-            object.__setattr__(self, "policies", tuple(params.comma_list(",".join(self.policies), "--policy", POLICIES)))
-        params.choice(self.workload, WORKLOADS, "--workload")
+        text = self.policies if isinstance(self.policies, str) else ",".join(self.policies)
+        if not any(x.strip() for x in text.split(",")):
+            raise UsageError("--policy", "give at least one policy")
+        object.__setattr__(self, "policies", tuple(params.comma_list(text, "--policy", POLICIES, noun="policy")))
         if self.trace is not None and not str(self.trace).strip():
             raise UsageError("--trace", "is empty; give a file path")
+        check_workload(self.workload, self.trace is not None)
         params.choice(self.replicate, REPLICATE_SCOPES, "--replicate")
         params.choice(self.cache, ("hot", "cold"), "--cache")
         params.choice(self.user_data, ("local", "interleave"), "--user-data")

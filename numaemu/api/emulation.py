@@ -26,8 +26,7 @@ from numaemu.api.records import PolicyResult, RunResult, StressResult
 from numaemu.api.run_document import delays_note, run_document
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.host.cpus import format_cpu_list, host_cpus
-from numaemu.host.files import load_image, load_topology, read_trace
-from numaemu.host.files import load_workload as build_workload
+from numaemu.host.files import load_image, load_topology, load_workload
 from numaemu.host.fit import check_host_fits, run_needs
 from numaemu.host.segments import prune_stale
 from numaemu.model.binding import HostPlacement, parse_host_cpus, place_on_host
@@ -119,7 +118,7 @@ class Emulation:
     def workload(self, name: str, trace: str | None = None) -> Workload:
         key = (name, trace)
         if key not in self._workloads:
-            self._workloads[key] = build_workload(name, self.image, self.config.seed, None if trace is None else read_trace(trace))
+            self._workloads[key] = load_workload(name, self.image, self.config.seed, trace)
         return self._workloads[key]
 
     def _prune(self) -> None:

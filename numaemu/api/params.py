@@ -136,7 +136,7 @@ def choice(value: str, choices: Sequence[str], param: str) -> str:
     return value
 
 
-def comma_list(text: str, param: str, choices: Sequence[str] | None = None, split: Callable[[str], list[str]] | None = None) -> list[str]:
+def comma_list(text: str, param: str, choices: Sequence[str] | None = None, split: Callable[[str], list[str]] | None = None, noun: str = "value") -> list[str]:
     """A comma list (`split` for one with its own grammar, as topology specs): every element
     present (``single,,replicate`` is refused, as is a trailing comma), none twice, each one of
     `choices` if given."""
@@ -147,7 +147,7 @@ def comma_list(text: str, param: str, choices: Sequence[str] | None = None, spli
         raise UsageError(param, f"'{text}' has an empty element; separate values with one comma")
     raw = split(text) if split is not None else tokens
     if len(set(raw)) != len(raw):
-        raise UsageError(param, f"'{text}' names a value twice")
+        raise UsageError(param, f"'{text}' names a {noun} twice")
     for x in raw:
         if choices is not None:
             choice(x, choices, param)

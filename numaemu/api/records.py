@@ -21,8 +21,9 @@ from numaemu.runtime.results import SCHEMA
 __all__ = ["PolicyResult", "RunResult", "StressResult", "read_document"]
 
 
-def read_document(path: str | Path, param: str, command: str) -> dict[str, Any]:
-    """The JSON document at `path`, which must be a `command`'s of a schema this numaemu reads."""
+def read_document(path: str | Path, param: str, command: str, *, version_key: str = "schema", version: int = SCHEMA, needs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON document at `path`, which must be a `command`'s (with the keys `needs`) of the
+    version this numaemu reads (`version_key`: ``schema``, or ``bench_schema`` for a sweep)."""
     p = regular_file(path, param)
     try:
         doc = json.loads(p.read_text())
@@ -30,15 +31,16 @@ def read_document(path: str | Path, param: str, command: str) -> dict[str, Any]:
         raise UsageError(param, f"cannot read '{path}': {exc.strerror}") from None
     except (ValueError, UnicodeDecodeError):  # JSONDecodeError, or an integer of 4300+ digits
         raise UsageError(param, f"'{path}' is not JSON") from None
-    return _checked(doc, command, param, f"'{path}'")
+    return _checked(doc, command, param, f"'{path}'", version_key, version, needs)
 
 
-def _checked(doc: object, command: str, param: str = "document", what: str = "the document") -> dict[str, Any]:
-    if not isinstance(doc, dict) or doc.get("command") != command:
+def _checked(doc: object, command: str, param: str = "document", what: str = "the document",
+             version_key: str = "schema", version: int = SCHEMA, needs: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not isinstance(doc, dict) or doc.get("command") != command or any(k not in doc for k in needs):
         other = doc.get("command") if isinstance(doc, dict) else None
-        raise UsageError(param, f"{what} is not a numaemu {command} result" + (f" (it is from numaemu {other})" if other else ""))
-    if doc.get("schema") != SCHEMA:
-        raise UsageError(param, f"{what} has schema {doc.get('schema')}; this numaemu reads schema {SCHEMA}")
+        raise UsageError(param, f"{what} is not a numaemu {command} result" + (f" (it is from numaemu {other})" if other and other != command else ""))
+    if doc.get(version_key) != version:
+        raise UsageError(param, f"{what} has {version_key.replace('_', ' ')} {doc.get(version_key)}; this numaemu reads {version}")
     return doc
 
 

@@ -152,9 +152,7 @@ def _finish(args: argparse.Namespace, doc: dict[str, Any], paths: dict[str, Any]
 
 
 def read_bench(path: str, param: str) -> dict[str, Any]:
-    doc = read_document(path, param, "bench")
-    if doc.get("bench_schema") != BENCH_SCHEMA:
-        raise UsageError(param, f"'{path}' has bench schema {doc.get('bench_schema')}; this numaemu reads {BENCH_SCHEMA}")
+    doc = read_document(path, param, "bench", version_key="bench_schema", version=BENCH_SCHEMA, needs=("points",))
     problem = bench_doc_problem(doc)
     if problem:
         raise UsageError(param, f"'{path}' is a damaged bench result: {problem}")

@@ -1,25 +1,22 @@
-"""Bench results files read back: checked, and two of them compared (``numaemu compare A B``).
+"""Bench results read back: checked whole, and two of them compared (``numaemu compare A B``).
 
-`read_bench_file` reads a bench JSON (``compare``, ``plot``) and refuses, in one line naming the
-argument, anything that is not one of this `BENCH_SCHEMA`: not a regular file, not JSON, the
-result of another command, another schema, or a damaged document (`bench_doc_problem`, the
-structure `compare_docs` and `plot.plot_bench` read). `compare_docs` sets the two files' points
-side by side, `format_compare` prints that. Pure but `read_bench_file`.
+A bench JSON of this `BENCH_SCHEMA` (read by ``compare`` and ``plot``; the file itself is refused
+first if it is not a regular file, by `numaemu.api.records.read_document`) is checked by
+`bench_doc_problem` for the structure `compare_docs` and `plot.plot_bench` read, so that a damaged
+document is refused in one line. `compare_docs` sets two documents' points side by side,
+`format_compare` prints that. Pure.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
-from numaemu.errors import UsageError
-from numaemu.host.files import regular_file
 from numaemu.measure.experiment import AXES
 from numaemu.measure.stats import welch_test
 
-__all__ = ["BENCH_SCHEMA", "bench_doc_problem", "compare_docs", "format_compare", "read_bench_file"]
+__all__ = ["BENCH_SCHEMA", "bench_doc_problem", "compare_docs", "format_compare"]
 
 BENCH_SCHEMA = 1
 
@@ -59,30 +56,6 @@ def _point_problem(s: object) -> str | None:
     ):
         return ": runs must be a list of repetitions, each a list of policy records"
     return None
-
-
-def read_bench_file(path: str, param: str) -> dict[str, Any]:
-    """The bench document at `path`, or `UsageError(param, why not)`: a path that is not a
-    regular file is refused before it is opened (`regular_file`: a FIFO would wait for a
-    writer), then anything but a bench result of this `BENCH_SCHEMA` that `bench_doc_problem`
-    finds whole."""
-    regular_file(path, param)
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except OSError as exc:
-        raise UsageError(param, f"cannot read '{path}': {exc.strerror}") from None
-    except (ValueError, UnicodeDecodeError):  # JSONDecodeError, or an integer of 4300+ digits
-        raise UsageError(param, f"'{path}' is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("command") != "bench" or "points" not in doc:
-        what = doc.get("command") if isinstance(doc, dict) else None
-        raise UsageError(param, f"'{path}' is not a numaemu bench result" + (f" (it is from numaemu {what})" if what else ""))
-    if doc.get("bench_schema") != BENCH_SCHEMA:
-        raise UsageError(param, f"'{path}' has bench schema {doc.get('bench_schema')}; this numaemu reads {BENCH_SCHEMA}")
-    problem = bench_doc_problem(doc)
-    if problem:
-        raise UsageError(param, f"'{path}' is a damaged bench result: {problem}")
-    return doc
 
 
 def _index(doc: dict[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:

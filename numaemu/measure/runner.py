@@ -1,4 +1,4 @@
-"""``python -m numaemu.measure.runner PARENT_PID``: one task of a ``bench --cluster`` sweep, in a fresh process.
+"""``python -m numaemu.measure.runner``: one task of a ``bench --cluster`` sweep, in a fresh process.
 
 A Dask worker runs each task (`cluster.run_task`) by starting this module and waiting for it,
 rather than running the emulation in the worker itself, because:
@@ -17,22 +17,21 @@ never retries it. SIGTERM or SIGINT stop it as they stop ``numaemu bench``: the 
 every segment removed, and it exits 130 without an outcome (SIGINT only if it was not ignored when
 this process started: see `main`).
 
-It dies with its parent, the Dask worker: PR_SET_PDEATHSIG sends it SIGTERM when the thread that
-started it exits (prctl(2): the signal follows the parent *thread*; Dask's task thread lives as
-long as the worker, and waits on this process throughout), and a watchdog thread checks that the
-parent is still the one it was started by, in case it died before the prctl. Its node workers exit
-within 20 ms of its own death (worker.py), as they do when ``numaemu bench`` dies.
+It dies with its parent, the Dask worker, learning of its death from the kernel, never from its
+pid (lifetime.die_with_parent): PR_SET_PDEATHSIG sends it SIGTERM when the thread that started it
+exits (prctl(2): the signal follows the parent *thread*; Dask's task thread lives as long as the
+worker, and waits on this process throughout, its stop included: `cluster_task.run_in_process`);
+should the parent have died before the prctl, the pipe this process's outcome goes to (stdout),
+whose only reader is the parent, has no reader any more, which it checks once right after. Its
+node workers exit within 20 ms of its own death (worker.py), as they do when ``numaemu bench`` dies.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
 import sys
-import threading
-import time
 from dataclasses import dataclass
 
 from numaemu import __version__
@@ -43,12 +42,11 @@ from numaemu.host.segments import prune_stale
 from numaemu.measure.experiment import Experiment, RunTask
 from numaemu.measure.sweep import RunFailure, RunOutcome, prepare_point, run_repetition, run_warmups
 from numaemu.model.topology import Topology
+from numaemu.runtime.lifetime import die_with_parent
 from numaemu.runtime.results import host_record
 
 __all__ = ["RunRequest", "execute", "main"]
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-PARENT_POLL_S = 0.5  # the watchdog's period, should the death signal not have been armed in time
 EXIT_INTERRUPTED = 130
 
 
@@ -71,7 +69,8 @@ def execute(request: RunRequest) -> RunOutcome:
     record = host_record()
     host = record["id"]
     if request.version != __version__:
-        return RunOutcome(task, failure=RunFailure(task, host, f"numaemu {__version__} on this host, {request.version} where the sweep was started: install the same version on every host (at {task.label()})"))
+        why = f"numaemu {__version__} on this host, {request.version} where the sweep was started: install the same version on every host"
+        return RunOutcome(task, failure=RunFailure(task, host, f"{why} (at {task.label()})"))
     pruned = tuple(prune_stale())
     # What this host got done for the point stays done if the repetition then fails: its
     # calibration and its warmups are not repeated by its next task of the point.
@@ -99,29 +98,14 @@ def _check_fits(exp: Experiment, task: RunTask, image, topo: Topology) -> None:
     check_host_fits(topo, needs)
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the watchdog alone
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="numaemu-parent-watchdog", daemon=True).start()
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m numaemu.measure.runner PARENT_PID (a RunRequest pickled on stdin; run by numaemu bench --cluster)", file=sys.stderr)
+    if argv:
+        print("usage: python -m numaemu.measure.runner (a RunRequest pickled on stdin; run by numaemu bench --cluster)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
     # SIGINT too, unless it came ignored: a LocalCluster's worker ignores it, so that only
@@ -129,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     # started in a terminal does not, and a Ctrl-C there stops its task's process with it.
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _interrupt)
-    _die_with_parent(int(argv[0]))
+    if not die_with_parent(signal.SIGTERM, 1):  # its parent is gone already: no one to run it for
+        return EXIT_INTERRUPTED
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever else is printed goes to stderr, never into the outcome
     try:

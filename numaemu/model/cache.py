@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numaemu.model.arrays import I64, Bool, Intp, Ints
+
 __all__ = ["DirectMappedCache", "DEFAULT_CACHE_BYTES", "Footprint", "REPLAY_LOOP_MIN"]
 
 DEFAULT_CACHE_BYTES = 1 << 20  # the share of a server LLC left to kernel text (an assumption)
@@ -42,14 +44,16 @@ REPLAY_LOOP_MIN = 256
 class Footprint:
     """One access sequence (a request's lines, in order) as a direct-mapped cache sees it."""
 
-    inner_hit: np.ndarray  # bool per access: hits on an earlier access of the same sequence
-    sets: np.ndarray  # intp, each set the sequence touches, ascending
-    first: np.ndarray  # int64, per set: the line of the sequence's first access to it
-    last: np.ndarray  # int64, per set: the line of its last access (what the set holds after)
-    first_at: np.ndarray  # int64, per set: the position of that first access in the sequence
+    inner_hit: Bool  # per access: hits on an earlier access of the same sequence
+    sets: Intp  # each set the sequence touches, ascending
+    first: I64  # per set: the line of the sequence's first access to it
+    last: I64  # per set: the line of its last access (what the set holds after)
+    first_at: I64  # per set: the position of that first access in the sequence
 
 
 class DirectMappedCache:
+    """A direct-mapped cache of `size_bytes`: one tag (a line number, or a cold-mode key) per set."""
+
     def __init__(self, size_bytes: int = DEFAULT_CACHE_BYTES, line_size: int = 64) -> None:
         n_sets = size_bytes // line_size
         if n_sets < 1 or n_sets & (n_sets - 1) or n_sets > 1 << 16:
@@ -60,7 +64,7 @@ class DirectMappedCache:
     def clear(self) -> None:
         self.tags.fill(_EMPTY)
 
-    def access(self, lines: np.ndarray, epochs: np.ndarray | None = None) -> np.ndarray:
+    def access(self, lines: I64, epochs: Ints | None = None) -> Bool:
         """Access `lines` (int64 line numbers) in order; return a bool array, True where hit.
 
         With `epochs` (one int per access, < 2**23), lines of different epochs never hit each
@@ -71,7 +75,7 @@ class DirectMappedCache:
         keys = _keys(lines, epochs)
         return self._apply(lines & (self.n_sets - 1), keys, keys)
 
-    def footprint(self, lines: np.ndarray) -> Footprint:
+    def footprint(self, lines: I64) -> Footprint:
         """`lines` reduced to what `replay` needs (independent of this cache's state)."""
         # On a cache holding nothing, exactly the accesses that hit an earlier access hit.
         inner_hit = DirectMappedCache(self.n_sets * 64).access(lines)
@@ -81,7 +85,7 @@ class DirectMappedCache:
         last_at = len(lines) - 1 - from_end
         return Footprint(inner_hit, uniq, lines[first_at], lines[last_at], first_at.astype(np.int64))
 
-    def replay(self, footprints: Sequence[Footprint], epochs: np.ndarray | None = None) -> np.ndarray:
+    def replay(self, footprints: Sequence[Footprint], epochs: Ints | None = None) -> Bool:
         """Run `footprints` in order (with `epochs`, one per footprint); return, for each entry of
         each in turn, whether that set's first access hit.
 
@@ -100,14 +104,14 @@ class DirectMappedCache:
             return self._apply(np.concatenate([f.sets for f in footprints]), first, last)
         # Few long ones: each touches a set at most once, so a gather and a scatter per sequence
         # replay it, several times faster than sorting the batch.
-        hits = []
+        hits: list[Bool] = []
         for i, f in enumerate(footprints):
             e = None if epochs is None else int(epochs[i])
             hits.append(self.tags[f.sets] == _keys(f.first, e))
             self.tags[f.sets] = _keys(f.last, e)
         return np.concatenate(hits)
 
-    def _apply(self, sets: np.ndarray, key_in: np.ndarray, key_out: np.ndarray) -> np.ndarray:
+    def _apply(self, sets: Ints, key_in: I64, key_out: I64) -> Bool:
         """Entry i hits iff the key the previous entry of its set left (`key_out`), or the
         set's tag for its first entry, equals its own `key_in`; the tags then keep each set's
         last `key_out`. For single accesses key_in is key_out."""
@@ -132,5 +136,8 @@ class DirectMappedCache:
         return hit
 
 
-def _keys(lines: np.ndarray, epochs: np.ndarray | int | None) -> np.ndarray:
-    return lines if epochs is None else (np.asarray(epochs, dtype=np.int64) << _EPOCH_SHIFT) | lines
+def _keys(lines: I64, epochs: Ints | int | None) -> I64:
+    if epochs is None:
+        return lines
+    keys: I64 = (np.asarray(epochs, dtype=np.int64) << _EPOCH_SHIFT) | lines
+    return keys

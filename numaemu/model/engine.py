@@ -30,7 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
+from numaemu.model.arrays import I64, U8, U64, Intp, Ints
 from numaemu.model.cache import DirectMappedCache, Footprint
 from numaemu.model.image import LINE_SIZE, LINES_PER_PAGE, PAGE_SIZE
 from numaemu.model.placement import UNMAPPED, PageTable
@@ -57,8 +59,8 @@ class Counters:
     n_nodes: int
     requests: int = 0
     cache_hits: int = 0
-    text_fetches: np.ndarray = field(init=False)  # kernel fetches that missed, by home node
-    user_fetches: np.ndarray = field(init=False)  # user-data reads, by home node
+    text_fetches: I64 = field(init=False)  # kernel fetches that missed, by home node
+    user_fetches: I64 = field(init=False)  # user-data reads, by home node
     kernel_ns: float = 0.0
     user_ns: float = 0.0
     walks: float = 0.0  # expected page walks (TLB misses) on kernel fetches
@@ -75,22 +77,24 @@ class Counters:
 
 @dataclass(frozen=True)
 class BatchResult:
+    """What one batch of requests cost a node (emulated), and what it read."""
+
     emulated_ns: float
-    checksums: np.ndarray  # uint64, one per request
+    checksums: U64  # one per request
 
 
 @dataclass(frozen=True)
 class _Path:
     """One template as one node executes it, up to what depends on the cache's state."""
 
-    once: np.ndarray  # int64: lines (of the ``mem`` segment) it fetches once (~80% for db)
-    many: np.ndarray  # int64: lines it fetches more than once ...
-    times: np.ndarray  # uint64, one a row: ... and how many times
+    once: I64  # lines (of the ``mem`` segment) it fetches once (~80% for db)
+    many: I64  # lines it fetches more than once ...
+    times: U64  # one a row: ... and how many times
     footprint: Footprint
-    first_home: np.ndarray  # intp: home node of each set's first access (charged if it misses)
+    first_home: Intp  # home node of each set's first access (charged if it misses)
 
 
-def page_bases(table: PageTable, part_offset: tuple[int, ...]) -> np.ndarray:
+def page_bases(table: PageTable, part_offset: tuple[int, ...]) -> I64:
     """Per image page: the byte offset (in the ``mem`` segment) of its frame; UNMAPPED if none."""
     base = np.full(len(table.home), UNMAPPED, dtype=np.int64)
     mapped = table.home != UNMAPPED
@@ -98,7 +102,7 @@ def page_bases(table: PageTable, part_offset: tuple[int, ...]) -> np.ndarray:
     return base
 
 
-def line_bases(table: PageTable, part_offset: tuple[int, ...]) -> np.ndarray:
+def line_bases(table: PageTable, part_offset: tuple[int, ...]) -> I64:
     """Per image page: the global line number (in the ``mem`` segment) of its first line."""
     base = page_bases(table, part_offset)
     mapped = base != UNMAPPED
@@ -107,26 +111,28 @@ def line_bases(table: PageTable, part_offset: tuple[int, ...]) -> np.ndarray:
 
 
 class NodeEngine:
+    """One node's kernel and user work, batch by batch, on its own ``mem`` segment and cache."""
+
     def __init__(
         self,
         node: int,
-        mem: np.ndarray,
+        mem: U8,
         table: PageTable,
         part_offset: tuple[int, ...],
         user_offsets: tuple[int, ...],
         user_bytes: int,
-        latency_row: np.ndarray,
+        latency_row: npt.ArrayLike,
         workload: Workload,
         *,
         cold: bool,
         user_local: bool,
         cache: DirectMappedCache | None = None,
         seed: int = 0,
-        walks: np.ndarray | None = None,
+        walks: npt.ArrayLike | None = None,
         walk_share: float = 0.0,
         walk_home: int | None = None,
         user_home: int | None = None,
-        user_homes: np.ndarray | None = None,
+        user_homes: npt.ArrayLike | None = None,
     ) -> None:
         self.node = node
         self.lines = mem.view(np.uint64).reshape(-1, _LINE_WORDS)
@@ -161,7 +167,7 @@ class NodeEngine:
         self._inner_hits = np.zeros(workload.n_templates, dtype=np.int64)
         self._inner_misses = np.zeros((workload.n_templates, self.n_nodes), dtype=np.int64)
 
-    def _translate(self, vlines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _translate(self, vlines: I64) -> tuple[I64, I64]:
         """Step 1: (image page, line of the ``mem`` segment) of each virtual line."""
         pages = vlines // LINES_PER_PAGE
         glines = self.base[pages]
@@ -196,7 +202,7 @@ class NodeEngine:
         self._paths[template] = path
         return path
 
-    def _run_direct(self, templates: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    def _run_direct(self, templates: Ints, lens: I64) -> tuple[U64, int, I64]:
         """Steps 1-3 fetch by fetch, for the whole batch at once: (checksums, hits, misses by home)."""
         vlines = self.workload.gather(templates)
         pages, glines = self._translate(vlines)
@@ -210,7 +216,7 @@ class NodeEngine:
         misses = np.bincount(self.home[pages[~hit]], minlength=self.n_nodes)
         return checksums, int(np.count_nonzero(hit)), misses
 
-    def _run_paths(self, templates: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    def _run_paths(self, templates: Ints) -> tuple[U64, int, I64]:
         """Steps 1-3 through each template's `_Path`: the same results as `_run_direct`."""
         k = len(templates)
         paths = [self._path(t) for t in templates.tolist()]
@@ -234,7 +240,8 @@ class NodeEngine:
             misses += np.bincount(np.concatenate([p.first_home for p in paths])[~hit], minlength=self.n_nodes)
         return checksums, int(self._inner_hits[templates].sum()) + first_hits, misses
 
-    def run(self, templates: np.ndarray) -> BatchResult:
+    def run(self, templates: Ints) -> BatchResult:
+        """Run one request of each template in `templates`, in order."""
         wl = self.workload
         k = len(templates)
         lens = wl.lengths[templates]
@@ -274,7 +281,7 @@ class NodeEngine:
         return BatchResult(kernel_ns + user_ns, checksums)
 
 
-def _per_request_sums(lines: np.ndarray, n_lines: np.ndarray) -> np.ndarray:
+def _per_request_sums(lines: U64, n_lines: I64) -> U64:
     """Sum (mod 2**64) of the 64-bit words of `lines` (rows of 8), request by request, where
     request i has the next n_lines[i] rows."""
     sums = np.zeros(len(n_lines), dtype=np.uint64)

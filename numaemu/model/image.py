@@ -18,14 +18,16 @@ What the image contains, and why:
 
 `data` holds the mapped span from `base` up to the end of the last section, page aligned;
 offsets everywhere in numaemu are relative to `base`. A real kernel file (``--image``) is read by
-numaemu/kernelfile.py into the same `KernelImage`.
+`numaemu.model.kernelfile.parse_image` (the host reads the file) into the same `KernelImage`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "PAGE_SIZE",
@@ -99,7 +101,7 @@ class ImageSource:
     jump_sites_jmp: int  # used sites the build left as JMP (rewritten to their NOP: keys start off)
     other_site_tables: tuple[tuple[str, int], ...]  # (section, entries), counted, not patched
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "container": self.container,
@@ -123,21 +125,21 @@ class KernelImage:
     arch: str
     base: int
     sections: tuple[Section, ...]
-    data: np.ndarray  # uint8, the mapped span, page aligned
-    functions: np.ndarray  # int64 offsets of function starts (also the ftrace sites)
-    function_sizes: np.ndarray  # int64, without alignment padding
-    jump_sites: np.ndarray  # int64 offsets of jump-label sites
-    jump_lengths: np.ndarray  # int8: 2 or 5
-    jump_keys: np.ndarray  # int32: the static key each site belongs to
+    data: npt.NDArray[np.uint8]  # the mapped span, page aligned
+    functions: npt.NDArray[np.int64]  # offsets of function starts (also the ftrace sites)
+    function_sizes: npt.NDArray[np.int64]  # without alignment padding
+    jump_sites: npt.NDArray[np.int64]  # offsets of jump-label sites
+    jump_lengths: npt.NDArray[np.int8]  # 2 or 5
+    jump_keys: npt.NDArray[np.int32]  # the static key each site belongs to
     n_keys: int
     seed: int
     scale: float
     # Where each jump-label site jumps in state 1 (int64 offsets); None: the end of its function
     # (the synthetic image).
-    jump_targets: np.ndarray | None = None
+    jump_targets: npt.NDArray[np.int64] | None = None
     # The ftrace sites when they are not the function starts (after an ENDBR64: function + 4);
     # None: the function starts.
-    ftrace_offsets: np.ndarray | None = None
+    ftrace_offsets: npt.NDArray[np.int64] | None = None
     source: ImageSource | None = None  # a real kernel file; None: the synthetic image
 
     def section(self, name: str) -> Section:
@@ -147,7 +149,7 @@ class KernelImage:
         raise KeyError(name)
 
     @property
-    def ftrace_sites(self) -> np.ndarray:
+    def ftrace_sites(self) -> npt.NDArray[np.int64]:
         return self.functions if self.ftrace_offsets is None else self.ftrace_offsets
 
     @property
@@ -159,11 +161,12 @@ class KernelImage:
     def n_pages(self) -> int:
         return len(self.data) // PAGE_SIZE
 
-    def mapped_pages(self) -> np.ndarray:
+    def mapped_pages(self) -> npt.NDArray[np.intp]:
         """Page numbers that belong to a section (the gap between sections is unmapped)."""
-        return np.concatenate([np.arange(s.pages().start, s.pages().stop) for s in self.sections])
+        pages: npt.NDArray[np.intp] = np.concatenate([np.arange(s.pages().start, s.pages().stop) for s in self.sections])
+        return pages
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         out = {
             "name": self.name,
             "arch": self.arch,
@@ -262,10 +265,9 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
     # Jump-label sites: one per chosen function, after the ftrace site and inside the body.
     room = sizes - len(entry) - (4 if arm else 5)
     chosen = np.flatnonzero((rng.random(len(starts)) < JUMP_SITE_SHARE) & (room > 0))
-    if arm:
-        lengths = np.full(len(chosen), 4, dtype=np.int8)
-    else:
-        lengths = np.where(rng.random(len(chosen)) < 0.55, 2, 5).astype(np.int8)
+    # (arm64: every site one instruction; x86: the draw for 2 or 5 bytes, only there, so that
+    # the random stream is the same as ever.)
+    lengths = np.full(len(chosen), 4, dtype=np.int8) if arm else np.where(rng.random(len(chosen)) < 0.55, 2, 5).astype(np.int8)
     step = (rng.random(len(chosen)) * room[chosen]).astype(np.int64) // insn * insn
     where = starts[chosen] + len(entry) + step
     n_keys = max(1, len(chosen) // JUMP_SITES_PER_KEY)

@@ -3,7 +3,7 @@
 Only section headers are needed (stripped images are the norm), read through pyelftools from the
 bytes in memory. Also here: the site tables the build emits as sections of their own
 (``.altinstructions``, ``.retpoline_sites``, ...), which are counted for the report, not patched,
-and the ``Linux version`` banner. Offsets are from the ``.text`` address throughout.
+and the ``Linux version`` banner. I64 are from the ``.text`` address throughout.
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 
+from numaemu.model.arrays import I64, U8, Bool
 from numaemu.model.kernel_unpack import Refused
 
 __all__ = [
-    "Bytes",
-    "Offsets",
-    "Mask",
     "Ranges",
     "ElfSection",
     "EM_X86_64",
@@ -38,10 +35,7 @@ __all__ = [
     "version_banner",
 ]
 
-Bytes = npt.NDArray[np.uint8]
-Offsets = npt.NDArray[np.int64]
-Mask = npt.NDArray[np.bool_]
-Ranges = tuple[Offsets, Offsets]  # sorted (starts, ends)
+Ranges = tuple[I64, I64]  # sorted (starts, ends)
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
 EM_X86_64, EM_AARCH64 = "EM_X86_64", "EM_AARCH64"
@@ -54,7 +48,7 @@ class ElfSection:
     flags: int
     vaddr: int
     size: int
-    data: Bytes | None  # None for sections without file bytes
+    data: U8 | None  # None for sections without file bytes
 
     @property
     def alloc(self) -> bool:
@@ -82,7 +76,7 @@ def read_elf(elf: bytes) -> tuple[str, list[ElfSection]]:
         secs: list[ElfSection] = []
         for s in ef.iter_sections():
             kind, size, off = s["sh_type"], s["sh_size"], s["sh_offset"]
-            data: Bytes | None = None
+            data: U8 | None = None
             if kind not in ("SHT_NOBITS", "SHT_NULL") and size:
                 if off + size > len(elf):
                     raise Refused(f"is truncated: section {s.name} lies at bytes {off:,}..{off + size:,}, but it has {len(elf):,}")
@@ -93,16 +87,16 @@ def read_elf(elf: bytes) -> tuple[str, list[ElfSection]]:
         raise Refused(f"is not a readable ELF file ({exc}): truncated or damaged?") from None
 
 
-def le32(t: Bytes, pos: Offsets) -> Offsets:
+def le32(t: U8, pos: I64) -> I64:
     """Signed little-endian 32-bit values at byte offsets `pos` of `t` (int64)."""
-    b: Offsets = t[pos[:, None] + np.arange(4)].astype(np.int64)
+    b: I64 = t[pos[:, None] + np.arange(4)].astype(np.int64)
     v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
     return (v ^ 0x80000000) - 0x80000000
 
 
-def holds(t: Bytes, pos: Offsets, pattern: bytes) -> Mask:
+def holds(t: U8, pos: I64, pattern: bytes) -> Bool:
     """Per offset in `pos`: do the bytes of `t` there start with `pattern`?"""
-    found: Mask = np.all(t[pos[:, None] + np.arange(len(pattern))] == np.frombuffer(pattern, dtype=np.uint8), axis=1)
+    found: Bool = np.all(t[pos[:, None] + np.arange(len(pattern))] == np.frombuffer(pattern, dtype=np.uint8), axis=1)
     return found
 
 
@@ -112,7 +106,7 @@ def ranges(secs: Sequence[ElfSection], base: int, pick: Callable[[ElfSection], b
     return np.array([a for a, _ in r], dtype=np.int64), np.array([b for _, b in r], dtype=np.int64)
 
 
-def inside(x: Offsets, spans: Ranges) -> Mask:
+def inside(x: I64, spans: Ranges) -> Bool:
     """Per value of `x`: does it lie in one of the sorted, disjoint `spans`?"""
     starts, ends = spans
     if len(starts) == 0:
@@ -143,17 +137,17 @@ OTHER_TABLES: tuple[tuple[str, tuple[tuple[int, str], ...]], ...] = (
 )
 
 
-def other_tables(secs: Sequence[ElfSection], base: int) -> list[tuple[str, int, Offsets]]:
+def other_tables(secs: Sequence[ElfSection], base: int) -> list[tuple[str, int, I64]]:
     """(section, entries pointing into executable code, those pointers that are in .text)."""
     by_name = {s.name: s for s in secs}
     exec_r = ranges(secs, base, lambda s: s.exec)
     text = by_name[".text"]
-    out: list[tuple[str, int, Offsets]] = []
+    out: list[tuple[str, int, I64]] = []
     for name, layouts in OTHER_TABLES:
         sec = by_name.get(name)
         if sec is None or sec.data is None:
             continue
-        best: tuple[int, int, Offsets] | None = None  # (fits, count, pointers)
+        best: tuple[int, int, I64] | None = None  # (fits, count, pointers)
         for size, layout in layouts:
             n = sec.size // size
             if n == 0:
@@ -175,7 +169,7 @@ def other_tables(secs: Sequence[ElfSection], base: int) -> list[tuple[str, int, 
     return out
 
 
-def version_banner(rodata: Bytes) -> str | None:
+def version_banner(rodata: U8) -> str | None:
     """The ``Linux version ...`` banner (init/version.c, linux_banner), if .rodata holds it."""
     raw = rodata.tobytes()
     at = raw.find(b"Linux version ")

@@ -14,7 +14,7 @@
   allocated, non-executable PROGBITS section is the table (in 6.1 it sits at the end of
   ``.rodata``, with ``.data..ro_after_init``); fewer than `MIN_JUMP_ENTRIES` means none.
 
-Offsets are from the ``.text`` address throughout.
+I64 are from the ``.text`` address throughout.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from numaemu.model.arrays import I8, I64, U8, Bool
 from numaemu.model.image import INT3, NOP5
-from numaemu.model.kernel_elf import Bytes, ElfSection, Mask, Offsets, holds, inside, le32, ranges
-
-Lengths = npt.NDArray[np.int8]
+from numaemu.model.kernel_elf import ElfSection, holds, inside, le32, ranges
 
 __all__ = ["FUNC_ALIGN", "MIN_JUMP_ENTRIES", "Ftrace", "JumpTable", "find_ftrace", "function_sizes", "find_jump_table", "jump_sites"]
 
@@ -45,20 +43,20 @@ MIN_JUMP_ENTRIES = 64  # a shorter run of jump_entry-shaped words is not taken f
 class Ftrace:
     """The ftrace sites found, and what they were (for the image's report)."""
 
-    sites: Offsets  # sorted
-    functions: Offsets  # the site, or the site - 4 after an ENDBR64
+    sites: I64  # sorted
+    functions: I64  # the site, or the site - 4 after an ENDBR64
     fentry: int | None  # offset of __fentry__
     calls: int
     nops: int
     endbr: int
 
 
-def find_ftrace(t: Bytes, owned: Offsets) -> Ftrace:
+def find_ftrace(t: U8, owned: I64) -> Ftrace:
     """The ftrace sites of .text `t`: 16-byte-aligned ``call __fentry__`` or NOP5, at the aligned
     start or 4 bytes after an ENDBR64 there. `owned`: sites of other tables (not ftrace's)."""
     al = np.arange(0, max(0, len(t) - 8), FUNC_ALIGN, dtype=np.int64)  # room for ENDBR64 + 5
     endbr = holds(t, al, ENDBR64)
-    entry: Offsets = np.where(endbr, al + 4, al)
+    entry: I64 = np.where(endbr, al + 4, al)
     call = t[entry] == 0xE8
     target = entry + 5 + le32(t, entry + 1)
     fentry: int | None = None
@@ -68,7 +66,7 @@ def find_ftrace(t: Bytes, owned: Offsets) -> Ftrace:
         # calls it first, and nothing else is called from ~all function entries.
         values, counts = np.unique(hits, return_counts=True)
         fentry = int(values[np.argmax(counts)])
-    is_call: Mask = call & (target == fentry) if fentry is not None else np.zeros(len(al), bool)
+    is_call: Bool = call & (target == fentry) if fentry is not None else np.zeros(len(al), bool)
     is_nop = holds(t, entry, NOP5) & ~np.isin(entry, owned)
     keep = is_call | is_nop
     return Ftrace(
@@ -81,7 +79,7 @@ def find_ftrace(t: Bytes, owned: Offsets) -> Ftrace:
     )
 
 
-def function_sizes(t: Bytes, starts: Offsets) -> Offsets:
+def function_sizes(t: U8, starts: I64) -> I64:
     """Distance to the next function start (the last one: to the end of .text), less the INT3
     padding before it; at least 16 bytes."""
     nxt = np.append(starts[1:], len(t)).astype(np.int64)
@@ -91,11 +89,11 @@ def function_sizes(t: Bytes, starts: Offsets) -> Offsets:
     within = idx < nxt[:, None]
     body = within & (t[np.minimum(idx, len(t) - 1)] != INT3)
     has = body.any(axis=1)
-    end: Offsets = np.where(has, lo + w - np.argmax(body[:, ::-1], axis=1), lo)
+    end: I64 = np.where(has, lo + w - np.argmax(body[:, ::-1], axis=1), lo)
     for i in np.flatnonzero(~has & (lo > starts)):  # more than `w` bytes of padding: rare
         nz = np.flatnonzero(t[starts[i] : nxt[i]] != INT3)
         end[i] = starts[i] + (nz[-1] + 1 if len(nz) else 0)
-    sizes: Offsets = np.clip(end - starts, FUNC_ALIGN, nxt - starts).astype(np.int64)
+    sizes: I64 = np.clip(end - starts, FUNC_ALIGN, nxt - starts).astype(np.int64)
     return sizes
 
 
@@ -108,11 +106,11 @@ class JumpTable:
     """The ``__jump_table`` found: its address, and per entry where it points."""
 
     vaddr: int
-    code: Offsets
-    target: Offsets
-    key: Offsets  # the key's offset (flags masked)
-    length: Lengths  # 2 or 5
-    jmp: Mask  # the build left a JMP there
+    code: I64
+    target: I64
+    key: I64  # the key's offset (flags masked)
+    length: I8  # 2 or 5
+    jmp: Bool  # the build left a JMP there
 
 
 def find_jump_table(secs: Sequence[ElfSection], base: int) -> JumpTable | None:
@@ -126,7 +124,7 @@ def find_jump_table(secs: Sequence[ElfSection], base: int) -> JumpTable | None:
         if not sec.alloc or sec.exec or sec.kind != "SHT_PROGBITS" or sec.data is None or sec.size < 16 * MIN_JUMP_ENTRIES:
             continue
         first = (-sec.vaddr) % 8  # entries are 8-aligned (_ASM_ALIGN), so 16 bytes apart from there
-        words: Offsets = sec.data[first : first + (sec.size - first) // 8 * 8].view("<i8")
+        words: I64 = sec.data[first : first + (sec.size - first) // 8 * 8].view("<i8")
         if len(words) < 2:
             continue
         code, target, key = _entries(words, sec.vaddr + first - base)
@@ -148,10 +146,10 @@ def find_jump_table(secs: Sequence[ElfSection], base: int) -> JumpTable | None:
     return JumpTable(sec.vaddr + first + 8 * w0, code, target, key, lengths, jmp)
 
 
-def _entries(words: Offsets, rel0: int) -> tuple[Offsets, Offsets, Offsets]:
+def _entries(words: I64, rel0: int) -> tuple[I64, I64, I64]:
     """For a `struct jump_entry` at every 8-byte word but the last: its code, target and key
     (flags masked), as offsets from the .text address. `rel0`: the first word's offset."""
-    halves: Offsets = words[:-1].view("<i4").reshape(-1, 2).astype(np.int64)
+    halves: I64 = words[:-1].view("<i4").reshape(-1, 2).astype(np.int64)
     at = rel0 + 8 * np.arange(len(words) - 1, dtype=np.int64)
     code = at + halves[:, 0]  # &entry->code + code
     target = at + 4 + halves[:, 1]  # &entry->target + target
@@ -160,7 +158,7 @@ def _entries(words: Offsets, rel0: int) -> tuple[Offsets, Offsets, Offsets]:
     return code, target, key
 
 
-def _jump_insn(code: Offsets, target: Offsets, execs: Sequence[ElfSection], base: int) -> tuple[Mask, Lengths, Mask]:
+def _jump_insn(code: I64, target: I64, execs: Sequence[ElfSection], base: int) -> tuple[Bool, I8, Bool]:
     """Per entry: does `code` hold a jump-label instruction (NOP2, NOP5, JMP8 or JMP32 landing
     on `target`), its length, and whether it is a JMP."""
     ok = np.zeros(len(code), bool)
@@ -187,7 +185,7 @@ def _jump_insn(code: Offsets, target: Offsets, execs: Sequence[ElfSection], base
     return ok, length, jmp
 
 
-def _longest_run(mask: Mask) -> tuple[int, int]:
+def _longest_run(mask: Bool) -> tuple[int, int]:
     """(length, start) of the longest run of True in `mask`; (0, 0) if none."""
     if not mask.any():
         return 0, 0
@@ -197,7 +195,7 @@ def _longest_run(mask: Mask) -> tuple[int, int]:
     return int(ends[i] - starts[i]), int(starts[i])
 
 
-def jump_sites(jt: JumpTable, text_size: int, ftrace: Offsets) -> tuple[Offsets, Lengths, Offsets, Offsets, int, int]:
+def jump_sites(jt: JumpTable, text_size: int, ftrace: I64) -> tuple[I64, I8, I64, I64, int, int]:
     """The table's entries that numaemu patches: site and target in .text, not on an ftrace site,
     one entry per site (sorted). Returns (sites, lengths, targets, keys, JMPs, skipped)."""
     L = jt.length.astype(np.int64)

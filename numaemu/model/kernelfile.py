@@ -32,9 +32,10 @@ from pathlib import PurePath
 import numpy as np
 
 from numaemu.errors import UsageError
+from numaemu.model.arrays import I8, I64, U8
 from numaemu.model.image import NOP2, NOP5, PAGE_SIZE, ImageSource, KernelImage, Section
-from numaemu.model.kernel_elf import EM_AARCH64, EM_X86_64, Bytes, ElfSection, Offsets, other_tables, read_elf, version_banner
-from numaemu.model.kernel_sites import Lengths, find_ftrace, find_jump_table, function_sizes, jump_sites
+from numaemu.model.kernel_elf import EM_AARCH64, EM_X86_64, ElfSection, other_tables, read_elf, version_banner
+from numaemu.model.kernel_sites import find_ftrace, find_jump_table, function_sizes, jump_sites
 from numaemu.model.kernel_unpack import Refused, unpack
 
 __all__ = ["PARAM", "MIN_FTRACE_SITES", "parse_image"]
@@ -96,8 +97,8 @@ def _analyse_x86(secs: list[ElfSection], text: ElfSection, rodata: ElfSection, c
         )
     sizes = function_sizes(t, ft.functions)
 
-    js: Offsets
-    jl: Lengths
+    js: I64
+    jl: I8
     if jt is not None:
         js, jl, jtarget, jkey, jmp, skipped = jump_sites(jt, len(t), ft.sites)
     else:
@@ -145,7 +146,7 @@ def _analyse_x86(secs: list[ElfSection], text: ElfSection, rodata: ElfSection, c
     )
 
 
-def _master(t: Bytes, rodata: Bytes, ro_off: int, ftrace: Offsets, js: Offsets, jl: Lengths) -> Bytes:
+def _master(t: U8, rodata: U8, ro_off: int, ftrace: I64, js: I64, jl: I8) -> U8:
     """The image's bytes, read-only: .text at 0, .rodata at `ro_off`, the gap zero, every site
     in state 0.
 

@@ -33,9 +33,11 @@ the steady state). With 2 MiB pages the db footprint is a handful of entries: no
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
+from numaemu.model.arrays import I64, U64, Ints
 from numaemu.model.image import PAGE_SIZE, KernelImage
 
 __all__ = [
@@ -88,7 +90,7 @@ class PageTableCost:
     def table_bytes(self) -> tuple[int, ...]:
         return tuple(p * PAGE_SIZE for p in self.table_pages)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "style": self.style,
             "granule_bytes": self.granule,
@@ -189,7 +191,7 @@ def with_base(image: KernelImage, base: int) -> KernelImage:
     return replace(image, base=base, sections=sections)
 
 
-def translation_granules(image: KernelImage, granule: int, offsets: np.ndarray) -> np.ndarray:
+def translation_granules(image: KernelImage, granule: int, offsets: Ints) -> U64:
     """The TLB entry (virtual address // granule) each image offset needs; module-area offsets
     are always 4 KiB pages (vmalloc)."""
     vaddr = image.base + np.asarray(offsets, dtype=np.int64).astype(np.uint64)
@@ -206,16 +208,16 @@ def translation_granules(image: KernelImage, granule: int, offsets: np.ndarray) 
 class WalkProfile:
     """Per template of a workload: distinct translations it uses, and the share that miss."""
 
-    per_template: np.ndarray  # int64: distinct TLB entries each request of the template uses
+    per_template: I64  # distinct TLB entries each request of the template uses
     footprint: int  # distinct TLB entries over the whole workload
     miss_share: float  # expected share of those translations that walk
 
 
-def walk_profile(image: KernelImage, lines: np.ndarray, starts: np.ndarray, lengths: np.ndarray, granule: int, *, cold: bool) -> WalkProfile:
+def walk_profile(image: KernelImage, lines: Ints, starts: Ints, lengths: Ints, granule: int, *, cold: bool) -> WalkProfile:
     """Count the translations of every template (`lines`: virtual line numbers, 64 bytes)."""
     g = translation_granules(image, granule, np.asarray(lines, dtype=np.int64) * 64)
     per = np.empty(len(starts), dtype=np.int64)
-    for i, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+    for i, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
         per[i] = len(np.unique(g[s : s + n]))
     footprint = int(len(np.unique(g)))
     share = 1.0 if cold else max(0.0, 1.0 - TLB_ENTRIES / footprint) if footprint else 0.0

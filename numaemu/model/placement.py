@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from numaemu.errors import UsageError
+from numaemu.model.arrays import I16, I64, Intp
 from numaemu.model.image import PAGE_SIZE, KernelImage
 from numaemu.model.topology import Topology
 
@@ -45,8 +46,8 @@ class PageTable:
     """One node's view of the image: page number -> (home node, frame in that node's image area)."""
 
     node: int
-    home: np.ndarray  # int16 per image page; UNMAPPED for the gap between sections
-    frame: np.ndarray  # int64 per image page; UNMAPPED where unmapped
+    home: I16  # per image page; UNMAPPED for the gap between sections
+    frame: I64  # per image page; UNMAPPED where unmapped
 
     def translate(self, offset: int) -> tuple[int, int]:
         """Image offset -> (home node, byte offset in that node's image area). KeyError if unmapped."""
@@ -58,10 +59,12 @@ class PageTable:
 
 @dataclass(frozen=True, eq=False)
 class Placement:
+    """Where every page of the image lives under `policy`, and each node's page table."""
+
     policy: str
     replicate: str
     n_nodes: int
-    hosted: tuple[np.ndarray, ...]  # per node: image page numbers held in its frames, frame order
+    hosted: tuple[Intp, ...]  # per node: image page numbers held in its frames, frame order
     tables: tuple[PageTable, ...]
     mapped_pages: int  # pages of one copy of the image
     serving: tuple[int, ...] = ()  # replicate: per node, the node whose copy it maps
@@ -165,7 +168,10 @@ def place(
     tables = tuple(PageTable(n, home[n].copy(), frame[n].copy()) for n in range(n_nodes))
     return Placement(policy, replicate, n_nodes, hosted, tables, len(mapped), serving if policy == "replicate" else ())
 
+
 def check_reachable(topology: Topology, placement: Placement) -> None:
+    """Refuse a placement under which some node would read its image from a node it cannot
+    reach (SLIT distance 255)."""
     for node in range(topology.n_nodes):
         for home in placement.homes_of(node):
             if topology.latency_ns[node][home] is None:

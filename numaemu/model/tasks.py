@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numaemu.model.arrays import I64, U64, Ints
+
 __all__ = ["TASKS_PER_NODE", "RequestPlan", "plan_requests", "plan_tasks", "choose_destination", "splitmix64"]
 
 TASKS_PER_NODE = 4
@@ -21,9 +23,9 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _MIGRATE_SALT = np.uint64(0xD1B54A32D192ED03)
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: U64) -> U64:
     """SplitMix64's output function (Steele, Lea, Flood 2014), elementwise on uint64."""
-    z = x + _GOLDEN
+    z: U64 = x + _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))
@@ -31,14 +33,17 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RequestPlan:
-    templates: np.ndarray  # int64, the template of each request to run now
+    """The requests a task runs now, and where it goes after them."""
+
+    templates: I64  # the template of each request to run now
     migrate_to: int  # node the task moves to after the last of these requests; -1 = stays
 
 
-def _hash(seed: int, tasks: np.ndarray, firsts: np.ndarray, width: int, salt: np.uint64) -> np.ndarray:
+def _hash(seed: int, tasks: I64, firsts: I64, width: int, salt: np.uint64) -> U64:
     """Row i: the hashes of requests firsts[i]..firsts[i]+width-1 of task tasks[i]."""
-    base = splitmix64(np.array([seed ^ (int(t) << 32) for t in tasks], dtype=np.uint64)) ^ salt
-    return splitmix64(base[:, None] + (firsts.astype(np.uint64)[:, None] + np.arange(width, dtype=np.uint64)))
+    base: U64 = splitmix64(np.array([seed ^ (int(t) << 32) for t in tasks], dtype=np.uint64)) ^ salt
+    steps: U64 = np.arange(width, dtype=np.uint64)
+    return splitmix64(base[:, None] + (firsts.astype(np.uint64)[:, None] + steps))
 
 
 def plan_requests(
@@ -82,7 +87,7 @@ def plan_tasks(
     h = _hash(seed, t, f, width, _MIGRATE_SALT)
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     moving = (u < migrate_rate) & (np.arange(width) < np.array(c)[:, None])
-    plans = []
+    plans: list[RequestPlan] = []
     for i in range(len(c)):
         if not moving[i].any():
             plans.append(RequestPlan(choice[i, : c[i]], -1))
@@ -93,7 +98,7 @@ def plan_tasks(
     return plans
 
 
-def choose_destination(owned: np.ndarray, src: int, preferred: int, per_node: int = TASKS_PER_NODE) -> int:
+def choose_destination(owned: Ints, src: int, preferred: int, per_node: int = TASKS_PER_NODE) -> int:
     """Where a task that wants to leave `src` may go, given each node's task count `owned`.
 
     Migration must not empty a node (an idle node would distort throughput) nor pile tasks on

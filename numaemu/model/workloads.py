@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from numaemu.errors import UsageError
+from numaemu.model.arrays import I64, Ints
 from numaemu.model.image import LINE_SIZE, KernelImage
 
 __all__ = ["MICROBENCHMARKS", "WORKLOADS", "TraceText", "Workload", "build_workload", "check_workload", "parse_trace"]
@@ -166,9 +166,9 @@ TRACE_MAX_REQUEST = 4096  # a trace request ends at a blank line or after this m
 @dataclass(frozen=True, eq=False)
 class Workload:
     name: str
-    lines: np.ndarray  # int64 virtual line numbers (image offset // 64), all templates concatenated
-    starts: np.ndarray  # int64 start of each template in `lines`
-    lengths: np.ndarray  # int64 length of each template
+    lines: I64  # virtual line numbers (image offset // 64), all templates concatenated
+    starts: I64  # start of each template in `lines`
+    lengths: I64  # length of each template
     user_accesses: int
     compute_ns: float
 
@@ -176,10 +176,10 @@ class Workload:
     def n_templates(self) -> int:
         return len(self.starts)
 
-    def template(self, i: int) -> np.ndarray:
+    def template(self, i: int) -> I64:
         return self.lines[self.starts[i] : self.starts[i] + self.lengths[i]]
 
-    def gather(self, templates: np.ndarray) -> np.ndarray:
+    def gather(self, templates: Ints) -> I64:
         """The lines of the given templates, concatenated in order (vectorised)."""
         lens = self.lengths[templates]
         total = int(lens.sum())
@@ -205,7 +205,7 @@ def _subsystem_ranges(n_functions: int) -> dict[str, tuple[int, int]]:
     return {name: (int(bounds[i]), int(bounds[i + 1])) for i, (name, _) in enumerate(SUBSYSTEMS)}
 
 
-def _function_lines(image: KernelImage, funcs: np.ndarray) -> np.ndarray:
+def _function_lines(image: KernelImage, funcs: Ints) -> I64:
     """Every line each function spans, plus one rodata line it reads, in call order."""
     start = image.functions[funcs] // LINE_SIZE
     end = (image.functions[funcs] + image.function_sizes[funcs] - 1) // LINE_SIZE
@@ -239,9 +239,9 @@ def build_workload(name: str, image: KernelImage, seed: int = 0, trace: TraceTex
     rng = np.random.default_rng([seed, 0x776B6C64])  # "wkld"
     entry_lo, _ = ranges["entry"]
     entry = np.arange(entry_lo, entry_lo + ENTRY_FUNCTIONS)
-    templates: list[np.ndarray] = []
+    templates: list[I64] = []
     for _variant in range(mix.variants):
-        funcs: list[np.ndarray] = []
+        funcs: list[I64] = []
         for call in mix.syscalls:
             funcs.append(entry)
             for subsystem, count in SYSCALLS[call].items():
@@ -254,7 +254,7 @@ def build_workload(name: str, image: KernelImage, seed: int = 0, trace: TraceTex
     return _pack(name, templates, mix.user_accesses, mix.compute_ns)
 
 
-def _pack(name: str, templates: Sequence[np.ndarray], user_accesses: int, compute_ns: float) -> Workload:
+def _pack(name: str, templates: Sequence[I64], user_accesses: int, compute_ns: float) -> Workload:
     lengths = np.array([len(t) for t in templates], dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
     return Workload(name, np.concatenate(templates).astype(np.int64), starts, lengths, user_accesses, compute_ns)
@@ -277,7 +277,7 @@ def parse_trace(trace: TraceText, image: KernelImage) -> Workload:
     path, text = trace.source, trace.text
     spans = [(s.vaddr, s.vaddr + s.size) for s in image.sections]
     where = ", ".join(f"{s.name} {s.vaddr:#x}-{s.vaddr + s.size:#x}" for s in image.sections)
-    templates: list[np.ndarray] = []
+    templates: list[I64] = []
     current: list[int] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         item = raw.split("#", 1)[0].strip()

@@ -123,7 +123,7 @@ def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[
 
 
 def run_stress(spec: StressSpec) -> dict[str, Any]:
-    """Run `spec`; return the reports and the end-of-run comparisons (see `stress_document`).
+    """Run `spec`; return the reports and the end-of-run comparisons (see `stress_report.stress_document`).
     ``reports`` are the nodes' `StressNodeReport`s (under a `PatchBench`: the bench's dicts).
 
     A node failure (`NodeFailure`) or an interrupt (KeyboardInterrupt) during the run stops every

@@ -7,7 +7,8 @@ node's partition: its frames of the image, copied from the master, and its user 
 
 A worker never unlinks a segment; it only closes its mappings. Every wait has a deadline and
 also ends when the coordinator aborts or dies: every loop, busy or waiting, calls `NodeContext.poll`,
-which looks at the control block and the coordinator's pid at most every `ALIVE_CHECK_NS` (a clock
+which looks at the control block and whether the coordinator has died (lifetime.ParentWatch: the
+kernel tells a node, by a signal or a pipe's end closing) at most every `ALIVE_CHECK_NS` (a clock
 read otherwise), so a node notices an abort, or its coordinator's death, within ~20 ms wherever it
 is, without a syscall per batch.
 
@@ -47,13 +48,14 @@ from numaemu.model.placement import PageTable
 from numaemu.model.tasks import choose_destination, plan_tasks
 from numaemu.model.workloads import Workload
 from numaemu.runtime.faults import FaultHook, Launch
+from numaemu.runtime.lifetime import watch_parent
 
 __all__ = ["WorkerConfig", "NodeContext", "node_shell", "fill_partition", "worker_main", "BATCH_FETCHES", "run_batch", "TaskJournal", "restore_journal", "Aborted", "ALIVE_CHECK_NS"]
 
 BATCH_FETCHES = 16384  # kernel fetches per paced batch: ~1 ms emulated for db
 SETUP_TIMEOUT_S = 120.0
 IDLE_SLEEP_S = 200e-6
-# How often a node looks at the control block (abort, recovery) and at its coordinator's pid,
+# How often a node looks at the control block (abort, recovery) and whether its coordinator died,
 # from every loop and wait. Time-based, not per N iterations: an iteration can take 10 us (a
 # spin) or 100 ms (a huge patch), and the coordinator must learn of nothing late.
 ALIVE_CHECK_NS = 20_000_000
@@ -414,23 +416,8 @@ class Aborted(Exception):
 
 
 def _check_coordinator(cfg) -> None:
-    # Under forkserver the parent is the fork server, not the coordinator: ask about the
-    # coordinator's pid itself (signal 0 only checks that it exists).
-    try:
-        os.kill(cfg.coordinator_pid, 0)
-    except ProcessLookupError:
-        raise Aborted("the coordinator is gone") from None
-    if _zombie(cfg.coordinator_pid):
-        # Dead, not yet reaped by whoever started it (a script still reading its output, which
-        # this node's inherited stdout keeps open: each would wait for the other).
+    # The kernel says when the coordinator has died (lifetime.ParentWatch: a signal at its death,
+    # or the end of a pipe it holds closing), never its pid: a dead coordinator's pid may have
+    # been given to another process since.
+    if watch_parent(cfg.coordinator_pid).gone():
         raise Aborted("the coordinator is gone")
-
-
-def _zombie(pid: int) -> bool:
-    """Whether `pid` has exited but not been reaped (state Z or X in /proc; False if unknown)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
