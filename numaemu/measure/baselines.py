@@ -85,7 +85,7 @@ def _parent_peer(baseline: str) -> _Peer:
     """In the child: the process that started it."""
     parent = mp.parent_process()
     assert parent is not None, "a baseline's peer runs in a child process"
-    return _Peer(baseline, f"the process that started its peer (pid {parent.pid})", parent.sentinel)
+    return _Peer(baseline, f"the process that started this peer (pid {parent.pid})", parent.sentinel)
 
 
 def _child_peer(baseline: str, role: str, proc: BaseProcess) -> _Peer:
@@ -153,7 +153,7 @@ def flag_round_trip_ns(rounds: int = 20_000, start_method: str = "fork") -> floa
         seg.unlink()
 
 
-def _barrier_peer(barrier: Barrier, rounds: int) -> None:
+def _barrier_peer(barrier: Barrier, done: Any, rounds: int) -> None:
     parent = _parent_peer(BARRIER)
     # The parent gone, nobody will ever meet this process at the barrier: leave at once.
     _watch(parent, lambda: _leave(parent.failure("is gone")))
@@ -162,6 +162,7 @@ def _barrier_peer(barrier: Barrier, rounds: int) -> None:
             barrier.wait(WAIT_TIMEOUT_S)
     except threading.BrokenBarrierError:
         raise _as_exit(parent.failure(f"did not meet it at the barrier within {WAIT_TIMEOUT_S:g} s")) from None
+    done.value = 1  # before it ends: the parent's watch tells a death mid-way from this
 
 
 def _leave(exc: BaselineFailure) -> None:
@@ -173,12 +174,13 @@ def barrier_round_ns(rounds: int = 2_000, start_method: str = "fork") -> float:
     """Median over blocks of 100 of one ``multiprocessing.Barrier(2).wait()`` round."""
     ctx: Any = mp.get_context(start_method)
     barrier = ctx.Barrier(2)
-    p = ctx.Process(target=_barrier_peer, args=(barrier, rounds), daemon=True)
+    done = ctx.RawValue("b", 0)  # set by the peer once it has met every round
+    p = ctx.Process(target=_barrier_peer, args=(barrier, done, rounds), daemon=True)
     p.start()
     peer = _child_peer(BARRIER, "barrier peer", p)
-    # A peer that dies mid-way breaks the barrier, so this side's wait ends at once. One that
-    # ends normally (code 0) has met every round already.
-    _watch(peer, lambda: p.exitcode != 0 and barrier.abort())
+    # A peer that ends mid-way breaks the barrier, so that this side's wait ends at once (not
+    # at its deadline). Its exit code is not asked here: only the main thread reaps it.
+    _watch(peer, lambda: done.value or barrier.abort())
     blocks = []
     try:
         for _ in range(rounds // 100):

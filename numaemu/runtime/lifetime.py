@@ -40,7 +40,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing import forkserver, resource_tracker
 from types import FrameType
@@ -167,7 +167,7 @@ class _Proc:
 
 def _descendants() -> list[psutil.Process]:
     try:
-        return psutil.Process().children(recursive=True)
+        return list(psutil.Process().children(recursive=True))
     except psutil.Error:
         return []
 
@@ -182,7 +182,7 @@ def _key(p: psutil.Process) -> _Proc | None:
 def _running(p: psutil.Process) -> bool:
     """Still running: a zombie has ended (only its parent has not asked yet)."""
     try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
@@ -245,7 +245,7 @@ class Descendants:
                 pass
 
 
-def _wait(procs, timeout_s: float, interruptible: bool = True) -> bool:
+def _wait(procs: Callable[[], list[psutil.Process]], timeout_s: float, interruptible: bool = True) -> bool:
     """Poll `procs()` until none runs or `timeout_s` passes; True if none runs."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -277,8 +277,8 @@ def _stop_helpers(helpers: set[int]) -> None:
     collection runs the finalizers of unreachable ones), so that it is not started again at
     exit just to be told of them."""
     gc.collect()
-    for stop, pid in ((resource_tracker._resource_tracker._stop, getattr(resource_tracker._resource_tracker, "_pid", None)),
-                      (forkserver._forkserver._stop, getattr(forkserver._forkserver, "_forkserver_pid", None))):
-        if pid in helpers:
+    for helper, pid in ((resource_tracker._resource_tracker, "_pid"), (forkserver._forkserver, "_forkserver_pid")):
+        stop = getattr(helper, "_stop", None)  # CPython's, 3.8 to 3.13 (its tests stop them so)
+        if stop is not None and getattr(helper, pid, None) in helpers:
             with contextlib.suppress(OSError, ChildProcessError):
                 stop()
