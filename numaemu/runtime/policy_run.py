@@ -22,7 +22,7 @@ from numaemu.host.numamaps import expected_host_nodes, read_placement
 from numaemu.host.segments import Control, MemoryLayout, Segment
 from numaemu.model.binding import HostPlacement
 from numaemu.model.image import KernelImage
-from numaemu.model.pagetables import page_table_cost, walk_profile
+from numaemu.model.pagetables import WalkProfile, page_table_cost, walk_profile
 from numaemu.model.placement import Placement, check_reachable, place_for
 from numaemu.model.tasks import TASKS_PER_NODE
 from numaemu.model.topology import Topology
@@ -74,13 +74,11 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
     topo, n = spec.topology, spec.topology.n_nodes
     placement, mem_serving = place_for(spec.topology, spec.image, policy, spec.replicate, spec.replicas_every)
     check_reachable(topo, placement)
-    master_node = min(mem_serving)  # the first node with memory: the single copy, the shared tables
     tables = page_table_cost(spec.image, spec.pt_style, policy, n, placement.serving or mem_serving, spec.replicate)
     walks = None
     if tables is not None:
         wl = spec.workload
         walks = walk_profile(spec.image, wl.lines, wl.starts, wl.lengths, tables.granule, cold=spec.cold)
-    has_memory = np.array([nd.memory_bytes > 0 for nd in topo.nodes])
     layout = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)))
     n_tasks = TASKS_PER_NODE * n
     ctl: Control | None = None
@@ -103,39 +101,7 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
             share, extra = divmod(spec.requests, n_tasks)
             ctl.tasks["budget"] = share + (np.arange(n_tasks) < extra)
 
-        configs = []
-        for node in range(n):
-            lat = tuple(float(x) if x is not None else float("inf") for x in topo.latency_ns[node])
-            configs.append(
-                WorkerConfig(
-                    node=node,
-                    n_nodes=n,
-                    n_tasks=n_tasks,
-                    mem_name=mem.name,
-                    master_name=master.name,
-                    ctl_name=session.ctl_name,
-                    host_cpus=spec.host.cpus[node],
-                    hosted=placement.hosted[node],
-                    table=placement.tables[node],
-                    layout=layout,
-                    latency_row=lat,
-                    workload=spec.workload,
-                    cold=spec.cold,
-                    user_local=spec.user_local,
-                    seed=spec.seed,
-                    migrate_rate=spec.migrate_rate,
-                    scale=spec.scale,
-                    shared_core=spec.host.oversubscribed,
-                    oversleep_ns=spec.oversleep_ns,
-                    coordinator_pid=os.getpid(),
-                    delays=spec.delays,
-                    walks=None if walks is None else walks.per_template,
-                    walk_share=0.0 if walks is None else walks.miss_share,
-                    walk_home=None if walks is None else (placement.serving[node] if placement.serving else master_node),
-                    user_home=mem_serving[node],
-                    user_homes=np.flatnonzero(has_memory) if not has_memory.all() else None,
-                )
-            )
+        configs = _worker_configs(spec, placement, layout, mem_serving, walks, mem.name, master.name, session.ctl_name, n_tasks)
         session.start(worker_main, configs)
         session.wait_ready()
         # Every node has first-touched its own partition and touched no other yet: where its
@@ -158,6 +124,49 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
         }
 
 
+
+
+def _worker_configs(spec: RunSpec, placement: Placement, layout: MemoryLayout, mem_serving: tuple[int, ...], walks: WalkProfile | None,
+                    mem_name: str, master_name: str, ctl_name: str, n_tasks: int) -> list[WorkerConfig]:
+    """Each node's `WorkerConfig`: its page table and hosted pages, its row of latencies, its
+    page-walk profile (``--pt-style``) and where its user data lives."""
+    topo, n = spec.topology, spec.topology.n_nodes
+    master_node = min(mem_serving)  # the first node with memory: the single copy, the shared tables
+    has_memory = np.array([nd.memory_bytes > 0 for nd in topo.nodes])
+    configs = []
+    for node in range(n):
+        lat = tuple(float(x) if x is not None else float("inf") for x in topo.latency_ns[node])
+        configs.append(
+            WorkerConfig(
+                node=node,
+                n_nodes=n,
+                n_tasks=n_tasks,
+                mem_name=mem_name,
+                master_name=master_name,
+                ctl_name=ctl_name,
+                host_cpus=spec.host.cpus[node],
+                hosted=placement.hosted[node],
+                table=placement.tables[node],
+                layout=layout,
+                latency_row=lat,
+                workload=spec.workload,
+                cold=spec.cold,
+                user_local=spec.user_local,
+                seed=spec.seed,
+                migrate_rate=spec.migrate_rate,
+                scale=spec.scale,
+                shared_core=spec.host.oversubscribed,
+                oversleep_ns=spec.oversleep_ns,
+                coordinator_pid=os.getpid(),
+                delays=spec.delays,
+                walks=None if walks is None else walks.per_template,
+                walk_share=0.0 if walks is None else walks.miss_share,
+                walk_home=None if walks is None else (placement.serving[node] if placement.serving else master_node),
+                user_home=mem_serving[node],
+                user_homes=np.flatnonzero(has_memory) if not has_memory.all() else None,
+            )
+        )
+    return configs
 
 
 def run_policies(spec: RunSpec, policies: Sequence[str], *, each: Callable[[str, dict, dict], None] | None = None) -> list[dict]:
