@@ -60,7 +60,7 @@ class Emulation:
         self._host: HostPlacement | None = None
         self._image: KernelImage | None = None
         self._workloads: dict[tuple[str, str | None], Workload] = {}
-        self._calibrations: dict[tuple[str, str | None, bool, bool], tuple[float, dict]] = {}
+        self._calibrations: dict[tuple[str, str | None, bool, bool], tuple[float, dict[str, Any]]] = {}
         self._pruned = False
 
     @classmethod
@@ -171,10 +171,10 @@ class Emulation:
             spec = dataclasses.replace(spec, recover=MAX_RECOVERIES)
         for line in _run_preamble(config, topo, host, image, spec.scale):
             self._say(line)
-        completed: list[dict] = []
+        completed: list[dict[str, Any]] = []
         placed: dict[str, Any] = {}
 
-        def each(policy: str, run: dict, rec: dict) -> None:
+        def each(policy: str, run: dict[str, Any], rec: dict[str, Any]) -> None:
             placed[policy] = run["placement_report"]
             if config.verify:
                 tasks = run["tasks"]
@@ -184,7 +184,7 @@ class Emulation:
             if on_policy is not None:
                 on_policy(PolicyResult.from_json(rec))
 
-        def result(records: list[dict], exc: BaseException | None = None) -> RunResult:
+        def result(records: list[dict[str, Any]], exc: BaseException | None = None) -> RunResult:
             doc = run_document(config, topo, host, image, workload, spec.scale, cal, records)
             if isinstance(exc, NodeFailure):
                 doc["failure"] = exc.to_json()
@@ -230,7 +230,8 @@ class Emulation:
         image = self.image
         protocol = config.protocol_for(image.arch)
         if config.source == "static_keys" and not len(hot_keys(image.jump_keys, image.n_keys)):
-            raise UsageError("--source", f"static_keys needs static keys, and image {image.name} has no jump-label sites numaemu can flip (no __jump_table found); use ftrace, module, bpf, livepatch or mixed")
+            raise UsageError("--source", f"static_keys needs static keys, and image {image.name} has no jump-label sites numaemu can flip "
+                                         "(no __jump_table found); use ftrace, module, bpf, livepatch or mixed")
         if config.bug == "key-race" and not len(hot_keys(image.jump_keys, image.n_keys)):
             raise UsageError("--inject-bug", f"key-race is a static-key bug, and image {image.name} has no static keys to race on")
         topo, host = self.topology, self.host
@@ -247,7 +248,7 @@ class Emulation:
                           config.method, replicas_every=config.replicas_every, pt_style=config.pt_style,
                           recover=MAX_RECOVERIES if config.recover else 0, kill_rate=config.kill_rate or 0.0)
 
-        def result(raw: dict, exc: BaseException | None = None) -> StressResult:
+        def result(raw: dict[str, Any], exc: BaseException | None = None) -> StressResult:
             doc = stress_document(spec, raw)
             doc["host"], doc["topology"], doc["host_placement"] = host_metadata(), topo.to_json(), host.to_json()
             if exc is not None:

@@ -69,10 +69,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_partial(exc, doc, json_path, log, lambda d: _partial_table(d, len(config.policies)))
         raise
     records = [p.to_json() for p in result.policies]
-    args.outcome = 1 if config.verify and not all(r["verified"] for r in records) else 0  # known before any output (main: broken pipes)
+    outcome = 1 if config.verify and not all(r["verified"] for r in records) else 0
+    args.outcome = outcome  # known before any output (main: broken pipes)
     _report(result, config, dict(result.numa_maps), log)
     write_doc({**result.to_json(), "argv": sys.argv[1:]}, json_path, log)
-    return args.outcome
+    return outcome
 
 
 def _partial_table(doc: dict[str, Any], n_policies: int) -> str:

@@ -61,7 +61,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
         write_partial(exc, doc, json_path, log, format_stress_summary)
         raise
     doc = {**result.to_json(), "argv": sys.argv[1:]}
-    args.outcome = 0 if result.ok else 1  # known before any output (see main: broken pipes)
+    outcome = 0 if result.ok else 1
+    args.outcome = outcome  # known before any output (see main: broken pipes)
     print(format_stress_summary(doc), file=log)
     write_doc(doc, json_path, log)
-    return args.outcome
+    return outcome

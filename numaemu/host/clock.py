@@ -145,4 +145,5 @@ def time_scale(processing_ns: float, emulated_ns: float, sharing: float = 1.0, b
     # Scale by exact integer powers of ten, so 1.2 comes back as 1.2, not 1.2000000000000002.
     if exp >= 0:
         return float(math.ceil(raw / 10**exp) * 10**exp)
-    return math.ceil(raw * 10**-exp) / 10**-exp
+    tens: int = 10**-exp  # exp < 0 here: a positive power of ten, an int
+    return math.ceil(raw * tens) / tens

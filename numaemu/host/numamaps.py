@@ -226,19 +226,20 @@ def expected_host_nodes(topo: Topology) -> tuple[tuple[int, ...], ...]:
     memoryless one (memory_bytes 0), the nearest nodes with memory, where the kernel's
     zonelist sends its allocations (mm/page_alloc.c build_zonelists, by node distance). Empty
     for a node without a host node (an emulated topology says nothing about the host)."""
-    out = []
+    out: list[tuple[int, ...]] = []
     for node in topo.nodes:
         if node.host_node is None:
             out.append(())
         elif node.memory_bytes > 0:
             out.append((node.host_node,))
         else:
-            with_memory = [j for j, other in enumerate(topo.nodes) if other.memory_bytes > 0 and other.host_node is not None]
+            # node index -> its host node, for the nodes with memory
+            with_memory = {j: other.host_node for j, other in enumerate(topo.nodes) if other.memory_bytes > 0 and other.host_node is not None}
             if not with_memory:
                 out.append(())
                 continue
             near = min(topo.distance[node.id][j] for j in with_memory)
-            out.append(tuple(sorted(topo.nodes[j].host_node for j in with_memory if topo.distance[node.id][j] == near)))  # type: ignore[misc]
+            out.append(tuple(sorted(host for j, host in with_memory.items() if topo.distance[node.id][j] == near)))
     return tuple(out)
 
 

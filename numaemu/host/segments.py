@@ -37,6 +37,7 @@ The ``ctl`` segment (see CONTROL_HEADER, NODE_SLOT, TASK_SLOT, JOURNAL_ENTRY):
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import secrets
@@ -165,20 +166,16 @@ class Segment:
 
     def close(self) -> None:
         if self.buf is not None:
-            try:
+            # BufferError: numpy views still export the buffer; the mapping goes when they do.
+            with contextlib.suppress(BufferError):
                 self.buf.close()
-            except BufferError:
-                # numpy views still export the buffer; the mapping goes when they do.
-                pass
             self.buf = None
 
     def unlink(self) -> None:
         if self.owner and not self._unlinked:
             self._unlinked = True
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(SHM_DIR / self.name)
-            except FileNotFoundError:
-                pass
 
 
 @dataclass(frozen=True)

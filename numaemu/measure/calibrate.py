@@ -13,7 +13,7 @@ because the host is shared and timings are noisy:
   measured block for block alternately so that both see the same background load;
 - copy population (`worker.fill_partition` writing one node's full image copy into fresh shared
   memory, first touch included, as a worker does) against a raw numpy memcpy of the image;
-- a one-site stop_machine patch on 2 nodes, with the modeled delays off (`stress.run_patch_bench`,
+- a one-site stop_machine patch on 2 nodes, with the modeled delays off (`patch_bench.run_patch_bench`,
   as ``scripts/patch_speed.py`` runs it) against a shared-memory flag round trip and a
   ``multiprocessing.Barrier`` round between two processes (`baselines`).
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,14 +47,15 @@ def local_node(image: KernelImage, workload: Workload, topology: Topology, *, co
     mem = np.zeros(layout.size, dtype=np.uint8)
     fill_partition(mem, image.data, layout, 0, placement.hosted[0], seed)
     local = min(x for row in topology.latency_ns for x in row if x is not None)
-    engine = NodeEngine(0, mem, placement.tables[0], layout.part_offset, (layout.user_offset(0),), layout.user_bytes, np.array([local]), workload, cold=cold, user_local=user_local, cache=DirectMappedCache(), seed=seed)
+    engine = NodeEngine(0, mem, placement.tables[0], layout.part_offset, (layout.user_offset(0),), layout.user_bytes, np.array([local]), workload,
+                        cold=cold, user_local=user_local, cache=DirectMappedCache(), seed=seed)
     engine.prepare()
     tasks = np.zeros(TASKS_PER_NODE, dtype=TASK_SLOT)
     tasks["budget"] = -1
     return LocalNode(engine, tasks, seed)
 
 
-def calibrate_scale(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, sharing: float, seed: int, seconds: float = 0.3) -> tuple[float, dict]:
+def calibrate_scale(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, sharing: float, seed: int, seconds: float = 0.3) -> tuple[float, dict[str, Any]]:
     """Time the node engine in-process on all-local memory and choose the time scale.
 
     The all-local case has the least emulated time per request, so the scale that fits it fits

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class RunSpec:
     recover: int = 0  # node deaths replaced per policy (--recover: MAX_RECOVERIES); 0: a death fails the run
 
 
-def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, MemoryLayout, Placement, list[int]], None] | None = None) -> dict:
+def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, MemoryLayout, Placement, list[int]], None] | None = None) -> dict[str, Any]:
     """Run `policy` in fresh node processes; return its raw per-node reports and run facts.
 
     `on_ready` (for tests) is called once every node has filled its memory, before the start,
@@ -83,7 +84,7 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
     n_tasks = TASKS_PER_NODE * n
     ctl: Control | None = None
 
-    def repair(dead: list[int]) -> dict:
+    def repair(dead: list[int]) -> dict[int, dict[str, Any]]:
         assert ctl is not None
         # The dead process's report is lost: its requests are in its tasks' slots (and verify),
         # not in the per-node figures; say how many it had published.
@@ -169,7 +170,7 @@ def _worker_configs(spec: RunSpec, placement: Placement, layout: MemoryLayout, m
     return configs
 
 
-def run_policies(spec: RunSpec, policies: Sequence[str], *, each: Callable[[str, dict, dict], None] | None = None) -> list[dict]:
+def run_policies(spec: RunSpec, policies: Sequence[str], *, each: Callable[[str, dict[str, Any], dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run each policy in turn, in fresh node processes; return their records with speedups
     against ``single`` of this same call. `each(policy, raw_run, record)` sees every raw run."""
     records = []
@@ -203,8 +204,8 @@ def prepare_spec(
     pt_style: str = "none",
     replicas_every: int = 1,
     delays: str = "model",
-    calibrated: tuple[float, dict] | None = None,
-) -> tuple[RunSpec, dict]:
+    calibrated: tuple[float, dict[str, Any]] | None = None,
+) -> tuple[RunSpec, dict[str, Any]]:
     """A `RunSpec` with its time scale: `time_scale` if given, else calibrated on this host for
     this workload (`calibrate_scale`); also returns the calibration's figures ({} if given).
     With ``delays="none"`` nothing is paced, so nothing is calibrated ({} too).
@@ -216,7 +217,7 @@ def prepare_spec(
         raise UsageError("--delays", f"'{delays}' is not one of {', '.join(DELAYS)}")
     if delays == "none" and time_scale:
         raise UsageError("--time-scale", "is for --delays model; with --delays none nothing is paced")
-    cal: dict = {}
+    cal: dict[str, Any] = {}
     if delays == "none":
         scale = 1.0  # never used: the workers run unpaced (clock.Unpaced)
     elif time_scale:

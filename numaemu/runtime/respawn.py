@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from numaemu.errors import NodeFailure
@@ -21,6 +21,7 @@ from numaemu.runtime.worker import SETUP_TIMEOUT_S
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 __all__ = ["Respawning", "MAX_RECOVERIES", "PARK_TIMEOUT_S"]
 
@@ -33,15 +34,15 @@ class Respawning:
 
     ctl: Control | None
     n_nodes: int
-    procs: list[Any]
-    conns: list[Connection]
-    reports: dict[int, dict]
-    recoveries: list[dict]
-    kills: list[dict]
+    procs: list[BaseProcess | None]
+    conns: list[Connection[Any, Any] | None]
+    reports: dict[int, dict[str, Any]]
+    recoveries: list[dict[str, Any]]
+    kills: list[dict[str, Any]]
     incarnations: list[int]
     max_recoveries: int
     quiesce: bool
-    repair: Callable[[list[int]], dict] | None
+    repair: Callable[[list[int]], dict[int, dict[str, Any]]] | None
     started: bool
     go_ns: int
     end_ns: int
@@ -49,13 +50,17 @@ class Respawning:
     kill_schedule: KillSchedule | None
     _gone: set[int]
     _killed_ns: dict[int, int]
-    _retired: list[Any]
+    _retired: list[BaseProcess]
 
-    def _phase(self, node: int) -> int: ...
-    def _spawn(self, node: int) -> None: ...
-    def _failure(self, node: int, detail: str, phase: str | None = None) -> NodeFailure: ...
-    def _exit_detail(self, node: int) -> str: ...
-    def _events(self, timeout: float, exclude: list[int] | tuple[int, ...] = ()) -> list[tuple[int, dict | None]]: ...
+    if TYPE_CHECKING:  # NodeSession's, declared for the type checker only
+        def _proc(self, node: int) -> BaseProcess: ...
+        def _conn(self, node: int) -> Connection[Any, Any]: ...
+        def _pid(self, node: int) -> int: ...
+        def _phase(self, node: int) -> int: ...
+        def _spawn(self, node: int) -> None: ...
+        def _failure(self, node: int, detail: str, phase: str | None = None) -> NodeFailure: ...
+        def _exit_detail(self, node: int) -> str: ...
+        def _events(self, timeout: float, exclude: Sequence[int] = ()) -> list[tuple[int, dict[str, Any] | None]]: ...
 
     # -- --kill-workers -------------------------------------------------------------------------
 
@@ -69,7 +74,7 @@ class Respawning:
         node = ks.pick(candidates, now)
         if node is None:
             return
-        pid = self.procs[node].pid
+        pid = self._pid(node)
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -103,7 +108,7 @@ class Respawning:
             ctl.set("state", STATE_RECOVER)
         ready = PHASES.index("ready")
         first = len(self.recoveries)
-        todo = list(zip(dead, failures))  # dead, to be repaired for and respawned
+        todo = list(zip(dead, failures, strict=True))  # dead, to be repaired for and respawned
         replaced: list[int] = []
         while todo:
             if quiesce:
@@ -122,9 +127,9 @@ class Respawning:
             nodes = [d for d, _ in todo]
             repaired = self.repair(nodes) if self.repair is not None and self.started else {}
             for d, failure in todo:
-                old = self.procs[d]
+                old = self._proc(d)
                 self._retired.append(old)
-                self.conns[d].close()
+                self._conn(d).close()
                 self.incarnations[d] += 1
                 self._killed_ns.pop(d, None)
                 for field in ("pid", "phase", "where", "parked", "fault_ns"):
@@ -133,7 +138,7 @@ class Respawning:
                 if d not in replaced:
                     replaced.append(d)
                 self.recoveries.append({
-                    "node": d, "old_pid": old.pid, "new_pid": self.procs[d].pid, "incarnation": self.incarnations[d],
+                    "node": d, "old_pid": old.pid, "new_pid": self._proc(d).pid, "incarnation": self.incarnations[d],
                     "phase": failure.phase, "where": failure.where or None, "detail": failure.detail,
                     "at_s": round((t0 - self.go_ns) / 1e9, 4) if self.started else None,
                     "detected_after_s": failure.detected_after_s, "repair": repaired.get(d, {}),

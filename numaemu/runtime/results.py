@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ __all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "host_id"
 SCHEMA = 1
 
 
-def policy_record(policy: str, run: dict, n_nodes: int, duration_s: float | None) -> dict:
+def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: float | None) -> dict[str, Any]:
     """Summarise one policy's raw run (from `coordinator.run_policy`) as a JSON record."""
     reports = run["reports"]
     placement: Placement = run["placement"]
@@ -96,7 +97,7 @@ def policy_record(policy: str, run: dict, n_nodes: int, duration_s: float | None
     }
 
 
-def _page_tables(tables: PageTableCost | None, reports: list[dict], requests: int, kernel_ns: float) -> dict | None:
+def _page_tables(tables: PageTableCost | None, reports: list[dict[str, Any]], requests: int, kernel_ns: float) -> dict[str, Any] | None:
     """The page-table design's memory (beside the copies') and its walks' share of kernel time."""
     if tables is None:
         return None
@@ -110,7 +111,7 @@ def _page_tables(tables: PageTableCost | None, reports: list[dict], requests: in
     }
 
 
-def _lost_pct(reports: list[dict]) -> float:
+def _lost_pct(reports: list[dict[str, Any]]) -> float:
     """Wall time the nodes ran beyond the time their batches were paced to, in % of the paced
     time: processing overruns, but also late wake-ups (another process held the core when a
     wait ended) and the work between batches. Every such ns stretches the wall clock that the
@@ -120,7 +121,7 @@ def _lost_pct(reports: list[dict]) -> float:
     return 100.0 * beyond / paced if paced else 0.0
 
 
-def add_speedups(records: list[dict]) -> None:
+def add_speedups(records: list[dict[str, Any]]) -> None:
     """Speedup against ``single`` run in the same invocation: measured (wall-clock throughput)
     and predicted (the latency model: emulated time per request)."""
     base = next((r for r in records if r["policy"] == "single"), None)
@@ -153,7 +154,7 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
-def host_metadata() -> dict:
+def host_metadata() -> dict[str, Any]:
     return {
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -165,14 +166,14 @@ def host_metadata() -> dict:
     }
 
 
-def host_id(meta: dict) -> str:
+def host_id(meta: dict[str, Any]) -> str:
     """A name for the machine `meta` (`host_metadata`) describes that stays the same from run to
     run and tells apart hosts a sweep should never mix: two hosts of one name but other CPUs, or
     one host with other CPUs usable to it (a cpuset), time requests differently."""
     return f"{meta['hostname']} ({meta['cpu_model']}; CPUs {meta['usable_cpus']})"
 
 
-def host_record() -> dict:
+def host_record() -> dict[str, Any]:
     """This host's metadata with its `host_id`: what every ``bench`` run record carries, so
     that speedups are computed from runs on one host only (``bench --cluster``)."""
     meta = host_metadata()
@@ -183,7 +184,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def format_run_table(records: list[dict]) -> str:
+def format_run_table(records: list[dict[str, Any]]) -> str:
     head = f"{'policy':<11}{'req/s':>9}{'wall s':>8}{'remote':>8}  {'per node us/req':<22}{'spread':>7}{'extra mem':>11}{'speedup':>9}{'model':>7}"
     lines = [head]
     for r in records:
@@ -222,7 +223,7 @@ def format_run_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json(doc: dict, path: str) -> str:
+def write_json(doc: dict[str, Any], path: str) -> str:
     """Write `doc` to `path` ('-' = stdout); return where it went."""
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     if path == "-":

@@ -18,8 +18,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_any
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from numaemu.errors import NodeFailure
 from numaemu.host.segments import (
@@ -70,17 +74,20 @@ class NodeSession(Respawning):
         *,
         max_recoveries: int = 0,
         quiesce: bool = False,
-        repair: Callable[[list[int]], dict] | None = None,
+        repair: Callable[[list[int]], dict[int, dict[str, Any]]] | None = None,
         kill_rate: float = 0.0,
         seed: int = 0,
     ) -> None:
         self.token = new_token()
-        self.ctx = mp.get_context(start_method)
+        ctx = mp.get_context(start_method)
+        # What get_context returns for each POSIX method; their base class has no .Process.
+        assert isinstance(ctx, ForkContext | SpawnContext | ForkServerContext)
+        self.ctx = ctx
         self.n_nodes = n_nodes
         self.n_tasks = n_tasks
         self.segments: list[Segment] = []
-        self.procs: list = []  # per node: its current process
-        self.conns: list = []
+        self.procs: list[BaseProcess | None] = []  # per node: its current process (None: not started)
+        self.conns: list[Connection[Any, Any] | None] = []  # per node: the parent's end of its pipe
         self.ctl: Control | None = None
         self.number = next(_SESSIONS)
         fault = fault_from_env()
@@ -92,19 +99,19 @@ class NodeSession(Respawning):
         self.seed = seed
         self.kill_schedule: KillSchedule | None = None
         self.incarnations = [0] * n_nodes
-        self.reports: dict[int, dict] = {}
-        self.recoveries: list[dict] = []
-        self.kills: list[dict] = []
+        self.reports: dict[int, dict[str, Any]] = {}
+        self.recoveries: list[dict[str, Any]] = []
+        self.kills: list[dict[str, Any]] = []
         self.recovery_s = 0.0
         self.started = False
         self.go_ns = 0
         self.end_ns = 0
         self.forced = False
-        self._target: Callable | None = None
-        self._configs: list = []
+        self._target: Callable[..., object] | None = None
+        self._configs: list[object] = []
         self._gone: set[int] = set()  # dead or failed, not (yet) replaced: no more events
         self._killed_ns: dict[int, int] = {}  # --kill-workers: when the coordinator killed a node
-        self._retired: list = []  # processes of replaced nodes
+        self._retired: list[BaseProcess] = []  # processes of replaced nodes
 
     def __enter__(self) -> NodeSession:
         return self
@@ -128,7 +135,7 @@ class NodeSession(Respawning):
         ctl.set("coordinator_pid", os.getpid())
         return ctl
 
-    def start(self, target: Callable, configs: list) -> None:
+    def start(self, target: Callable[..., object], configs: Sequence[object]) -> None:
         self._target, self._configs = target, list(configs)
         self.procs = [None] * self.n_nodes
         self.conns = [None] * self.n_nodes
@@ -142,7 +149,7 @@ class NodeSession(Respawning):
         launch = Launch(self.fault if k == 0 else None, k)
         parent, child = self.ctx.Pipe(duplex=False)
         method = self.ctx.get_start_method()
-        cls = SpawnProcess if method == "spawn" else self.ctx.Process
+        cls: type[BaseProcess] = SpawnProcess if method == "spawn" else self.ctx.Process
         proc = cls(target=self._target, args=(self._configs[node], child, launch), name=f"numaemu-node{node}", daemon=True)
         try:
             # fork returns at once: hold Ctrl-C meanwhile, so no started process is left
@@ -180,7 +187,7 @@ class NodeSession(Respawning):
         if self.kill_rate > 0:
             self.kill_schedule = KillSchedule(self.kill_rate, self.seed, start)
 
-    def collect(self, limit_s: float) -> list[dict]:
+    def collect(self, limit_s: float) -> list[dict[str, Any]]:
         """Every node's report, in node order; recovers or fails on a death (see the class)."""
         assert self.ctl is not None
         deadline = time.monotonic() + limit_s
@@ -195,11 +202,11 @@ class NodeSession(Respawning):
             if len(self.reports) < self.n_nodes and time.monotonic() > deadline:
                 node = min(n for n in range(self.n_nodes) if n not in self.reports)
                 raise self._failure(node, f"no report within {limit_s:.0f} s")
-        for proc in self.procs:
-            proc.join(JOIN_TIMEOUT_S)
+        for node in range(len(self.procs)):
+            self._proc(node).join(JOIN_TIMEOUT_S)
         return [self.reports[n] for n in sorted(self.reports)]
 
-    def abort_and_drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> list[dict]:
+    def abort_and_drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> list[dict[str, Any]]:
         """Tell every node to stop (STATE_ABORT) and take the reports the living send within
         `timeout_s` (a stress node reports what it saw until then); return every report, in
         node order. A second Ctrl-C meanwhile kills the nodes at once (`stopping`)."""
@@ -219,7 +226,7 @@ class NodeSession(Respawning):
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        return [self._pid(node) for node in range(len(self.procs))]
 
     @contextmanager
     def stopping(self) -> Iterator[None]:
@@ -233,10 +240,8 @@ class NodeSession(Respawning):
             self.forced = True
             for p in [*self.procs, *self._retired]:
                 if p is not None and p.pid is not None and p.exitcode is None:
-                    try:
+                    with suppress(ProcessLookupError):
                         os.kill(p.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
 
         old = {sig: signal.signal(sig, force) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -268,27 +273,44 @@ class NodeSession(Respawning):
 
     # -- events ---------------------------------------------------------------------------------
 
+    def _proc(self, node: int) -> BaseProcess:
+        """`node`'s current process: every node has one once `start` has returned."""
+        proc = self.procs[node]
+        assert proc is not None, f"node {node} was never started"
+        return proc
+
+    def _conn(self, node: int) -> Connection[Any, Any]:
+        """The parent's end of `node`'s pipe (there is one wherever `_proc` has a process)."""
+        conn = self.conns[node]
+        assert conn is not None, f"node {node} was never started"
+        return conn
+
+    def _pid(self, node: int) -> int:
+        pid = self._proc(node).pid
+        assert pid is not None  # a started process has its pid
+        return pid
+
     def _phase(self, node: int) -> int:
         assert self.ctl is not None
         return int(self.ctl.nodes["phase"][node])
 
-    def _events(self, timeout: float, exclude: Sequence[int] = ()) -> list[tuple[int, dict | None]]:
+    def _events(self, timeout: float, exclude: Sequence[int] = ()) -> list[tuple[int, dict[str, Any] | None]]:
         """Wait up to `timeout` s for a message or a death of a node still expected to send one;
         return (node, message), or (node, None) for a node whose process has ended without one."""
         live = [n for n in range(self.n_nodes) if n not in self.reports and n not in self._gone and n not in exclude]
         if not live:
             time.sleep(timeout)
             return []
-        ready = set(wait_any([x for n in live for x in (self.conns[n], self.procs[n].sentinel)], timeout=timeout))
-        out: list[tuple[int, dict | None]] = []
+        ready = set(wait_any([x for n in live for x in (self._conn(n), self._proc(n).sentinel)], timeout=timeout))
+        out: list[tuple[int, dict[str, Any] | None]] = []
         for n in live:
-            conn = self.conns[n]
+            conn = self._conn(n)
             if conn in ready:
                 try:
                     out.append((n, conn.recv()))
                 except (EOFError, OSError):
                     out.append((n, None))
-            elif self.procs[n].sentinel in ready and not conn.poll():
+            elif self._proc(n).sentinel in ready and not conn.poll():
                 out.append((n, None))
         return out
 
@@ -316,7 +338,7 @@ class NodeSession(Respawning):
         self._recover([node], [self._failure(node, detail)])
 
     def _exit_detail(self, node: int) -> str:
-        proc = self.procs[node]
+        proc = self._proc(node)
         proc.join(1.0)  # its sentinel fired: it is reaped at once
         code = proc.exitcode
         by = " (--kill-workers)" if node in self._killed_ns else ""
@@ -338,4 +360,4 @@ class NodeSession(Respawning):
         died_ns = int(ctl.nodes["fault_ns"][node]) if ctl is not None else 0
         died_ns = self._killed_ns.get(node, died_ns)
         after = round((time.perf_counter_ns() - died_ns) / 1e9, 4) if died_ns else None
-        return NodeFailure(node, self.procs[node].pid, phase, detail, where=where, detected_after_s=after)
+        return NodeFailure(node, self._proc(node).pid, phase, detail, where=where, detected_after_s=after)
