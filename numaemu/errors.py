@@ -9,6 +9,8 @@ phase (``node 1 (pid 4242) failed in phase 'fill': ...``).
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["UsageError", "NodeFailure"]
 
 
@@ -41,5 +43,5 @@ class NodeFailure(RuntimeError):
         inside = f" ({where})" if where else ""
         super().__init__(f"{who} failed in phase '{phase}'{inside}: {detail}")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "pid": self.pid, "phase": self.phase, "where": self.where or None, "detail": self.detail, "detected_after_s": self.detected_after_s}

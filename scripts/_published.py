@@ -96,7 +96,9 @@ def options(doc: str, duration: float | None, repeat: int = 3, quick_duration: f
     if duration is not None:
         ap.add_argument("--duration", type=float, default=duration, help=f"seconds per policy (default {duration:g})")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 repetition" + (f", {quick_duration:g} s per policy" if duration else ""))
-    ap.add_argument("--out", type=Path, default=None, help="directory for published-<name>.json/.txt (default results; with --quick, a temporary directory, so a smoke test never overwrites the committed tables)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="directory for published-<name>.json/.txt (default results; with --quick, a temporary directory, "
+                         "so a smoke test never overwrites the committed tables)")
     args = ap.parse_args()
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
@@ -157,7 +159,7 @@ class Report:
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
         def fmt(row: Sequence[str]) -> str:
-            cells = [str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(row, widths, align)]
+            cells = [str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(row, widths, align, strict=True)]
             return "  ".join(cells).rstrip()
 
         self(fmt(header))

@@ -152,7 +152,7 @@ def ranks(gains: list[float]) -> np.ndarray:
 
 def agreement(published: list[float], ours: list[float]) -> list[bool]:
     """Per row: is our rank within RANK_TOLERANCE places of the published rank?"""
-    return [bool(abs(a - b) <= RANK_TOLERANCE) for a, b in zip(ranks(published), ranks(ours))]
+    return [bool(abs(a - b) <= RANK_TOLERANCE) for a, b in zip(ranks(published), ranks(ours), strict=True)]
 
 
 def ceiling(latency_ns: list[list[float]]) -> float:

@@ -5,7 +5,8 @@ import json
 import sys
 
 for path in sys.argv[1:]:
-    d = json.load(open(path))
+    with open(path) as f:
+        d = json.load(f)
     extra = f", {d.get('module_loads', 0):,} module loads" if d["source"] in ("module", "mixed") else ""
     print(
         f"{d['source']:>11} {d['protocol']:>12} {d['arch']:>6} {d['policy']:>9} {d['duration_s']:>4g} s: "

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from numaemu import cli
 from numaemu.cli import main
 from numaemu.host import fit
 from numaemu.host.fit import free_space

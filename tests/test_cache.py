@@ -32,12 +32,12 @@ def _reference(n_sets: int, lines: list[int], epochs: list[int] | None) -> list[
     ref = ScalarCache(n_sets)
     if epochs is None:
         return [ref.access(x) for x in lines]
-    return [ref.access(x, e) for x, e in zip(lines, epochs)]
+    return [ref.access(x, e) for x, e in zip(lines, epochs, strict=True)]
 
 
 def _split(n: int, cuts: list[int]) -> list[tuple[int, int]]:
     points = sorted({0, n, *(c % (n + 1) for c in cuts)})
-    return list(zip(points[:-1], points[1:]))
+    return list(zip(points[:-1], points[1:], strict=True))
 
 
 @st.composite

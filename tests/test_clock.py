@@ -206,7 +206,7 @@ def test_a_long_wait_ticks_so_a_stop_is_noticed() -> None:
     end = pacer.wait_until(1_000_000_000)
     assert 1_000_000_000 <= end < 1_000_000_000 + 5_000
     assert 45 <= len(ticks) <= 50 and max(fake.sleeps) <= 20_000_000
-    assert all(b - a <= 21_000_000 for a, b in zip([0, *ticks], ticks))
+    assert all(b - a <= 21_000_000 for a, b in zip([0, *ticks], ticks, strict=False))  # pairs: [0, *ticks] is one longer
     short = FakeClock(now=0)
     Pacer(1.0, False, 100_000, clock=short.clock, sleep=short.sleep, tick=lambda: ticks.append(-1)).wait_until(15_000_000)
     assert len(short.sleeps) == 1 and ticks[-1] != -1  # a batch's usual wait: one sleep, no tick

@@ -374,7 +374,7 @@ def test_run_topology_host_reports_where_pages_landed(no_leaks, tmp_path: Path) 
             assert rep["available"] is False and rep["reason"]
             continue
         assert rep["available"], rep["reason"]
-        for node, entry in zip(rec["per_node"], rep["nodes"]):
+        for node, entry in zip(rec["per_node"], rep["nodes"], strict=True):
             assert entry["pid"] == node["pid"]
             # Every page the worker first-touched, and none of another partition: its own
             # (rounded up to the 2 MiB partition alignment, should tmpfs use huge pages).

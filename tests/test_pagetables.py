@@ -153,11 +153,11 @@ def test_moving_the_image_keeps_every_offset_and_moves_every_address(image):
     base = kaslr_base(image, 3)
     moved = with_base(image, base)
     assert moved.base == base
-    for a, b in zip(image.sections, moved.sections):
+    for a, b in zip(image.sections, moved.sections, strict=True):
         assert b.vaddr - base == a.vaddr - image.base and b.offset == a.offset and b.size == a.size
     assert np.array_equal(moved.mapped_pages(), image.mapped_pages())
     p0, p1 = place(image, 2, "replicate"), place(moved, 2, "replicate")
-    assert all(np.array_equal(a.frame, b.frame) for a, b in zip(p0.tables, p1.tables))
+    assert all(np.array_equal(a.frame, b.frame) for a, b in zip(p0.tables, p1.tables, strict=True))
 
 
 # --- the page-table designs: latency ------------------------------------------------------------

@@ -240,14 +240,14 @@ def test_module_sites_layout(either, slot: int) -> None:
             assert t.length[fs] == t.length[js] == t.length[as_] == 4
             for s in (fs, js, as_):
                 assert t.encoding(s, 0) == ARM64_NOP
-            for st, want in zip((1, 2, 3), tramp):
+            for st, want in zip((1, 2, 3), tramp, strict=True):
                 assert arm_branch(int(t.offset[fs]), t.encoding(fs, st)) == (0x94000000, want)
             assert arm_branch(int(t.offset[js]), t.encoding(js, 1)) == (0x14000000, int(fstart[k]) + 64)
             assert t.encoding(as_, 1) == DMB_ISH
         else:
             assert t.length[fs] == 5 and t.length[as_] == 3
             assert t.encoding(fs, 0) == NOP5
-            for st, want in zip((1, 2, 3), tramp):
+            for st, want in zip((1, 2, 3), tramp, strict=True):
                 enc = t.encoding(fs, st)
                 assert enc[0] == 0xE8 and rel32_target(int(t.offset[fs]), enc) == want
             global_func = slot * MODULE_FUNCS + k

@@ -217,10 +217,10 @@ def _reference_plan(seed: int, task: int, first: int, count: int, n_templates: i
     st.integers(1, 5),
 )
 def test_plan_tasks_matches_a_per_task_reference(specs, seed: int, rate: float, n_nodes: int) -> None:
-    tasks, firsts, counts = (list(x) for x in zip(*specs))
+    tasks, firsts, counts = (list(x) for x in zip(*specs, strict=True))
     plans = plan_tasks(seed, tasks, firsts, counts, 13, 0, n_nodes, rate)
     assert len(plans) == len(specs)
-    for plan, (task, first, count) in zip(plans, specs):
+    for plan, (task, first, count) in zip(plans, specs, strict=True):
         templates, dest = _reference_plan(seed, task, first, count, 13, 0, n_nodes, rate)
         assert plan.templates.tolist() == templates
         assert plan.migrate_to == dest
