@@ -20,6 +20,7 @@ from numaemu.errors import NodeFailure, UsageError  # noqa: E402
 from numaemu.model.image import KernelImage, synthetic_image  # noqa: E402
 from numaemu.model.placement import POLICIES, Placement, place  # noqa: E402
 from numaemu.model.topology import Topology  # noqa: E402
+from numaemu.patching.sources import PATCH_OPS, PatchOp  # noqa: E402
 
 __all__ = [
     "Emulation",
@@ -29,6 +30,8 @@ __all__ = [
     "RunResult",
     "PolicyResult",
     "StressResult",
+    "PatchOp",
+    "PATCH_OPS",
     "bench",
     "calibrate",
     "NodeFailure",

@@ -15,6 +15,7 @@ import numaemu
 from numaemu.api.config import RunConfig, StressConfig
 from numaemu.api.records import RunResult, read_document
 from numaemu.errors import UsageError
+from numaemu.patching.sources import HOT_KEYS, hot_keys
 
 from .conftest import numaemu as run_numaemu
 
@@ -106,3 +107,30 @@ def test_the_example_script_runs(no_leaks):
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("2s-xeon ", "kunpeng920 "))]
     assert [(r[0], r[2]) for r in rows] == [(t, p) for t in ("2s-xeon", "kunpeng920") for p in ("single", "interleave", "replicate")]
     assert "0 violations, copies identical to the master: yes" in proc.stdout
+
+
+@pytest.mark.slow
+def test_patch_operations_run_on_node_0_under_load_and_are_checked(no_leaks):
+    with numaemu.Emulation(image_scale=0.1) as emu:
+        key = emu.flip_static_key(0, duration=0.5)
+        traced = emu.enable_ftrace(50, duration=0.5, protocol="stop_machine")
+        module = emu.load_module(duration=0.5)
+        keys = len(hot_keys(emu.image.jump_keys, emu.image.n_keys))
+        if keys < HOT_KEYS:  # a key past the image's hot keys is refused before anything starts
+            with pytest.raises(UsageError, match=f"ops: static_key_enable of key {keys}: image .* has {keys} hot static keys"):
+                emu.patch(numaemu.PatchOp("static_key_enable", key=keys))
+    for r in (key, traced, module):
+        assert r.ok and r.violations == 0 and r.replicas_identical and r.document["source_ops"] == 2
+    assert key.patches_applied == 2 and key.document["sites_patched"] % 2 == 0 and key.document["sites_patched"] > 0
+    assert traced.document["sites_patched"] == 100 and traced.document["stop_rounds"] >= 2
+    assert module.document["module_loads"] == 1 and module.document["module_unloads"] == 1
+    assert [op["kind"] for op in key.document["script"]] == ["static_key_enable", "static_key_disable"]
+
+
+def test_a_patch_op_is_checked_on_construction():
+    with pytest.raises(ValueError, match="'poke' is not one of static_key_enable"):
+        numaemu.PatchOp("poke")
+    with pytest.raises(ValueError, match="functions >= 0"):
+        numaemu.PatchOp("ftrace_enable", functions=-1)
+    with pytest.raises(ValueError, match=f"key must be in 0..{HOT_KEYS - 1}"):
+        numaemu.PatchOp("static_key_enable", key=HOT_KEYS)

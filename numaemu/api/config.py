@@ -24,7 +24,7 @@ from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
 from numaemu.model.workloads import check_workload
 from numaemu.patching.protocols import BUGS, PROTOCOLS
-from numaemu.patching.sources import SOURCES
+from numaemu.patching.sources import SOURCES, PatchOp
 from numaemu.runtime.policy_run import DELAYS, START_METHODS
 
 __all__ = ["MachineConfig", "RunConfig", "StressConfig", "BUG_PROTOCOLS"]
@@ -160,9 +160,12 @@ class StressConfig(MachineConfig):
     bug: str | None = None
     recover: bool = False
     kill_rate: float | None = None
+    script: tuple[PatchOp, ...] = ()  # Emulation.patch: these operations instead of the source's random ones
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not all(isinstance(op, PatchOp) for op in self.script):
+            raise UsageError("ops", "each operation must be a numaemu.PatchOp")
         if self.protocol is not None:
             params.choice(self.protocol, PROTOCOLS, "--protocol")
         params.choice(self.source, SOURCES, "--source")

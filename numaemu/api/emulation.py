@@ -30,11 +30,12 @@ from numaemu.host.files import load_image, load_topology, load_workload
 from numaemu.host.fit import check_host_fits, run_needs
 from numaemu.host.segments import prune_stale
 from numaemu.model.binding import HostPlacement, parse_host_cpus, place_on_host
-from numaemu.model.image import KernelImage, synthetic_image
+from numaemu.model.image import KernelImage, synthetic_image, with_module_area
 from numaemu.model.pagetables import kaslr_base, with_base
+from numaemu.model.sites import site_table
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
-from numaemu.patching.sources import hot_keys
+from numaemu.patching.sources import PatchOp, hot_keys
 from numaemu.patching.stress import StressSpec, run_stress, stress_need
 from numaemu.patching.stress_report import stress_document
 from numaemu.runtime.inprocess import expected_checksum
@@ -209,20 +210,32 @@ class Emulation:
         config = StressConfig(**dataclasses.asdict(self.config), source=source, duration_s=duration, **options)
         return self.stress_config(config)
 
-    def flip_static_keys(self, *, duration: float = 2.0, rate: float = 200.0, **options: Any) -> StressResult:
-        """Enable and disable the image's hottest static keys (static_key_slow_inc/dec: every use
-        site NOP <-> JMP) under load, checked."""
-        return self.stress("static_keys", duration=duration, rate=rate, **options)
+    def patch(self, *ops: PatchOp, duration: float = 2.0, **options: Any) -> StressResult:
+        """Perform `ops` (`numaemu.PatchOp`: a static key enabled or disabled, ftrace on N
+        functions or off, a module loaded or unloaded) in order, spread over `duration` seconds,
+        on node 0, with the protocol's synchronisation, while every node's readers execute the
+        text; then check what they observed and every copy against the master. Other keyword
+        arguments are `StressConfig`'s (``protocol``, ``policy``, ``bug``)."""
+        if not ops:
+            raise UsageError("ops", "give at least one PatchOp")
+        kinds = {op.source for op in ops}
+        source = kinds.pop() if len(kinds) == 1 else "mixed"
+        return self.stress(source, duration=duration, script=tuple(ops), **options)
 
-    def enable_ftrace(self, *, duration: float = 2.0, rate: float = 200.0, **options: Any) -> StressResult:
-        """Enable and disable ftrace on filters of functions (and, every 8th time, on all of
-        them: NOP5 <-> call ftrace_caller) under load, checked."""
-        return self.stress("ftrace", duration=duration, rate=rate, **options)
+    def flip_static_key(self, key: int = 0, *, duration: float = 2.0, **options: Any) -> StressResult:
+        """Enable one of the image's hot static keys (its every use site NOP -> JMP, as
+        static_key_enable does) and disable it again, under load, checked."""
+        return self.patch(PatchOp("static_key_enable", key=key), PatchOp("static_key_disable", key=key), duration=duration, **options)
 
-    def load_modules(self, *, duration: float = 2.0, rate: float = 200.0, **options: Any) -> StressResult:
-        """Load modules into the module area (text placed per the policy, alternatives applied
-        before it is live), run their code, unload them, under load, checked."""
-        return self.stress("module", duration=duration, rate=rate, **options)
+    def enable_ftrace(self, functions: int = 0, *, duration: float = 2.0, **options: Any) -> StressResult:
+        """Trace `functions` functions (0: every one; NOP5 -> call ftrace_caller), then stop
+        tracing, under load, checked."""
+        return self.patch(PatchOp("ftrace_enable", functions=functions), PatchOp("ftrace_disable"), duration=duration, **options)
+
+    def load_module(self, *, duration: float = 2.0, **options: Any) -> StressResult:
+        """Load a module into the module area (its text placed per the policy, alternatives
+        applied before it is live), run its code, unload it, under load, checked."""
+        return self.patch(PatchOp("module_load"), PatchOp("module_unload"), duration=duration, **options)
 
     def stress_config(self, config: StressConfig) -> StressResult:
         if config.machine() != self.config:
@@ -232,6 +245,12 @@ class Emulation:
         if config.source == "static_keys" and not len(hot_keys(image.jump_keys, image.n_keys)):
             raise UsageError("--source", f"static_keys needs static keys, and image {image.name} has no jump-label sites numaemu can flip "
                                          "(no __jump_table found); use ftrace, module, bpf, livepatch or mixed")
+        keys = len(hot_keys(image.jump_keys, image.n_keys))
+        for op in config.script:
+            if op.source == "static_keys" and op.key >= keys:
+                raise UsageError("ops", f"{op.kind} of key {op.key}: image {image.name} has {keys} hot static keys (0..{keys - 1})" if keys else f"{op.kind}: image {image.name} has no static keys")
+            if op.source == "module" and not site_table(with_module_area(image)).module_slots:
+                raise UsageError("ops", f"{op.kind}: image {image.name} has no module area")
         if config.bug == "key-race" and not len(hot_keys(image.jump_keys, image.n_keys)):
             raise UsageError("--inject-bug", f"key-race is a static-key bug, and image {image.name} has no static keys to race on")
         topo, host = self.topology, self.host
@@ -246,7 +265,7 @@ class Emulation:
             self._say(f"oversubscribed: {topo.n_nodes} nodes share host CPUs; the checks stay exact, patch latencies are inflated")
         spec = StressSpec(topo, host, image, config.policy, protocol, config.source, config.duration_s, config.rate, config.seed, config.bug,
                           config.method, replicas_every=config.replicas_every, pt_style=config.pt_style,
-                          recover=MAX_RECOVERIES if config.recover else 0, kill_rate=config.kill_rate or 0.0)
+                          recover=MAX_RECOVERIES if config.recover else 0, kill_rate=config.kill_rate or 0.0, script=config.script)
 
         def result(raw: dict[str, Any], exc: BaseException | None = None) -> StressResult:
             doc = stress_document(spec, raw)

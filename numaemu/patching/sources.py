@@ -53,9 +53,14 @@ from numaemu.model.sites import (
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.textmem import MAX_KEYS, TextState
 
-__all__ = ["SOURCES", "SourcePlan", "hot_keys", "plan_sources", "NodeSource", "key_agreement", "slot_fill"]
+__all__ = ["SOURCES", "PATCH_OPS", "PatchOp", "SourcePlan", "hot_keys", "plan_sources", "NodeSource", "key_agreement", "slot_fill"]
 
 SOURCES = ("static_keys", "ftrace", "module", "bpf", "livepatch", "mixed")
+# What a script may ask for, one operation at a time (`PatchOp`), each as the kernel does it:
+# static_key_enable/disable (static_key_slow_inc/dec, kernel/jump_label.c), ftrace_enable on N
+# functions or all of them and ftrace_disable (ftrace_replace_code, kernel/trace/ftrace.c),
+# module_load/unload (load_module/free_module, kernel/module/main.c).
+PATCH_OPS = ("static_key_enable", "static_key_disable", "ftrace_enable", "ftrace_disable", "module_load", "module_unload")
 HOT_KEYS = 8
 MAX_KEY_SITES = 300
 FTRACE_FILTER = 400  # functions in one random filter
@@ -65,6 +70,27 @@ RESERVED_FUNCS = 4  # functions 1..3 are the trampolines; keep them untraced
 MAX_HELD = 3
 KEY_RACE_WINDOW_NS = 2_000_000
 assert HOT_KEYS <= MAX_KEYS
+
+
+@dataclass(frozen=True)
+class PatchOp:
+    """One patch operation of a script (`Emulation.patch`), which node 0 performs while every
+    node's readers execute the text."""
+
+    kind: str  # one of PATCH_OPS
+    key: int = 0  # static_key_*: which of the image's hot static keys (0: the hottest)
+    functions: int = 0  # ftrace_enable: how many functions to trace (0: every function)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PATCH_OPS:
+            raise ValueError(f"'{self.kind}' is not one of {', '.join(PATCH_OPS)}")
+        if self.key < 0 or self.key >= HOT_KEYS or self.functions < 0:
+            raise ValueError(f"key must be in 0..{HOT_KEYS - 1} and functions >= 0")
+
+    @property
+    def source(self) -> str:
+        """The source whose sites this operation patches (the readers aim at them)."""
+        return "static_keys" if self.kind.startswith("static_key") else "ftrace" if self.kind.startswith("ftrace") else "module"
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,6 +177,19 @@ class NodeSource:
         name = self.plan.names[self.turn % len(self.plan.names)]
         self.turn += 1
         getattr(self, "_" + name)()
+        self.ops += 1
+
+    def perform(self, op: PatchOp) -> None:
+        """Do one operation of a script, as the kernel does it (see PATCH_OPS)."""
+        if op.kind == "static_key_enable":
+            self._key_inc(op.key)
+        elif op.kind == "static_key_disable":
+            if self.refs[op.key] > 0:
+                self._key_dec(op.key)
+        elif op.kind in ("ftrace_enable", "ftrace_disable"):
+            self._ftrace_set(op.kind == "ftrace_enable", op.functions)
+        else:
+            self._module_op(op.kind == "module_load")
         self.ops += 1
 
     # -- static keys -----------------------------------------------------------------------
@@ -242,6 +281,23 @@ class NodeSource:
                 target = sites[pick][state[pick] == FTRACE_OFF]
             self._patch_all(target, FTRACE_OFF, FTRACE_CALLER)
 
+    def _ftrace_set(self, enable: bool, functions: int) -> None:
+        """Trace the first `functions` untraced functions (0: every function), or stop tracing."""
+        sites = self.plan.ftrace_sites
+        with self.k.holding(self.k.locks.ftrace):
+            state = self.st.site_state[sites]
+            if not enable:
+                on = np.concatenate([sites[state == FTRACE_CALLER], self._live_module_ftrace(FTRACE_CALLER)])
+                self.st.set("ftrace_all", 0)  # before the patch: what a recovery finishes agrees
+                self._patch_all(on, FTRACE_CALLER, FTRACE_OFF)
+                return
+            off = sites[state == FTRACE_OFF]
+            if functions == 0:
+                off = np.concatenate([off, self._live_module_ftrace(FTRACE_OFF)])
+                self.st.set("ftrace_all", 1)
+            self.ftrace_enables += 1
+            self._patch_all(off[:functions] if functions else off, FTRACE_OFF, FTRACE_CALLER)
+
     def _live_module_ftrace(self, state: int) -> np.ndarray:
         mod = self.plan.module_sites
         mod = mod[(self.k.sites.kind[mod] == KIND_FTRACE) & (self.st.site_live[mod] == 1)]
@@ -294,6 +350,15 @@ class NodeSource:
                 self._load(free[int(self.rng.integers(len(free)))])
             else:
                 self._unload(loaded[int(self.rng.integers(len(loaded)))])
+
+    def _module_op(self, load: bool) -> None:
+        """Load a module into the first free slot, or unload the first loaded one."""
+        t, locks = self.k.sites, self.k.locks
+        with self.k.holding(locks.module), self.k.holding(locks.jump_label), self.k.holding(locks.ftrace):
+            live = [bool(self.st.site_live[t.module_sites(s)[0]]) for s in range(t.module_slots)]
+            slots = [s for s in range(t.module_slots) if live[s] != load]
+            if slots:
+                (self._load if load else self._unload)(slots[0])
 
     def _slot_range(self, slot: int) -> np.ndarray:
         first = int(self.k.sites.offset[self.k.sites.module_sites(slot)[0]])

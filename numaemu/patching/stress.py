@@ -40,7 +40,7 @@ from numaemu.model.sites import SiteTable, site_table
 from numaemu.model.topology import Topology
 from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS, Locks
 from numaemu.patching.recovery import repair_text
-from numaemu.patching.sources import SourcePlan, key_agreement, plan_sources
+from numaemu.patching.sources import PatchOp, SourcePlan, key_agreement, plan_sources
 from numaemu.patching.stress_node import READER_TASKS, StressConfig, StressNodeReport, stress_worker_main
 from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
 from numaemu.runtime.supervisor import NodeSession
@@ -71,6 +71,9 @@ class StressSpec:
     pt_style: str = "none"  # reported: the page-table memory of the design
     recover: int = 0  # node deaths replaced (--recover: MAX_RECOVERIES); 0: a death ends the run
     kill_rate: float = 0.0  # --kill-workers: SIGKILLs per second over all nodes, from the coordinator
+    # A script's operations instead of the source's random ones: node 0 performs them in order,
+    # evenly spread over the duration; `source` still decides which sites the readers aim at.
+    script: tuple[PatchOp, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +119,7 @@ def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[
             hosted=pl.hosted[node], table=pl.tables[node], layout=s.layout, copies=s.copies,
             sites=s.sites, plan=s.plan, n_keys=s.image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
             rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
-            bench=spec.bench, ipi_delay_ns=spec.ipi_delay_ns, text_poke_ns=spec.text_poke_ns,
+            bench=spec.bench, ipi_delay_ns=spec.ipi_delay_ns, text_poke_ns=spec.text_poke_ns, script=spec.script,
         )
         for node in range(n)
     ]

@@ -29,7 +29,7 @@ from numaemu.model.sites import FTRACE_KLP, SiteTable
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader import Observation, Reader, check_batch
-from numaemu.patching.sources import NodeSource, SourcePlan
+from numaemu.patching.sources import NodeSource, PatchOp, SourcePlan
 from numaemu.patching.textmem import TextCopies, TextState
 from numaemu.runtime.faults import Launch
 from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_shell
@@ -72,6 +72,7 @@ class StressConfig:
     bench: PatchBench | None
     ipi_delay_ns: int
     text_poke_ns: int
+    script: tuple[PatchOp, ...] = ()  # StressSpec.script: node 0 performs these instead of the source's
 
 
 @dataclass(frozen=True)
@@ -187,13 +188,19 @@ def _patch_and_read(nc: NodeContext, kernel: NodeKernel, source: NodeSource, rea
     # Each node issues its operations as a Poisson process at rate/n_nodes: independent CPUs do
     # not take turns, so operations of different nodes really overlap (as key-race needs).
     next_op = start_ns + int(rng.exponential(interval))
+    # A script's operations: node 0's alone, the i-th at start + (i + 1) / (n + 1) of the run.
+    script = list(cfg.script) if cfg.node == 0 else []
+    gap = (end_ns - start_ns) // (len(cfg.script) + 1)
     while True:
         nc.poll()
         now = time.perf_counter_ns()
         if now >= end_ns:
             break
         kernel.safe_point()
-        if now >= next_op:
+        if cfg.script:
+            if script and now >= start_ns + gap * (len(cfg.script) - len(script) + 1):
+                source.perform(script.pop(0))
+        elif now >= next_op:
             source.step()
             next_op += int(rng.exponential(interval))
             if next_op < now:  # fell behind (a slow patch): do not burst to catch up
@@ -201,6 +208,8 @@ def _patch_and_read(nc: NodeContext, kernel: NodeKernel, source: NodeSource, rea
         nc.fault.reached("run")
         readers.run_batch()
 
+    for op in script:  # a script is done whole, even when its operations outlast the duration
+        source.perform(op)
     # Wind down: drop what this node holds, then keep answering syncs until every node is done.
     source.finish()
     kernel.idle = None

@@ -59,6 +59,7 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
         "command": "stress",
         "protocol": spec.protocol,
         "source": spec.source,
+        "script": [{"kind": op.kind, "key": op.key, "functions": op.functions} for op in spec.script],
         "policy": spec.policy,
         "arch": spec.image.arch,
         "image": spec.image.summary(),
