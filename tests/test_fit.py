@@ -197,14 +197,14 @@ def segments_created(monkeypatch, no_leaks):
 
 @pytest.mark.parametrize("policy", ["single", "interleave", "replicate"])
 def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy):
-    from numaemu.model.binding import place_on_host
+    from numaemu.model.binding import bind_to_host
     from numaemu.model.workloads import build_workload
     from numaemu.runtime.policy_run import prepare_spec, run_policy
 
     image = synthetic_image(0.05)
     topo = load_topology("kunpeng920")
     spec, _ = prepare_spec(
-        topo, place_on_host(topo, [0, 1]), image, build_workload("db", image), cold=False, user_local=True, duration_s=1.0,
+        topo, bind_to_host(topo, [0, 1]), image, build_workload("db", image), cold=False, user_local=True, duration_s=1.0,
         requests=None, migrate_rate=0.0, seed=0, start_method="fork", replicate="text+rodata", time_scale=1.0, replicas_every=2,
     )
     with pytest.raises(_Stop):
@@ -214,12 +214,12 @@ def test_the_needs_are_the_segments_run_policy_creates(segments_created, policy)
 
 
 def test_the_stress_need_is_the_segments_run_stress_creates(segments_created):
-    from numaemu.model.binding import place_on_host
+    from numaemu.model.binding import bind_to_host
     from numaemu.patching.stress import StressSpec, run_stress
 
     image = synthetic_image(0.05)
     topo = load_topology("2s-xeon")
-    spec = StressSpec(topo, place_on_host(topo, [0, 1]), image, "replicate", "text_poke_bp", "static_keys", 1.0, 100.0, 0, None, "fork")
+    spec = StressSpec(topo, bind_to_host(topo, [0, 1]), image, "replicate", "text_poke_bp", "static_keys", 1.0, 100.0, 0, None, "fork")
     with pytest.raises(_Stop):
         run_stress(spec)
     expect = stress_need(topo, image, "replicate")

@@ -20,20 +20,20 @@ from numaemu.host.files import load_topology
 from numaemu.host.numamaps import (
     HostPages,
     NodePlacement,
-    PlacementReport,
+    NumaMapsReport,
     expected_host_nodes,
     file_pages,
-    format_placement,
+    format_numa_maps,
+    numa_maps_informative,
+    numa_maps_warnings,
     parse_numa_maps,
-    placement_informative,
-    placement_warnings,
-    read_placement,
+    read_numa_maps,
 )
 from numaemu.host.segments import USER_DATA_BYTES
 from numaemu.host.sysfs import read_sysfs
 from numaemu.measure.report import format_point
 from numaemu.measure.summary import summarise_point
-from numaemu.model.binding import memory_only_nodes, place_on_host
+from numaemu.model.binding import bind_to_host, memory_only_nodes
 from numaemu.model.numactl import format_numactl
 from numaemu.model.topology import Node
 from numaemu.model.topology_parse import from_mapping
@@ -67,14 +67,14 @@ def test_host_two_nodes_keep_ids_cpus_memory_distances(tmp_path: Path) -> None:
     assert t.distance == ((10, 21), (21, 10))
     assert t.latency_ns == ((85.0, 136.3), (136.3, 85.0))
     # Each node's worker runs on its own node's CPUs, not on an even cut of the host's.
-    host = place_on_host(t, range(8))
+    host = bind_to_host(t, range(8))
     assert host.cpus == ((0, 1, 2, 3), (4, 5, 6, 7)) and not host.oversubscribed
     # Only the CPUs this process may use (taskset, cpuset), still on the right node.
-    assert place_on_host(t, [1, 2, 6]).cpus == ((1, 2), (6,))
+    assert bind_to_host(t, [1, 2, 6]).cpus == ((1, 2), (6,))
     with pytest.raises(UsageError, match=r"^--topology: node 1 \(host node 1\): none of its CPUs 4-7 is available to this process \(available: 0-3\)$"):
-        place_on_host(t, range(4))
+        bind_to_host(t, range(4))
     # --host-cpus still wins: the user chose (and the placement report will say where pages went).
-    assert place_on_host(t, range(8), [[4], [0]]).cpus == ((4,), (0,))
+    assert bind_to_host(t, range(8), [[4], [0]]).cpus == ((4,), (0,))
 
 
 def test_host_sparse_ids_are_renumbered_and_kept(tmp_path: Path) -> None:
@@ -95,9 +95,9 @@ def test_host_memory_only_node_is_read_but_cannot_run(tmp_path: Path, capsys) ->
     assert memory_only_nodes(t) == (2,)
     rule = "host node 2 has memory but no CPUs; numaemu runs one worker on each node's own CPUs"
     with pytest.raises(UsageError, match="^--topology: " + rule):
-        place_on_host(t, [0, 1])
+        bind_to_host(t, [0, 1])
     with pytest.raises(UsageError, match="^--topology: " + rule):
-        place_on_host(t, [0, 1], [[0], [1]])  # not with --host-cpus either: its memory would be elsewhere
+        bind_to_host(t, [0, 1], [[0], [1]])  # not with --host-cpus either: its memory would be elsewhere
     for argv in (["run"], ["bench"], ["stress"]):
         assert main([*argv, "--topology", "host", "--sysfs-root", str(root)]) == 2
         err = capsys.readouterr().err
@@ -119,7 +119,7 @@ def test_host_memoryless_node_passes_with_zero_memory(tmp_path: Path) -> None:
     )
     t = read_sysfs(root)
     assert [n.memory_bytes for n in t.nodes] == [1 << 20, 0, 1 << 20]
-    assert place_on_host(t, [0, 1, 2]).cpus == ((0,), (1,), (2,))
+    assert bind_to_host(t, [0, 1, 2]).cpus == ((0,), (1,), (2,))
     # Its allocations fall back to the nearest nodes with memory (both at 21 here).
     assert expected_host_nodes(t) == ((0,), (0, 2), (2,))
     assert expected_host_nodes(load_topology("2s-xeon")) == ((), ())
@@ -212,7 +212,7 @@ def test_read_placement_is_failure_tolerant(tmp_path: Path) -> None:
     _proc(tmp_path, 11, "00400000 default file=/usr/bin/python3 N0=1 kernelpagesize_kB=4\n")
     _proc(tmp_path, 12, "garbage\n")
     (tmp_path / "13" / "numa_maps").mkdir(parents=True)  # a read error other than "missing"
-    report = read_placement([10, 11, 12, 13, 14, None], "numaemu-123-abcd-mem", [(0,)] * 6, tmp_path)
+    report = read_numa_maps([10, 11, 12, 13, 14, None], "numaemu-123-abcd-mem", [(0,)] * 6, tmp_path)
     n = report.nodes
     assert n[0] == NodePlacement(0, 10, (0,), HostPages(4, ((0, 512), (1, 13))))
     assert n[1].pages is None and n[1].error.endswith("has no mapping of numaemu-123-abcd-mem")
@@ -225,15 +225,15 @@ def test_read_placement_is_failure_tolerant(tmp_path: Path) -> None:
     assert doc["available"] is False and doc["nodes"][0]["pages"] == {"0": 512, "1": 13}
     assert doc["nodes"][4]["pages"] is None and doc["nodes"][4]["page_kb"] is None
     # No /proc at all (a kernel without CONFIG_NUMA has no numa_maps): unavailable, no crash.
-    assert read_placement([1], "x", [()], tmp_path / "noproc").nodes[0].pages is None
+    assert read_numa_maps([1], "x", [()], tmp_path / "noproc").nodes[0].pages is None
 
 
 # ---------------------------------------------------------------------------------------------
 # Warnings and output (pure)
 
 
-def report(*nodes: tuple[tuple[int, ...], dict[int, int] | None]) -> PlacementReport:
-    return PlacementReport("seg", tuple(
+def report(*nodes: tuple[tuple[int, ...], dict[int, int] | None]) -> NumaMapsReport:
+    return NumaMapsReport("seg", tuple(
         NodePlacement(i, 100 + i, exp, None if pages is None else HostPages(4, tuple(sorted(pages.items()))), None if pages else "gone")
         for i, (exp, pages) in enumerate(nodes)
     ))
@@ -241,41 +241,41 @@ def report(*nodes: tuple[tuple[int, ...], dict[int, int] | None]) -> PlacementRe
 
 def test_warnings_catch_a_misplaced_partition() -> None:
     good = report(((0,), {0: 2278}), ((1,), {1: 2048}))
-    assert placement_warnings([good]) == []
+    assert numa_maps_warnings([good]) == []
     bad = report(((0,), {0: 2278}), ((1,), {0: 300, 1: 1748}))
-    assert placement_warnings([bad]) == ["warning: node 1: 300 of 2048 pages on host node 0, expected 1"]
+    assert numa_maps_warnings([bad]) == ["warning: node 1: 300 of 2048 pages on host node 0, expected 1"]
     # One line per node over every policy's run, with every wrong host node named.
     worse = report(((0,), {0: 2278}), ((1,), {0: 10, 1: 2030, 2: 8}))
-    assert placement_warnings([bad, worse]) == [
+    assert numa_maps_warnings([bad, worse]) == [
         "warning: node 1: 310 of 4096 pages on host node 0 and 8 on host node 2, expected 1"
     ]
     # A memoryless node: any of its nearest nodes with memory is right.
-    assert placement_warnings([report(((0, 2), {2: 5})), report(((0, 2), {1: 5}))]) == [
+    assert numa_maps_warnings([report(((0, 2), {2: 5})), report(((0, 2), {1: 5}))]) == [
         "warning: node 0: 5 of 10 pages on host node 1, expected 0 or 2"
     ]
     # No expectation (an emulated topology) or no reading: nothing to warn about.
-    assert placement_warnings([report(((), {1: 5}), ((1,), None))]) == []
-    assert placement_warnings([]) == []
+    assert numa_maps_warnings([report(((), {1: 5}), ((1,), None))]) == []
+    assert numa_maps_warnings([]) == []
 
 
 def test_format_placement_and_when_it_is_informative() -> None:
     one_host = {"single": report(((), {0: 2278}), ((), {0: 2048})), "replicate": report(((), {0: 2278}), ((), {0: 2278}))}
-    assert not placement_informative(list(one_host.values()))  # an emulated topology on a 1-node host
-    assert format_placement(one_host) == [
+    assert not numa_maps_informative(list(one_host.values()))  # an emulated topology on a 1-node host
+    assert format_numa_maps(one_host) == [
         "memory placement (numa_maps, each node's partition, pages per host node): every node's pages on host node 0"
     ]
     host = {"single": report(((0,), {0: 2278}))}
-    assert placement_informative(list(host.values()))  # --topology host: always shown
+    assert numa_maps_informative(list(host.values()))  # --topology host: always shown
     spread = {"single": report(((), {0: 2278}), ((), {1: 2000, 0: 48}))}
-    assert placement_informative(list(spread.values()))
-    assert format_placement(spread) == [
+    assert numa_maps_informative(list(spread.values()))
+    assert format_numa_maps(spread) == [
         "memory placement (numa_maps, each node's partition, pages per host node):",
         "  single     node 0 -> host 0: 2278; node 1 -> host 0: 48, host 1: 2000",
     ]
     gone = {"single": report(((0,), None))}
-    assert format_placement(gone) == ["memory placement: unavailable (single: node 0: gone)"]
+    assert format_numa_maps(gone) == ["memory placement: unavailable (single: node 0: gone)"]
     partly = {"single": report(((0,), {0: 1}), ((1,), None))}
-    assert format_placement(partly)[1] == "  single     node 0 -> host 0: 1; node 1 -> unavailable (gone)"
+    assert format_numa_maps(partly)[1] == "  single     node 0 -> host 0: 1; node 1 -> unavailable (gone)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,12 +299,12 @@ def test_prepare_spec_none_skips_calibration() -> None:
     topo = load_topology("2s-xeon")
     image = synthetic_image(0.05)
     common = {"cold": False, "user_local": True, "duration_s": 1.0, "requests": None, "migrate_rate": 0.0, "seed": 0, "start_method": "fork", "replicate": "text+rodata"}
-    spec, cal = prepare_spec(topo, place_on_host(topo, [0, 1]), image, build_workload("db", image, 0), delays="none", **common)  # type: ignore[arg-type]
+    spec, cal = prepare_spec(topo, bind_to_host(topo, [0, 1]), image, build_workload("db", image, 0), delays="none", **common)  # type: ignore[arg-type]
     assert spec.delays == "none" and cal == {}
     with pytest.raises(UsageError, match=r"^--delays: 'fast' is not one of model, none$"):
-        prepare_spec(topo, place_on_host(topo, [0, 1]), image, build_workload("db", image, 0), delays="fast", **common)  # type: ignore[arg-type]
+        prepare_spec(topo, bind_to_host(topo, [0, 1]), image, build_workload("db", image, 0), delays="fast", **common)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match=r"^--time-scale: is for --delays model"):
-        prepare_spec(topo, place_on_host(topo, [0, 1]), image, build_workload("db", image, 0), delays="none", time_scale=2.0, **common)  # type: ignore[arg-type]
+        prepare_spec(topo, bind_to_host(topo, [0, 1]), image, build_workload("db", image, 0), delays="none", time_scale=2.0, **common)  # type: ignore[arg-type]
 
 
 BAD = [

@@ -14,7 +14,7 @@ import pytest
 from numaemu.errors import NodeFailure
 from numaemu.host.cpus import host_cpus
 from numaemu.host.files import load_topology
-from numaemu.model.binding import place_on_host
+from numaemu.model.binding import bind_to_host
 from numaemu.model.image import synthetic_image
 from numaemu.model.placement import place
 from numaemu.model.workloads import build_workload
@@ -32,7 +32,7 @@ def spec(topology="2s-xeon", workload="db", requests=None, duration=None, migrat
     topo = load_topology(topology)
     return RunSpec(
         topology=topo,
-        host=place_on_host(topo, host_cpus()),
+        host=bind_to_host(topo, host_cpus()),
         image=IMAGE,
         workload=build_workload(workload, IMAGE, 0),
         cold=cold,

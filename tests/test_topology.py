@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from numaemu.errors import UsageError
 from numaemu.host.files import load_topology
 from numaemu.host.sysfs import read_sysfs
-from numaemu.model.binding import HostPlacement, parse_host_cpus, place_on_host
+from numaemu.model.binding import HostBinding, bind_to_host, parse_host_cpus
 from numaemu.model.numactl import format_numactl
 from numaemu.model.topology import (
     DEFAULT_LOCAL_NS,
@@ -566,14 +566,14 @@ def test_read_sysfs_bad_contents(tmp_path: Path, distance1: str, meminfo_kb: str
 def test_place_on_host_automatic(
     n_nodes: int, available: object, cpus: tuple[tuple[int, ...], ...], oversubscribed: bool
 ) -> None:
-    p = place_on_host(_topo(n_nodes), list(available))  # type: ignore[call-overload]
-    assert p == HostPlacement(cpus, oversubscribed)
+    p = bind_to_host(_topo(n_nodes), list(available))  # type: ignore[call-overload]
+    assert p == HostBinding(cpus, oversubscribed)
 
 
 def test_place_on_host_override() -> None:
     topo = _topo(2)
-    assert place_on_host(topo, [0, 1, 2, 3], [[1, 0], [3]]) == HostPlacement(((0, 1), (3,)), False)
-    assert place_on_host(topo, [0, 1, 2, 3], [[0, 1], [1, 2]]) == HostPlacement(((0, 1), (1, 2)), True)
+    assert bind_to_host(topo, [0, 1, 2, 3], [[1, 0], [3]]) == HostBinding(((0, 1), (3,)), False)
+    assert bind_to_host(topo, [0, 1, 2, 3], [[0, 1], [1, 2]]) == HostBinding(((0, 1), (1, 2)), True)
 
 
 def test_place_on_host_override_errors() -> None:
@@ -584,30 +584,30 @@ def test_place_on_host_override_errors() -> None:
             "--host-cpus: node 1: host CPU 99 does not exist or is not available to this process (available: 0-1)"
         ),
     ):
-        place_on_host(topo, [0, 1], [[0], [1, 99]])
+        bind_to_host(topo, [0, 1], [[0], [1, 99]])
     with pytest.raises(UsageError, match=r"^--host-cpus: node 0: host CPUs 5-6 do not exist or are not available"):
-        place_on_host(topo, [0, 1], [[5, 6], [1]])
+        bind_to_host(topo, [0, 1], [[5, 6], [1]])
     with pytest.raises(
         UsageError,
         match=r"^--host-cpus: got 3 CPU sets for 2 nodes; give one cpulist per node, separated by ';' \(e\.g\. 0-1;2-3\)$",
     ):
-        place_on_host(topo, [0, 1], [[0], [1], [1]])
+        bind_to_host(topo, [0, 1], [[0], [1], [1]])
     with pytest.raises(UsageError, match=r"^--host-cpus: node 1: empty CPU set; every node needs a host CPU$"):
-        place_on_host(topo, [0, 1], [[0], []])
+        bind_to_host(topo, [0, 1], [[0], []])
     with pytest.raises(UsageError, match=r"^--host-cpus: no host CPUs are available to this process$"):
-        place_on_host(topo, [])
+        bind_to_host(topo, [])
 
 
 def test_place_on_host_uses_topology_host_cpus() -> None:
     topo = _with_host_cpus()  # node 0 on (0, 4), node 1 on (1, 5)
-    assert place_on_host(topo, range(8)) == HostPlacement(((0, 4), (1, 5)), False)
-    assert place_on_host(topo, range(8), [[2], [3]]) == HostPlacement(((2,), (3,)), False)  # option wins
+    assert bind_to_host(topo, range(8)) == HostBinding(((0, 4), (1, 5)), False)
+    assert bind_to_host(topo, range(8), [[2], [3]]) == HostBinding(((2,), (3,)), False)  # option wins
     with pytest.raises(UsageError, match=r"^--topology: node 0: host CPU 4 does not exist or is not available"):
-        place_on_host(topo, range(4))
+        bind_to_host(topo, range(4))
 
 
 def test_host_placement_to_json() -> None:
-    assert HostPlacement(((0, 1, 2), (5,)), False).to_json() == {"cpus": ["0-2", "5"], "oversubscribed": False}
+    assert HostBinding(((0, 1, 2), (5,)), False).to_json() == {"cpus": ["0-2", "5"], "oversubscribed": False}
 
 
 @pytest.mark.parametrize(
@@ -670,7 +670,7 @@ def test_format_numactl_kunpeng920() -> None:
     )
     topo = load_topology("kunpeng920")
     assert format_numactl(topo) == expected
-    placement = place_on_host(topo, [0, 1])
+    placement = bind_to_host(topo, [0, 1])
     assert format_numactl(topo, placement) == expected + (
         "\n"
         "host CPUs:\n"
@@ -684,7 +684,7 @@ def test_format_numactl_kunpeng920() -> None:
 
 def test_format_numactl_unreachable_and_placement() -> None:
     topo = parse_spec("2:10,255,30,10")
-    text = format_numactl(topo, place_on_host(topo, range(4)))
+    text = format_numactl(topo, bind_to_host(topo, range(4)))
     assert text.endswith(
         "node distances:\n"
         "node   0   1\n"
@@ -700,7 +700,7 @@ def test_format_numactl_unreachable_and_placement() -> None:
         "node 0 runs on host CPUs 0-1\n"
         "node 1 runs on host CPUs 2-3\n"
     )
-    overlap = place_on_host(parse_spec("3"), range(4), [[0, 1], [1, 2], [3]])
+    overlap = bind_to_host(parse_spec("3"), range(4), [[0, 1], [1, 2], [3]])
     assert format_numactl(parse_spec("3"), overlap).splitlines()[-1] == (
         "oversubscribed: 2 nodes share 3 host CPUs; emulated time stays exact, wall-clock fidelity is reduced"
     )

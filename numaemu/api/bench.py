@@ -21,7 +21,7 @@ from numaemu.host.files import load_topology, load_workload
 from numaemu.host.fit import SegmentNeed, check_fit, check_node_memory, free_space, run_needs
 from numaemu.measure.compare import BENCH_SCHEMA
 from numaemu.measure.experiment import AXES, Experiment, Point, read_experiment_file, split_topologies
-from numaemu.model.binding import parse_host_cpus, place_on_host
+from numaemu.model.binding import bind_to_host, parse_host_cpus
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
 from numaemu.model.workloads import WORKLOADS
@@ -127,7 +127,7 @@ def _check_points(exp: Experiment, lists: dict[str, list[str]], *, here: bool) -
     needs: list[SegmentNeed] = []
     for t, topo in zip(lists["topology"], topos, strict=True):
         if here:
-            place_on_host(topo, host_cpus(), override)
+            bind_to_host(topo, host_cpus(), override)
         for r in lists["replicate"]:
             label = f"{t}, --replicate {r}: " if len(lists["replicate"]) > 1 else f"{t}: "
             point = run_needs(topo, image, exp.policies, replicate=r, replicas_every=exp.replicas_every, label=label)

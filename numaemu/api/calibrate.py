@@ -9,7 +9,7 @@ from typing import Any
 from numaemu.api import params
 from numaemu.host.cpus import host_cpus
 from numaemu.host.files import load_topology
-from numaemu.model.binding import place_on_host
+from numaemu.model.binding import bind_to_host
 from numaemu.model.image import synthetic_image
 from numaemu.model.workloads import build_workload
 from numaemu.runtime.policy_run import START_METHODS
@@ -30,7 +30,7 @@ def calibrate(*, quick: bool = False, start_method: str | None = None, log: Call
     method = params.choice(start_method if start_method is not None else mp.get_start_method(), START_METHODS, "--start-method")
     # The patch round needs 2 nodes; 2s-xeon's local latency also charges the engine's fetches.
     topo = load_topology("2s-xeon")
-    host = place_on_host(topo, host_cpus())
+    host = bind_to_host(topo, host_cpus())
     image = synthetic_image()
     workload = build_workload("db", image)
     meta = host_metadata()

@@ -29,7 +29,7 @@ from numaemu.host.cpus import format_cpu_list, host_cpus
 from numaemu.host.files import load_image, load_topology, load_workload
 from numaemu.host.fit import check_host_fits, run_needs
 from numaemu.host.segments import prune_stale
-from numaemu.model.binding import HostPlacement, parse_host_cpus, place_on_host
+from numaemu.model.binding import HostBinding, bind_to_host, parse_host_cpus
 from numaemu.model.image import KernelImage, synthetic_image, with_module_area
 from numaemu.model.pagetables import kaslr_base, with_base
 from numaemu.model.sites import site_table
@@ -58,7 +58,7 @@ class Emulation:
         self.config = MachineConfig(topology=topology, image=image, **machine)
         self.log = log
         self._topology: Topology | None = None
-        self._host: HostPlacement | None = None
+        self._host: HostBinding | None = None
         self._image: KernelImage | None = None
         self._workloads: dict[tuple[str, str | None], Workload] = {}
         self._calibrations: dict[tuple[str, str | None, bool, bool], tuple[float, dict[str, Any]]] = {}
@@ -89,12 +89,12 @@ class Emulation:
         return self._topology
 
     @property
-    def host(self) -> HostPlacement:
-        """Which host CPUs each node runs on (chosen once, as `place_on_host` does)."""
+    def host(self) -> HostBinding:
+        """Which host CPUs each node runs on (chosen once, as `bind_to_host` does)."""
         if self._host is None:
             c, topo = self.config, self.topology
             override = parse_host_cpus(c.host_cpus) if c.host_cpus is not None else None
-            self._host = place_on_host(topo, host_cpus(), override)
+            self._host = bind_to_host(topo, host_cpus(), override)
         return self._host
 
     def _check_design(self) -> None:
@@ -284,7 +284,7 @@ class Emulation:
         return result(raw)
 
 
-def _run_preamble(config: RunConfig, topo: Topology, host: HostPlacement, image: KernelImage, scale: float) -> list[str]:
+def _run_preamble(config: RunConfig, topo: Topology, host: HostBinding, image: KernelImage, scale: float) -> list[str]:
     """What ``numaemu run`` says before its nodes start: where they run, how time is paced."""
     paced = config.delays == "model"
     where = ", ".join(f"node {i} -> CPU {format_cpu_list(c)}" for i, c in enumerate(host.cpus))

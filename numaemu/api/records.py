@@ -79,7 +79,7 @@ class RunResult:
 
     policies: tuple[PolicyResult, ...]
     document: Mapping[str, Any]
-    # Per policy, where each node's memory landed (`host.numamaps.PlacementReport`), read while
+    # Per policy, where each node's memory landed (`host.numamaps.NumaMapsReport`), read while
     # the run went; its JSON is in each record's ``placement_report`` (not read back).
     numa_maps: Mapping[str, Any] = field(default_factory=dict)
 

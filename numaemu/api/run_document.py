@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from numaemu.model.binding import HostPlacement
+from numaemu.model.binding import HostBinding
 from numaemu.model.image import KernelImage
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["run_document", "delays_note"]
 
 
-def run_document(config: RunConfig, topo: Topology, host: HostPlacement, image: KernelImage, workload: Workload, scale: float, cal: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+def run_document(config: RunConfig, topo: Topology, host: HostBinding, image: KernelImage, workload: Workload, scale: float, cal: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     paced = config.delays == "model"
     return {
         "schema": SCHEMA,

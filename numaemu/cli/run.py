@@ -16,7 +16,7 @@ from numaemu.api.emulation import Emulation
 from numaemu.api.records import RunResult
 from numaemu.cli.options import add_design_options, add_image_options, add_topology_options, log_for, machine_options, output_path, write_doc, write_partial
 from numaemu.errors import NodeFailure
-from numaemu.host.numamaps import PlacementReport, format_placement, placement_informative, placement_warnings
+from numaemu.host.numamaps import NumaMapsReport, format_numa_maps, numa_maps_informative, numa_maps_warnings
 from numaemu.model.placement import POLICIES
 from numaemu.model.workloads import WORKLOADS
 from numaemu.runtime.policy_run import START_METHODS
@@ -81,7 +81,7 @@ def _partial_table(doc: dict[str, Any], n_policies: int) -> str:
     return (format_run_table(done) if done else "no policy completed") + f"\n(stopped early: {len(done)} of {n_policies} policies completed)"
 
 
-def _report(result: RunResult, config: RunConfig, placed: dict[str, PlacementReport], log: Any) -> None:
+def _report(result: RunResult, config: RunConfig, placed: dict[str, NumaMapsReport], log: Any) -> None:
     records = [p.to_json() for p in result.policies]
     print(format_run_table(records), file=log)
     over = max(r["pacing_lost_pct"] for r in records)
@@ -98,10 +98,10 @@ def _report(result: RunResult, config: RunConfig, placed: dict[str, PlacementRep
             file=log,
         )
     reports = list(placed.values())
-    if placement_informative(reports):
-        for line in format_placement(placed):
+    if numa_maps_informative(reports):
+        for line in format_numa_maps(placed):
             print(line, file=log)
-    for line in placement_warnings(reports):
+    for line in numa_maps_warnings(reports):
         print(line, file=sys.stderr)
     if config.verify:
         ok = all(r["verified"] for r in records)

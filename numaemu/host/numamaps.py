@@ -23,8 +23,8 @@ mm/mempolicy.c ``mpol_to_str``; Documentation/filesystems/proc.rst, "numa_maps")
 * ``N<k>`` counts pages of the mapping's page size: for hugetlb one per huge page (and
   ``kernelpagesize_kB`` is the huge page size), for transparent huge pages 512 per PMD at 4 KiB.
 
-`parse_numa_maps`, `file_pages`, `expected_host_nodes`, `placement_warnings` and
-`format_placement` are pure; `read_placement` reads the files and never raises: a missing file
+`parse_numa_maps`, `file_pages`, `expected_host_nodes`, `numa_maps_warnings` and
+`format_numa_maps` are pure; `read_numa_maps` reads the files and never raises: a missing file
 (kernel without CONFIG_NUMA), a refused read or a malformed line makes the node's entry
 unavailable, with the reason.
 """
@@ -43,14 +43,14 @@ __all__ = [
     "MapsLine",
     "HostPages",
     "NodePlacement",
-    "PlacementReport",
+    "NumaMapsReport",
     "parse_numa_maps",
     "file_pages",
     "expected_host_nodes",
-    "placement_warnings",
-    "format_placement",
-    "placement_informative",
-    "read_placement",
+    "numa_maps_warnings",
+    "format_numa_maps",
+    "numa_maps_informative",
+    "read_numa_maps",
 ]
 
 # Fields show_numa_map prints after the policy; the policy is everything before the first one.
@@ -112,7 +112,7 @@ class NodePlacement:
 
 
 @dataclass(frozen=True)
-class PlacementReport:
+class NumaMapsReport:
     """Per emulated node of one run (one policy), where its partition of `segment` landed."""
 
     segment: str
@@ -243,7 +243,7 @@ def expected_host_nodes(topo: Topology) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
-def placement_warnings(reports: Sequence[PlacementReport]) -> list[str]:
+def numa_maps_warnings(reports: Sequence[NumaMapsReport]) -> list[str]:
     """One line per emulated node whose pages are not (all) on the host node the topology says,
     summed over `reports` (one per policy run): ``warning: node 1: 300 of 4352 pages on host
     node 0, expected 1``. Nodes without an expectation or without a reading are skipped."""
@@ -275,7 +275,7 @@ def _summary(pages: HostPages) -> str:
     return ", ".join(f"host {n}: {p}" for n, p in pages.by_node) or "no pages"
 
 
-def placement_informative(reports: Sequence[PlacementReport]) -> bool:
+def numa_maps_informative(reports: Sequence[NumaMapsReport]) -> bool:
     """Worth printing without being asked: the topology names host nodes (the user asked about
     this host), or some node's pages landed on another host node than the others'."""
     if any(n.expected for r in reports for n in r.nodes):
@@ -284,7 +284,7 @@ def placement_informative(reports: Sequence[PlacementReport]) -> bool:
     return len(used) > 1
 
 
-def format_placement(reports: Mapping[str, PlacementReport]) -> list[str]:
+def format_numa_maps(reports: Mapping[str, NumaMapsReport]) -> list[str]:
     """Lines for ``numaemu run``'s output, one report per policy: one line when every node of
     every policy landed on one host node (a non-NUMA host: host node 0), else one per policy."""
     head = "memory placement (numa_maps, each node's partition, pages per host node)"
@@ -310,12 +310,12 @@ def format_placement(reports: Mapping[str, PlacementReport]) -> list[str]:
 # Reading (the OS half; never raises)
 
 
-def read_placement(
+def read_numa_maps(
     pids: Sequence[int | None],
     segment_path: str,
     expected: Sequence[tuple[int, ...]],
     proc_root: str | Path = "/proc",
-) -> PlacementReport:
+) -> NumaMapsReport:
     """Read each node's ``/proc/<pid>/numa_maps`` and find its pages of `segment_path`.
 
     Never raises: whatever goes wrong for a node becomes that node's `error` (the file is
@@ -346,4 +346,4 @@ def read_placement(
             nodes.append(NodePlacement(node, pid, exp, None, f"{path} has no mapping of {segment_path}"))
             continue
         nodes.append(NodePlacement(node, pid, exp, pages))
-    return PlacementReport(segment_path, tuple(nodes))
+    return NumaMapsReport(segment_path, tuple(nodes))

@@ -37,7 +37,7 @@ def read_sysfs(root: str | os.PathLike[str] = "/sys") -> Topology:
     from the nearest node, mm/page_alloc.c build_zonelists) is kept as it is. A node without
     CPUs (memory-only: CXL, HBM; drivers/base/node.c lists them in ``has_memory`` but not
     ``has_cpu``) is read, so ``numaemu topology host`` shows it, but cannot host a worker:
-    `numaemu.model.binding.place_on_host` refuses it. Since a `Topology` has host_cpus on every node or on none, such
+    `numaemu.model.binding.bind_to_host` refuses it. Since a `Topology` has host_cpus on every node or on none, such
     a machine's nodes get none. Latency is derived from the distances at `DEFAULT_LOCAL_NS`.
     Named ``host``.
     """

@@ -24,7 +24,7 @@ from numaemu.host.files import load_topology, load_workload
 from numaemu.measure.experiment import Experiment, Point, RunTask, plan_tasks
 from numaemu.measure.report import format_point
 from numaemu.measure.summary import PointSetup, summarise_runs
-from numaemu.model.binding import parse_host_cpus, place_on_host
+from numaemu.model.binding import bind_to_host, parse_host_cpus
 from numaemu.model.image import KernelImage
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
@@ -153,7 +153,7 @@ def prepare_point(
     if topo is None:
         topo = load_topology(point.topology, sysfs_root=exp.sysfs_root, local_ns=exp.local_ns)
     override = parse_host_cpus(exp.host_cpus) if exp.host_cpus is not None else None
-    placement = place_on_host(topo, host_cpus(), override)
+    placement = bind_to_host(topo, host_cpus(), override)
     if point.workload not in workloads:
         workloads[point.workload] = load_workload(point.workload, image, exp.seed, exp.trace if point.workload == "trace" else None)
     spec, cal = prepare_spec(

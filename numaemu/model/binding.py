@@ -1,6 +1,6 @@
 """Which host CPUs run each emulated node's worker process, as pure functions.
 
-`place_on_host` chooses them from the CPUs this process may use (which the host reads, with
+`bind_to_host` chooses them from the CPUs this process may use (which the host reads, with
 `numaemu.host.cpus.host_cpus`), the topology's own ``host_cpus`` or a ``--host-cpus`` override
 (`parse_host_cpus`). Bad input raises `UsageError` naming ``--host-cpus`` or ``--topology``.
 """
@@ -14,11 +14,11 @@ from numaemu.errors import UsageError
 from numaemu.model.cpulist import format_cpu_list, parse_cpu_list
 from numaemu.model.topology import Node, Topology
 
-__all__ = ["HostPlacement", "parse_host_cpus", "place_on_host", "memory_only_nodes", "sharing_nodes"]
+__all__ = ["HostBinding", "parse_host_cpus", "bind_to_host", "memory_only_nodes", "sharing_nodes"]
 
 
 @dataclass(frozen=True)
-class HostPlacement:
+class HostBinding:
     """Which host CPUs each emulated node's worker runs on (``cpus[i]`` for node i).
 
     `oversubscribed` is True when nodes share host CPUs: then emulated time (computed from the
@@ -55,9 +55,9 @@ def parse_host_cpus(text: str) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
-def place_on_host(
+def bind_to_host(
     topo: Topology, available: Sequence[int], override: Sequence[Sequence[int]] | None = None
-) -> HostPlacement:
+) -> HostBinding:
     """Choose the host CPUs for each node's worker.
 
     With `override` (from ``--host-cpus``), or else when the topology gives every node its
@@ -96,8 +96,8 @@ def place_on_host(
                 size = base + (1 if i < extra else 0)
                 chunks.append(avail[start : start + size])
                 start += size
-            return HostPlacement(tuple(chunks), oversubscribed=False)
-        return HostPlacement(tuple((avail[i % len(avail)],) for i in range(n)), oversubscribed=True)
+            return HostBinding(tuple(chunks), oversubscribed=False)
+        return HostBinding(tuple((avail[i % len(avail)],) for i in range(n)), oversubscribed=True)
 
     if len(sets) != n:
         raise UsageError(
@@ -121,13 +121,13 @@ def place_on_host(
                 f"not available to this process (available: {format_cpu_list(avail)})",
             )
         placed.append(chosen)
-    return HostPlacement(tuple(placed), oversubscribed=bool(sharing_nodes(placed)))
+    return HostBinding(tuple(placed), oversubscribed=bool(sharing_nodes(placed)))
 
 
 def _usable_host_cpus(node: Node, avail: tuple[int, ...]) -> tuple[int, ...]:
     """A node's host_cpus; for a real host node (`host_node` set), only those this process may
     use (taskset, a cgroup cpuset), since the rest of the node's CPUs still put first touches on
-    the same node. Empty sets are refused by `place_on_host`'s check."""
+    the same node. Empty sets are refused by `bind_to_host`'s check."""
     cpus = node.host_cpus or ()
     if node.host_node is None:
         return cpus

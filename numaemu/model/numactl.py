@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from numaemu.model.binding import HostPlacement, sharing_nodes
+from numaemu.model.binding import HostBinding, sharing_nodes
 from numaemu.model.cpulist import format_cpu_list
 from numaemu.model.topology import Topology
 
 __all__ = ["format_numactl"]
 
 
-def format_numactl(topo: Topology, placement: HostPlacement | None = None) -> str:
+def format_numactl(topo: Topology, placement: HostBinding | None = None) -> str:
     """The machine as ``numactl --hardware`` prints it (numactl.c ``print_distances``: "node "
     then ``"% 3d "`` per column, rows ``"% 3d: "`` then ``"% 3d "`` per entry, so every column is
     4 wide and lines up under ``"  0:"``), minus numactl's trailing blanks and its "free" lines;

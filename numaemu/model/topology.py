@@ -88,7 +88,7 @@ class Node:
     """One emulated node: its emulated CPU ids (as ``numactl -H`` lists them) and memory size.
 
     `host_cpus` is the host CPU set a user asked this node's worker to run on (None: let
-    `place_on_host` choose). `host_node` is the host NUMA node this node is (``--topology
+    `bind_to_host` choose). `host_node` is the host NUMA node this node is (``--topology
     host``: its sysfs node id, which may be sparse while `id` is dense); None when the node is
     emulated. A node's memory should land on its `host_node`, and the run's placement report
     (`numamaps`) checks that it did.

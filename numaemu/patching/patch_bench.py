@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from numaemu.host.cpus import host_cpus
-from numaemu.model.binding import place_on_host
+from numaemu.model.binding import bind_to_host
 from numaemu.model.image import synthetic_image
 from numaemu.model.topology import Topology
 from numaemu.patching.kernel import NodeKernel
@@ -127,7 +127,7 @@ def run_patch_bench(topology: Topology, bench: PatchBench, *, policy: str = "rep
     delivery, per-site text_poke cost), leaving what numaemu itself costs. Raises RuntimeError if
     a copy differs from the master afterwards or a patch found unexpected bytes."""
     spec = StressSpec(
-        topology, place_on_host(topology, host_cpus()), synthetic_image(), policy, protocol, "mixed", 1.0, 1.0, 0, None,
+        topology, bind_to_host(topology, host_cpus()), synthetic_image(), policy, protocol, "mixed", 1.0, 1.0, 0, None,
         start_method, bench=bench, ipi_delay_ns=IPI_DELAY_NS if modeled else 0, text_poke_ns=TEXT_POKE_NS if modeled else 0,
     )
     result = run_stress(spec)

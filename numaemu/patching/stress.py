@@ -32,7 +32,7 @@ import numpy as np
 from numaemu.errors import NodeFailure
 from numaemu.host.fit import SegmentNeed, segment_need
 from numaemu.host.segments import MemoryLayout, Segment
-from numaemu.model.binding import HostPlacement
+from numaemu.model.binding import HostBinding
 from numaemu.model.image import PAGE_SIZE, KernelImage, with_module_area
 from numaemu.model.pagetables import page_table_cost
 from numaemu.model.placement import Placement, check_reachable, place_for
@@ -54,7 +54,7 @@ __all__ = ["StressSpec", "run_stress", "stress_need"]
 @dataclass(frozen=True)
 class StressSpec:
     topology: Topology
-    host: HostPlacement
+    host: HostBinding
     image: KernelImage
     policy: str
     protocol: str

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from numaemu.errors import UsageError
-from numaemu.host.numamaps import expected_host_nodes, read_placement
+from numaemu.host.numamaps import expected_host_nodes, read_numa_maps
 from numaemu.host.segments import Control, MemoryLayout, Segment
-from numaemu.model.binding import HostPlacement
+from numaemu.model.binding import HostBinding
 from numaemu.model.image import KernelImage
 from numaemu.model.pagetables import WalkProfile, page_table_cost, walk_profile
 from numaemu.model.placement import Placement, check_reachable, place_for
@@ -47,7 +47,7 @@ class RunSpec:
     """Everything one run of one policy needs, already validated."""
 
     topology: Topology
-    host: HostPlacement
+    host: HostBinding
     image: KernelImage
     workload: Workload
     cold: bool
@@ -107,7 +107,7 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
         session.wait_ready()
         # Every node has first-touched its own partition and touched no other yet: where its
         # mem mapping's pages are is where its partition landed.
-        placement_report = read_placement(session.pids, mem.name, expected_host_nodes(topo))
+        placement_report = read_numa_maps(session.pids, mem.name, expected_host_nodes(topo))
         if on_ready is not None:
             on_ready(mem, layout, placement, session.pids)
         session.go(spec.duration_s)
@@ -188,7 +188,7 @@ def run_policies(spec: RunSpec, policies: Sequence[str], *, each: Callable[[str,
 
 def prepare_spec(
     topology: Topology,
-    host: HostPlacement,
+    host: HostBinding,
     image: KernelImage,
     workload: Workload,
     *,

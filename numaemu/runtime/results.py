@@ -88,7 +88,7 @@ def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: fl
         "memory_bytes": placement.total_bytes,
         "extra_memory_bytes": placement.extra_bytes,
         "migrations": int(run["tasks"]["migrations"].sum()),
-        # Where each node's partition landed (numamaps.PlacementReport), read before the start.
+        # Where each node's partition landed (numamaps.NumaMapsReport), read before the start.
         "placement_report": run["placement_report"].to_json() if run.get("placement_report") else None,
         "copy_nodes": list(placement.copy_nodes) if policy == "replicate" else None,
         "serving_nodes": list(placement.serving) if policy == "replicate" else None,
