@@ -15,7 +15,7 @@ from numaemu.api.bench import bench  # noqa: E402  (after __version__: the layer
 from numaemu.api.calibrate import calibrate  # noqa: E402
 from numaemu.api.config import MachineConfig, RunConfig, StressConfig  # noqa: E402
 from numaemu.api.emulation import Emulation  # noqa: E402
-from numaemu.api.records import PolicyResult, RunResult, StressResult  # noqa: E402
+from numaemu.api.records import BenchResult, CalibrationResult, PolicyResult, RunResult, StressResult  # noqa: E402
 from numaemu.errors import NodeFailure, UsageError  # noqa: E402
 from numaemu.model.image import KernelImage, synthetic_image  # noqa: E402
 from numaemu.model.placement import POLICIES, Placement, place  # noqa: E402
@@ -30,6 +30,8 @@ __all__ = [
     "RunResult",
     "PolicyResult",
     "StressResult",
+    "BenchResult",
+    "CalibrationResult",
     "PatchOp",
     "PATCH_OPS",
     "bench",

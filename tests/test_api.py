@@ -134,3 +134,20 @@ def test_a_patch_op_is_checked_on_construction():
         numaemu.PatchOp("ftrace_enable", functions=-1)
     with pytest.raises(ValueError, match=f"key must be in 0..{HOT_KEYS - 1}"):
         numaemu.PatchOp("static_key_enable", key=HOT_KEYS)
+
+
+@pytest.mark.slow
+def test_bench_and_calibrate_for_scripts_return_records_that_read_back(no_leaks):
+    sweep = numaemu.bench(topology="2s-xeon", cache=["hot", "cold"], repeat=2, warmup=0, requests=2000, image_scale=0.05)
+    assert isinstance(sweep, numaemu.BenchResult) and len(sweep.points) == 2 and sweep.failed_runs == ()
+    assert sweep.speedup("single") is None and sweep.speedup("replicate", point=1) > 0
+    assert numaemu.BenchResult.from_json(json.loads(json.dumps(sweep.to_json()))).points == sweep.points
+    with pytest.raises(UsageError, match="--cache: 'hot,' has an empty element"):
+        numaemu.bench(cache="hot,")
+    with pytest.raises(UsageError, match="--colour: is not an option of bench"):
+        numaemu.bench(colour="blue")
+    host = numaemu.calibrate(quick=True)
+    assert [g["met"] for g in host.goals].count(None) == 1  # copy population: a figure without a goal
+    assert set(host.missed) <= {g["name"] for g in host.goals}
+    back = numaemu.CalibrationResult.from_json(json.loads(json.dumps(host.to_json())))
+    assert back.figures == host.figures and back.goals == host.goals

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from numaemu.api import params
+from numaemu.api.records import BenchResult
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.host.cpus import host_cpus
 from numaemu.host.files import load_topology, load_workload
@@ -165,10 +166,10 @@ def bench_document(exp: Experiment, points: list[dict[str, Any]], *, file: str |
 
 def bench(*, experiment_file: str | None = None, cluster: str | None = None, progress: bool | None = False,
           log: Callable[[str], None] | None = None, on_experiment: Callable[[Experiment], None] | None = None,
-          sysfs_root: str = "/sys", **options: Any) -> dict[str, Any]:
+          sysfs_root: str = "/sys", **options: Any) -> BenchResult:
     """Run a sweep from a script: options as ``numaemu bench``'s, with ``_`` for ``-``
     (``topology="2s-xeon,kunpeng920"`` or a list, ``cache=["hot", "cold"]``, ``repeat=3``, ...).
-    Returns the bench document; a node failure or an interrupt propagates with the points
+    Returns a `BenchResult`; a node failure or an interrupt propagates with the points
     completed attached as ``partial`` (a document). `on_experiment` sees the experiment once it
     is checked, before anything runs (the command line says what it is about to do)."""
     from numaemu.measure.cluster import ClusterSession, ClusterSweep, parse_address
@@ -201,7 +202,7 @@ def bench(*, experiment_file: str | None = None, cluster: str | None = None, pro
     finally:
         if session is not None:
             session.close()
-    return bench_document(exp, points, file=experiment_file, sweep=sweep)
+    return BenchResult.from_json(bench_document(exp, points, file=experiment_file, sweep=sweep))
 
 
 def _text(value: Any) -> str | None:

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from numaemu.api import params
+from numaemu.api.emulation import prune_dead_runs
+from numaemu.api.records import CalibrationResult
 from numaemu.host.cpus import host_cpus
 from numaemu.host.files import load_topology
 from numaemu.model.binding import bind_to_host
@@ -18,16 +19,16 @@ from numaemu.runtime.results import SCHEMA, host_metadata
 __all__ = ["calibrate"]
 
 
-def calibrate(*, quick: bool = False, start_method: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def calibrate(*, quick: bool = False, start_method: str | None = None, log: Callable[[str], None] | None = None) -> CalibrationResult:
     """Measure this host (a few seconds with `quick`, about a minute without); `log` gets the
-    header line, each step as it starts, and nothing else. The document's ``results`` holds every
-    figure and ``results["goals"]`` every goal, met or not."""
+    header line. The result holds every figure and every goal, met or not (`CalibrationResult`)."""
     import multiprocessing as mp
 
     from numaemu.measure.calibrate import FULL, QUICK
     from numaemu.measure.calibrate import calibrate as measure
 
     method = params.choice(start_method if start_method is not None else mp.get_start_method(), START_METHODS, "--start-method")
+    prune_dead_runs(log)
     # The patch round needs 2 nodes; 2s-xeon's local latency also charges the engine's fetches.
     topo = load_topology("2s-xeon")
     host = bind_to_host(topo, host_cpus())
@@ -40,11 +41,11 @@ def calibrate(*, quick: bool = False, start_method: str | None = None, log: Call
             f"workload db, {topo.name} for the patch round; {'quick' if quick else 'full'} sampling; medians"
         )
     cal = measure(image, workload, topo, topo.n_nodes / host.n_cpus_used, QUICK if quick else FULL, method)
-    return {
+    return CalibrationResult.from_json({
         "schema": SCHEMA,
         "command": "calibrate",
         "host": meta,
         "host_placement": host.to_json(),
         "settings": {"quick": quick, "start_method": method, "topology": topo.name, "workload": workload.name, "image_bytes": len(image.data)},
         "results": cal.to_json(),
-    }
+    })

@@ -43,7 +43,7 @@ from numaemu.runtime.policy_run import prepare_spec, run_policies
 from numaemu.runtime.respawn import MAX_RECOVERIES
 from numaemu.runtime.results import add_speedups, host_metadata
 
-__all__ = ["Emulation"]
+__all__ = ["Emulation", "prune_dead_runs"]
 
 Log = Callable[[str], None]
 
@@ -125,9 +125,7 @@ class Emulation:
     def _prune(self) -> None:
         if not self._pruned:
             self._pruned = True
-            pruned = prune_stale()
-            if pruned:
-                self._say(f"removed {len(pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(pruned)}")
+            prune_dead_runs(self.log)
 
     def _say(self, text: str) -> None:
         if self.log is not None:
@@ -282,6 +280,13 @@ class Emulation:
             exc.partial = result(partial, exc) if partial is not None else None  # type: ignore[union-attr]
             raise
         return result(raw)
+
+
+def prune_dead_runs(log: Log | None) -> None:
+    """Remove the segments numaemu processes that died left in /dev/shm, and say so."""
+    pruned = prune_stale()
+    if pruned and log is not None:
+        log(f"removed {len(pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(pruned)}")
 
 
 def _run_preamble(config: RunConfig, topo: Topology, host: HostBinding, image: KernelImage, scale: float) -> list[str]:

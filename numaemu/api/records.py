@@ -18,7 +18,7 @@ from numaemu.errors import UsageError
 from numaemu.host.files import regular_file
 from numaemu.runtime.results import SCHEMA
 
-__all__ = ["PolicyResult", "RunResult", "StressResult", "read_document"]
+__all__ = ["PolicyResult", "RunResult", "StressResult", "BenchResult", "CalibrationResult", "read_document"]
 
 
 def read_document(path: str | Path, param: str, command: str, *, version_key: str = "schema", version: int = SCHEMA, needs: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -123,3 +123,57 @@ class StressResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.document)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """A ``numaemu bench`` sweep: each point's summary (speedups with intervals, the model
+    beside them), the runs that failed, and the document as written to JSON."""
+
+    points: tuple[Mapping[str, Any], ...]
+    failed_runs: tuple[Mapping[str, Any], ...]
+    document: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, doc: object) -> BenchResult:
+        from numaemu.measure.compare import BENCH_SCHEMA, bench_doc_problem
+
+        d = _checked(doc, "bench", version_key="bench_schema", version=BENCH_SCHEMA, needs=("points",))
+        problem = bench_doc_problem(d)
+        if problem:
+            raise UsageError("document", f"the document is a damaged bench result: {problem}")
+        return cls(tuple(d["points"]), tuple(d.get("failed_runs", [])), d)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.document)
+
+    def speedup(self, policy: str, point: int = 0) -> float | None:
+        """The median measured speedup of `policy` against single at the `point`-th point."""
+        row = self.points[point]["policies"][policy]
+        value = row["speedup"]["median"] if isinstance(row.get("speedup"), Mapping) else row.get("speedup")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """A ``numaemu calibrate``: this host's figures (`measure.calibrate.Calibration`), every goal
+    with its verdict, and the document as written to JSON."""
+
+    figures: Any  # numaemu.measure.calibrate.Calibration
+    goals: tuple[Mapping[str, Any], ...]  # each {name, figure, goal, met, detail, source}; met None: no goal
+    document: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, doc: object) -> CalibrationResult:
+        from numaemu.measure.calibrate import Calibration
+
+        d = _checked(doc, "calibrate", needs=("results",))
+        return cls(Calibration.from_json(d["results"]), tuple(d["results"]["goals"]), d)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.document)
+
+    @property
+    def missed(self) -> tuple[str, ...]:
+        """The goals this host missed, by name."""
+        return tuple(g["name"] for g in self.goals if g["met"] is False)

@@ -8,11 +8,11 @@ import sys
 from typing import Any
 
 from numaemu.api import bench as api_bench
+from numaemu.api.emulation import prune_dead_runs
 from numaemu.api.records import read_document
 from numaemu.api.run_document import delays_note
 from numaemu.cli.options import log_for, output_path, write_doc, write_partial
 from numaemu.errors import NodeFailure, UsageError
-from numaemu.host.segments import prune_stale
 from numaemu.measure.compare import BENCH_SCHEMA, bench_doc_problem, compare_docs, format_compare
 from numaemu.measure.experiment import Experiment
 from numaemu.measure.plot import check_available as check_plot_available
@@ -86,9 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             check_plot_available()
             output_path(args.plot_path, param="--plot")
         log = paths["log"] = log_for(json_path)
-        pruned = prune_stale()
-        if pruned:
-            print(f"removed {len(pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(pruned)}", file=log)
+        prune_dead_runs(lambda text: print(text, file=log))
         _header(exp, args.cluster, log)
 
     def say(text: str) -> None:
@@ -112,7 +110,7 @@ def _run(args: argparse.Namespace, given: dict[str, Any], begin: Any, say: Any, 
         paths["running"] = True
 
     return api_bench.bench(experiment_file=args.experiment, cluster=args.cluster, progress=args.progress, log=say, on_experiment=start,
-                           sysfs_root=args.sysfs_root, **{k.replace("-", "_"): v for k, v in given.items()})
+                           sysfs_root=args.sysfs_root, **{k.replace("-", "_"): v for k, v in given.items()}).to_json()
 
 
 def _header(exp: Experiment, cluster: str | None, log: Any) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 from numaemu.api.calibrate import calibrate
 from numaemu.cli.options import log_for, output_path, write_doc
-from numaemu.host.segments import prune_stale
 from numaemu.runtime.policy_run import START_METHODS
 
 __all__ = ["add_parser", "cmd_calibrate"]
@@ -23,18 +22,11 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import multiprocessing as mp
-
-    from numaemu.api import params
     from numaemu.measure.calibration_report import format_calibration
 
-    params.choice(args.start_method if args.start_method is not None else mp.get_start_method(), START_METHODS, "--start-method")
     json_path = output_path(args.json_path, "calibrate")
     log = log_for(json_path)
-    pruned = prune_stale()
-    if pruned:
-        print(f"removed {len(pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(pruned)}", file=log)
-    doc = calibrate(quick=args.quick, start_method=args.start_method, log=lambda text: print(text, file=log))
+    doc = calibrate(quick=args.quick, start_method=args.start_method, log=lambda text: print(text, file=log)).to_json()
     print(format_calibration(doc["results"]), file=log)
     write_doc({**doc, "argv": sys.argv[1:]}, json_path, log)
     return 0

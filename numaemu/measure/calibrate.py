@@ -33,7 +33,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -133,6 +133,14 @@ class Calibration:
             patch_barrier_goal(self.patch_round_us, self.barrier_round_us),
             copy_figure(self.replicate_gbps, self.memcpy_gbps),
         )
+
+    @classmethod
+    def from_json(cls, results: Mapping[str, Any]) -> Calibration:
+        """The figures of a calibration's JSON ``results`` (the derived ones are derived again)."""
+        names = {f.name for f in fields(cls)}
+        figures = {k: v for k, v in results.items() if k in names}
+        figures["delay_error_pct"] = {int(k): float(v) for k, v in results["delay_error_pct"].items()}
+        return cls(**figures)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
