@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from numaemu.errors import NodeFailure, UsageError
-from numaemu.measure import cluster
+from numaemu.measure import cluster, cluster_sweep, cluster_task
 from numaemu.measure.compare import compare_docs
 from numaemu.measure.experiment import Experiment, Point, RunTask, plan_tasks, repetition_order
 from numaemu.measure.report import csv_rows, format_point
@@ -241,7 +241,7 @@ def test_a_host_calibrates_and_warms_up_once_per_point_and_sweep(monkeypatch):
     distributed = pytest.importorskip("distributed")
     worker = FakeWorker()
     monkeypatch.setattr(distributed, "get_worker", lambda: worker)
-    monkeypatch.setattr(cluster, "_HOST_POINTS", {})
+    monkeypatch.setattr(cluster_task, "_HOST_POINTS", {})
     asked: list[RunRequest] = []
     exp = replace(EXP, time_scale=None)
     cal = (2.5, {"oversleep_ns": 70_000})
@@ -253,18 +253,18 @@ def test_a_host_calibrates_and_warms_up_once_per_point_and_sweep(monkeypatch):
             return RunOutcome(request.task, failure=RunFailure(request.task, "a", "boom"), calibrated=cal if first else None, warmups=request.warmups)
         return outcome(request.task) if not first else replace(outcome(request.task), calibrated=cal, warmups=request.warmups)
 
-    monkeypatch.setattr(cluster, "run_in_process", fake)
+    monkeypatch.setattr(cluster_task, "run_in_process", fake)
     t = plan_tasks(exp)
     for task in (t[0], t[1], t[4], t[5], t[3]):
-        cluster.run_task("sweep-1", exp, task)
+        cluster_task.run_task("sweep-1", exp, task)
     assert [(r.task.index, r.warmups, r.calibrated) for r in asked] == [
         (0, 1, None), (1, 0, cal),  # point 0: calibrated and warmed up by its first task only
         (4, 1, None), (5, 0, cal), (3, 0, cal),  # point 1: its first task here failed, after both
     ]
     assert [(m["task"], m["event"]) for _, m in worker.events] == [(i, e) for i in (0, 1, 4, 5, 3) for e in ("start", "end")]
     assert {m["worker"] for _, m in worker.events} == {worker.address}
-    cluster.run_task("sweep-2", exp, t[0])  # another sweep on the same worker starts afresh
-    assert (asked[-1].warmups, asked[-1].calibrated) == (1, None) and set(cluster._HOST_POINTS) == {("sweep-2", 0)}
+    cluster_task.run_task("sweep-2", exp, t[0])  # another sweep on the same worker starts afresh
+    assert (asked[-1].warmups, asked[-1].calibrated) == (1, None) and set(cluster_task._HOST_POINTS) == {("sweep-2", 0)}
 
 
 def test_a_run_missing_its_image_on_a_host_fails_there_in_one_line(tmp_path):
@@ -285,10 +285,10 @@ def test_a_host_with_another_numaemu_refuses_the_run():
 def test_the_task_process_returns_its_outcome_or_a_failure_naming_how_it_ended(tmp_path, monkeypatch):
     exp = replace(EXP, image=tmp_path / "vmlinux", image_scale=1.0)
     task = plan_tasks(exp)[0]
-    out = cluster.run_in_process(RunRequest(exp, task, 0, None), lambda: False)  # a real process, its image missing
+    out = cluster_task.run_in_process(RunRequest(exp, task, 0, None), lambda: False)  # a real process, its image missing
     assert out.failure is not None and out.failure.detail.startswith("--image: ") and "no such file" in out.failure.detail
-    monkeypatch.setattr(cluster, "RUNNER", "numaemu.no_such_module")  # a process that ends without an outcome
-    out = cluster.run_in_process(RunRequest(exp, task, 0, None), lambda: False)
+    monkeypatch.setattr(cluster_task, "RUNNER", "numaemu.no_such_module")  # a process that ends without an outcome
+    out = cluster_task.run_in_process(RunRequest(exp, task, 0, None), lambda: False)
     assert out.failure.detail == f"its process exited with code 1: {sys.executable}: No module named numaemu.no_such_module (at {task.label()})"
 
 
@@ -306,7 +306,7 @@ class FakeFuture:
 
 def test_dask_s_own_failures_are_failed_runs():
     KilledWorker = pytest.importorskip("distributed").KilledWorker
-    sweep = cluster.ClusterSweep.__new__(cluster.ClusterSweep)
+    sweep = cluster_sweep.ClusterSweep.__new__(cluster_sweep.ClusterSweep)
     task = plan_tasks(EXP)[2]
     sweep.attempts = {2: [{"worker": "w1", "host": "a"}, {"worker": "w2", "host": "b"}, {"worker": "w3", "host": "b"}, {"worker": "w4", "host": "c"}]}
     out = sweep._outcome(FakeFuture("error", KilledWorker("key", None, 3)), task)
@@ -384,7 +384,7 @@ def test_a_cancelled_task_stops_its_process_and_its_nodes(no_leaks):
         return len(nodes) >= 2
 
     t0 = time.monotonic()
-    assert cluster.run_in_process(RunRequest(exp, plan_tasks(exp)[0], 0, None), cancelled) is None
+    assert cluster_task.run_in_process(RunRequest(exp, plan_tasks(exp)[0], 0, None), cancelled) is None
     assert time.monotonic() - t0 < 20 and seen
     assert not running([psutil.Process(p) for p in set(seen) if psutil.pid_exists(p)])
 

@@ -8,6 +8,8 @@ no segment and no process is left."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -21,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from numaemu.host.segments import SHM_DIR, list_segments
+from numaemu.host.segments import SHM_DIR, list_segments, prune_stale
 
 from .conftest import ROOT
 
@@ -347,3 +349,187 @@ def test_fault_hook_documented_and_refused_when_malformed(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: NUMAEMU_FAULT: '1:nowhere': point 'nowhere' is not one of spawn, attach, fill, ready, run, stop_machine, int3_sync, report"
     assert "NUMAEMU_FAULT" in Path(ROOT, "README.md").read_text()
+
+
+# -- no process outlives the CLI, and a child learns of its parent's death from the kernel ------
+
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+@pytest.fixture
+def adopted():
+    """This test process as the child subreaper of what it starts (prctl(2)): a process that
+    outlives its parent is re-parented here, not to init. So once the CLI has returned and been
+    reaped, whatever of its tree outlived it is a child of this process, still running or ended
+    since (a zombie): race-free, however briefly it outlived the CLI. Yields the function that
+    lists those children; kills and reaps them at the end."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip("no PR_SET_CHILD_SUBREAPER here (Linux 3.4+)")
+    before = {p.pid for p in psutil.Process().children()}
+    try:
+        yield lambda: sorted(p.pid for p in psutil.Process().children() if p.pid not in before)
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        for p in psutil.Process().children():
+            if p.pid not in before:
+                with contextlib.suppress(psutil.Error, ChildProcessError):
+                    p.kill()
+                    os.waitpid(p.pid, 0)
+
+
+def _tree(proc: subprocess.Popen) -> dict[int, str]:
+    out = {}
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            out[p.pid] = " ".join(p.cmdline())
+    return out
+
+
+def _first_point_then_ctrl_c(proc: subprocess.Popen) -> dict[int, str]:
+    """bench: wait for the first point's summary; then Ctrl-C, as `_bench_interrupted` does."""
+    from .test_cluster import wait_for
+
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    wait_for(lambda: any(" repetitions, " in line for line in lines), proc, "the first point's summary")
+    tree = _tree(proc)  # the LocalCluster's worker, its task's process, its nodes, multiprocessing's helpers
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    err = proc.stderr.read()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted; every node stopped and every segment removed", err
+    assert gone(tree)
+    return tree
+
+
+@pytest.mark.parametrize("command", [
+    (*RUN[:-4], "--duration", "60", "--time-scale", "1"),
+    ("stress", *SMALL, "--duration", "60", "--source", "mixed"),
+    ("run", *SMALL, "--policy", "single", "--duration", "60", "--time-scale", "1", "--start-method", "forkserver"),
+    ("bench", *SMALL, "--topology", "2s-xeon,4", "--policy", "replicate", "--requests", "2000", "--time-scale", "1", "--no-progress",
+     "--repeat", "2", "--warmup", "0", "--cluster", "local"),
+], ids=["run", "stress", "run-forkserver", "bench-cluster-local"])
+def test_no_process_outlives_the_cli_after_ctrl_c(no_leaks, adopted, tmp_path, command):
+    # Every process the CLI started (nodes, multiprocessing's resource tracker and fork server,
+    # the LocalCluster's worker and its task's process) has ended, and been reaped, when it returns.
+    if "--cluster" in command:
+        pytest.importorskip("distributed")
+    with popen(*command, "--json", str(tmp_path / "o.json")) as proc:
+        if "--cluster" in command:
+            tree = _first_point_then_ctrl_c(proc)
+        else:
+            tree = {pid: "" for pid in _started(proc)} | _tree(proc)
+            _interrupted(proc, signal.SIGINT, list(tree))
+    left = adopted()
+    assert not left, f"outlived the CLI: {[(pid, tree.get(pid, '?')) for pid in left]}"
+    assert json.loads((tmp_path / "o.json").read_text())["interrupted"] is True
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_killed_coordinator_s_nodes_leave_whatever_the_start_method(no_leaks, tmp_path, method):
+    # fork: test_a_killed_coordinator_is_cleaned_up_after. Under spawn a node is told by a signal
+    # (PR_SET_PDEATHSIG), under forkserver (whose server outlives the coordinator) by a pipe's end.
+    proc = popen(*RUN[:-4], "--duration", "60", "--time-scale", "1", "--start-method", method, "--json", str(tmp_path / "x.json"))
+    children = [psutil.Process(pid) for pid in _started(proc)]
+    if method == "forkserver":  # the nodes are the fork server's children
+        children = [c for p in children for c in p.children()]
+    nodes = [p.pid for p in children if "resource_tracker" not in " ".join(p.cmdline())]
+    assert len(nodes) == 2, nodes
+    t0 = time.monotonic()
+    proc.kill()
+    proc.communicate()
+    while not gone(nodes) and time.monotonic() - t0 < 5:
+        time.sleep(0.005)
+    assert gone(nodes) and time.monotonic() - t0 < 2.0, f"nodes still running {time.monotonic() - t0:.2f} s after the coordinator died"
+    again, _ = cli(*RUN, "--json", str(tmp_path / "y.json"))  # removes the dead run's segments
+    assert again.returncode == 0 and "left by dead numaemu runs" in again.stdout, again.stderr
+
+
+def _ask(conn, timeout: float = 10.0):
+    assert conn.poll(timeout), "the child did not answer"
+    return conn.recv()
+
+
+def _watching_child(conn, parent: int) -> None:
+    """A node's view of the process that started it: how it watches it, whether it is gone, and
+    how many death signals it got, each time asked."""
+    from numaemu.runtime.lifetime import watch_parent
+
+    watch = watch_parent(parent)
+    while True:
+        conn.send((watch.how, watch.gone(), watch.signals))
+        if conn.recv() == "stop":
+            return
+
+
+def test_a_node_outlives_the_thread_that_started_it_not_its_coordinator():
+    # PR_SET_PDEATHSIG fires when the parent *thread* ends: a node started by a thread that then
+    # ends (its coordinator living on) must not take that for its coordinator's death.
+    import multiprocessing as mp
+
+    here, there = mp.Pipe()
+    child = mp.get_context("spawn").Process(target=_watching_child, args=(there, os.getpid()), daemon=True)
+
+    def start() -> None:  # and stay until the child is watching
+        child.start()
+        assert _ask(here, 60) == ("signal", False, 0)
+
+    t = threading.Thread(target=start)
+    t.start()
+    t.join()
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # its starting thread is gone: the kernel signals it (re-parenting it to another thread)
+            here.send("again")
+            how, dead, signals = _ask(here)
+            assert (how, dead) == ("signal", False)
+            if signals or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert signals == 1, "the death of its starting thread should have been signalled"
+        here.send("stop")
+    finally:
+        child.join(10)
+
+
+BASELINE = "import sys; from numaemu.measure.baselines import {fn}\nif __name__ == '__main__': {fn}(10**9, 'fork')"
+
+
+@pytest.mark.parametrize(("fn", "victim", "said"), [
+    ("flag_round_trip_ns", 0, "flag round trip: its echo process (pid {pid}) was killed by SIGKILL before the baseline was done"),
+    ("barrier_round_ns", 0, "multiprocessing.Barrier round: its timing process (pid {pid}) was killed by SIGKILL before the baseline was done"),
+    ("barrier_round_ns", 1, "multiprocessing.Barrier round: its barrier peer process (pid {pid}) was killed by SIGKILL before the baseline was done"),
+], ids=["flag", "barrier-timing", "barrier-peer"])
+def test_a_baseline_whose_peer_dies_fails_at_once_naming_it(no_leaks, fn, victim, said):
+    proc = subprocess.Popen([sys.executable, "-c", BASELINE.format(fn=fn)], stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 30
+    while len(kids := [p.pid for p in sorted(psutil.Process(proc.pid).children(), key=lambda p: (p.create_time(), p.pid))]) <= victim:
+        assert proc.poll() is None and time.monotonic() < deadline, "the baseline never started"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    os.kill(kids[victim], signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 2.0
+    assert err.strip().splitlines()[-1] == "numaemu.measure.baselines.BaselineFailure: " + said.format(pid=kids[victim]), err
+    assert gone(kids)
+
+
+@pytest.mark.parametrize("fn", ["flag_round_trip_ns", "barrier_round_ns"])
+def test_a_baseline_s_children_leave_when_it_dies(no_leaks, fn):
+    proc = subprocess.Popen([sys.executable, "-c", BASELINE.format(fn=fn)], stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 30
+    n = 1 if fn == "flag_round_trip_ns" else 2
+    while len(kids := [p.pid for p in psutil.Process(proc.pid).children() if "resource_tracker" not in " ".join(p.cmdline())]) < n:
+        assert proc.poll() is None and time.monotonic() < deadline, "the baseline never started"
+        time.sleep(0.02)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.kill()
+    proc.wait()
+    while not gone(kids) and time.monotonic() - t0 < 5:
+        time.sleep(0.005)
+    assert gone(kids) and time.monotonic() - t0 < 1.0, f"a baseline's child still running {time.monotonic() - t0:.2f} s after it died"
+    left = [n for n in prune_stale() if n.startswith(f"numaemu-{proc.pid}-")]  # what the next command removes
+    assert [n.rsplit("-", 1)[1] for n in left] == (["flag"] if fn == "flag_round_trip_ns" else [])

@@ -19,6 +19,7 @@ from numaemu import __version__
 from numaemu.cli import bench, calibrate, inspect, run, stress
 from numaemu.cli.options import Parser
 from numaemu.errors import NodeFailure, UsageError
+from numaemu.runtime.lifetime import Descendants
 
 __all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_NODE_FAILURE", "EXIT_INTERRUPTED"]
 
@@ -50,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGINT and SIGTERM take one path, so the coordinator's cleanup runs either way (also when
     # a shell started us in the background with SIGINT ignored).
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    descendants = Descendants()  # every process started from here on has ended when main returns
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return getattr(args, "outcome", 0)
     finally:
+        descendants.end()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

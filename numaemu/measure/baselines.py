@@ -249,7 +249,7 @@ def _wait_for_figure(result: Connection, peers: list[_Peer], timeout_s: float) -
     deadline = time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()
-        ready = wait_any([result, *(p.sentinel for p in peers)], max(0.0, left))
+        ready = wait_any([result, *(p.sentinel for p in peers)], min(max(0.0, left), 1.0))
         if result in ready:
             try:
                 return float(result.recv())

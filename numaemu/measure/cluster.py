@@ -1,16 +1,16 @@
 """``numaemu bench --cluster ADDRESS``: a sweep's runs spread over hosts by a Dask distributed cluster.
 
-Each task of the sweep (`bench.plan_tasks`: one measured repetition of one point, every policy
+Each task of the sweep (`experiment.plan_tasks`: one measured repetition of one point, every policy
 in it) is submitted to the scheduler at ADDRESS (``--cluster local``: a `distributed.LocalCluster`
 of one worker on this machine) with the worker resource ``numaemu=1``. A host's node processes
 are pinned to its CPUs, so a host must run one emulation at a time: each host runs one worker
 that has that resource once (``dask worker ADDRESS --nworkers 1 --nthreads 1 --resources
 numaemu=1``), and Dask never gives it a second task while one is running.
 
-On the worker, `run_task` runs the task in a fresh process (`runner`, which says why) and keeps,
-per sweep and point, what this host has already done for the point: its calibrated time scale and
-whether it ran the point's warmups. So a host calibrates and warms up once per point, as a local
-sweep does, not once per task.
+On the worker, `cluster_task.run_task` runs the task in a fresh process (`runner`, which says why)
+and keeps, per sweep and point, what this host has already done for the point: its calibrated
+time scale and whether it ran the point's warmups. So a host calibrates and warms up once per
+point, as a local sweep does, not once per task.
 
 Failures are told apart by whose they are. A run that fails on its own merits (a node died, a
 file missing on that host, its process crashed) comes back as an outcome with its failure, a
@@ -21,38 +21,32 @@ ends in KilledWorker and is reported failed); each start and end of a task is lo
 (`ATTEMPTS`), so the retries are counted, and Ctrl-C waits until every running task has stopped
 its process.
 
-`distributed` is imported only here and only when a cluster is used: it is an optional extra
-(``numaemu[cluster]``).
+The modules: this one, the address, the constants both sides share and the client's connection
+(`ClusterSession`, which starts and closes the LocalCluster); `cluster_task`, the worker's side;
+`cluster_sweep`, the sweep on the client (`ClusterSweep`: submit, gather, progress, cancel).
+`distributed` is imported only in these and only when a cluster is used: it is an optional extra
+(``numaemu[cluster]``); it has no type information worth the name, so its module is `Any` here
+(`distributed_module`).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
-import pickle
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from numaemu.errors import UsageError
-from numaemu.measure.experiment import Experiment, RunTask, plan_tasks
-from numaemu.measure.report import format_point
-from numaemu.measure.runner import RunRequest
-from numaemu.measure.sweep import RunFailure, RunOutcome, SweepLedger
-from numaemu.runtime.results import host_id, host_metadata
 
-__all__ = ["RESOURCE", "ClusterSession", "ClusterSweep", "check_available", "parse_address", "run_task"]
+if TYPE_CHECKING:
+    from numaemu.measure.cluster_sweep import ClusterSweep
+
+__all__ = ["RESOURCE", "ATTEMPTS", "ClusterSession", "ClusterSweep", "check_available", "parse_address", "distributed_module"]
 
 RESOURCE = "numaemu"  # the worker resource a host's one worker has once: one emulation per host
 INSTALL_HINT = "needs the cluster extra: pip install 'numaemu[cluster]'"
@@ -63,7 +57,6 @@ PROGRESS_S = 1.0  # the progress line's refresh (each asks the scheduler what ru
 CANCEL_WAIT_S = 10.0  # after Ctrl-C: for running tasks to stop their processes before the client goes
 STOP_WAIT_S = 30.0  # for a task's process to stop once told to (the coordinator stops within a second)
 ATTEMPTS = "numaemu-attempt"  # event topic: a worker started ("start") or ended ("end") a task
-RUNNER = "numaemu.measure.runner"  # the module a task's process runs
 # Dask's own periodic work, made rarer for --cluster local: its scheduler, nanny and worker share
 # this host's CPUs with the run's pinned nodes, and on a small host every wake-up steals paced
 # time (2 nodes on 2 CPUs: pacing loss 3% run alone, 6-11% beside a LocalCluster's defaults,
@@ -103,140 +96,39 @@ def check_available() -> None:
         raise UsageError("--cluster", INSTALL_HINT) from None
 
 
-# --------------------------------------------------------------------------------------------
-# The worker's side
+def distributed_module() -> Any:
+    """The `distributed` package (imported on first use: an optional extra)."""
+    return importlib.import_module("distributed")
 
 
-@dataclass(frozen=True)
-class _HostPoint:
-    """What this host has done for one point of one sweep."""
+def __getattr__(name: str) -> Any:
+    """`ClusterSweep`, from here as from its own module: this module is the entry point of
+    ``--cluster`` (cluster_sweep imports this one, so it is looked up only when asked for)."""
+    if name == "ClusterSweep":
+        from numaemu.measure.cluster_sweep import ClusterSweep
 
-    calibrated: tuple[float, dict] | None = None
-    warmed: bool = False
-
-
-_HOST_POINTS: dict[tuple[str, int], _HostPoint] = {}  # (sweep, point index): one worker process = one host
-_HOST_LOCK = threading.Lock()
-
-
-def run_task(sweep: str, exp: Experiment, task: RunTask) -> RunOutcome | None:
-    """A Dask task: run `task` of sweep `sweep` on this host, in a fresh process (`runner`).
-    Returns its outcome (its failure included), or None when the task was cancelled meanwhile
-    (Ctrl-C on the client): its process is stopped then, not left to finish."""
-    import distributed
-
-    worker = distributed.get_worker()
-    key = worker.get_current_task()
-    event = {"sweep": sweep, "task": task.index, "worker": worker.address, "host": host_id(host_metadata())}
-    worker.log_event(ATTEMPTS, {**event, "event": "start"})
-    try:
-        return _run_task(sweep, exp, task, worker, key)
-    finally:  # its process has ended: the client, cancelling, waits for this (ClusterSweep._cancel)
-        worker.log_event(ATTEMPTS, {**event, "event": "end"})
-
-
-def _run_task(sweep: str, exp: Experiment, task: RunTask, worker: Any, key: object) -> RunOutcome | None:
-    with _HOST_LOCK:
-        for old in [k for k in _HOST_POINTS if k[0] != sweep]:  # a later sweep on a long-lived worker
-            del _HOST_POINTS[old]
-        done = _HOST_POINTS.get((sweep, task.point_index), _HostPoint())
-    request = RunRequest(exp, task, 0 if done.warmed else exp.warmup, done.calibrated)
-    outcome = run_in_process(request, lambda: _cancelled(worker, key))
-    if outcome is not None:  # a failed repetition may still have calibrated, or warmed up, first
-        with _HOST_LOCK:
-            _HOST_POINTS[(sweep, task.point_index)] = _HostPoint(outcome.calibrated or done.calibrated, done.warmed or outcome.warmups == request.warmups)
-    return outcome
-
-
-def _cancelled(worker: Any, key: object) -> bool:
-    """Whether the scheduler no longer wants `key` from `worker`: the client cancelled it (or
-    went away), or the worker is closing."""
-    from distributed.core import Status
-
-    ts = worker.state.tasks.get(key)
-    return ts is None or ts.state in ("cancelled", "released", "forgotten") or worker.status not in (Status.running, Status.paused)
-
-
-def run_in_process(request: RunRequest, cancelled: Callable[[], bool]) -> RunOutcome | None:
-    """Run `request` in ``python -m numaemu.measure.runner`` and return its outcome; a process that ends
-    without one is a failure of the run. `cancelled` is asked every `POLL_S`: once it says so,
-    the process is sent SIGTERM (it stops its nodes and removes its segments) and None returned."""
-    task = request.task
-    proc = subprocess.Popen(
-        [sys.executable, "-m", RUNNER, str(os.getpid())],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    data: bytes | None = pickle.dumps(request)
-    try:
-        while True:
-            try:
-                out, err = proc.communicate(data, timeout=POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                data = None  # sent (or being sent: communicate goes on where it stopped)
-                if cancelled():
-                    proc.terminate()
-                    proc.communicate(timeout=STOP_WAIT_S)
-                    return None
-    except BaseException:  # this thread is going away: the process must not outlive it
-        proc.terminate()
-        try:
-            proc.wait(STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
-    if proc.returncode == 0:
-        try:
-            return pickle.loads(out)
-        except Exception as exc:
-            why = f"its outcome could not be read ({type(exc).__name__}: {exc})"
-    else:
-        rc = proc.returncode
-        why = f"its process exited with code {rc}" if rc > 0 else f"its process was killed by {signal.Signals(-rc).name}"
-    tail = err.decode(errors="replace").strip().splitlines()
-    last = f": {tail[-1]}" if tail else ""
-    return RunOutcome(task, failure=RunFailure(task, host_id(host_metadata()), f"{why}{last} (at {task.label()})"))
+        return ClusterSweep
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------
-# The client's side
+# The client's connection
 
 
 class ClusterSession:
     """The client of a Dask scheduler, and the LocalCluster it started for ``--cluster local``;
-    `close` closes both, on every path (idempotent)."""
+    `close` closes both, on every path (idempotent), a failure or a Ctrl-C while connecting
+    included."""
 
     def __init__(self, address: str, log: Callable[[str], None] = print) -> None:
-        import distributed
-
         self.address = address
-        self.cluster = None
-        self.client = None
-        if address == "local":
-            # Workers log to stderr at WARNING by default (a restarted worker, a slow event
-            # loop): the sweep's own lines say what matters.
-            _quiet_logs()
-            import dask
-
-            dask.config.set(QUIET)  # this process's config, which the nanny hands its worker
-            with _sigint_ignored():
-                self.cluster = distributed.LocalCluster(
-                    n_workers=1, threads_per_worker=1, processes=True, resources={RESOURCE: 1},
-                    dashboard_address=None, silence_logs=logging.CRITICAL,
-                )
-            self.client = distributed.Client(self.cluster)
-        else:
-            _quiet_logs()
-            try:
-                self.client = distributed.Client(address, timeout=CONNECT_TIMEOUT_S)
-            except (OSError, TimeoutError):
-                # Dask retries a refused or unresolvable address until the timeout, and then
-                # says only that it timed out.
-                raise UsageError("--cluster", f"no Dask scheduler answered at {address} within {CONNECT_TIMEOUT_S:g} s; start one there with `dask scheduler` (it listens on port {DEFAULT_PORT})") from None
+        self._cluster: Any = None  # distributed.LocalCluster, for --cluster local
+        self._client: Any = None  # distributed.Client
+        self.workers: dict[str, dict[str, Any]] = {}
         try:
+            self._connect()
             self.workers = self.wait_for_workers()
-        except BaseException:
+        except BaseException:  # a LocalCluster started is not left running
             self.close()
             raise
         hosts: dict[str, list[str]] = {}
@@ -246,7 +138,40 @@ class ClusterSession:
             if len(addrs) > 1:
                 log(f"note: {len(addrs)} workers with the {RESOURCE} resource on {host}: their runs share its CPUs (start one worker per host)")
 
-    def wait_for_workers(self) -> dict[str, dict]:
+    def _connect(self) -> None:
+        distributed = distributed_module()
+        # Workers log to stderr at WARNING by default (a restarted worker, a slow event loop),
+        # and the client its reconnection tracebacks: the sweep's own lines say what matters.
+        _quiet_logs()
+        if self.address == "local":
+            importlib.import_module("dask").config.set(QUIET)  # this process's config, which the nanny hands its worker
+            with _sigint_ignored():
+                self._cluster = distributed.LocalCluster(
+                    n_workers=1, threads_per_worker=1, processes=True, resources={RESOURCE: 1},
+                    dashboard_address=None, silence_logs=logging.CRITICAL,
+                )
+            self._client = distributed.Client(self._cluster)
+            return
+        try:
+            self._client = distributed.Client(self.address, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            # Dask retries a refused or unresolvable address until the timeout, and then
+            # says only that it timed out.
+            start = f"start one there with `dask scheduler` (it listens on port {DEFAULT_PORT})"
+            raise UsageError("--cluster", f"no Dask scheduler answered at {self.address} within {CONNECT_TIMEOUT_S:g} s; {start}") from None
+
+    @property
+    def client(self) -> Any:
+        """The `distributed.Client`; RuntimeError once the session is closed."""
+        if self._client is None:
+            raise RuntimeError("the Dask cluster session is closed")
+        return self._client
+
+    @property
+    def closed(self) -> bool:
+        return self._client is None
+
+    def wait_for_workers(self) -> dict[str, dict[str, Any]]:
         """The scheduler's workers that have the `RESOURCE`, once there is one; UsageError
         naming --cluster if none comes within `WORKER_WAIT_S`."""
         wait_s = WORKER_WAIT_S
@@ -263,17 +188,24 @@ class ClusterSession:
                 )
             time.sleep(POLL_S)
 
-    def workers_now(self) -> dict[str, dict]:
+    def workers_now(self) -> dict[str, dict[str, Any]]:
         """The scheduler's workers that have the `RESOURCE` (address -> its info)."""
-        return {a: w for a, w in self.client.scheduler_info()["workers"].items() if w.get("resources", {}).get(RESOURCE, 0) >= 1}
+        workers: dict[str, dict[str, Any]] = self.client.scheduler_info()["workers"]
+        return {a: w for a, w in workers.items() if w.get("resources", {}).get(RESOURCE, 0) >= 1}
 
     def close(self) -> None:
-        client, cluster = self.client, self.cluster
-        self.client = self.cluster = None
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        """Close the client, then the LocalCluster: its nanny stops its worker process and waits
+        for it, and the worker's task thread, told so, first stops its task's process
+        (`cluster_task.run_in_process`), which stops its nodes. Whatever is left after a second
+        Ctrl-C, ``numaemu`` waits for, or kills, before it exits (runtime/lifetime.py)."""
+        client, cluster = self._client, self._cluster
+        self._client = self._cluster = None
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
 
 
 def _quiet_logs() -> None:
@@ -304,196 +236,3 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-class ClusterSweep:
-    """One sweep's tasks on a cluster: submit them all, gather their outcomes into a
-    `SweepLedger` as they come, show progress, and on any exit cancel what is left.
-
-    `ledger` and `info()` hold what was done so far, for the JSON, also after an interrupt."""
-
-    def __init__(self, exp: Experiment, session: ClusterSession, *, progress: bool | None, log: Callable[[str], None]) -> None:
-        self.exp = exp
-        self.session = session
-        self.progress = progress
-        self.log = log
-        self.ledger = SweepLedger(exp)
-        self.sweep = uuid.uuid4().hex
-        self.tasks = plan_tasks(exp)
-        self.attempts: dict[int, list[dict]] = {}  # task index -> each start of it: its worker and host
-
-    def run(self, done: list[dict] | None = None) -> list[dict]:
-        """Run every task; return the summaries of the points that have a successful repetition
-        (`ledger.failures` and `ledger.failed_points` have the rest). `done` receives each
-        point's summary as it completes."""
-        client = self.session.client
-        futures = {
-            client.submit(run_task, self.sweep, self.exp, t, key=f"numaemu-{self.sweep[:12]}-{t.index}", resources={RESOURCE: 1}, priority=-t.index, pure=False): t
-            for t in self.tasks
-        }
-        bar = tqdm(total=len(self.tasks), unit="task", disable=None if self.progress is None else not self.progress, leave=False, dynamic_ncols=True)
-        pending = set(futures)
-        no_worker_since: float | None = None
-
-        def fail_the_rest(why: str) -> None:
-            for f in sorted(pending, key=lambda f: futures[f].index):
-                t = futures[f]
-                self._take(RunOutcome(t, failure=RunFailure(t, None, f"{why} (at {t.label()})")), bar, done)
-            bar.update(len(pending))
-            pending.clear()
-
-        try:
-            while pending:
-                try:
-                    finished, running = self._poll(client, futures, pending, bar, done)
-                except Exception:
-                    if client.status == "running":
-                        raise
-                    # The scheduler is gone and Dask gave up reconnecting (it cancels every future
-                    # then): what had not come back is failed, and the sweep ends with what did.
-                    fail_the_rest(f"the connection to the Dask scheduler at {self.session.address} was lost")
-                    break
-                pending -= finished
-                if pending and not running:
-                    no_worker_since = no_worker_since or time.monotonic()
-                    if time.monotonic() - no_worker_since > WORKER_WAIT_S:
-                        no_worker_since = None
-                        if not self.session.workers_now():  # every worker gone: fail what is left, not wait forever
-                            client.cancel(list(pending))
-                            fail_the_rest(f"no worker with the {RESOURCE} resource for {WORKER_WAIT_S:g} s")
-                else:
-                    no_worker_since = None
-        except BaseException:
-            bar.close()
-            self._cancel(list(pending))
-            raise
-        bar.close()
-        return self.ledger.summaries()
-
-    def _poll(self, client: Any, futures: dict, pending: set, bar: tqdm, done: list[dict] | None) -> tuple[set, int]:
-        """Wait up to `PROGRESS_S` for tasks to end; take their outcomes, say which tasks were
-        started again, refresh the progress line. Returns the tasks that ended and how many of
-        the others run now."""
-        import distributed
-
-        try:
-            finished = set(distributed.wait(list(pending), timeout=PROGRESS_S, return_when="FIRST_COMPLETED").done)
-        except TimeoutError:
-            finished = set()
-        events = self._events(client)
-        restarted = self._count_attempts(events)
-        if restarted:
-            bar.clear()
-            for line in restarted:
-                self.log(line)
-        for f in sorted(finished, key=lambda f: futures[f].index):
-            self._take(self._outcome(f, futures[f]), bar, done)
-        waiting = {futures[f].index for f in pending - finished}
-        running = len({t for t, _ in self._running(client, events)} & waiting)
-        retried = sum(len(a) > 1 for a in self.attempts.values())
-        failed = len(self.ledger.failures)
-        bar.set_postfix_str(f"done {len(self.tasks) - len(waiting)}, running {running}, failed {failed}" + (f", retried {retried}" if retried else ""), refresh=False)
-        bar.update(len(finished))
-        return finished, running
-
-    def _take(self, outcome: RunOutcome, bar: tqdm, done: list[dict] | None) -> None:
-        summary = self.ledger.add(outcome)
-        lines = []
-        if outcome.pruned:
-            host = outcome.setup.host_id if outcome.setup else outcome.failure.host if outcome.failure else None
-            lines.append(f"{host or 'a host'}: removed {len(outcome.pruned)} shared-memory segment(s) left by dead numaemu runs: {', '.join(outcome.pruned)}")
-        if outcome.failure is not None:
-            lines.append(outcome.failure.line())
-        if summary is not None:
-            if done is not None:
-                done.append(summary)
-            lines.append(format_point(summary))
-        if outcome.failure is not None and summary is None and outcome.task.point in self.ledger.failed_points:
-            lines.append(f"{outcome.task.point.label()}: every repetition failed; no summary")
-        if lines:
-            bar.clear()
-            for line in lines:
-                self.log(line)
-
-    def _outcome(self, future: Any, task: RunTask) -> RunOutcome:
-        """The task's outcome, or the failure Dask reports for it (its workers kept dying:
-        KilledWorker; anything else Dask raised)."""
-        if future.status == "finished":
-            outcome = future.result()
-            if outcome is not None:
-                return outcome
-            why = "it was cancelled on its worker"
-        elif future.status == "error":
-            exc = future.exception()
-            if type(exc).__name__ == "KilledWorker":  # distributed.scheduler.KilledWorker
-                why = f"the Dask workers running it died, {exc.allowed_failures + 1} times (distributed.scheduler.allowed-failures is {exc.allowed_failures})"
-            else:
-                why = f"Dask: {type(exc).__name__}: {_reason(exc)}"
-        else:
-            why = f"Dask reports it {future.status}"
-        starts = self.attempts.get(task.index)
-        return RunOutcome(task, failure=RunFailure(task, starts[-1]["host"] if starts else None, f"{why} (at {task.label()})"))
-
-    def _count_attempts(self, events: list[dict]) -> list[str]:
-        """Read the starts of our tasks (`ATTEMPTS` events) into `attempts`; return a line for
-        each task started again since the last look (its worker was lost)."""
-        attempts: dict[int, list[dict]] = {}
-        for msg in events:
-            if msg["event"] == "start":
-                attempts.setdefault(msg["task"], []).append({"worker": msg["worker"], "host": msg["host"]})
-        lines = [
-            f"{self.tasks[i].label()}: started again on {starts[-1]['worker']} ({starts[-1]['host']}): the worker running it was lost"
-            for i, starts in attempts.items() if len(starts) > len(self.attempts.get(i, ())) and len(starts) > 1
-        ]
-        self.attempts = attempts
-        return lines
-
-    def _events(self, client: Any) -> list[dict]:
-        return [m for _, m in client.get_events(ATTEMPTS) if isinstance(m, dict) and m.get("sweep") == self.sweep]
-
-    def _running(self, client: Any, events: list[dict] | None = None) -> set[tuple[int, str]]:
-        """(task, worker) of each task started on a worker still there and not ended: whose
-        process may still run. (The scheduler forgets a cancelled task at once, and counts as
-        processing the tasks it has queued on a worker, not started; the worker's thread goes
-        on until the task returns.)"""
-        events = self._events(client) if events is None else events
-        started = {(m["task"], m["worker"]) for m in events if m["event"] == "start"}
-        ended = {(m["task"], m["worker"]) for m in events if m["event"] == "end"}
-        alive = set(client.scheduler_info()["workers"])
-        return {(t, w) for t, w in started - ended if w in alive}
-
-    def _cancel(self, pending: list) -> None:
-        """Cancel what is left and wait (`CANCEL_WAIT_S` at most) until no task of ours runs:
-        each running one sees its cancellation within `POLL_S` and stops its process, which
-        stops its nodes and removes its segments, so none of this sweep's processes outlives
-        it, on any host (a LocalCluster's worker is closed next). A second Ctrl-C stops waiting."""
-        client = self.session.client
-        if client is None:
-            return
-        try:
-            client.cancel(pending)
-            deadline = time.monotonic() + CANCEL_WAIT_S
-            while time.monotonic() < deadline and self._running(client):
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            pass
-        except Exception:  # the scheduler is gone: nothing left to cancel there
-            pass
-
-    def info(self) -> dict:
-        """The JSON's ``cluster``: where the sweep ran and what was retried."""
-        retried = [
-            {**t.to_json(), "attempts": self.attempts[t.index]}
-            for t in self.tasks if len(self.attempts.get(t.index, ())) > 1
-        ]
-        return {
-            "address": self.session.address,
-            "workers": [{"address": a, "host": w.get("host"), "resources": w.get("resources")} for a, w in self.session.workers.items()],
-            "hosts": self.ledger.hosts,
-            "retried_runs": retried,
-        }

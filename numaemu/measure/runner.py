@@ -1,6 +1,6 @@
 """``python -m numaemu.measure.runner``: one task of a ``bench --cluster`` sweep, in a fresh process.
 
-A Dask worker runs each task (`cluster.run_task`) by starting this module and waiting for it,
+A Dask worker runs each task (`cluster_task.run_task`) by starting this module and waiting for it,
 rather than running the emulation in the worker itself, because:
 
 - Dask worker processes are daemonic, and multiprocessing refuses to start children of a
@@ -33,6 +33,7 @@ import pickle
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from numaemu import __version__
 from numaemu.errors import NodeFailure, UsageError
@@ -41,6 +42,7 @@ from numaemu.host.fit import check_host_fits, run_needs
 from numaemu.host.segments import prune_stale
 from numaemu.measure.experiment import Experiment, RunTask
 from numaemu.measure.sweep import RunFailure, RunOutcome, prepare_point, run_repetition, run_warmups
+from numaemu.model.image import KernelImage
 from numaemu.model.topology import Topology
 from numaemu.runtime.lifetime import die_with_parent
 from numaemu.runtime.results import host_record
@@ -59,7 +61,7 @@ class RunRequest:
     exp: Experiment
     task: RunTask
     warmups: int
-    calibrated: tuple[float, dict] | None
+    calibrated: tuple[float, dict[str, Any]] | None
     version: str = __version__
 
 
@@ -74,7 +76,7 @@ def execute(request: RunRequest) -> RunOutcome:
     pruned = tuple(prune_stale())
     # What this host got done for the point stays done if the repetition then fails: its
     # calibration and its warmups are not repeated by its next task of the point.
-    made: tuple[float, dict] | None = None
+    made: tuple[float, dict[str, Any]] | None = None
     warmups = 0
     try:
         image = exp.kernel_image()
@@ -91,7 +93,7 @@ def execute(request: RunRequest) -> RunOutcome:
     return RunOutcome(task, records, setup, calibrated=made, warmups=warmups, pruned=pruned)
 
 
-def _check_fits(exp: Experiment, task: RunTask, image, topo: Topology) -> None:
+def _check_fits(exp: Experiment, task: RunTask, image: KernelImage, topo: Topology) -> None:
     """What ``numaemu bench`` checks up front for its own host, checked here for this one: that
     the point's largest policy fits in this host's /dev/shm and memory."""
     needs = run_needs(topo, image, exp.policies, replicate=task.point.replicate, replicas_every=exp.replicas_every, label=f"{task.point.topology}: ")

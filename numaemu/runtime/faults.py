@@ -76,7 +76,8 @@ def parse_fault(text: str) -> Fault:
         raise ValueError(f"'{text}': point '{parts[1]}' is not one of {', '.join(POINTS)}")
     if numbers[0] < 0 or any(x < 1 for x in numbers[1:]):
         raise ValueError(f"'{text}': NODE must be >= 0, COUNT and SESSION >= 1")
-    return Fault(numbers[0], parts[1], *numbers[1:], action=action)
+    node, count, session = (*numbers, 1, 1)[:3]  # COUNT and SESSION default to 1
+    return Fault(node, parts[1], count, session, action)
 
 
 def fault_from_env(environ: dict[str, str] | None = None) -> Fault | None:
@@ -94,9 +95,9 @@ class FaultHook:
     unarmed (one attribute test), so it can sit in per-batch paths."""
 
     def __init__(self, fault: Fault | None, node: int, record: Callable[[int], None] | None = None) -> None:
-        armed = fault is not None and fault.node == node
-        self.point: str | None = fault.point if armed else None
-        self.left = fault.count if armed else 0
+        armed = fault if fault is not None and fault.node == node else None
+        self.point: str | None = armed.point if armed is not None else None
+        self.left = armed.count if armed is not None else 0
         self.signal = ACTIONS[fault.action] if fault is not None else signal.SIGKILL
         self.record = record  # stores the moment of death where the coordinator can read it
 

@@ -82,9 +82,13 @@ class ParentWatch:
 
     def __init__(self, parent: int) -> None:
         self.parent = parent
-        self.how = "none"  # "self": this is that process (a node run in-process); "signal"; "pipe"
+        # "signal" or "pipe" (see the module docstring); "self": this is that process (a node's
+        # code run in-process); "none": nothing to watch it with (not the main thread of a
+        # multiprocessing child, or no prctl there), so gone() never says so.
+        self.how = "none"
         self._gone = False
         self._pipe: select.poll | None = None
+        self.signals = 0  # death signals received: one each time the parent *thread* went away
         if parent == os.getpid():
             self.how = "self"
             return
@@ -108,8 +112,10 @@ class ParentWatch:
         return self._gone
 
     def _signalled(self) -> None:
-        if self.how == "signal" and os.getppid() != self.parent:
-            self._gone = True
+        if self.how == "signal":
+            self.signals += 1
+            if os.getppid() != self.parent:
+                self._gone = True
 
 
 _WATCHES: dict[tuple[int, int], ParentWatch] = {}  # (this process, the parent it watches); a fork child makes its own
@@ -130,13 +136,13 @@ def _death_signalled(signum: int, frame: FrameType | None) -> None:
             watch._signalled()
 
 
-def _arm_death_signal(sig: int, handler: signal.Handlers | object) -> bool:
+def _arm_death_signal(sig: int, handler: Callable[[int, FrameType | None], None]) -> bool:
     """Install `handler` for `sig`, then ask the kernel for `sig` at the parent's death. False
     (and nothing changed) outside the main thread, where no handler can be installed, or
     without prctl."""
     if threading.current_thread() is not threading.main_thread():
         return False
-    previous = signal.signal(sig, handler)  # type: ignore[arg-type]
+    previous = signal.signal(sig, handler)
     if _prctl(PR_SET_PDEATHSIG, sig):
         return True
     signal.signal(sig, previous)

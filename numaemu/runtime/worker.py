@@ -198,14 +198,14 @@ class NodeContext:
             raise Aborted("the coordinator aborted the run")
         if state == STATE_RECOVER and self.parkable:
             self.park()
-        _check_coordinator(self.cfg)
+        _check_coordinator(self.cfg.coordinator_pid)
         self._next_check = time.perf_counter_ns() + ALIVE_CHECK_NS
 
     def _coordinator_alive(self) -> None:
         """The coordinator check alone, time-gated (for loops that read the state themselves)."""
         now = time.perf_counter_ns()
         if now >= self._next_coordinator_check:
-            _check_coordinator(self.cfg)
+            _check_coordinator(self.cfg.coordinator_pid)
             self._next_coordinator_check = now + ALIVE_CHECK_NS
 
     def park(self) -> None:
@@ -415,9 +415,9 @@ class Aborted(Exception):
     """The coordinator aborted the run (or died): stop, report what there is, exit."""
 
 
-def _check_coordinator(cfg) -> None:
+def _check_coordinator(coordinator_pid: int) -> None:
     # The kernel says when the coordinator has died (lifetime.ParentWatch: a signal at its death,
     # or the end of a pipe it holds closing), never its pid: a dead coordinator's pid may have
     # been given to another process since.
-    if watch_parent(cfg.coordinator_pid).gone():
+    if watch_parent(coordinator_pid).gone():
         raise Aborted("the coordinator is gone")
