@@ -78,7 +78,7 @@ def test_results_of_another_command_or_schema_are_refused(tmp_path):
     run_doc.write_text(json.dumps({"schema": 1, "command": "stress"}))
     with pytest.raises(UsageError, match=r"is not a numaemu run result \(it is from numaemu stress\)"):
         read_document(run_doc, "FILE", "run")
-    with pytest.raises(UsageError, match="has schema 7; this numaemu reads 1"):
+    with pytest.raises(UsageError, match="has schema 7; this numaemu reads 2"):
         RunResult.from_json({"schema": 7, "command": "run", "results": []})
     with pytest.raises(UsageError, match="'.*' is a directory, not a regular file|Is a directory"):
         read_document(tmp_path, "FILE", "run")
@@ -151,3 +151,16 @@ def test_bench_and_calibrate_for_scripts_return_records_that_read_back(no_leaks)
     assert set(host.missed) <= {g["name"] for g in host.goals}
     back = numaemu.CalibrationResult.from_json(json.loads(json.dumps(host.to_json())))
     assert back.figures == host.figures and back.goals == host.goals
+
+
+def test_a_schema_1_result_still_loads_with_its_keys_renamed():
+    """results/bench-db.json was written by schema 1 (per_node busy_s, host_placement)."""
+    old = json.loads((ROOT / "results" / "bench-db.json").read_text())
+    assert old["bench_schema"] == 1 and "busy_s" in json.dumps(old)
+    sweep = numaemu.BenchResult.from_json(old)
+    text = json.dumps(sweep.to_json())
+    assert sweep.document["bench_schema"] == 2 and sweep.document["upgraded_from_schema"] == 1
+    assert "busy_s" not in text and "host_placement" not in text and '"batch_wall_s"' in text
+    assert sweep.speedup("replicate") == old["points"][0]["policies"]["replicate"]["speedup"]["median"]
+    proc = run_numaemu("compare", str(ROOT / "results" / "bench-db.json"), str(ROOT / "results" / "bench-db.json"))
+    assert proc.returncode == 0, proc.stderr

@@ -46,7 +46,7 @@ def nothing_starts(monkeypatch):
         raise AssertionError("bad input got past validation: a run started")
 
     for target in ("numaemu.api.emulation.run_policies", "numaemu.api.emulation.run_stress", "numaemu.api.emulation.prepare_spec",
-                   "numaemu.measure.sweep.run_experiment", "numaemu.measure.cluster.ClusterSession", "numaemu.measure.cluster.ClusterSweep"):
+                   "numaemu.measure.sweep.run_experiment", "numaemu.measure.cluster.ClusterSession", "numaemu.measure.cluster_sweep.ClusterSweep"):
         monkeypatch.setattr(target, started)
     monkeypatch.setattr("numaemu.measure.calibrate.calibrate", started)
     monkeypatch.setattr("numaemu.api.bench.free_space", lambda: (64 * GIB, 64 * GIB))
@@ -761,8 +761,8 @@ RESULTS = [
     ("{d}/stress.json", "'{d}/stress.json' is not a numaemu bench result (it is from numaemu stress)"),
     ("{d}/bad.json", "'{d}/bad.json' is not JSON"),
     ("{d}/emptyd.json", "'{d}/emptyd.json' is not a numaemu bench result"),
-    ("{d}/schema0.json", "'{d}/schema0.json' has bench schema 0; this numaemu reads 1"),
-    ("{d}/noschema.json", "'{d}/noschema.json' has bench schema None; this numaemu reads 1"),
+    ("{d}/schema0.json", "'{d}/schema0.json' has bench schema 0; this numaemu reads 2"),
+    ("{d}/noschema.json", "'{d}/noschema.json' has bench schema None; this numaemu reads 2"),
     ("{d}/nopoints.json", "'{d}/nopoints.json' is a damaged bench result: has no points"),
     ("{d}/damaged.json", "'{d}/damaged.json' is a damaged bench result: points[0]: point must be an object with topology, workload"),
 ]

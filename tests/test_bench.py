@@ -252,10 +252,16 @@ def test_a_node_failure_says_where_in_the_sweep(monkeypatch):
 
 def test_fidelity_lost_counts_every_wall_ns_beyond_the_paced_time():
     from numaemu.runtime.results import _lost_pct
+    from numaemu.runtime.run_node import NodeReport
 
-    on_time = {"paced_ns": 1_000_000_000, "wall_s": 1.0, "overrun_ns": 0}
-    late = {"paced_ns": 1_000_000_000, "wall_s": 1.05, "overrun_ns": 0}  # late wake-ups, no overrun
+    def report(paced_ns: int, wall_s: float) -> NodeReport:
+        return NodeReport(node=0, pid=1, incarnation=0, cpus=(0,), wall_s=wall_s, batch_wall_s=wall_s, requests=1, batches=1, cache_hits=0,
+                          text_fetches_by_home=(0,), user_fetches_by_home=(0,), kernel_ns=0.0, user_ns=0.0, walks=0.0, walk_ns=0.0,
+                          paced_ns=paced_ns, overrun_ns=0, user_sink=0)
+
+    on_time = report(1_000_000_000, 1.0)
+    late = report(1_000_000_000, 1.05)  # late wake-ups, no overrun
     assert _lost_pct([on_time]) == 0.0
     assert _lost_pct([late]) == pytest.approx(5.0)
     assert _lost_pct([on_time, late]) == pytest.approx(2.5)
-    assert _lost_pct([{"paced_ns": 0, "wall_s": 0.1}]) == 0.0
+    assert _lost_pct([report(0, 0.1)]) == 0.0

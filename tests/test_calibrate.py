@@ -225,7 +225,7 @@ def test_json_to_stdout_and_the_log_to_stderr(monkeypatch, capsys) -> None:
     out, err = capsys.readouterr()
     assert code == 0
     doc = json.loads(out)
-    assert doc["command"] == "calibrate" and doc["schema"] == 1
+    assert doc["command"] == "calibrate" and doc["schema"] == 2
     assert doc["argv"] is not None and doc["host"]["cpu_count"] > 0
     assert doc["results"]["patch_round_us"] == 30.0
     assert err.startswith("numaemu calibrate: ") and "goals:" in err
@@ -238,7 +238,7 @@ def test_quick_calibrate_end_to_end(no_leaks, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "goals:" in proc.stdout and f"wrote {target}" in proc.stdout
     doc = json.loads(target.read_text())
-    assert doc["schema"] == 1 and doc["command"] == "calibrate"
+    assert doc["schema"] == 2 and doc["command"] == "calibrate"
     assert doc["argv"] == ["calibrate", "--quick", "--json", str(target)]
     assert doc["settings"]["quick"] is True and doc["host"]["python"]
     r = doc["results"]

@@ -138,7 +138,7 @@ def test_topology_prints_numactl_format(capsys):
 def test_topology_json(capsys):
     code, out, _ = run_cli(capsys, "topology", "2s-xeon", "--json", "-")
     doc = json.loads(out)
-    assert code == 0 and doc["schema"] == 1
+    assert code == 0 and doc["schema"] == 2
     assert doc["topology"]["distance"] == [[10, 21], [21, 10]]
     assert doc["topology"]["latency_ns"] == [[85.0, 136.0], [136.0, 85.0]]
 

@@ -43,7 +43,7 @@ def host(name: str) -> dict:
 
 def setup(name: str, cpus: int = 2, scale: float = 1.0) -> PointSetup:
     return PointSetup(host(name), n_nodes=2, cpus_used=cpus, oversubscribed=cpus < 2, time_scale=scale, calibration={"sharing": 2 / cpus},
-                      topology_detail={"name": "2s-xeon"}, host_placement={"cpus": [[0], [1 % cpus]]})
+                      topology_detail={"name": "2s-xeon"}, host_binding={"cpus": [[0], [1 % cpus]]})
 
 
 def rep(name: str, base: float, speedup: float, model: float = 1.063, node_us: tuple[float, float] = (1300.0, 1460.0)) -> list[dict]:
@@ -185,7 +185,7 @@ def test_one_host_gives_exactly_the_local_summary():
     s = summarise_runs(P1, reps, {host("a")["id"]: setup("a")})
     assert "per_host" not in s and mixed_hosts(s) == []
     assert s == {**summarise_point(P1, reps, n_nodes=2, cpus_used=2, oversubscribed=False),
-                 "time_scale": 1.0, "delays": "model", "calibration": {"sharing": 1.0}, "topology_detail": {"name": "2s-xeon"}, "host_placement": {"cpus": [[0], [1]]}}
+                 "time_scale": 1.0, "delays": "model", "calibration": {"sharing": 1.0}, "topology_detail": {"name": "2s-xeon"}, "host_binding": {"cpus": [[0], [1]]}}
 
 
 def test_a_point_of_two_hosts_passes_the_document_check_and_plots(tmp_path):
@@ -321,8 +321,8 @@ def test_dask_s_own_failures_are_failed_runs():
 
 SMALL = ("--image-scale", "0.05", "--policy", "replicate", "--requests", "2000", "--time-scale", "1", "--no-progress")
 # Wall-clock figures: they differ from any run to the next, on one host as on a cluster.
-WALL = {"throughput_rps", "wall_s", "busy_s", "us_per_request", "speedup_vs_single", "speedup", "significance", "gap_pct", "flag",
-        "pacing_lost_pct", "pacing_overrun_pct", "pacing_overrun_pct_max", "node_spread_pct", "pid", "placement_report", "fidelity"}
+WALL = {"throughput_rps", "wall_s", "batch_wall_s", "us_per_request", "speedup_vs_single", "speedup", "significance", "gap_pct", "flag",
+        "pacing_lost_pct", "pacing_overrun_pct", "pacing_overrun_pct_max", "node_spread_pct", "pid", "numa_maps", "fidelity"}
 
 
 def deterministic(x: object) -> object:
@@ -339,7 +339,7 @@ def deterministic(x: object) -> object:
 def test_the_deterministic_comparison_catches_a_difference():
     a = {"points": [summarise_runs(P1, [rep("a", 1000.0, 1.06)], {host("a")["id"]: setup("a")})]}
     b = copy.deepcopy(a)
-    b["points"][0]["runs"][0][1]["per_node"][1]["busy_s"] = 99.0  # wall clock: not compared
+    b["points"][0]["runs"][0][1]["per_node"][1]["batch_wall_s"] = 99.0  # wall clock: not compared
     assert deterministic(a) == deterministic(b)
     b["points"][0]["runs"][0][1]["per_node"][1]["emulated_us_per_request"] += 0.001
     assert deterministic(a) != deterministic(b)

@@ -108,7 +108,7 @@ def test_host_memory_only_node_is_read_but_cannot_run(tmp_path: Path, capsys) ->
     assert "node 1 cpus:\n" in out and "host CPUs:" not in out
     assert "no host placement: host node(s) 2 have memory but no CPUs" in out
     assert main(["topology", "host", "--sysfs-root", str(root), "--json", "-"]) == 0
-    assert json.loads(capsys.readouterr().out)["host_placement"] is None
+    assert json.loads(capsys.readouterr().out)["host_binding"] is None
 
 
 def test_host_memoryless_node_passes_with_zero_memory(tmp_path: Path) -> None:
@@ -369,7 +369,7 @@ def test_run_topology_host_reports_where_pages_landed(no_leaks, tmp_path: Path) 
     assert doc["settings"]["delays"] == "model"
     assert "memory placement (numa_maps" in proc.stdout  # a host topology always shows it
     for rec in doc["results"]:
-        rep = rec["placement_report"]
+        rep = rec["numa_maps"]
         if not os.path.exists("/proc/self/numa_maps"):  # a kernel without CONFIG_NUMA
             assert rep["available"] is False and rep["reason"]
             continue
@@ -406,5 +406,5 @@ def test_delays_none_runs_unpaced_and_says_so(no_leaks, tmp_path: Path) -> None:
     for r in by.values():
         assert r["requests"] > 0 and r["pacing_lost_pct"] == 0.0
         assert r["emulated_us_per_request"] > 0  # the model's figures are still there
-        assert r["placement_report"] is not None
+        assert r["numa_maps"] is not None
     assert by["replicate"]["predicted_speedup_vs_single"] > 1.0

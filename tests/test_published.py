@@ -109,7 +109,7 @@ def test_script_quick_run(no_leaks, tmp_path, name: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert expected in proc.stdout
     doc = json.loads((tmp_path / f"published-{name}.json").read_text())
-    assert doc["schema"] == 1 and doc["settings"]["quick"] is True
+    assert doc["schema"] == 2 and doc["settings"]["quick"] is True
     assert doc["command"].startswith("python ") and script in doc["command"] and "--quick" in doc["command"]
     assert {"cpu_model", "python", "numpy"} <= set(doc["host"])
     assert doc["elapsed_s"] < 20

@@ -46,14 +46,8 @@ from numaemu.runtime.faults import (
     fault_from_env,
     parse_fault,
 )
-from numaemu.runtime.worker import (
-    ALIVE_CHECK_NS,
-    Aborted,
-    NodeContext,
-    TaskJournal,
-    fill_partition,
-    restore_journal,
-)
+from numaemu.runtime.run_node import TaskJournal, restore_journal
+from numaemu.runtime.worker import ALIVE_CHECK_NS, Aborted, NodeContext, fill_partition
 
 # -- faults.py ---------------------------------------------------------------------------------
 

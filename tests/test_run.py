@@ -42,7 +42,7 @@ def spec(topology="2s-xeon", workload="db", requests=None, duration=None, migrat
         migrate_rate=migrate,
         seed=0,
         start_method=method,
-        scale=1.0,
+        time_scale=1.0,
     )
 
 
@@ -54,14 +54,14 @@ def checksums_ok(s: RunSpec, tasks: np.ndarray) -> bool:
 
 
 def text_fetches(run) -> np.ndarray:
-    return np.array([r["text_fetches_by_home"] for r in run["reports"]])
+    return np.array([r.text_fetches_by_home for r in run["reports"]])
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_start_methods_run_every_request_and_read_the_master_bytes(no_leaks, method):
     s = spec(requests=48, method=method)
     run = run_policy(s, "replicate")
-    assert sum(r["requests"] for r in run["reports"]) == 48
+    assert sum(r.requests for r in run["reports"]) == 48
     assert int(run["tasks"]["done"].sum()) == 48
     fetches = text_fetches(run)
     assert fetches[0, 1] == 0 and fetches[1, 0] == 0  # replicate: every text fetch is local
@@ -135,7 +135,7 @@ def test_cli_run_end_to_end(no_leaks, tmp_path):
     assert "verify: every task read the master's bytes" in proc.stdout
     assert f"wrote {out}" in proc.stdout
     doc = json.loads(out.read_text())
-    assert doc["schema"] == 1 and doc["command"] == "run"
+    assert doc["schema"] == 2 and doc["command"] == "run"
     assert set(doc["topology"]) >= {"nodes", "distance", "latency_ns"}
     assert set(doc["host"]) >= {"cpu_model", "cpu_count", "python", "numpy"}
     by = {r["policy"]: r for r in doc["results"]}

@@ -86,7 +86,7 @@ def test_each_planted_bug_is_caught(no_leaks, tmp_path, bug, protocol, arch):
 def test_stress_json_fields(no_leaks, tmp_path):
     code, doc, _ = stress(tmp_path, "--duration", "2", "--source", "bpf")
     assert code == 0
-    assert doc["schema"] == 1 and doc["command"] == "stress"
+    assert doc["schema"] == 2 and doc["command"] == "stress"
     for field in ("protocol", "source", "patches_applied", "sites_patched", "executions_checked", "violations",
                   "replicas_identical", "patch_latency_us", "sync_rounds", "int3_hits"):
         assert field in doc

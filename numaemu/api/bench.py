@@ -172,8 +172,9 @@ def bench(*, experiment_file: str | None = None, cluster: str | None = None, pro
     Returns a `BenchResult`; a node failure or an interrupt propagates with the points
     completed attached as ``partial`` (a document). `on_experiment` sees the experiment once it
     is checked, before anything runs (the command line says what it is about to do)."""
-    from numaemu.measure.cluster import ClusterSession, ClusterSweep, parse_address
+    from numaemu.measure.cluster import ClusterSession, parse_address
     from numaemu.measure.cluster import check_available as check_cluster_available
+    from numaemu.measure.cluster_sweep import ClusterSweep
     from numaemu.measure.sweep import run_experiment
 
     given = {k.replace("_", "-"): _text(v) for k, v in options.items()}

@@ -45,7 +45,7 @@ def calibrate(*, quick: bool = False, start_method: str | None = None, log: Call
         "schema": SCHEMA,
         "command": "calibrate",
         "host": meta,
-        "host_placement": host.to_json(),
+        "host_binding": host.to_json(),
         "settings": {"quick": quick, "start_method": method, "topology": topo.name, "workload": workload.name, "image_bytes": len(image.data)},
         "results": cal.to_json(),
     })

@@ -165,16 +165,16 @@ class Emulation:
             calibrated=self._calibrations.get(key),
         )
         if cal:
-            self._calibrations[key] = (spec.scale, cal)
+            self._calibrations[key] = (spec.time_scale, cal)
         if config.recover:
             spec = dataclasses.replace(spec, recover=MAX_RECOVERIES)
-        for line in _run_preamble(config, topo, host, image, spec.scale):
+        for line in _run_preamble(config, topo, host, image, spec.time_scale):
             self._say(line)
         completed: list[dict[str, Any]] = []
         placed: dict[str, Any] = {}
 
         def each(policy: str, run: dict[str, Any], rec: dict[str, Any]) -> None:
-            placed[policy] = run["placement_report"]
+            placed[policy] = run["numa_maps"]
             if config.verify:
                 tasks = run["tasks"]
                 bad = [t for t in range(len(tasks)) if expected_checksum(image.data, workload, config.seed, t, int(tasks["done"][t])) != int(tasks["checksum"][t])]
@@ -184,7 +184,7 @@ class Emulation:
                 on_policy(PolicyResult.from_json(rec))
 
         def result(records: list[dict[str, Any]], exc: BaseException | None = None) -> RunResult:
-            doc = run_document(config, topo, host, image, workload, spec.scale, cal, records)
+            doc = run_document(config, topo, host, image, workload, spec.time_scale, cal, records)
             if isinstance(exc, NodeFailure):
                 doc["failure"] = exc.to_json()
             elif exc is not None:
@@ -267,7 +267,7 @@ class Emulation:
 
         def result(raw: dict[str, Any], exc: BaseException | None = None) -> StressResult:
             doc = stress_document(spec, raw)
-            doc["host"], doc["topology"], doc["host_placement"] = host_metadata(), topo.to_json(), host.to_json()
+            doc["host"], doc["topology"], doc["host_binding"] = host_metadata(), topo.to_json(), host.to_json()
             if exc is not None:
                 doc["failure" if isinstance(exc, NodeFailure) else "interrupted"] = exc.to_json() if isinstance(exc, NodeFailure) else True
                 doc["ok"] = False

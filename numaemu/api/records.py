@@ -18,7 +18,7 @@ from numaemu.errors import UsageError
 from numaemu.host.files import regular_file
 from numaemu.runtime.results import SCHEMA
 
-__all__ = ["PolicyResult", "RunResult", "StressResult", "BenchResult", "CalibrationResult", "read_document"]
+__all__ = ["PolicyResult", "RunResult", "StressResult", "BenchResult", "CalibrationResult", "read_document", "upgrade"]
 
 
 def read_document(path: str | Path, param: str, command: str, *, version_key: str = "schema", version: int = SCHEMA, needs: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -34,8 +34,34 @@ def read_document(path: str | Path, param: str, command: str, *, version_key: st
     return _checked(doc, command, param, f"'{path}'", version_key, version, needs)
 
 
+# What schema 2 renamed (runtime.results.SCHEMA): every key, wherever it stands in a document.
+RENAMED = {"busy_s": "batch_wall_s", "host_placement": "host_binding", "placement_report": "numa_maps"}
+
+
+def upgrade(doc: Any) -> Any:
+    """A schema 1 document (bench_schema 1) as schema 2 reads it: its keys renamed (`RENAMED`);
+    any other document as it is. Nothing else changed between the two."""
+    if not isinstance(doc, dict) or doc.get("schema", 1) != 1 or "command" not in doc:
+        return doc
+
+    def renamed(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {RENAMED.get(k, k): renamed(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [renamed(v) for v in x]
+        return x
+
+    new: dict[str, Any] = renamed(doc)
+    new["schema"] = SCHEMA
+    if new.get("bench_schema") == 1:
+        new["bench_schema"] = 2
+    new["upgraded_from_schema"] = 1
+    return new
+
+
 def _checked(doc: object, command: str, param: str = "document", what: str = "the document",
              version_key: str = "schema", version: int = SCHEMA, needs: tuple[str, ...] = ()) -> dict[str, Any]:
+    doc = upgrade(doc)
     if not isinstance(doc, dict) or doc.get("command") != command or any(k not in doc for k in needs):
         other = doc.get("command") if isinstance(doc, dict) else None
         raise UsageError(param, f"{what} is not a numaemu {command} result" + (f" (it is from numaemu {other})" if other and other != command else ""))
@@ -80,7 +106,7 @@ class RunResult:
     policies: tuple[PolicyResult, ...]
     document: Mapping[str, Any]
     # Per policy, where each node's memory landed (`host.numamaps.NumaMapsReport`), read while
-    # the run went; its JSON is in each record's ``placement_report`` (not read back).
+    # the run went; its JSON is in each record's ``numa_maps`` (not read back).
     numa_maps: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -23,7 +23,7 @@ def run_document(config: RunConfig, topo: Topology, host: HostBinding, image: Ke
         "schema": SCHEMA,
         "command": "run",
         "topology": topo.to_json(),
-        "host_placement": host.to_json(),
+        "host_binding": host.to_json(),
         "image": image.summary(),
         "workload": workload.summary(),
         "host": host_metadata(),

@@ -34,7 +34,7 @@ def cmd_topology(args: argparse.Namespace) -> int:
     topo = emu.topology
     host = None if memory_only_nodes(topo) else emu.host  # else shown without placement: no worker can run there
     if json_path is not None:
-        write_doc({"schema": SCHEMA, "command": "topology", "topology": topo.to_json(), "host_placement": host.to_json() if host else None}, json_path, sys.stdout)
+        write_doc({"schema": SCHEMA, "command": "topology", "topology": topo.to_json(), "host_binding": host.to_json() if host else None}, json_path, sys.stdout)
         return 0
     sys.stdout.write(format_numactl(topo, host))
     if host is None:

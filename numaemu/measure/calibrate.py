@@ -56,7 +56,8 @@ from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
 from numaemu.patching.patch_bench import PatchBench, run_patch_bench
 from numaemu.runtime.inprocess import local_node
-from numaemu.runtime.worker import BATCH_FETCHES, fill_partition
+from numaemu.runtime.run_node import BATCH_FETCHES
+from numaemu.runtime.worker import fill_partition
 
 __all__ = [
     "DELAYS_NS",

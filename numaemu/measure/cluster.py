@@ -39,14 +39,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from numaemu.errors import UsageError
 
-if TYPE_CHECKING:
-    from numaemu.measure.cluster_sweep import ClusterSweep
-
-__all__ = ["RESOURCE", "ATTEMPTS", "ClusterSession", "ClusterSweep", "check_available", "parse_address", "distributed_module"]
+__all__ = ["RESOURCE", "ATTEMPTS", "ClusterSession", "check_available", "parse_address", "distributed_module"]
 
 RESOURCE = "numaemu"  # the worker resource a host's one worker has once: one emulation per host
 INSTALL_HINT = "needs the cluster extra: pip install 'numaemu[cluster]'"
@@ -99,16 +96,6 @@ def check_available() -> None:
 def distributed_module() -> Any:
     """The `distributed` package (imported on first use: an optional extra)."""
     return importlib.import_module("distributed")
-
-
-def __getattr__(name: str) -> Any:
-    """`ClusterSweep`, from here as from its own module: this module is the entry point of
-    ``--cluster`` (cluster_sweep imports this one, so it is looked up only when asked for)."""
-    if name == "ClusterSweep":
-        from numaemu.measure.cluster_sweep import ClusterSweep
-
-        return ClusterSweep
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from numaemu.measure.stats import welch_test
 
 __all__ = ["BENCH_SCHEMA", "bench_doc_problem", "compare_docs", "format_compare"]
 
-BENCH_SCHEMA = 1
+BENCH_SCHEMA = 2  # 2: the run records of schema 2 (runtime.results.SCHEMA)
 
 
 def bench_doc_problem(doc: dict[str, Any]) -> str | None:

@@ -51,7 +51,7 @@ class PointSetup:
     time_scale: float | None  # None with delays none (nothing paced)
     calibration: dict[str, Any]  # calibrate_scale's figures; {} when --time-scale was given
     topology_detail: dict[str, Any]
-    host_placement: dict[str, Any]
+    host_binding: dict[str, Any]
 
     @property
     def host_id(self) -> str:
@@ -174,7 +174,7 @@ def summarise_runs(point: Point, reps: list[list[dict[str, Any]]], setups: Mappi
     for hid, host_reps in by_host.items():
         setup = setups[hid]
         summary = summarise_point(point, host_reps, n_nodes=setup.n_nodes, cpus_used=setup.cpus_used, oversubscribed=setup.oversubscribed, seed=seed, delays=delays)
-        summary.update(time_scale=setup.time_scale, delays=delays, calibration=setup.calibration, topology_detail=setup.topology_detail, host_placement=setup.host_placement)
+        summary.update(time_scale=setup.time_scale, delays=delays, calibration=setup.calibration, topology_detail=setup.topology_detail, host_binding=setup.host_binding)
         per_host.append((setup, summary))
     if len(per_host) == 1:
         return per_host[0][1]
@@ -223,7 +223,7 @@ def _across_hosts(point: Point, reps: list[list[dict[str, Any]]], per_host: list
         "delays": delays,
         "calibration": None,
         "topology_detail": per_host[0][1]["topology_detail"],
-        "host_placement": None,
+        "host_binding": None,
     })
     return out
 

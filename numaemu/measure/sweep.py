@@ -164,10 +164,10 @@ def prepare_point(
     )
     setup = PointSetup(
         host=host if host is not None else host_record(), n_nodes=topo.n_nodes, cpus_used=placement.n_cpus_used,
-        oversubscribed=placement.oversubscribed, time_scale=spec.scale if exp.delays == "model" else None, calibration=cal,
-        topology_detail=topo.to_json(), host_placement=placement.to_json(),
+        oversubscribed=placement.oversubscribed, time_scale=spec.time_scale if exp.delays == "model" else None, calibration=cal,
+        topology_detail=topo.to_json(), host_binding=placement.to_json(),
     )
-    made = (spec.scale, cal) if cal else None
+    made = (spec.time_scale, cal) if cal else None
     return spec, setup, made
 
 

@@ -66,9 +66,9 @@ def plan_requests(
 
 def plan_tasks(
     seed: int,
-    tasks: Sequence[int],
-    firsts: Sequence[int],
-    counts: Sequence[int],
+    tasks: Sequence[int] | Ints,
+    firsts: Sequence[int] | Ints,
+    counts: Sequence[int] | Ints,
     n_templates: int,
     node: int,
     n_nodes: int,

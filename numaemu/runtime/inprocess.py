@@ -20,7 +20,8 @@ from numaemu.model.placement import place
 from numaemu.model.tasks import TASKS_PER_NODE, plan_requests
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
-from numaemu.runtime.worker import fill_partition, run_batch
+from numaemu.runtime.run_node import run_batch
+from numaemu.runtime.worker import fill_partition
 
 __all__ = ["LocalNode", "local_node", "calibrate_scale", "expected_checksum"]
 

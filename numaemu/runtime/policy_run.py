@@ -30,8 +30,8 @@ from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
 from numaemu.runtime.inprocess import calibrate_scale
 from numaemu.runtime.results import add_speedups, policy_record
+from numaemu.runtime.run_node import WorkerConfig, restore_journal, worker_main
 from numaemu.runtime.supervisor import NodeSession
-from numaemu.runtime.worker import WorkerConfig, restore_journal, worker_main
 
 __all__ = ["RunSpec", "run_policy", "run_policies", "prepare_spec", "START_METHODS", "DELAYS"]
 
@@ -57,7 +57,7 @@ class RunSpec:
     migrate_rate: float
     seed: int
     start_method: str
-    scale: float
+    time_scale: float  # wall ns per emulated ns
     replicate: str = "text+rodata"
     oversleep_ns: int = 60_000
     pt_style: str = "none"  # pagetables.PT_STYLES
@@ -107,7 +107,7 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
         session.wait_ready()
         # Every node has first-touched its own partition and touched no other yet: where its
         # mem mapping's pages are is where its partition landed.
-        placement_report = read_numa_maps(session.pids, mem.name, expected_host_nodes(topo))
+        numa_maps = read_numa_maps(session.pids, mem.name, expected_host_nodes(topo))
         if on_ready is not None:
             on_ready(mem, layout, placement, session.pids)
         session.go(spec.duration_s)
@@ -118,7 +118,7 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
             "layout": layout,
             "reports": reports,
             "tasks": ctl.tasks.copy(),
-            "placement_report": placement_report,
+            "numa_maps": numa_maps,
             "page_tables": tables,
             "walk_profile": walks,
             "recoveries": session.recoveries,
@@ -155,7 +155,7 @@ def _worker_configs(spec: RunSpec, placement: Placement, layout: MemoryLayout, m
                 user_local=spec.user_local,
                 seed=spec.seed,
                 migrate_rate=spec.migrate_rate,
-                scale=spec.scale,
+                time_scale=spec.time_scale,
                 shared_core=spec.host.oversubscribed,
                 oversleep_ns=spec.oversleep_ns,
                 coordinator_pid=os.getpid(),
@@ -239,7 +239,7 @@ def prepare_spec(
         migrate_rate=migrate_rate,
         seed=seed,
         start_method=start_method,
-        scale=scale,
+        time_scale=scale,
         replicate=replicate,
         oversleep_ns=cal.get("oversleep_ns", 60_000),
         pt_style=pt_style,

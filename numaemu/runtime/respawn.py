@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from numaemu.errors import NodeFailure
 from numaemu.host.segments import PHASES, STATE_RECOVER, STATE_RUN, Control
 from numaemu.runtime.faults import KillSchedule
-from numaemu.runtime.worker import SETUP_TIMEOUT_S
+from numaemu.runtime.worker import SETUP_TIMEOUT_S, NodeError
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -36,7 +36,7 @@ class Respawning:
     n_nodes: int
     procs: list[BaseProcess | None]
     conns: list[Connection[Any, Any] | None]
-    reports: dict[int, dict[str, Any]]
+    reports: dict[int, Any]
     recoveries: list[dict[str, Any]]
     kills: list[dict[str, Any]]
     incarnations: list[int]
@@ -164,9 +164,9 @@ class Respawning:
         replaced in the same recovery, if --recover allows that many)."""
         new: list[tuple[int, NodeFailure]] = []
         for node, msg in self._events(0.002, exclude=dead):
-            if msg is not None and "error" in msg:
+            if isinstance(msg, NodeError):
                 self._gone.add(node)
-                raise self._failure(node, msg["error"], msg.get("phase"))
+                raise self._failure(node, msg.error, msg.phase)
             if msg is not None:
                 self.reports[node] = msg
                 continue

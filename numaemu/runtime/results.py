@@ -19,45 +19,49 @@ import numpy as np
 from numaemu.host.cpus import format_cpu_list
 from numaemu.model.pagetables import PageTableCost
 from numaemu.model.placement import Placement
+from numaemu.runtime.run_node import NodeReport
 
 __all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "host_id", "host_record", "format_run_table", "write_json"]
 
-SCHEMA = 1
+# 2: per_node ``busy_s`` is ``batch_wall_s`` (it always included the pacing waits), and
+# ``host_placement`` / ``placement_report`` are ``host_binding`` / ``numa_maps`` (one word, one
+# thing: "placement" is the kernel image's). `api.records.upgrade` reads schema 1 documents.
+SCHEMA = 2
 
 
 def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: float | None) -> dict[str, Any]:
-    """Summarise one policy's raw run (from `coordinator.run_policy`) as a JSON record."""
-    reports = run["reports"]
+    """Summarise one policy's raw run (from `policy_run.run_policy`) as a JSON record."""
+    reports: list[NodeReport] = run["reports"]
     placement: Placement = run["placement"]
     tables: PageTableCost | None = run.get("page_tables")
     per_node = []
     for r in reports:
-        node = r["node"]
-        text = np.asarray(r["text_fetches_by_home"])
-        user = np.asarray(r["user_fetches_by_home"])
-        emulated_ns = r["kernel_ns"] + r["user_ns"]
+        node = r.node
+        text = np.asarray(r.text_fetches_by_home)
+        user = np.asarray(r.user_fetches_by_home)
+        emulated_ns = r.kernel_ns + r.user_ns
         per_node.append(
             {
                 "node": node,
-                "pid": r["pid"],
-                "cpus": format_cpu_list(r["cpus"]),
-                "wall_s": r["wall_s"],
-                "busy_s": r["busy_s"],
-                "requests": r["requests"],
-                "us_per_request": 1e6 * r["busy_s"] / r["requests"] if r["requests"] else None,
-                "emulated_us_per_request": emulated_ns / 1e3 / r["requests"] if r["requests"] else None,
+                "pid": r.pid,
+                "cpus": format_cpu_list(r.cpus),
+                "wall_s": r.wall_s,
+                "batch_wall_s": r.batch_wall_s,
+                "requests": r.requests,
+                "us_per_request": 1e6 * r.batch_wall_s / r.requests if r.requests else None,
+                "emulated_us_per_request": emulated_ns / 1e3 / r.requests if r.requests else None,
                 "fetches_local": int(text[node]),
                 "fetches_remote": int(text.sum() - text[node]),
-                "cache_hits": r["cache_hits"],
+                "cache_hits": r.cache_hits,
                 "user_local": int(user[node]),
                 "user_remote": int(user.sum() - user[node]),
-                "kernel_share": r["kernel_ns"] / emulated_ns if emulated_ns else 0.0,
-                "pacing_overrun_pct": 100.0 * r["overrun_ns"] / r["paced_ns"] if r["paced_ns"] else 0.0,
+                "kernel_share": r.kernel_ns / emulated_ns if emulated_ns else 0.0,
+                "pacing_overrun_pct": 100.0 * r.overrun_ns / r.paced_ns if r.paced_ns else 0.0,
                 "pacing_lost_pct": _lost_pct([r]),
                 "image_bytes": placement.image_bytes(node),
                 "page_table_bytes": tables.table_bytes[node] if tables else None,
                 "alignment_padding_bytes": tables.padding_bytes[node] if tables else None,
-                "walks_per_request": r.get("walks", 0.0) / r["requests"] if tables and r["requests"] else None,
+                "walks_per_request": r.walks / r.requests if tables and r.requests else None,
             }
         )
     requests = sum(n["requests"] for n in per_node)
@@ -66,10 +70,10 @@ def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: fl
         wall = max(wall, duration_s)
     fl = sum(n["fetches_local"] for n in per_node)
     fr = sum(n["fetches_remote"] for n in per_node)
-    kernel = sum(r["kernel_ns"] for r in reports)
-    emulated = kernel + sum(r["user_ns"] for r in reports)
+    kernel = sum(r.kernel_ns for r in reports)
+    emulated = kernel + sum(r.user_ns for r in reports)
     times = [n["us_per_request"] for n in per_node if n["us_per_request"]]
-    paced = sum(r["paced_ns"] for r in reports)
+    paced = sum(r.paced_ns for r in reports)
     return {
         "policy": policy,
         "replicate": placement.replicate if policy == "replicate" else None,
@@ -83,13 +87,13 @@ def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: fl
         "cache_hits": sum(n["cache_hits"] for n in per_node),
         "kernel_share": kernel / emulated if emulated else 0.0,
         "node_spread_pct": 100.0 * (max(times) - min(times)) / min(times) if len(times) > 1 else 0.0,
-        "pacing_overrun_pct": 100.0 * sum(r["overrun_ns"] for r in reports) / paced if paced else 0.0,
+        "pacing_overrun_pct": 100.0 * sum(r.overrun_ns for r in reports) / paced if paced else 0.0,
         "pacing_lost_pct": _lost_pct(reports),
         "memory_bytes": placement.total_bytes,
         "extra_memory_bytes": placement.extra_bytes,
         "migrations": int(run["tasks"]["migrations"].sum()),
         # Where each node's partition landed (numamaps.NumaMapsReport), read before the start.
-        "placement_report": run["placement_report"].to_json() if run.get("placement_report") else None,
+        "numa_maps": run["numa_maps"].to_json() if run.get("numa_maps") else None,
         "copy_nodes": list(placement.copy_nodes) if policy == "replicate" else None,
         "serving_nodes": list(placement.serving) if policy == "replicate" else None,
         "page_tables": _page_tables(tables, reports, requests, kernel),
@@ -97,27 +101,27 @@ def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: fl
     }
 
 
-def _page_tables(tables: PageTableCost | None, reports: list[dict[str, Any]], requests: int, kernel_ns: float) -> dict[str, Any] | None:
+def _page_tables(tables: PageTableCost | None, reports: list[NodeReport], requests: int, kernel_ns: float) -> dict[str, Any] | None:
     """The page-table design's memory (beside the copies') and its walks' share of kernel time."""
     if tables is None:
         return None
-    walk_ns = sum(r.get("walk_ns", 0.0) for r in reports)
+    walk_ns = sum(r.walk_ns for r in reports)
     return {
         **tables.to_json(),
         "total_table_bytes": sum(tables.table_bytes),
         "total_padding_bytes": sum(tables.padding_bytes),
-        "walks_per_request": sum(r.get("walks", 0.0) for r in reports) / requests if requests else None,
+        "walks_per_request": sum(r.walks for r in reports) / requests if requests else None,
         "walk_share_of_kernel_time": walk_ns / kernel_ns if kernel_ns else 0.0,
     }
 
 
-def _lost_pct(reports: list[dict[str, Any]]) -> float:
+def _lost_pct(reports: list[NodeReport]) -> float:
     """Wall time the nodes ran beyond the time their batches were paced to, in % of the paced
     time: processing overruns, but also late wake-ups (another process held the core when a
     wait ended) and the work between batches. Every such ns stretches the wall clock that the
     measured throughput divides by, so this, not the overrun alone, is the fidelity lost."""
-    paced = sum(r["paced_ns"] for r in reports)
-    beyond = sum(max(0.0, r["wall_s"] * 1e9 - r["paced_ns"]) for r in reports)
+    paced = sum(r.paced_ns for r in reports)
+    beyond = sum(max(0.0, r.wall_s * 1e9 - r.paced_ns) for r in reports)
     return 100.0 * beyond / paced if paced else 0.0
 
 

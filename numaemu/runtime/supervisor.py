@@ -41,7 +41,7 @@ from numaemu.host.segments import (
 from numaemu.runtime.faults import Fault, KillSchedule, Launch, fault_from_env
 from numaemu.runtime.respawn import Respawning
 from numaemu.runtime.spawn import JOIN_TIMEOUT_S, SpawnProcess, signals_deferred, stop_all
-from numaemu.runtime.worker import SETUP_TIMEOUT_S
+from numaemu.runtime.worker import SETUP_TIMEOUT_S, NodeError
 
 __all__ = ["NodeSession", "START_DELAY_NS", "DRAIN_TIMEOUT_S"]
 
@@ -99,7 +99,7 @@ class NodeSession(Respawning):
         self.seed = seed
         self.kill_schedule: KillSchedule | None = None
         self.incarnations = [0] * n_nodes
-        self.reports: dict[int, dict[str, Any]] = {}
+        self.reports: dict[int, Any] = {}  # per node: its report (run: a NodeReport; stress: a dict)
         self.recoveries: list[dict[str, Any]] = []
         self.kills: list[dict[str, Any]] = []
         self.recovery_s = 0.0
@@ -218,7 +218,7 @@ class NodeSession(Respawning):
                 if all(n in self.reports or n in self._gone for n in range(self.n_nodes)):
                     break
                 for node, msg in self._events(0.02):
-                    if msg is None or "error" in msg:
+                    if msg is None or isinstance(msg, NodeError):
                         self._gone.add(node)
                     else:
                         self.reports[node] = msg
@@ -320,9 +320,9 @@ class NodeSession(Respawning):
         for node, msg in events:
             if msg is None:
                 continue
-            if "error" in msg:
+            if isinstance(msg, NodeError):
                 self._gone.add(node)
-                raise self._failure(node, msg["error"], msg.get("phase"))
+                raise self._failure(node, msg.error, msg.phase)
             self.reports[node] = msg
         for node, msg in events:
             if msg is None and node not in self.reports:
