@@ -19,6 +19,7 @@ from numaemu import __version__
 from numaemu.cli import bench, calibrate, inspect, run, stress
 from numaemu.cli.options import Parser
 from numaemu.errors import NodeFailure, UsageError
+from numaemu.measure.baselines import BaselineFailure
 from numaemu.runtime.lifetime import Descendants
 
 __all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_NODE_FAILURE", "EXIT_INTERRUPTED"]
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except NodeFailure as exc:
+    except (NodeFailure, BaselineFailure) as exc:  # a node, or a baseline's process, failed at run time
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NODE_FAILURE
     except KeyboardInterrupt:

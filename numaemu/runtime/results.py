@@ -34,7 +34,7 @@ def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: fl
     reports: list[NodeReport] = run["reports"]
     placement: Placement = run["placement"]
     tables: PageTableCost | None = run.get("page_tables")
-    per_node = []
+    per_node: list[dict[str, Any]] = []
     for r in reports:
         node = r.node
         text = np.asarray(r.text_fetches_by_home)
