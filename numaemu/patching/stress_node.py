@@ -27,9 +27,10 @@ from numaemu.host.segments import MemoryLayout
 from numaemu.model.placement import PageTable
 from numaemu.model.sites import FTRACE_KLP, SiteTable
 from numaemu.patching.kernel import NodeKernel
+from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader import Observation, Reader, check_batch
-from numaemu.patching.sources import NodeSource, PatchOp, SourcePlan
+from numaemu.patching.sources import PatchOp, SourcePlan
 from numaemu.patching.textmem import TextCopies, TextState
 from numaemu.runtime.faults import Launch
 from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_shell

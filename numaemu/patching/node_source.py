@@ -1,0 +1,291 @@
+"""`NodeSource`: one node's instance of a patch source (`sources`), and a script's operations.
+
+`step` performs one operation of the source when the node's turn comes, `perform` one operation
+a script asked for (`PatchOp`), `finish` drops what this node still holds at the end. Each
+operation takes the kernel's locks in the kernel's order (module -> jump_label -> ftrace ->
+text_mutex) and journals what it shares with other nodes before its one patch call, so that a
+recovery can finish it (`NodeKernel.begin_op`; see `sources` for the sources' rules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from numaemu.host.clock import spin
+from numaemu.model.image import MODULE_SLOT_BYTES
+from numaemu.model.sites import FTRACE_BPF, FTRACE_CALLER, FTRACE_KLP, FTRACE_OFF, KIND_ALT, KIND_FTRACE, KIND_JUMP
+from numaemu.patching.kernel import NodeKernel
+from numaemu.patching.sources import FTRACE_ALL_EVERY, FTRACE_FILTER, KEY_RACE_WINDOW_NS, MAX_HELD, PatchOp, SourcePlan, slot_fill
+from numaemu.patching.textmem import TextState
+
+__all__ = ["NodeSource"]
+
+
+class NodeSource:
+    def __init__(self, plan: SourcePlan, kernel: NodeKernel, state: TextState, rng: np.random.Generator, key_race: bool) -> None:
+        self.plan = plan
+        self.k = kernel
+        self.st = state
+        self.rng = rng
+        self.key_race = key_race
+        # This node's references, shared (a replacement node inherits them), and the copy the
+        # readers' check uses, which follows once an operation has completed (the references
+        # change before the patch that goes with them, see `_key_change`).
+        self.refs = state.key_refs[kernel.node, : len(plan.keys)]
+        self.held = self.refs.copy()
+        self.turn = 0
+        self.ops = 0
+        self.ftrace_enables = 0
+        self.ftrace_all_enables = 0  # enables that traced every function at once
+        self.module_loads = 0
+        self.module_unloads = 0
+
+    def step(self) -> None:
+        name = self.plan.names[self.turn % len(self.plan.names)]
+        self.turn += 1
+        getattr(self, "_" + name)()
+        self.ops += 1
+
+    def perform(self, op: PatchOp) -> None:
+        """Do one operation of a script, as the kernel does it (see PATCH_OPS)."""
+        if op.kind == "static_key_enable":
+            self._key_inc(op.key)
+        elif op.kind == "static_key_disable":
+            if self.refs[op.key] > 0:
+                self._key_dec(op.key)
+        elif op.kind in ("ftrace_enable", "ftrace_disable"):
+            self._ftrace_set(op.kind == "ftrace_enable", op.functions)
+        else:
+            self._module_op(op.kind == "module_load")
+        self.ops += 1
+
+    # -- static keys -----------------------------------------------------------------------
+
+    def _static_keys(self) -> None:
+        if not len(self.plan.keys):
+            return  # an image without static keys (the CLI refuses --source static_keys for it)
+        i = int(self.rng.integers(len(self.plan.keys)))
+        if self.refs[i] and (self.refs[i] >= MAX_HELD or self.rng.random() < 0.5):
+            self._key_dec(i)
+        else:
+            self._key_inc(i)
+
+    def _key_update(self, i: int, delta: int) -> int:
+        """count += delta; return the count before. The caller holds jump_label_mutex, unless
+        the key-race bug makes this a plain read-modify-write with nobody's lock."""
+        k = int(self.plan.keys[i])
+        before = int(self.st.key_count[k])
+        if self.key_race:
+            # The window between the read and the write, widened (as a delay-injecting stress
+            # test would) so that concurrent enable/disable collide within seconds.
+            spin(KEY_RACE_WINDOW_NS)
+        self.st.key_count[k] = before + delta
+        return before
+
+    def _sites_of_key(self, i: int) -> np.ndarray:
+        """The key's use sites: in the core image and in every module that is loaded."""
+        mod = self.plan.module_sites[self.plan.module_jump_key == i]
+        return np.concatenate([self.plan.key_sites[i], mod[self.st.site_live[mod] == 1]])
+
+    def _key_inc(self, i: int) -> None:
+        self._key_change(i, +1)
+        self.held[i] = self.refs[i]
+
+    def _key_dec(self, i: int) -> None:
+        self._key_change(i, -1)
+        self.held[i] = self.refs[i]
+
+    def _key_change(self, i: int, delta: int) -> None:
+        """static_key_slow_inc (+1: the 0 -> 1 transition patches NOP -> JMP) or _dec (-1: the
+        1 -> 0 transition patches JMP -> NOP)."""
+        flip_from, old, new = (0, 0, 1) if delta > 0 else (1, 1, 0)
+        if self.key_race:  # the bug: the count changes outside jump_label_mutex
+            before = self._key_update(i, delta)
+            self.refs[i] += delta
+            if before == flip_from:
+                with self.k.holding(self.k.locks.jump_label):
+                    self._patch_all(self._sites_of_key(i), old, new)
+            return
+        with self.k.holding(self.k.locks.jump_label):
+            sites = self._sites_of_key(i)  # under the lock: no module comes or goes meanwhile
+            k = int(self.plan.keys[i])
+            before = int(self.st.key_count[k])
+
+            def commit() -> None:
+                # Journaled first (with the patch's sites, when there is one), so a recovery
+                # sets exactly these values whether this node died before or after them.
+                self.k.begin_op(i, before + delta, int(self.refs[i]) + delta)
+                self._key_update(i, delta)
+                self.refs[i] += delta
+
+            if before == flip_from:
+                self._patch_all(sites, old, new, commit)
+            else:
+                commit()
+                self.k.end_op()
+
+    def _patch_all(self, sites: np.ndarray, old: int, new: int, commit: Callable[[], None] | None = None) -> None:
+        self.k.patch(sites, np.full(len(sites), old, np.int64), np.full(len(sites), new, np.int64), commit)
+
+    # -- ftrace and bpf --------------------------------------------------------------------
+
+    def _ftrace(self) -> None:
+        sites = self.plan.ftrace_sites
+        with self.k.holding(self.k.locks.ftrace):
+            state = self.st.site_state[sites]
+            on = np.concatenate([sites[state == FTRACE_CALLER], self._live_module_ftrace(FTRACE_CALLER)])
+            if len(on) and self.rng.random() < 0.5:
+                self.st.set("ftrace_all", 0)  # before the patch: what a recovery finishes agrees
+                self._patch_all(on, FTRACE_CALLER, FTRACE_OFF)
+                return
+            self.ftrace_enables += 1
+            if self.ftrace_enables % FTRACE_ALL_EVERY == 0:
+                target = np.concatenate([sites[state == FTRACE_OFF], self._live_module_ftrace(FTRACE_OFF)])
+                self.st.set("ftrace_all", 1)
+                self.ftrace_all_enables += 1
+            else:
+                pick = self.rng.choice(len(sites), size=min(FTRACE_FILTER, len(sites)), replace=False)
+                target = sites[pick][state[pick] == FTRACE_OFF]
+            self._patch_all(target, FTRACE_OFF, FTRACE_CALLER)
+
+    def _ftrace_set(self, enable: bool, functions: int) -> None:
+        """Trace the first `functions` untraced functions (0: every function), or stop tracing."""
+        sites = self.plan.ftrace_sites
+        with self.k.holding(self.k.locks.ftrace):
+            state = self.st.site_state[sites]
+            if not enable:
+                on = np.concatenate([sites[state == FTRACE_CALLER], self._live_module_ftrace(FTRACE_CALLER)])
+                self.st.set("ftrace_all", 0)  # before the patch: what a recovery finishes agrees
+                self._patch_all(on, FTRACE_CALLER, FTRACE_OFF)
+                return
+            off = sites[state == FTRACE_OFF]
+            if functions == 0:
+                off = np.concatenate([off, self._live_module_ftrace(FTRACE_OFF)])
+                self.st.set("ftrace_all", 1)
+            self.ftrace_enables += 1
+            self._patch_all(off[:functions] if functions else off, FTRACE_OFF, FTRACE_CALLER)
+
+    def _live_module_ftrace(self, state: int) -> np.ndarray:
+        mod = self.plan.module_sites
+        mod = mod[(self.k.sites.kind[mod] == KIND_FTRACE) & (self.st.site_live[mod] == 1)]
+        on: np.ndarray = mod[self.st.site_state[mod] == state]
+        return on
+
+    def _bpf(self) -> None:
+        s = np.array([self.plan.bpf_site])
+        with self.k.holding(self.k.locks.ftrace):
+            attached = int(self.st.site_state[s[0]]) == FTRACE_BPF
+            old, new = (FTRACE_BPF, FTRACE_OFF) if attached else (FTRACE_OFF, FTRACE_BPF)
+            self._patch_all(s, old, new)
+
+    # -- livepatch ---------------------------------------------------------------------------
+
+    def _livepatch(self) -> None:
+        """One step of the livepatch state machine (enable -> transition -> disable -> ...)."""
+        sites = self.plan.klp_sites
+        st = self.st
+        with self.k.holding(self.k.locks.klp):
+            target = st.get("klp_target")
+            if not np.all(st.task_klp == target):
+                return  # a transition is in progress: tasks switch at their safe points
+            patched = bool(np.all(st.site_state[sites] == FTRACE_KLP))
+            if target == 1:
+                st.set("klp_target", 0)  # unpatch: every task switches back first
+            elif not patched:
+                # Redirect every function of the set first; only then may tasks switch.
+                with self.k.holding(self.k.locks.ftrace):
+                    self._patch_all(sites, FTRACE_OFF, FTRACE_KLP)
+                st.set("klp_target", 1)
+            else:
+                with self.k.holding(self.k.locks.ftrace):
+                    self._patch_all(sites, FTRACE_KLP, FTRACE_OFF)
+
+    # -- modules -----------------------------------------------------------------------------
+
+    def _module(self) -> None:
+        """Load a module into a free slot, or unload a loaded one (kernel/module/main.c)."""
+        t = self.k.sites
+        if t.module_slots == 0:
+            return
+        locks = self.k.locks
+        # Lock order: module -> jump_label -> ftrace (-> text_mutex inside a patch).
+        with self.k.holding(locks.module), self.k.holding(locks.jump_label), self.k.holding(locks.ftrace):
+            live = [bool(self.st.site_live[t.module_sites(s)[0]]) for s in range(t.module_slots)]
+            free = [s for s in range(t.module_slots) if not live[s]]
+            loaded = [s for s in range(t.module_slots) if live[s]]
+            if free and (not loaded or self.rng.random() < 0.5):
+                self._load(free[int(self.rng.integers(len(free)))])
+            else:
+                self._unload(loaded[int(self.rng.integers(len(loaded)))])
+
+    def _module_op(self, load: bool) -> None:
+        """Load a module into the first free slot, or unload the first loaded one."""
+        t, locks = self.k.sites, self.k.locks
+        with self.k.holding(locks.module), self.k.holding(locks.jump_label), self.k.holding(locks.ftrace):
+            live = [bool(self.st.site_live[t.module_sites(s)[0]]) for s in range(t.module_slots)]
+            slots = [s for s in range(t.module_slots) if live[s] != load]
+            if slots:
+                (self._load if load else self._unload)(slots[0])
+
+    def _slot_range(self, slot: int) -> np.ndarray:
+        first = int(self.k.sites.offset[self.k.sites.module_sites(slot)[0]])
+        return np.arange(first, first + MODULE_SLOT_BYTES, dtype=np.int64)
+
+    def _load(self, slot: int) -> None:
+        t, st = self.k.sites, self.st
+        # Journaled: a node killed half-way through a load or an unload leaves the slot for a
+        # recovery to unload cleanly (recovery.repair_text), as a failed load_module() frees it.
+        st.node_set(self.k.node, "module_op", slot + 1)
+        gen = st.add("module_gen")
+        sites = t.module_sites(slot)
+        body = np.random.default_rng([gen, slot, 0x6D6F64]).integers(0, 256, MODULE_SLOT_BYTES, dtype=np.uint8)
+        base = int(t.offset[sites[0]])
+        # Its sites start as the rest of the kernel is now: traced if every function is traced,
+        # jump labels as their keys are (ftrace_module_enable, jump_label_add_module).
+        states = np.zeros(len(sites), dtype=np.int64)
+        kinds = t.kind[sites]
+        if st.get("ftrace_all") == 1:
+            states[kinds == KIND_FTRACE] = FTRACE_CALLER
+        keys = self.plan.module_jump_key[self.plan.module_sites.searchsorted(sites)]
+        jump = kinds == KIND_JUMP
+        counts = st.key_count[self.plan.keys[np.maximum(keys, 0)]] if len(self.plan.keys) else np.zeros(len(sites))
+        states[jump & (keys >= 0)] = (counts[jump & (keys >= 0)] > 0).astype(np.int64)
+        for s, state in zip(sites, states, strict=True):  # alternatives are still their NOP placeholder here
+            o, L = int(t.offset[s]) - base, int(t.length[s])
+            body[o : o + L] = t.enc[s, state, :L]
+        # Alternatives are applied to the new text before it is live (apply_alternatives()).
+        for s in sites[kinds == KIND_ALT]:
+            o, L = int(t.offset[s]) - base, int(t.length[s])
+            body[o : o + L] = t.enc[s, 1, :L]
+        states[kinds == KIND_ALT] = 1
+        self._write_slot(slot, body)
+        self.module_loads += 1
+        st.site_state[sites] = states
+        st.site_live[sites] = 1
+        st.node_set(self.k.node, "module_op", 0)
+
+    def _unload(self, slot: int) -> None:
+        sites = self.k.sites.module_sites(slot)
+        self.st.node_set(self.k.node, "module_op", slot + 1)
+        self.st.site_live[sites] = 0
+        self._write_slot(slot, np.full(MODULE_SLOT_BYTES, slot_fill(self.k.sites.arch), dtype=np.uint8))
+        self.module_unloads += 1
+        self.st.node_set(self.k.node, "module_op", 0)
+
+    def _write_slot(self, slot: int, body: np.ndarray) -> None:
+        """Write a module slot in the master and every copy, then sync, so that no node still
+        runs (or holds prefetched) the slot's old contents."""
+        k = self.k
+        with k.holding(k.locks.text_mutex):
+            k.sync()  # nobody is mid-way through a batch that chose the slot's sites
+            k.copies.write(k.master, k.mem, self._slot_range(slot), body)
+            k.sync()  # and nobody holds its old lines
+
+    def finish(self) -> None:
+        """Drop every static-key reference this node holds (its predecessor's too, if it
+        replaced a node that died holding some)."""
+        for i in range(len(self.refs)):
+            while self.refs[i] > 0:
+                self._key_dec(i)
