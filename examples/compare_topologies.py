@@ -1,6 +1,6 @@
 """Compare kernel-text replication on two machines, then flip static keys under load.
 
-    python examples/compare_topologies.py                 # about 20 s on a 2-core host
+    python examples/compare_topologies.py                 # about 10 s on a 2-core host
     python examples/compare_topologies.py --duration 0.5  # quicker, noisier
 
 For each topology the db workload runs under single, interleave and replicate (each policy in
