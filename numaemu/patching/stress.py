@@ -41,7 +41,7 @@ from numaemu.model.topology import Topology
 from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS, Locks
 from numaemu.patching.recovery import repair_text
 from numaemu.patching.sources import PatchOp, SourcePlan, key_agreement, plan_sources
-from numaemu.patching.stress_node import READER_TASKS, StressConfig, StressNodeReport, stress_worker_main
+from numaemu.patching.stress_node import READER_TASKS, StressConfig, stress_worker_main
 from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
 from numaemu.runtime.supervisor import NodeSession
 
@@ -167,8 +167,8 @@ def _run_nodes(spec: StressSpec, s: _Setup, session: NodeSession, configs: list[
     """Start the nodes, run them, collect their reports; the result, or the exception with what
     there was attached as ``partial``."""
 
-    def outcome(messages: list[dict[str, Any]], started: bool) -> dict[str, Any]:
-        reports: list[Any] = messages if spec.bench is not None else [StressNodeReport.from_message(m) for m in messages]
+    def outcome(reports: list[Any], started: bool) -> dict[str, Any]:
+        """`reports`: each node's `StressNodeReport` (a `PatchBench`'s dicts under ``bench``)."""
         return {
             **s.facts,
             **_end_checks(st, s.sites, s.copies, s.plan, views["master"], views["mem"], s.image.n_pages, started),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -115,21 +115,13 @@ class StressNodeReport:
         out["cpus"] = list(self.cpus)
         return out
 
-    def to_message(self) -> dict[str, Any]:
-        """The report as the pipe carries it: the node shell's messages are dicts (a failure is
-        one with an ``error`` key), so the report travels as its fields."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> StressNodeReport:
-        return cls(**msg)
 
 
 def stress_worker_main(cfg: StressConfig, conn: Connection, launch: Launch | None = None) -> None:
     node_shell(cfg, conn, _stress_body, launch)
 
 
-def _stress_body(nc: NodeContext) -> dict[str, Any]:
+def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
     cfg: StressConfig = nc.cfg
     mem_seg, master_seg, txt_seg = nc.attach(cfg.mem_name), nc.attach(cfg.master_name), nc.attach(cfg.txt_name)
     cpus = pin_to(cfg.host_cpus)
@@ -166,7 +158,7 @@ def _stress_body(nc: NodeContext) -> dict[str, Any]:
         _patch_and_read(nc, kernel, source, readers, st, rng, max(start_ns, time.perf_counter_ns()), end_ns)
     except Aborted as exc:  # the run is stopping (a node died, Ctrl-C): report what was seen
         aborted = str(exc)
-    return _report(nc, kernel, source, readers, reader, cpus, aborted).to_message()
+    return _report(nc, kernel, source, readers, reader, cpus, aborted)
 
 
 def _report(nc: NodeContext, kernel: NodeKernel, source: NodeSource, readers: ReaderTasks, reader: Reader, cpus: tuple[int, ...], aborted: str | None) -> StressNodeReport:
