@@ -75,42 +75,67 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    given = {name: getattr(args, name.replace("-", "_")) for name, _ in _OPTIONS}
-    paths: dict[str, Any] = {}
+    run = _BenchRun(args)
+    given = {name.replace("-", "_"): getattr(args, name.replace("-", "_")) for name, _ in _OPTIONS}
+    try:
+        result = api_bench.bench(experiment_file=args.experiment, cluster=args.cluster, progress=args.progress, log=run.say,
+                                 on_experiment=run.begin, sysfs_root=args.sysfs_root, **given)
+    except (NodeFailure, KeyboardInterrupt) as exc:  # keep the points completed so far
+        partial = getattr(exc, "partial", None)
+        if partial is not None and run.exp is not None:
+            n = len(run.exp.points)
+            write_partial(exc, {**partial, "argv": sys.argv[1:]}, run.json_path, run.log, lambda d: f"stopped early: {len(d['points'])} of {n} points completed")
+        raise
+    return run.finish(result.to_json())
 
-    def begin(exp: Experiment) -> None:
+
+class _BenchRun:
+    """One ``numaemu bench``: its outputs, checked once the experiment is (`begin`), and what
+    it prints as the sweep goes (`say`) and at the end (`finish`)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.exp: Experiment | None = None
+        self.json_path = ""
+        self.csv_path: str | None = None
+        self.log: Any = sys.stdout
+
+    def begin(self, exp: Experiment) -> None:
         """Once the experiment is checked: the outputs, then what is about to run."""
-        paths["json"] = json_path = output_path(args.json_path, "bench")
-        paths["csv"] = output_path(args.csv_path, param="--csv") if args.csv_path else None
+        args = self.args
+        self.json_path = output_path(args.json_path, "bench")
+        self.csv_path = output_path(args.csv_path, param="--csv") if args.csv_path else None
         if args.plot_path:
             check_plot_available()
             output_path(args.plot_path, param="--plot")
-        log = paths["log"] = log_for(json_path)
-        prune_dead_runs(lambda text: print(text, file=log))
-        _header(exp, args.cluster, log)
+        self.log = log_for(self.json_path)
+        prune_dead_runs(lambda text: print(text, file=self.log))
+        _header(exp, args.cluster, self.log)
+        self.exp = exp
 
-    def say(text: str) -> None:
-        print(text + "\n" if paths.get("running") else text, file=paths.get("log", sys.stdout), flush=True)
+    def say(self, text: str) -> None:
+        """A point's summary as it ends (or a line of the cluster's), a blank line after it."""
+        print(text + "\n", file=self.log, flush=True)
 
-    try:
-        doc = _run(args, given, begin, say, paths)
-    except (NodeFailure, KeyboardInterrupt) as exc:  # keep the points completed so far
-        partial = getattr(exc, "partial", None)
-        if partial is not None and "json" in paths:
-            write_partial(exc, {**partial, "argv": sys.argv[1:]}, paths["json"], paths["log"],
-                          lambda d: f"stopped early: {len(d['points'])} of {paths['n_points']} points completed")
-        raise
-    return _finish(args, doc, paths)
-
-
-def _run(args: argparse.Namespace, given: dict[str, Any], begin: Any, say: Any, paths: dict[str, Any]) -> dict[str, Any]:
-    def start(exp: Experiment) -> None:
-        begin(exp)
-        paths["n_points"], paths["n_tasks"] = len(exp.points), exp.repeat * len(exp.points)
-        paths["running"] = True
-
-    return api_bench.bench(experiment_file=args.experiment, cluster=args.cluster, progress=args.progress, log=say, on_experiment=start,
-                           sysfs_root=args.sysfs_root, **{k.replace("-", "_"): v for k, v in given.items()}).to_json()
+    def finish(self, doc: dict[str, Any]) -> int:
+        args, log = self.args, self.log
+        assert self.exp is not None
+        print(LEGEND, file=log)  # the points were printed as each ended
+        write_doc({**doc, "argv": sys.argv[1:]}, self.json_path, log)
+        points = doc["points"]
+        if self.csv_path:
+            write_csv(points, self.csv_path)
+            print(f"wrote {self.csv_path}", file=log)
+        if args.plot_path and points:
+            plot_bench(points, args.plot_path, doc["experiment"])
+            print(f"wrote {args.plot_path}", file=log)
+        failed = doc["failed_runs"]
+        if failed:
+            first = f"run failed on {failed[0]['host'] or 'no host'}: {failed[0]['detail']}"  # sweep.RunFailure.line
+            tasks = self.exp.repeat * len(self.exp.points)
+            print(f"error: {len(failed)} of {tasks} runs failed (each named above; failed_runs in the JSON): first {first}", file=sys.stderr)
+            return EXIT_RUNS_FAILED
+        return 0
 
 
 def _header(exp: Experiment, cluster: str | None, log: Any) -> None:
@@ -128,25 +153,6 @@ def _header(exp: Experiment, cluster: str | None, log: Any) -> None:
         print(delays_note("none"), file=log)
     if exp.pt_style != "none" or exp.replicas_every > 1:
         print(f"design: page tables {exp.pt_style}" + (f", replicate puts a copy on every {exp.replicas_every}th node" if exp.replicas_every > 1 else ""), file=log)
-
-
-def _finish(args: argparse.Namespace, doc: dict[str, Any], paths: dict[str, Any]) -> int:
-    log = paths["log"]
-    print(LEGEND, file=log)  # the points were printed as each ended
-    write_doc({**doc, "argv": sys.argv[1:]}, paths["json"], log)
-    points = doc["points"]
-    if paths["csv"]:
-        write_csv(points, paths["csv"])
-        print(f"wrote {paths['csv']}", file=log)
-    if args.plot_path and points:
-        plot_bench(points, args.plot_path, doc["experiment"])
-        print(f"wrote {args.plot_path}", file=log)
-    failed = doc["failed_runs"]
-    if failed:
-        first = f"run failed on {failed[0]['host'] or 'no host'}: {failed[0]['detail']}"  # sweep.RunFailure.line
-        print(f"error: {len(failed)} of {paths['n_tasks']} runs failed (each named above; failed_runs in the JSON): first {first}", file=sys.stderr)
-        return EXIT_RUNS_FAILED
-    return 0
 
 
 def read_bench(path: str, param: str) -> dict[str, Any]:
