@@ -3,15 +3,15 @@
     with numaemu.Emulation(topology="kunpeng920") as emu:
         result = emu.run("db", duration=2)
         print(result["replicate"].speedup_vs_single)
-        checked = emu.flip_static_keys(duration=2)  # readers on every node while keys flip
+        checked = emu.flip_static_key(0)  # on every copy, while every node executes its sites
         assert checked.ok
 
 The machine (topology, where its nodes sit on this host, the kernel image with its design) is
 resolved once and kept; so are workloads and time-scale calibrations, per workload and cache
 state. Every run and stress starts its node processes afresh (as pyperf runs each benchmark in
-fresh workers) inside a `NodeSession`, which frees every process and segment on every path; the
-context manager frees what is left (a run's partial state on Ctrl-C) and removes segments that
-dead numaemu processes left behind, so nothing survives the script. The command line is built on
+fresh workers) inside a `NodeSession`, which frees every process and segment on every path,
+Ctrl-C and a node's death included, before the call returns; entering and leaving the context
+manager removes the segments that numaemu processes killed earlier left behind. The command line is built on
 this class: ``numaemu run`` is `Emulation.run_config` with a log.
 """
 
@@ -76,7 +76,9 @@ class Emulation:
         self.close()
 
     def close(self) -> None:
-        """Free what a stopped run may have left: segments of this process's dead sessions."""
+        """Remove the segments that numaemu processes which died (killed, not stopped) left in
+        /dev/shm. A run's own processes and segments are freed by its `NodeSession` before the
+        call that started them returns, on every path."""
         prune_stale()
 
     # -- the machine, resolved once -------------------------------------------------------------
