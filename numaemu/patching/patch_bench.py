@@ -27,7 +27,7 @@ from numaemu.patching.stress import StressSpec, run_stress
 from numaemu.patching.textmem import TextState
 
 if TYPE_CHECKING:
-    from numaemu.patching.stress_node import ReaderTasks, StressConfig
+    from numaemu.patching.stress_node import ReaderTasks, StressNodeConfig
 
 __all__ = ["PatchBench", "run_patch_bench"]
 
@@ -55,7 +55,7 @@ class PatchBench:
         if self.sites < 0:
             raise ValueError("sites must be >= 0")
 
-    def on_node(self, cfg: StressConfig, st: TextState, kernel: NodeKernel, readers: ReaderTasks, cpus: tuple[int, ...]) -> dict[str, Any]:
+    def on_node(self, cfg: StressNodeConfig, st: TextState, kernel: NodeKernel, readers: ReaderTasks, cpus: tuple[int, ...]) -> dict[str, Any]:
         """A bench node's run phase (stress_node runs it when its config has a bench): node 0
         times patch calls; every other node waits at a safe point (or runs its readers, under
         load) until node 0 is done. Returns the node's report."""
@@ -77,7 +77,7 @@ class PatchBench:
         return out
 
 
-def _time_patches(b: PatchBench, cfg: StressConfig, st: TextState, kernel: NodeKernel) -> dict[str, Any]:
+def _time_patches(b: PatchBench, cfg: StressNodeConfig, st: TextState, kernel: NodeKernel) -> dict[str, Any]:
     """Node 0's timings (see the module docstring)."""
     out: dict[str, Any] = {}
     t = cfg.sites

@@ -41,7 +41,7 @@ from numaemu.model.topology import Topology
 from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS, Locks
 from numaemu.patching.recovery import repair_text
 from numaemu.patching.sources import PatchOp, SourcePlan, key_agreement, plan_sources
-from numaemu.patching.stress_node import READER_TASKS, StressConfig, stress_worker_main
+from numaemu.patching.stress_node import READER_TASKS, StressNodeConfig, stress_worker_main
 from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
 from numaemu.runtime.supervisor import NodeSession
 
@@ -110,10 +110,10 @@ def _setup(spec: StressSpec) -> _Setup:
     return _Setup(image, placement, layout, sites, plan, copies, READER_TASKS * n, facts)
 
 
-def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[str, Segment], locks: Locks) -> list[StressConfig]:
+def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[str, Segment], locks: Locks) -> list[StressNodeConfig]:
     n, pl = spec.topology.n_nodes, s.placement
     return [
-        StressConfig(
+        StressNodeConfig(
             node=node, n_nodes=n, n_tasks=s.n_tasks, ctl_name=session.ctl_name, mem_name=segs["mem"].name,
             master_name=segs["master"].name, txt_name=segs["txt"].name, host_cpus=spec.host.cpus[node],
             hosted=pl.hosted[node], table=pl.tables[node], layout=s.layout, copies=s.copies,
@@ -163,7 +163,7 @@ def run_stress(spec: StressSpec) -> dict[str, Any]:
             del st
 
 
-def _run_nodes(spec: StressSpec, s: _Setup, session: NodeSession, configs: list[StressConfig], st: TextState, views: dict[str, Any]) -> dict[str, Any]:
+def _run_nodes(spec: StressSpec, s: _Setup, session: NodeSession, configs: list[StressNodeConfig], st: TextState, views: dict[str, Any]) -> dict[str, Any]:
     """Start the nodes, run them, collect their reports; the result, or the exception with what
     there was attached as ``partial``."""
 

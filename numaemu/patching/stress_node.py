@@ -38,7 +38,7 @@ from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_sh
 if TYPE_CHECKING:
     from numaemu.patching.patch_bench import PatchBench
 
-__all__ = ["StressConfig", "StressNodeReport", "stress_worker_main", "ReaderTasks", "READER_TASKS", "BATCH_SITES", "MAX_REPORTED"]
+__all__ = ["StressNodeConfig", "StressNodeReport", "stress_worker_main", "ReaderTasks", "READER_TASKS", "BATCH_SITES", "MAX_REPORTED"]
 
 READER_TASKS = 2  # per node, for livepatch's per-task consistency
 BATCH_SITES = 48  # sites executed per reader batch (between two safe points)
@@ -47,7 +47,7 @@ MAX_REPORTED = 10
 
 
 @dataclass(frozen=True)
-class StressConfig:
+class StressNodeConfig:
     node: int
     n_nodes: int
     n_tasks: int
@@ -117,12 +117,12 @@ class StressNodeReport:
 
 
 
-def stress_worker_main(cfg: StressConfig, conn: Connection, launch: Launch | None = None) -> None:
+def stress_worker_main(cfg: StressNodeConfig, conn: Connection, launch: Launch | None = None) -> None:
     node_shell(cfg, conn, _stress_body, launch)
 
 
 def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
-    cfg: StressConfig = nc.cfg
+    cfg: StressNodeConfig = nc.cfg
     mem_seg, master_seg, txt_seg = nc.attach(cfg.mem_name), nc.attach(cfg.master_name), nc.attach(cfg.txt_name)
     cpus = pin_to(cfg.host_cpus)
     nc.phase("fill")
@@ -214,7 +214,7 @@ class ReaderTasks:
     """The node's reader tasks: each batch is one task's request: its livepatch set first (one
     consistent version), then sites the source patches, then any site of the image."""
 
-    def __init__(self, cfg: StressConfig, st: TextState, reader: Reader, rng: np.random.Generator, source: NodeSource) -> None:
+    def __init__(self, cfg: StressNodeConfig, st: TextState, reader: Reader, rng: np.random.Generator, source: NodeSource) -> None:
         self.cfg, self.st, self.reader, self.rng, self.source = cfg, st, reader, rng, source
         # Which hot static key each site belongs to (-1: none), to check that a key this node
         # holds a reference on is enabled wherever the node runs its code.
