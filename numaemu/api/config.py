@@ -50,6 +50,7 @@ class MachineConfig:
     topology: str = "2s-xeon"
     image: str | None = None
     image_scale: float = 1.0
+    symbols: str | None = None  # a System.map or /proc/kallsyms-format file of the image's kernel
     arch: str | None = None  # the embedded image's variant (x86_64 or arm64); with `image`, the file's
     host_cpus: str | None = None  # ';'-separated cpulists, one per node
     local_ns: float | None = None
@@ -68,6 +69,8 @@ class MachineConfig:
         if self.image is not None and not str(self.image).strip():
             raise UsageError("--image", "is empty; give a file path")
         params.check("--image-scale", params.image_scale, self.image_scale)
+        if self.symbols is not None and not str(self.symbols).strip():
+            raise UsageError("--symbols", "is empty; give a System.map or /proc/kallsyms file")
         if self.image is not None and self.image_scale != 1:
             raise UsageError("--image", f"cannot be combined with --image-scale {self.image_scale:g}: the scale shrinks the embedded synthetic image only")
         if self.arch is not None:

@@ -26,7 +26,7 @@ from numaemu.api.records import PolicyResult, RunResult, StressResult
 from numaemu.api.run_document import delays_note, run_document
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.host.cpus import format_cpu_list, host_cpus
-from numaemu.host.files import load_image, load_topology, load_workload
+from numaemu.host.files import load_image, load_symbols, load_topology, load_workload
 from numaemu.host.fit import check_host_fits, run_needs
 from numaemu.host.segments import prune_stale
 from numaemu.model.binding import HostBinding, bind_to_host, parse_host_cpus
@@ -106,7 +106,8 @@ class Emulation:
 
     @property
     def image(self) -> KernelImage:
-        """The kernel image: the file's, or the embedded one; moved by KASLR if asked."""
+        """The kernel image: the file's, or the embedded one, with the symbols of `symbols` if
+        given; moved by KASLR if asked."""
         if self._image is None:
             c = self.config
             if c.image is None:
@@ -115,6 +116,8 @@ class Emulation:
                 image = load_image(c.image)
                 if c.arch is not None and c.arch != image.arch:
                     raise UsageError("--arch", f"{c.arch} does not match --image '{c.image}', which is {image.arch}; leave --arch out with --image")
+            if c.symbols is not None:
+                image = load_symbols(c.symbols, image)
             self._image = with_base(image, kaslr_base(image, c.seed)) if c.kaslr else image
         return self._image
 

@@ -47,7 +47,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     if args.image_path is not None and args.image is not None and args.image_path != args.image:
         raise UsageError("--image", f"two images given: '{args.image_path}' and --image '{args.image}'")
     json_path = output_path(args.json_path, "image") if args.json_path is not None else None
-    image = Emulation(image=args.image_path or args.image, image_scale=args.image_scale).image
+    image = Emulation(image=args.image_path or args.image, image_scale=args.image_scale, symbols=args.symbols).image
     s = image.summary()
     if json_path is not None:
         write_doc({"schema": SCHEMA, "command": "image", "image": s}, json_path, sys.stdout)
@@ -79,5 +79,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     if src:
         tables = ", ".join(f"{k} {v:,}" for k, v in s["other_site_tables"].items()) or "none"
         print(f"other site tables (counted, not patched): {tables}")
+    sym = s["symbols"]
+    print(f"symbols: {sym['count']:,} ({sym['functions']:,} functions), from {sym['source']}" if sym else "symbols: none (a stripped image: give --symbols System.map)")
     print(f"mapped: {s['mapped_bytes']:,} bytes")
     return 0

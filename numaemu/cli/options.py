@@ -55,6 +55,7 @@ def add_topology_options(p: argparse.ArgumentParser, positional: bool = False) -
 def add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", metavar="PATH", help="an ELF vmlinux or a compressed vmlinuz/bzImage (x86-64); default: the embedded synthetic image")
     p.add_argument("--image-scale", type=params.image_scale, default=1.0, help="shrink the embedded image by this factor (0, 1] (for tests; default 1)")
+    p.add_argument("--symbols", metavar="FILE", help="the image's symbols: its kernel's System.map, or /proc/kallsyms read as root (default: the ELF .symtab, if any)")
 
 
 def add_design_options(p: argparse.ArgumentParser) -> None:
@@ -68,7 +69,7 @@ def add_design_options(p: argparse.ArgumentParser) -> None:
 def machine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The `MachineConfig` fields a command's options give (those it has)."""
     names = {
-        "topology": "topology", "image": "image", "image_scale": "image_scale", "arch": "arch", "host_cpus": "host_cpus",
+        "topology": "topology", "image": "image", "image_scale": "image_scale", "symbols": "symbols", "arch": "arch", "host_cpus": "host_cpus",
         "local_ns": "local_ns", "sysfs_root": "sysfs_root", "pt_style": "pt_style", "kaslr": "kaslr",
         "replicas_every": "replicas_every", "delays": "delays", "time_scale": "time_scale", "start_method": "start_method", "seed": "seed",
     }

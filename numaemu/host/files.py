@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 from numaemu.errors import UsageError
@@ -19,11 +20,12 @@ from numaemu.host.sysfs import read_sysfs
 from numaemu.model.image import KernelImage
 from numaemu.model.kernelfile import PARAM as IMAGE_PARAM
 from numaemu.model.kernelfile import parse_image
+from numaemu.model.symbols import parse_symbol_map
 from numaemu.model.topology import Topology, check_local_ns, with_derived_latency
 from numaemu.model.topology_parse import PRESETS, TOPOLOGY_FILE_SUFFIXES, named_topology, parse_topology_file
 from numaemu.model.workloads import TraceText, Workload, build_workload, check_workload, parse_trace
 
-__all__ = ["regular_file", "load_topology", "load_image", "clear_cache", "read_trace", "load_trace", "load_workload"]
+__all__ = ["regular_file", "read_text", "load_topology", "load_image", "load_symbols", "clear_cache", "read_trace", "load_trace", "load_workload"]
 
 
 def regular_file(path: str | os.PathLike[str], param: str) -> Path:
@@ -138,17 +140,29 @@ def clear_cache() -> None:
 # --trace
 
 
+def read_text(path: str | os.PathLike[str], param: str) -> str:
+    """The text of the regular file at `path`, or one `UsageError(param, ...)` saying why not."""
+    source = str(path)
+    p = regular_file(path, param)
+    try:
+        return p.read_text()
+    except OSError as exc:
+        raise UsageError(param, f"cannot read '{source}': {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(param, f"cannot read '{source}': {exc}") from None
+
+
 def read_trace(path: str | os.PathLike[str]) -> TraceText:
     """The text of a ``--trace`` file, for `numaemu.model.workloads.parse_trace`."""
-    source = str(path)
-    p = regular_file(path, "--trace")
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise UsageError("--trace", f"cannot read '{source}': {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError("--trace", f"cannot read '{source}': {exc}") from None
-    return TraceText(source, text)
+    return TraceText(str(path), read_text(path, "--trace"))
+
+
+def load_symbols(path: str | os.PathLike[str], image: KernelImage) -> KernelImage:
+    """`image` with the symbols of a ``--symbols`` file (System.map or /proc/kallsyms format),
+    once its anchors show it is this kernel's (`SymbolTable.check_anchors`)."""
+    table = parse_symbol_map(read_text(path, "--symbols"), Path(path).name)
+    table.check_anchors(image.section(".text").vaddr, image.name)
+    return replace(image, symbols=table)
 
 
 def load_trace(path: str | os.PathLike[str], image: KernelImage) -> Workload:

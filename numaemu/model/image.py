@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from numaemu.model.symbols import SymbolTable
+
 __all__ = [
     "PAGE_SIZE",
     "LINE_SIZE",
@@ -141,6 +143,9 @@ class KernelImage:
     # None: the function starts.
     ftrace_offsets: npt.NDArray[np.int64] | None = None
     source: ImageSource | None = None  # a real kernel file; None: the synthetic image
+    # Its symbols (ELF .symtab, --symbols FILE, or recovered kallsyms), at their linked
+    # addresses; None: none known.
+    symbols: SymbolTable | None = None
 
     def section(self, name: str) -> Section:
         for sec in self.sections:
@@ -185,6 +190,7 @@ class KernelImage:
             "static_keys": self.n_keys,
             "mapped_bytes": int(sum(len(s.pages()) for s in self.sections) * PAGE_SIZE),
         }
+        out["symbols"] = self.symbols.summary() if self.symbols is not None else None
         if self.source is not None:
             out["source"] = self.source.to_json()
             out["other_site_tables"] = dict(self.source.other_site_tables)

@@ -27,6 +27,7 @@ filled at boot (``--no-apply-dynamic-relocs``). The embedded arm64 image (``--ar
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import PurePath
 
 import numpy as np
@@ -36,6 +37,7 @@ from numaemu.model.arrays import I8, I64, U8
 from numaemu.model.image import NOP2, NOP5, PAGE_SIZE, ImageSource, KernelImage, Section
 from numaemu.model.kernel_elf import EM_AARCH64, EM_X86_64, ElfSection, other_tables, read_elf, version_banner
 from numaemu.model.kernel_sites import find_ftrace, find_jump_table, function_sizes, jump_sites
+from numaemu.model.kernel_symtab import elf_symbols
 from numaemu.model.kernel_unpack import Refused, unpack
 
 __all__ = ["PARAM", "MIN_FTRACE_SITES", "parse_image"]
@@ -74,7 +76,8 @@ def _build(elf: bytes, container: str, path: str) -> KernelImage:
     ro_off = rodata.vaddr - text.vaddr
     if ro_off < text.size or ro_off + rodata.size > MAX_SPAN:
         raise Refused(f"has .rodata at {rodata.vaddr:#x}, not within {MAX_SPAN >> 20} MiB after .text ({text.vaddr:#x}): an unexpected layout")
-    return _analyse_x86(secs, text, rodata, container, path)
+    image = _analyse_x86(secs, text, rodata, container, path)
+    return replace(image, symbols=elf_symbols(elf, PurePath(path).name))
 
 
 # ------------------------------------------------------------------------------------------
