@@ -101,6 +101,6 @@ def test_a_symbols_file_is_attached_through_the_cli_or_refused_in_one_line(tmp_p
     other = tmp_path / "other.map"
     other.write_text("ffffffff9a000000 T _text\n")
     for path, rule in ((other, "--symbols: other.map belongs to another kernel: its _text is 0xffffffff9a000000"),
-                       (tmp_path, "--symbols: '"), ("/dev/zero", "--symbols: '/dev/zero' is a device, not a regular file")):
+                       (tmp_path, "--symbols: cannot read '"), ("/dev/zero", "--symbols: '/dev/zero' is a device, not a regular file")):
         proc = numaemu("run", "--symbols", str(path))
         assert proc.returncode == 2 and proc.stderr.startswith(f"error: {rule}") and proc.stderr.count("\n") == 1, proc.stderr
