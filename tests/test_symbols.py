@@ -41,6 +41,8 @@ def test_a_system_map_is_read_sorted_with_sizes_to_the_next_symbol():
     ("ffffffff81000000 T _text\nnot a symbol line\n", "System.map: line 2: 'not a symbol line' is not 'ADDRESS TYPE NAME'"),
     ("ffffffff81000000 _text\n", "line 1: 'ffffffff81000000 _text' is not 'ADDRESS TYPE NAME'"),
     ("", "System.map: no symbols"),
+    ("ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n",
+     "System.map is Debian's placeholder, not a symbol map: the real one is /usr/lib/debug/boot/System.map in the package linux-image-<version>-dbg"),
     ("0000000000000000 T _text\n0000000000000000 T startup_64\n", "every address is 0 (kallsyms hides them from unprivileged readers"),
 ])
 def test_a_malformed_symbols_file_is_one_line_naming_the_line(text, rule):

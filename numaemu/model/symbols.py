@@ -89,6 +89,10 @@ def symbol_table(names: list[str], addresses: list[int], types: list[str], sizes
 def parse_symbol_map(text: str, origin: str, param: str = "--symbols") -> SymbolTable:
     """A ``System.map`` or ``/proc/kallsyms``-format text (``ffffffff81000000 T _text``, a
     module's symbols followed by ``[module]``, which are left out: they are not in the image)."""
+    if text.startswith("ffffffffffffffff B The real System.map is in the"):
+        # Debian's kernel packages ship this one line as /boot/System.map-*; the real map is in
+        # the -dbg package (/usr/lib/debug/boot/System.map-*).
+        raise UsageError(param, f"{origin} is Debian's placeholder, not a symbol map: the real one is /usr/lib/debug/boot/{origin} in the package linux-image-<version>-dbg")
     names: list[str] = []
     addresses: list[int] = []
     types: list[str] = []
