@@ -106,3 +106,28 @@ def test_a_symbols_file_is_attached_through_the_cli_or_refused_in_one_line(tmp_p
                        (tmp_path, "--symbols: cannot read '"), ("/dev/zero", "--symbols: '/dev/zero' is a device, not a regular file")):
         proc = numaemu("run", "--symbols", str(path))
         assert proc.returncode == 2 and proc.stderr.startswith(f"error: {rule}") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_kallsyms_lists_become_a_table_with_sizes_to_the_next_symbol():
+    from numaemu.host.kallsyms import from_finder
+
+    t = from_finder([0xFFFFFFFF81000000, 0xFFFFFFFF81000000, 0xFFFFFFFF810B0F40, 0x6000], ["T_text", "Tstartup_64", "T__x64_sys_getpid", "Acpu_tss_rw"], "vmlinuz")
+    assert t is not None and t.source == "vmlinuz (kallsyms tables, vmlinux-to-elf)"
+    assert t.names == ("cpu_tss_rw", "_text", "startup_64", "__x64_sys_getpid") and t.types == "ATTT"
+    assert t.address_of("__x64_sys_getpid") == 0xFFFFFFFF810B0F40 and t.sizes.tolist()[1] == 0xB0F40
+    assert from_finder([], [], "vmlinuz") is None
+
+
+def test_the_kallsyms_library_is_installed_and_finds_nothing_where_there_is_none():
+    """The real vmlinux-to-elf (the kallsyms extra, which tox installs) on an image built
+    without kallsyms: None, quickly, and nothing logged. On Debian's 6.1.0-57 cloud vmlinuz it
+    finds 87,347 symbols (README, "numaemu image")."""
+    import logging
+
+    from numaemu.host import kallsyms
+
+    from .test_kernelfile import tiny_vmlinux
+
+    assert kallsyms.available(), "the kallsyms extra is not installed: " + kallsyms.EXTRA_HINT
+    assert kallsyms.recover_kallsyms(tiny_vmlinux().elf, "tiny") is None
+    assert logging.root.manager.disable == logging.NOTSET  # the library's logging is off only meanwhile

@@ -16,10 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from numaemu.errors import UsageError
+from numaemu.host.kallsyms import recover_kallsyms
 from numaemu.host.sysfs import read_sysfs
 from numaemu.model.image import KernelImage
 from numaemu.model.kernelfile import PARAM as IMAGE_PARAM
-from numaemu.model.kernelfile import parse_image
+from numaemu.model.kernelfile import parse_image_elf
 from numaemu.model.symbols import parse_symbol_map
 from numaemu.model.topology import Topology, check_local_ns, with_derived_latency
 from numaemu.model.topology_parse import PRESETS, TOPOLOGY_FILE_SUFFIXES, named_topology, parse_topology_file
@@ -127,7 +128,10 @@ def load_image(path: str | os.PathLike[str]) -> KernelImage:
             blob = p.read_bytes()
         except OSError as exc:
             raise UsageError(IMAGE_PARAM, f"'{path}': cannot read it: {exc.strerror}") from None
-        _IMAGES[key] = parse_image(blob, str(path))
+        image, elf = parse_image_elf(blob, str(path))
+        if image.symbols is None:  # stripped: the kernel's own kallsyms tables, if the extra is there
+            image = replace(image, symbols=recover_kallsyms(elf, p.name))
+        _IMAGES[key] = image
     return _IMAGES[key]
 
 

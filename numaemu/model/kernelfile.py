@@ -40,7 +40,7 @@ from numaemu.model.kernel_sites import find_ftrace, find_jump_table, function_si
 from numaemu.model.kernel_symtab import elf_symbols
 from numaemu.model.kernel_unpack import Refused, unpack
 
-__all__ = ["PARAM", "MIN_FTRACE_SITES", "parse_image"]
+__all__ = ["PARAM", "MIN_FTRACE_SITES", "parse_image", "parse_image_elf"]
 
 PARAM = "--image"
 MIN_FTRACE_SITES = 8  # functions 1..3 stand in for the trampolines (sites.py)
@@ -49,9 +49,14 @@ MAX_SPAN = 1 << 30  # .text to the end of .rodata
 
 def parse_image(blob: bytes, path: str) -> KernelImage:
     """The `KernelImage` in `blob` (a file's bytes; `path` names it in messages and the image)."""
+    return parse_image_elf(blob, path)[0]
+
+
+def parse_image_elf(blob: bytes, path: str) -> tuple[KernelImage, bytes]:
+    """`parse_image`, and the ELF vmlinux it was built from (decompressed from `blob`)."""
     try:
         elf, container = unpack(blob)
-        return _build(elf, container, path)
+        return _build(elf, container, path), elf
     except Refused as exc:
         raise UsageError(PARAM, f"'{path}' {exc}") from None
 
