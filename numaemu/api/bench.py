@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from numaemu.api import params
-from numaemu.api.records import BenchResult
+from numaemu.api.records import BenchResult, mark_stopped
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.host.cpus import host_cpus
 from numaemu.host.files import load_topology, load_workload
@@ -24,7 +24,7 @@ from numaemu.measure.compare import BENCH_SCHEMA
 from numaemu.measure.experiment import AXES, Experiment, Point, read_experiment_file, split_topologies
 from numaemu.model.binding import bind_to_host, parse_host_cpus
 from numaemu.model.pagetables import PT_STYLES
-from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
+from numaemu.model.placement import POLICIES, REPLICATE_SCOPES, check_replicas_every
 from numaemu.model.workloads import WORKLOADS
 from numaemu.runtime.policy_run import DELAYS, START_METHODS
 from numaemu.runtime.results import SCHEMA, host_metadata
@@ -134,9 +134,7 @@ def _check_points(exp: Experiment, lists: dict[str, list[str]], *, here: bool) -
             point = run_needs(topo, image, exp.policies, replicate=r, replicas_every=exp.replicas_every, label=label)
             check_node_memory(topo, point)
             needs += point
-    most = max(topos, key=lambda topo: topo.n_nodes)
-    if exp.replicas_every > most.n_nodes:
-        raise UsageError("--replicas-every", f"{exp.replicas_every} is more than the {most.n_nodes} nodes of {most.name}: only the master node would hold a copy")
+    check_replicas_every(exp.replicas_every, topos)
     if here:
         check_fit(needs, *free_space())
     for w in lists["workload"]:
@@ -170,7 +168,7 @@ def bench(*, experiment_file: str | None = None, cluster: str | None = None, pro
     """Run a sweep from a script: options as ``numaemu bench``'s, with ``_`` for ``-``
     (``topology="2s-xeon,kunpeng920"`` or a list, ``cache=["hot", "cold"]``, ``repeat=3``, ...).
     Returns a `BenchResult`; a node failure or an interrupt propagates with the points
-    completed attached as ``partial`` (a document). `on_experiment` sees the experiment once it
+    completed attached as ``partial`` (a `BenchResult` too). `on_experiment` sees the experiment once it
     is checked, before anything runs (the command line says what it is about to do)."""
     from numaemu.measure.cluster import ClusterSession, parse_address
     from numaemu.measure.cluster import check_available as check_cluster_available
@@ -198,7 +196,8 @@ def bench(*, experiment_file: str | None = None, cluster: str | None = None, pro
             sweep = ClusterSweep(exp, session, progress=progress, log=say)
             points = sweep.run(done=completed)
     except (NodeFailure, KeyboardInterrupt) as exc:
-        exc.partial = bench_document(exp, completed, file=experiment_file, sweep=sweep)  # type: ignore[union-attr]
+        doc = mark_stopped(bench_document(exp, completed, file=experiment_file, sweep=sweep), exc)
+        exc.partial = BenchResult(tuple(doc["points"]), tuple(doc["failed_runs"]), doc)  # type: ignore[union-attr]
         raise
     finally:
         if session is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from numaemu.api.config import MachineConfig, RunConfig, StressConfig
-from numaemu.api.records import PolicyResult, RunResult, StressResult
+from numaemu.api.records import PolicyResult, RunResult, StressResult, mark_stopped
 from numaemu.api.run_document import delays_note, run_document
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.host.cpus import format_cpu_list, host_cpus
@@ -30,9 +30,9 @@ from numaemu.host.files import load_image, load_symbols, load_topology, load_wor
 from numaemu.host.fit import check_host_fits, run_needs
 from numaemu.host.segments import prune_stale
 from numaemu.model.binding import HostBinding, bind_to_host, parse_host_cpus
-from numaemu.model.image import KernelImage, synthetic_image, with_module_area
+from numaemu.model.image import KernelImage, synthetic_image
 from numaemu.model.pagetables import kaslr_base, with_base
-from numaemu.model.sites import site_table
+from numaemu.model.placement import check_replicas_every
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
 from numaemu.patching.sources import PatchOp, hot_keys
@@ -100,9 +100,7 @@ class Emulation:
         return self._host
 
     def _check_design(self) -> None:
-        c, topo = self.config, self.topology
-        if c.replicas_every > topo.n_nodes:
-            raise UsageError("--replicas-every", f"{c.replicas_every} is more than the {topo.n_nodes} nodes of {topo.name}: only the master node would hold a copy")
+        check_replicas_every(self.config.replicas_every, [self.topology])
 
     @property
     def image(self) -> KernelImage:
@@ -190,10 +188,8 @@ class Emulation:
 
         def result(records: list[dict[str, Any]], exc: BaseException | None = None) -> RunResult:
             doc = run_document(config, topo, host, image, workload, spec.time_scale, cal, records)
-            if isinstance(exc, NodeFailure):
-                doc["failure"] = exc.to_json()
-            elif exc is not None:
-                doc["interrupted"] = True
+            if exc is not None:
+                mark_stopped(doc, exc)
             return RunResult(tuple(PolicyResult.from_json(r) for r in records), doc, dict(placed))
 
         try:
@@ -245,16 +241,14 @@ class Emulation:
             raise UsageError("config", "this StressConfig describes another machine; make an Emulation of it (Emulation.from_config)")
         image = self.image
         protocol = config.protocol_for(image.arch)
-        if config.source == "static_keys" and not len(hot_keys(image.jump_keys, image.n_keys)):
+        keys = len(hot_keys(image.jump_keys, image.n_keys))
+        if config.source == "static_keys" and not keys:
             raise UsageError("--source", f"static_keys needs static keys, and image {image.name} has no jump-label sites numaemu can flip "
                                          "(no __jump_table found); use ftrace, module, bpf, livepatch or mixed")
-        keys = len(hot_keys(image.jump_keys, image.n_keys))
-        for op in config.script:
+        for op in config.script:  # (every image gets a module area: run_stress adds it)
             if op.source == "static_keys" and op.key >= keys:
                 raise UsageError("ops", f"{op.kind} of key {op.key}: image {image.name} has {keys} hot static keys (0..{keys - 1})" if keys else f"{op.kind}: image {image.name} has no static keys")
-            if op.source == "module" and not site_table(with_module_area(image)).module_slots:
-                raise UsageError("ops", f"{op.kind}: image {image.name} has no module area")
-        if config.bug == "key-race" and not len(hot_keys(image.jump_keys, image.n_keys)):
+        if config.bug == "key-race" and not keys:
             raise UsageError("--inject-bug", f"key-race is a static-key bug, and image {image.name} has no static keys to race on")
         topo, host = self.topology, self.host
         self._check_design()
@@ -274,8 +268,7 @@ class Emulation:
             doc = stress_document(spec, raw)
             doc["host"], doc["topology"], doc["host_binding"] = host_metadata(), topo.to_json(), host.to_json()
             if exc is not None:
-                doc["failure" if isinstance(exc, NodeFailure) else "interrupted"] = exc.to_json() if isinstance(exc, NodeFailure) else True
-                doc["ok"] = False
+                mark_stopped(doc, exc)
             return StressResult.from_json(doc)
 
         try:

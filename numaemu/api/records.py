@@ -14,11 +14,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from numaemu.errors import UsageError
+from numaemu.errors import NodeFailure, UsageError
 from numaemu.host.files import regular_file
 from numaemu.runtime.results import SCHEMA
 
-__all__ = ["PolicyResult", "RunResult", "StressResult", "BenchResult", "CalibrationResult", "read_document", "upgrade"]
+__all__ = ["PolicyResult", "RunResult", "StressResult", "BenchResult", "CalibrationResult", "read_document", "upgrade", "mark_stopped"]
+
+
+def mark_stopped(doc: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """`doc`, of a command stopped early by `exc` (README, "Errors"): ``failure`` (node, pid,
+    phase, where, detail) for a `NodeFailure`, else ``interrupted`` (Ctrl-C, SIGTERM); ``ok``
+    false where the document has one."""
+    if isinstance(exc, NodeFailure):
+        doc["failure"] = exc.to_json()
+    else:
+        doc["interrupted"] = True
+    if "ok" in doc:
+        doc["ok"] = False
+    return doc
 
 
 def read_document(path: str | Path, param: str, command: str, *, version_key: str = "schema", version: int = SCHEMA, needs: tuple[str, ...] = ()) -> dict[str, Any]:

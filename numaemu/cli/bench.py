@@ -81,10 +81,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = api_bench.bench(experiment_file=args.experiment, cluster=args.cluster, progress=args.progress, log=run.say,
                                  on_experiment=run.begin, sysfs_root=args.sysfs_root, **given)
     except (NodeFailure, KeyboardInterrupt) as exc:  # keep the points completed so far
-        partial = getattr(exc, "partial", None)
-        if partial is not None and run.exp is not None:
+        if run.exp is not None:  # the outputs were checked: the sweep had begun
             n = len(run.exp.points)
-            write_partial(exc, {**partial, "argv": sys.argv[1:]}, run.json_path, run.log, lambda d: f"stopped early: {len(d['points'])} of {n} points completed")
+            write_partial(exc, run.json_path, run.log, lambda d: f"stopped early: {len(d['points'])} of {n} points completed")
         raise
     return run.finish(result.to_json())
 

@@ -12,12 +12,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any
 
 from numaemu.api import params
 from numaemu.api.config import MachineConfig
-from numaemu.errors import NodeFailure, UsageError
+from numaemu.errors import UsageError
 from numaemu.runtime.results import write_json
 
 __all__ = [
@@ -67,17 +68,9 @@ def add_design_options(p: argparse.ArgumentParser) -> None:
 
 
 def machine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The `MachineConfig` fields a command's options give (those it has)."""
-    names = {
-        "topology": "topology", "image": "image", "image_scale": "image_scale", "symbols": "symbols", "arch": "arch", "host_cpus": "host_cpus",
-        "local_ns": "local_ns", "sysfs_root": "sysfs_root", "pt_style": "pt_style", "kaslr": "kaslr",
-        "replicas_every": "replicas_every", "delays": "delays", "time_scale": "time_scale", "start_method": "start_method", "seed": "seed",
-    }
-    return {field: getattr(args, opt) for field, opt in names.items() if getattr(args, opt, None) is not None}
-
-
-def machine(args: argparse.Namespace) -> MachineConfig:
-    return MachineConfig(**machine_options(args))
+    """The `MachineConfig` fields a command's options give (those it has; each option's dest is
+    the field's name)."""
+    return {f.name: getattr(args, f.name) for f in fields(MachineConfig) if getattr(args, f.name, None) is not None}
 
 
 def log_for(json_path: str) -> IO[str]:
@@ -137,19 +130,14 @@ def write_doc(doc: dict[str, Any], json_path: str, log: IO[str]) -> None:
         print(f"wrote {where}", file=log)
 
 
-def write_partial(exc: BaseException, doc: dict[str, Any] | None, json_path: str, log: IO[str], summary: Callable[[dict[str, Any]], str] | None = None) -> None:
+def write_partial(exc: BaseException, json_path: str, log: IO[str], summary: Callable[[dict[str, Any]], str]) -> None:
     """A run stopped early (a node failed: `NodeFailure`; Ctrl-C or SIGTERM: KeyboardInterrupt):
-    write what it had produced (`doc`), with ``failure`` (node, pid, phase, where, detail) or
-    ``interrupted``, before `main` prints the one error line. Nothing to write if the run
-    produced nothing (`doc` None)."""
-    if doc is None:
+    say and write what it had produced, the API's record on ``exc.partial`` (already marked
+    with ``failure`` or ``interrupted``, `records.mark_stopped`), before `main` prints the one
+    error line. Nothing to write if the run produced nothing."""
+    partial = getattr(exc, "partial", None)
+    if partial is None:
         return
-    if isinstance(exc, NodeFailure):
-        doc["failure"] = exc.to_json()
-    else:
-        doc["interrupted"] = True
-    if "ok" in doc:
-        doc["ok"] = False
-    if summary is not None:
-        print(summary(doc), file=log)
+    doc = {**partial.to_json(), "argv": sys.argv[1:]}
+    print(summary(doc), file=log)
     write_doc(doc, json_path, log)

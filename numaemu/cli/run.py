@@ -64,9 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = emu.run_config(config)
     except (NodeFailure, KeyboardInterrupt) as exc:  # keep the policies that completed
-        partial: RunResult | None = getattr(exc, "partial", None)
-        doc = None if partial is None else {**partial.to_json(), "argv": sys.argv[1:]}
-        write_partial(exc, doc, json_path, log, lambda d: _partial_table(d, len(config.policies)))
+        write_partial(exc, json_path, log, lambda d: _partial_table(d, len(config.policies)))
         raise
     records = [p.to_json() for p in result.policies]
     outcome = 1 if config.verify and not all(r["verified"] for r in records) else 0

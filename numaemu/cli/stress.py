@@ -10,7 +10,6 @@ from typing import Any
 from numaemu.api import params
 from numaemu.api.config import StressConfig
 from numaemu.api.emulation import Emulation
-from numaemu.api.records import StressResult
 from numaemu.cli.options import add_design_options, add_image_options, add_topology_options, log_for, machine_options, output_path, write_doc, write_partial
 from numaemu.errors import NodeFailure
 from numaemu.patching.protocols import BUGS
@@ -56,9 +55,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     try:
         result = emu.stress_config(config)
     except (NodeFailure, KeyboardInterrupt) as exc:  # keep what the nodes saw, then stop as usual
-        partial: StressResult | None = getattr(exc, "partial", None)
-        doc = None if partial is None else {**partial.to_json(), "argv": sys.argv[1:]}
-        write_partial(exc, doc, json_path, log, format_stress_summary)
+        write_partial(exc, json_path, log, format_stress_summary)
         raise
     doc = {**result.to_json(), "argv": sys.argv[1:]}
     outcome = 0 if result.ok else 1

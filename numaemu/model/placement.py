@@ -34,7 +34,7 @@ from numaemu.model.arrays import I16, I64, Intp
 from numaemu.model.image import PAGE_SIZE, KernelImage
 from numaemu.model.topology import Topology
 
-__all__ = ["POLICIES", "REPLICATE_SCOPES", "PageTable", "Placement", "place", "serving_nodes"]
+__all__ = ["POLICIES", "REPLICATE_SCOPES", "PageTable", "Placement", "place", "place_for", "serving_nodes", "check_reachable", "check_replicas_every"]
 
 POLICIES = ("single", "interleave", "replicate")
 REPLICATE_SCOPES = ("text", "text+rodata")
@@ -193,3 +193,11 @@ def place_for(
     mem_serving = serving_nodes(topo.distance, has_memory, 1)
     serving = serving_nodes(topo.distance, has_memory, replicas_every) if policy == "replicate" else mem_serving
     return place(image, topo.n_nodes, policy, replicate, serving=serving), mem_serving
+
+
+def check_replicas_every(k: int, topologies: Sequence[Topology]) -> None:
+    """--replicas-every K past the node count (of the largest topology swept) is a mistake:
+    only the master would hold a copy, whatever K."""
+    most = max(topologies, key=lambda topo: topo.n_nodes)
+    if k > most.n_nodes:
+        raise UsageError("--replicas-every", f"{k} is more than the {most.n_nodes} nodes of {most.name}: only the master node would hold a copy")
