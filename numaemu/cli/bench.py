@@ -18,6 +18,7 @@ from numaemu.measure.experiment import Experiment
 from numaemu.measure.plot import check_available as check_plot_available
 from numaemu.measure.plot import plot_bench
 from numaemu.measure.report import LEGEND, write_csv
+from numaemu.measure.sweep import failure_line
 from numaemu.model.workloads import WORKLOADS
 from numaemu.runtime.policy_run import START_METHODS
 from numaemu.runtime.results import SCHEMA
@@ -130,7 +131,7 @@ class _BenchRun:
             print(f"wrote {args.plot_path}", file=log)
         failed = doc["failed_runs"]
         if failed:
-            first = f"run failed on {failed[0]['host'] or 'no host'}: {failed[0]['detail']}"  # sweep.RunFailure.line
+            first = failure_line(failed[0])
             tasks = self.exp.repeat * len(self.exp.points)
             print(f"error: {len(failed)} of {tasks} runs failed (each named above; failed_runs in the JSON): first {first}", file=sys.stderr)
             return EXIT_RUNS_FAILED

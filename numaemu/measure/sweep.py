@@ -34,6 +34,7 @@ from numaemu.runtime.results import host_record
 __all__ = [
     "WARMUP_FRACTION",
     "RunFailure",
+    "failure_line",
     "RunOutcome",
     "SweepLedger",
     "prepare_point",
@@ -45,6 +46,12 @@ __all__ = [
 WARMUP_FRACTION = 0.25  # a warmup repetition runs a quarter of the measured duration
 
 Tick = Callable[[str, dict[str, Any], dict[str, Any]], None]  # `run_policies`'s `each`: called once a policy's run is done
+
+
+def failure_line(failure: dict[str, Any]) -> str:
+    """How a failed run is named, from its record (`RunFailure.to_json`, or the JSON's
+    ``failed_runs``)."""
+    return f"run failed on {failure['host'] or 'no host'}: {failure['detail']}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ class RunFailure:
         return cls(task, host, str(exc), exc.node, exc.pid, exc.phase, exc.where or None)
 
     def line(self) -> str:
-        return f"run failed on {self.host or 'no host'}: {self.detail}"
+        return failure_line(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         return {**self.task.to_json(), "host": self.host, "detail": self.detail, "node": self.node, "pid": self.pid, "phase": self.phase, "where": self.where}
