@@ -149,7 +149,7 @@ def test_image_summary(capsys):
     assert code == 0
     assert [(x["name"], x["size"], x["vaddr"]) for x in s["sections"]] == [
         (".text", 14_687_986, "0xffffffff81000000"),
-        (".rodata", 4_056_054, "0xffffffff82000000"),
+        (".rodata", 4_063_670, "0xffffffff82000000"),
     ]
     code, out, _ = run_cli(capsys, "image")
     assert code == 0 and "14,687,986" in out and "ftrace site" in out

@@ -39,7 +39,7 @@ def test_sizes_and_addresses(image: KernelImage) -> None:
     text, rodata = image.sections
     assert (text.name, rodata.name) == (".text", ".rodata")
     assert text.size == TEXT_SIZE == 14_687_986
-    assert rodata.size == RODATA_SIZE == 4_056_054
+    assert rodata.size == RODATA_SIZE == 4_063_670
     assert image.base == KERNEL_BASE == 0xFFFFFFFF81000000
     assert text.vaddr == 0xFFFFFFFF81000000
     assert rodata.vaddr % (2 * MiB) == 0
@@ -214,7 +214,7 @@ def test_summary(image: KernelImage) -> None:
         "scale": 1.0,
         "sections": [
             {"name": ".text", "vaddr": "0xffffffff81000000", "size": 14_687_986, "pages": 3586},
-            {"name": ".rodata", "vaddr": "0xffffffff82000000", "size": 4_056_054, "pages": 991},
+            {"name": ".rodata", "vaddr": "0xffffffff82000000", "size": 4_063_670, "pages": 991},
         ],
         "functions": FUNCTIONS_SEED0,
         "ftrace_sites": FUNCTIONS_SEED0,

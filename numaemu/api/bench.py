@@ -72,6 +72,8 @@ def experiment(given: Mapping[str, str | None], *, file: str | None = None, sysf
             raise UsageError(param, str(exc)) from None
 
     lists: dict[str, list[str]] = {}
+    if raw("trace")[0] and given.get("workload") is None and "workload" not in from_file:
+        given = {**given, "workload": "trace"}  # --trace alone names the workload
     for name in ("topology", *LISTS):
         text, param = raw(name)
         assert text is not None

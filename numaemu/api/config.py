@@ -107,8 +107,8 @@ class RunConfig(MachineConfig):
     """One ``numaemu run``: the `workload` under each of `policies`, for `duration_s` seconds
     each (default 2) or `requests` requests in all."""
 
-    workload: str = "db"
-    trace: str | None = None  # for workload "trace": a recording or an address list
+    workload: str = ""  # "" : "trace" when a trace is given, else "db"
+    trace: str | None = None  # for workload "trace": a recording, perf script output or an address list
     policies: tuple[str, ...] = POLICIES
     replicate: str = "text+rodata"
     cache: str = "hot"
@@ -127,6 +127,8 @@ class RunConfig(MachineConfig):
         object.__setattr__(self, "policies", tuple(params.comma_list(text, "--policy", POLICIES, noun="policy")))
         if self.trace is not None and not str(self.trace).strip():
             raise UsageError("--trace", "is empty; give a file path")
+        if not self.workload:
+            object.__setattr__(self, "workload", "trace" if self.trace is not None else "db")
         check_workload(self.workload, self.trace is not None)
         params.choice(self.replicate, REPLICATE_SCOPES, "--replicate")
         params.choice(self.cache, ("hot", "cold"), "--cache")

@@ -43,7 +43,7 @@ _OPTIONS = (
     ("image", "a real kernel image file (ELF vmlinux or vmlinuz/bzImage) instead of the embedded one"),
     ("host-cpus", "host CPUs for each node, ';'-separated cpulists (one topology only)"),
     ("local-ns", "derive latencies from distances with this local latency (ns)"),
-    ("trace", "for --workload trace: a file of virtual addresses"),
+    ("trace", "replay a file (implies --workload trace): a numaemu recording, perf script output, or virtual addresses"),
     ("time-scale", "wall ns per emulated ns (default: calibrated at each point)"),
     ("delays", "model (paced to the emulated latencies, default) or none (nothing injected; one value, not a sweep)"),
     ("pt-style", "page-table design: none (default), arm64 or x86 (one value, not a sweep)"),

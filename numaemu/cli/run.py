@@ -17,6 +17,7 @@ from numaemu.api.records import RunResult
 from numaemu.cli.options import add_design_options, add_image_options, add_topology_options, log_for, machine_options, output_path, write_doc, write_partial
 from numaemu.errors import NodeFailure
 from numaemu.host.numamaps import NumaMapsReport, format_numa_maps, numa_maps_informative, numa_maps_warnings
+from numaemu.measure.report import format_recording
 from numaemu.model.placement import POLICIES
 from numaemu.model.workloads import WORKLOADS
 from numaemu.runtime.policy_run import START_METHODS
@@ -32,8 +33,8 @@ def add_parser(sub: Any) -> None:
     add_image_options(p)
     p.add_argument("--policy", default=",".join(POLICIES), help=f"comma list of {', '.join(POLICIES)} (default: all three)")
     p.add_argument("--replicate", default="text+rodata", help="what replicate copies: text or text+rodata (default)")
-    p.add_argument("--workload", default="db", help=f"one of {', '.join(WORKLOADS)} (default db)")
-    p.add_argument("--trace", type=params.file_path, help="for --workload trace: a file of virtual addresses, one a line")
+    p.add_argument("--workload", default="", help=f"one of {', '.join(WORKLOADS)} (default db; trace with --trace)")
+    p.add_argument("--trace", type=params.file_path, help="replay a file: a numaemu recording, perf script output, or virtual addresses one a line")
     p.add_argument("--cache", default="hot", help="hot (caches kept between requests, default) or cold (flushed before each)")
     p.add_argument("--user-data", default="local", help="local (NUMA-aware user space, default) or interleave")
     g = p.add_mutually_exclusive_group()
@@ -81,6 +82,12 @@ def _partial_table(doc: dict[str, Any], n_policies: int) -> str:
 
 def _report(result: RunResult, config: RunConfig, placed: dict[str, NumaMapsReport], log: Any) -> None:
     records = [p.to_json() for p in result.policies]
+    rep = result.document["workload"].get("recording")
+    if rep is not None:
+        for line in format_recording(rep, result.document["image"]["name"]):
+            print(line, file=log)
+        if rep["warning"]:
+            print(f"warning: {rep['warning']}", file=sys.stderr)
     print(format_run_table(records), file=log)
     over = max(r["pacing_lost_pct"] for r in records)
     if config.delays == "model":

@@ -13,7 +13,7 @@ from typing import Any
 
 from numaemu.measure.experiment import Point
 
-__all__ = ["CSV_COLUMNS", "LEGEND", "csv_rows", "format_bench", "format_point", "write_csv"]
+__all__ = ["CSV_COLUMNS", "LEGEND", "csv_rows", "format_bench", "format_point", "format_recording", "write_csv"]
 
 
 def _fmt_nodes(per_node: list[dict[str, Any]]) -> str:
@@ -139,3 +139,24 @@ def write_csv(points: list[dict[str, Any]], path: str) -> None:
         w.writeheader()
         for row in csv_rows(points):
             w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def format_recording(rep: dict[str, Any], image: str) -> list[str]:
+    """What a replayed recording was and how it mapped (`numaemu.model.replay` report): the
+    lines ``numaemu run`` and ``bench`` print before their tables."""
+    rec = rep.get("recorded") or {}
+    k = max(1, rep["kernel_samples"])
+    where = f", kernel {rec['release']}" if rec.get("release") else ""
+    cmd = f", command: {' '.join(rec['command'])[:60]!r}" if rec.get("command") else ""
+    out = [
+        f"recording: {rep['source']} ({rep['format']}{where}{cmd}): {rep['samples']:,} samples, {rep['kernel_share']:.0%} in the kernel"
+        + ("" if rep["callchains"] else ", no callchains (one frame a sample)"),
+        f"mapped onto {image}: {rep['mapped_by_name'] / k:.1%} of kernel samples by name, {rep['mapped_by_stand_in'] / k:.1%} through stand-ins, "
+        f"{rep['mapped_by_address'] / k:.1%} by address ({rep['functions']['by_name']:,} functions by name, {rep['functions']['stand_in']:,} stand-ins)",
+        "top entries: " + ", ".join(f"{e['entry']} {e['sample_share']:.0%} of samples, {e['request_share']:.0%} of requests" for e in rep["top_entries"][:5]),
+        "top functions: " + ", ".join(f"{f['function']} {f['self_share']:.0%} ({f['subsystem']}{'' if f['mapped'] == 'name' else ', ' + f['mapped']})" for f in rep["top_functions"][:6]),
+    ]
+    r = rep.get("reconstruction")
+    if r:
+        out.append(f"requests: {r['templates']} templates from {r['entries']} entries, {r['mean_lines_per_request']:g} lines a request, user compute {r['compute_ns_per_request']:g} ns a request")
+    return out

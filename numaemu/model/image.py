@@ -1,7 +1,8 @@
-"""The kernel image: an embedded, deterministic synthetic image shaped like a distro kernel.
+"""The kernel image: an embedded, deterministic image with a real distro kernel's function layout.
 
-Sizes default to Debian 6.1 cloud amd64 (BACKGROUND.md s.2): ``.text`` 14,687,986 bytes and
-``.rodata`` 4,056,054 bytes, text at the x86-64 default ``__START_KERNEL_map`` + 16 MiB,
+Its functions are those of Debian's 6.1.0-57 cloud amd64 kernel (6.1.192-3), names, link order,
+offsets and sizes, from that kernel's kallsyms tables (`numaemu.model.layout`); its bytes are
+synthetic. ``.text`` is 14,687,986 bytes and ``.rodata`` 4,063,670 bytes (BACKGROUND.md s.2), text at the x86-64 default ``__START_KERNEL_map`` + 16 MiB,
 0xffffffff81000000 (arch/x86/include/asm/page_64_types.h), rodata at the next 2 MiB boundary as
 the linker script aligns it (arch/x86/kernel/vmlinux.lds.S).
 
@@ -29,7 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from numaemu.model.symbols import SymbolTable
+from numaemu.model.layout import DEFAULT_RELEASE, default_layout
+from numaemu.model.symbols import SymbolTable, symbol_table
 
 __all__ = [
     "PAGE_SIZE",
@@ -52,7 +54,7 @@ LINE_SIZE = 64
 LINES_PER_PAGE = PAGE_SIZE // LINE_SIZE
 KERNEL_BASE = 0xFFFFFFFF81000000
 TEXT_SIZE = 14_687_986
-RODATA_SIZE = 4_056_054
+RODATA_SIZE = 4_063_670  # (the layout's own figure: synthetic_image reads it from there)
 SECTION_ALIGN = 2 << 20  # rodata starts on a 2 MiB boundary (vmlinux.lds.S, x86 PMD size)
 
 ARCHES = ("x86_64", "arm64")
@@ -62,7 +64,7 @@ NOP2 = bytes.fromhex("6690")
 INT3 = 0xCC
 
 FUNC_ALIGN = 16
-MEAN_FUNC_BYTES = 412  # 14,687,986 B / ~35,000 functions, less the mean alignment padding
+MIN_FUNC_BYTES = 16  # the embedded image's smallest function with an ftrace site
 JUMP_SITE_SHARE = 0.33  # share of functions holding one jump-label site
 JUMP_SITES_PER_KEY = 20  # mean use sites per static key
 
@@ -226,7 +228,13 @@ def _align(x: int, a: int) -> int:
 
 
 def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> KernelImage:
-    """Build the embedded image. Deterministic in (`scale`, `seed`, `arch`); ~0.2 s at full size.
+    """Build the embedded image. Deterministic in (`scale`, `seed`, `arch`); ~0.3 s at full size.
+
+    Its functions are a real kernel's (`numaemu.model.layout`: Debian's 6.1.0-57 cloud amd64):
+    every text symbol's name, link order and size, at full size even its offset from ``_text``.
+    ``scale`` < 1 shrinks every function by that factor (to at least 16 bytes, an ftrace site and
+    room for a jump-label site) and packs them 16-byte aligned, keeping names and order, so
+    recordings still map onto it by name.
 
     ``arch="arm64"``: the same layout with fixed 4-byte, 4-byte-aligned instructions: the ftrace
     site is one NOP at the function entry (``-fpatchable-function-entry``), jump-label sites are
@@ -239,8 +247,20 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
     arm = arch == "arm64"
     insn = 4 if arm else 1  # instruction alignment
     rng = np.random.default_rng([seed, 0x6B65726E])  # "kern"
-    text_size = max(PAGE_SIZE, round(TEXT_SIZE * scale))
-    rodata_size = max(PAGE_SIZE, round(RODATA_SIZE * scale))
+    layout = default_layout()
+    firsts, which = np.unique(layout.offsets, return_inverse=True)  # aliases share a function
+    real_sizes = np.zeros(len(firsts), dtype=np.int64)
+    real_sizes[which] = layout.sizes
+    if scale == 1 and not arm:
+        starts, sizes, text_size = firsts, real_sizes, layout.text_size
+    else:
+        # Shrunk (or arm64's 4-byte instructions): every function at least MIN_FUNC_BYTES, packed.
+        sizes = np.maximum(MIN_FUNC_BYTES, np.round(real_sizes * scale).astype(np.int64))
+        sizes = -(-sizes // insn) * insn
+        slots = -(-sizes // FUNC_ALIGN) * FUNC_ALIGN
+        starts = np.concatenate(([0], np.cumsum(slots)[:-1]))
+        text_size = int(starts[-1] + slots[-1])
+    rodata_size = max(PAGE_SIZE, round(layout.rodata_size * scale))
     text = Section(".text", KERNEL_BASE, text_size, 0)
     rodata_off = _align(text_size, SECTION_ALIGN)
     rodata = Section(".rodata", KERNEL_BASE + rodata_off, rodata_size, rodata_off)
@@ -249,22 +269,18 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
     data = np.zeros(span, dtype=np.uint8)
     data[rodata_off : rodata_off + rodata_size] = rng.integers(0, 256, rodata_size, dtype=np.uint8)
 
-    # Function sizes: a gamma distribution (many small functions, a long tail), at least 16 bytes.
-    est = int(text_size / (MEAN_FUNC_BYTES + FUNC_ALIGN / 2) * 1.3) + 16
-    sizes = 16 + rng.gamma(1.5, (MEAN_FUNC_BYTES - 16) / 1.5, est).astype(np.int64)
-    sizes = -(-sizes // insn) * insn
-    slots = -(-sizes // FUNC_ALIGN) * FUNC_ALIGN
-    starts = np.concatenate(([0], np.cumsum(slots)[:-1]))
-    keep = starts + sizes <= text_size
-    starts, sizes = starts[keep], sizes[keep]
-
     # Function bodies: random bytes; INT3 in the alignment padding after each function and in
-    # the tail; then the ftrace NOP5 at each entry.
+    # the tail; then the ftrace NOP5 at the entry of each function large enough to hold one and
+    # a jump-label site (a few hundred stubs and thunks are not: they stay symbols only).
     data[:text_size] = rng.integers(0, 256, text_size, dtype=np.uint8)
     ends = starts + sizes
     pads = np.append(starts[1:], text_size) - ends
     pad_at = np.repeat(ends, pads) + (np.arange(pads.sum()) - np.repeat(np.cumsum(pads) - pads, pads))
     data[pad_at] = 0 if arm else INT3
+    symbols = symbol_table(list(layout.names), [KERNEL_BASE + int(starts[w]) for w in which], ["T"] * len(which), [int(sizes[w]) for w in which],
+                           f"the embedded layout: Debian {DEFAULT_RELEASE}'s text functions (names, order, sizes)")
+    big = sizes >= MIN_FUNC_BYTES
+    starts, sizes = starts[big], sizes[big]
     entry = np.frombuffer(ARM64_NOP if arm else NOP5, dtype=np.uint8)
     data[starts[:, None] + np.arange(len(entry))] = entry
 
@@ -303,4 +319,5 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
         n_keys=n_keys,
         seed=seed,
         scale=scale,
+        symbols=symbols,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numaemu.model.arrays import I64, U64, Ints
+from numaemu.model.arrays import F64, I64, U64, Ints
 
 __all__ = ["TASKS_PER_NODE", "RequestPlan", "plan_requests", "plan_tasks", "choose_destination", "splitmix64"]
 
@@ -55,13 +55,15 @@ def plan_requests(
     node: int,
     n_nodes: int,
     migrate_rate: float,
+    cdf: F64 | None = None,
 ) -> RequestPlan:
     """Requests `first`..`first+count-1` of `task` on `node`, cut short at the first migration.
 
     `migrate_rate` is the probability that a task migrates after any one request; the
-    destination is another node, uniformly.
+    destination is another node, uniformly. Templates are drawn uniformly, or with the
+    cumulative weights `cdf` when given (a recorded workload's entry mix, `Workload.cdf`).
     """
-    return plan_tasks(seed, [task], [first], [count], n_templates, node, n_nodes, migrate_rate)[0]
+    return plan_tasks(seed, [task], [first], [count], n_templates, node, n_nodes, migrate_rate, cdf)[0]
 
 
 def plan_tasks(
@@ -73,6 +75,7 @@ def plan_tasks(
     node: int,
     n_nodes: int,
     migrate_rate: float,
+    cdf: F64 | None = None,
 ) -> list[RequestPlan]:
     """`plan_requests` for several tasks at once (task i: requests firsts[i].. of count
     counts[i]), in a few array operations instead of a dozen per task: a node plans one batch
@@ -81,7 +84,12 @@ def plan_tasks(
     f = np.asarray(firsts, dtype=np.int64)
     c = [int(x) for x in counts]
     width = max(c, default=0)
-    choice = (_hash(seed, t, f, width, np.uint64(0)) % np.uint64(n_templates)).astype(np.int64)
+    pick = _hash(seed, t, f, width, np.uint64(0))
+    if cdf is None:
+        choice = (pick % np.uint64(n_templates)).astype(np.int64)
+    else:
+        u = (pick >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        choice = np.minimum(np.searchsorted(cdf, u, side="right"), n_templates - 1).astype(np.int64)
     if migrate_rate <= 0 or n_nodes < 2:
         return [RequestPlan(choice[i, : c[i]], -1) for i in range(len(c))]
     h = _hash(seed, t, f, width, _MIGRATE_SALT)

@@ -1,15 +1,21 @@
 """Workloads: what a request does in the kernel and in user space (pure logic).
 
-A request is a *template*: the virtual cache lines of kernel text and rodata it fetches, in
+A request is a *template*: the virtual cache lines of kernel text (and rodata) it fetches, in
 order, plus user-space work (reads of user data and compute time). Templates are built once from
 the image, deterministically from the seed, and shipped to every node, so the same request fetches
 the same virtual addresses wherever it runs.
 
-The synthetic image has no symbols, so the kernel is cut into subsystems in link order
-(entry, sched, mm, fs, block, net, drivers, lib, other), with shares close to a distro vmlinux.
-A syscall path draws functions from the subsystems it touches; within a subsystem a few functions
-are hot and most are cold (a Zipf-like law), so different requests share their hot paths and the
-text footprint grows with the variety of requests, as it does in the kernel.
+**The built-in workloads are recordings** of real programs on a real kernel (`RECORDED`; package
+data in numaemu/data/workloads/, each with the command that made it, the kernel it ran on, and
+scripts/record_workloads.sh to make them again), replayed on the image in use by name
+(`numaemu.model.replay`). ``--trace FILE`` replays a file the same way: a numaemu recording,
+perf script output, or the old address lists (`parse_trace`).
+
+**The hand-written tables are kept as the** ``synthetic-*`` **family** (``synthetic-db``,
+``synthetic-fork``, ...), the "before" of results/workloads.md. In them the kernel is cut into
+subsystems (`numaemu.model.subsystems`: from the symbols' names and link order), a syscall path
+draws functions from the subsystems it touches, and within a subsystem a few functions are hot
+and most are cold (a Zipf-like law, s = 1.1). The names below describe both families:
 
 - ``getpid``: the smallest syscall: entry code and a few scheduler helpers.
 - ``db``: an OLTP-like transaction: recvmsg, pread, futex, pwrite, fsync, sendmsg, epoll_wait,
@@ -26,8 +32,9 @@ text footprint grows with the variety of requests, as it does in the kernel.
   child, timed until its handler runs: the send, the wake-up, the delivery), ``mount`` (procfs
   mounted once). Their user work is tiny; what they do besides fetching kernel text (copying page
   tables, zeroing a page, waking an idle CPU) is charged as compute, the same under every policy.
-- ``trace``: replays virtual addresses from a file's text (`parse_trace`; the host reads the file,
-  `numaemu.host.files.read_trace`).
+- ``echo``: a TCP echo over loopback (one message, sent and received back), for the network
+  stack;
+- ``trace``: replays a file given with ``--trace`` (the host reads it, `numaemu.host.files.read_trace`).
 """
 
 from __future__ import annotations
@@ -40,25 +47,18 @@ from typing import Any
 import numpy as np
 
 from numaemu.errors import UsageError
-from numaemu.model.arrays import I64, Ints
+from numaemu.model.arrays import F64, I64, Ints
 from numaemu.model.image import LINE_SIZE, KernelImage
+from numaemu.model.layout import package_text
+from numaemu.model.recording import Recording, detect_format, parse_perf_script, parse_recording
+from numaemu.model.replay import reconstruct
+from numaemu.model.subsystems import SUBSYSTEMS, by_index, classify
 
-__all__ = ["MICROBENCHMARKS", "WORKLOADS", "TraceText", "Workload", "build_workload", "check_workload", "parse_trace"]
+__all__ = ["MICROBENCHMARKS", "RECORDED", "WORKLOADS", "TraceText", "Workload", "build_workload", "check_workload", "parse_trace", "recorded", "replay"]
 
-WORKLOADS = ("getpid", "db", "compute", "fork", "fork1024", "mmap", "mmap_lock", "open", "kill", "mount", "trace")
-
-# Link-order share of .text by subsystem (rounded from a 6.1 distro vmlinux's symbol map).
-SUBSYSTEMS: tuple[tuple[str, float], ...] = (
-    ("entry", 0.01),
-    ("sched", 0.06),
-    ("mm", 0.10),
-    ("fs", 0.14),
-    ("block", 0.05),
-    ("net", 0.18),
-    ("drivers", 0.36),
-    ("lib", 0.05),
-    ("other", 0.05),
-)
+RECORDED = ("getpid", "db", "compute", "fork", "fork1024", "mmap", "mmap_lock", "open", "kill", "mount", "echo")
+SYNTHETIC = ("getpid", "db", "compute", "fork", "fork1024", "mmap", "mmap_lock", "open", "kill", "mount")
+WORKLOADS = RECORDED + tuple(f"synthetic-{n}" for n in SYNTHETIC) + ("trace",)
 
 # Functions each syscall path runs, by subsystem; the entry path is always added.
 SYSCALLS: dict[str, dict[str, int]] = {
@@ -171,10 +171,17 @@ class Workload:
     lengths: I64  # length of each template
     user_accesses: int
     compute_ns: float
+    weights: F64 | None = None  # each template's share of requests; None: all alike
+    report: dict[str, Any] | None = None  # a replayed recording's mapping and entries (replay.py)
 
     @property
     def n_templates(self) -> int:
         return len(self.starts)
+
+    @property
+    def cdf(self) -> F64 | None:
+        """Cumulative template weights, for `numaemu.model.tasks.plan_tasks` (None: uniform)."""
+        return None if self.weights is None else np.cumsum(self.weights)
 
     def template(self, i: int) -> I64:
         return self.lines[self.starts[i] : self.starts[i] + self.lengths[i]]
@@ -197,12 +204,22 @@ class Workload:
             "text_footprint_bytes": self.footprint_bytes(),
             "user_accesses": self.user_accesses,
             "compute_ns": self.compute_ns,
+            **({"recording": self.report} if self.report is not None else {}),
         }
 
 
-def _subsystem_ranges(n_functions: int) -> dict[str, tuple[int, int]]:
-    bounds = np.round(np.cumsum([0.0] + [share for _, share in SUBSYSTEMS]) * n_functions).astype(int)
-    return {name: (int(bounds[i]), int(bounds[i + 1])) for i, (name, _) in enumerate(SUBSYSTEMS)}
+def _subsystem_groups(image: KernelImage) -> dict[str, I64]:
+    """The indices into ``image.functions`` of each subsystem's functions, in link order: from
+    the symbols' names where the image has them, else cut by index."""
+    codes = by_index(len(image.functions))
+    if image.symbols is not None:
+        text = image.section(".text")
+        addr = image.symbols.addresses
+        named = np.searchsorted(addr, image.functions.astype(np.uint64) + np.uint64(text.vaddr - text.offset))
+        found = (named < len(addr)) & (addr[np.minimum(named, len(addr) - 1)] == image.functions.astype(np.uint64) + np.uint64(text.vaddr - text.offset))
+        if found.mean() > 0.5:
+            codes = classify([image.symbols.names[int(i)] if ok else "" for i, ok in zip(named, found, strict=True)])
+    return {name: np.flatnonzero(codes == i) for i, name in enumerate(SUBSYSTEMS)}
 
 
 def _function_lines(image: KernelImage, funcs: Ints) -> I64:
@@ -233,31 +250,49 @@ def build_workload(name: str, image: KernelImage, seed: int = 0, trace: TraceTex
     """The workload `name` on `image`, deterministic in `seed`; ``trace`` replays `trace`."""
     check_workload(name, trace is not None)
     if trace is not None:
-        return parse_trace(trace, image)
-    mix = MIXES[name]
-    ranges = _subsystem_ranges(len(image.functions))
+        return parse_trace(trace, image, seed)
+    if name in RECORDED:
+        return replay(recorded(name), image, name, seed)
+    return _synthetic(name.removeprefix("synthetic-"), name, image, seed)
+
+
+def recorded(name: str) -> Recording:
+    """The shipped recording of the built-in workload `name` (numaemu/data/workloads/)."""
+    path = f"data/workloads/{name}.rec"
+    return parse_recording(package_text(path), f"numaemu/{path}")
+
+
+def replay(rec: Recording, image: KernelImage, name: str, seed: int = 0) -> Workload:
+    """`rec` reconstructed as requests on `image` (`numaemu.model.replay.reconstruct`)."""
+    r = reconstruct(rec, image, seed)
+    return _pack(name, r.templates, 0, r.compute_ns, r.weights, r.report)
+
+
+def _synthetic(mix_name: str, name: str, image: KernelImage, seed: int) -> Workload:
+    """A hand-written table (`SYSCALLS`, `MIXES`) drawn on `image`."""
+    mix = MIXES[mix_name]
+    groups = _subsystem_groups(image)
     rng = np.random.default_rng([seed, 0x776B6C64])  # "wkld"
-    entry_lo, _ = ranges["entry"]
-    entry = np.arange(entry_lo, entry_lo + ENTRY_FUNCTIONS)
+    entry = groups["entry"][:ENTRY_FUNCTIONS]
     templates: list[I64] = []
     for _variant in range(mix.variants):
         funcs: list[I64] = []
         for call in mix.syscalls:
             funcs.append(entry)
             for subsystem, count in SYSCALLS[call].items():
-                lo, hi = ranges[subsystem]
+                group = groups[subsystem]
                 # Zipf-like rank, then a fixed per-subsystem shuffle so hot functions are spread out.
-                rank = np.minimum(rng.zipf(ZIPF_S, count) - 1, hi - lo - 1)
-                perm = np.random.default_rng([seed, lo]).permutation(hi - lo)
-                funcs.append(lo + perm[rank])
+                rank = np.minimum(rng.zipf(ZIPF_S, count) - 1, len(group) - 1)
+                perm = np.random.default_rng([seed, int(group[0])]).permutation(len(group))
+                funcs.append(group[perm[rank]])
         templates.append(_function_lines(image, np.concatenate(funcs)))
     return _pack(name, templates, mix.user_accesses, mix.compute_ns)
 
 
-def _pack(name: str, templates: Sequence[I64], user_accesses: int, compute_ns: float) -> Workload:
+def _pack(name: str, templates: Sequence[I64], user_accesses: int, compute_ns: float, weights: F64 | None = None, report: dict[str, Any] | None = None) -> Workload:
     lengths = np.array([len(t) for t in templates], dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-    return Workload(name, np.concatenate(templates).astype(np.int64), starts, lengths, user_accesses, compute_ns)
+    return Workload(name, np.concatenate(templates).astype(np.int64), starts, lengths, user_accesses, compute_ns, weights, report)
 
 
 _ADDR = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$")
@@ -271,9 +306,20 @@ class TraceText:
     text: str
 
 
-def parse_trace(trace: TraceText, image: KernelImage) -> Workload:
-    """A trace: one virtual address a line (hex with 0x, or decimal); ``#`` starts a comment;
-    a blank line ends a request (so does every 4096th address)."""
+def parse_trace(trace: TraceText, image: KernelImage, seed: int = 0) -> Workload:
+    """A ``--trace`` file, in whichever format its content shows (`detect_format`): a numaemu
+    recording or perf script output, replayed (`replay`), or an address list (`parse_addresses`)."""
+    kind = detect_format(trace.text)
+    if kind == "recording":
+        return replay(parse_recording(trace.text, trace.source), image, "trace", seed)
+    if kind == "perf":
+        return replay(parse_perf_script(trace.text, trace.source), image, "trace", seed)
+    return parse_addresses(trace, image)
+
+
+def parse_addresses(trace: TraceText, image: KernelImage) -> Workload:
+    """The old address lists: one virtual address a line (hex with 0x, or decimal); ``#``
+    starts a comment; a blank line ends a request (so does every 4096th address)."""
     path, text = trace.source, trace.text
     spans = [(s.vaddr, s.vaddr + s.size) for s in image.sections]
     where = ", ".join(f"{s.name} {s.vaddr:#x}-{s.vaddr + s.size:#x}" for s in image.sections)

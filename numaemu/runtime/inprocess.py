@@ -88,7 +88,7 @@ def expected_checksum(master: np.ndarray, workload: Workload, seed: int, task: i
     step = 4096
     for first in range(0, n_requests, step):
         count = min(step, n_requests - first)
-        plan = plan_requests(seed, task, first, count, workload.n_templates, 0, 1, 0.0)
+        plan = plan_requests(seed, task, first, count, workload.n_templates, 0, 1, 0.0, workload.cdf)
         lines = workload.gather(plan.templates)
         total += int(words.take(lines, axis=0).sum(dtype=np.uint64))
     return total & ((1 << 64) - 1)

@@ -139,7 +139,7 @@ def run_batch(engine: NodeEngine, tasks: np.ndarray, owned: np.ndarray, cfg_seed
     owned = np.asarray(owned, dtype=np.int64)
     budget = tasks["budget"][owned]
     counts = np.where(budget < 0, per_task, np.minimum(per_task, budget))
-    plans = plan_tasks(cfg_seed, owned, tasks["done"][owned], counts, wl.n_templates, engine.node, engine.n_nodes, migrate_rate)
+    plans = plan_tasks(cfg_seed, owned, tasks["done"][owned], counts, wl.n_templates, engine.node, engine.n_nodes, migrate_rate, wl.cdf)
     result = engine.run(np.concatenate([p.templates for p in plans]))
     # The task slots, all owned tasks at once (a slot at a time costs ~10 us of numpy calls each).
     ks = np.array([len(p.templates) for p in plans], dtype=np.int64)

@@ -1,0 +1,319 @@
+"""From recorded kernel samples to requests on an image (pure): the reconstruction.
+
+perf's cpu-clock samples say where the kernel was, every 250 us or so, with the callchain that
+led there; a request in numaemu is the ordered list of text lines one kernel entry fetches. The
+steps between the two, and what each assumes:
+
+1. **Map every frame onto the image by name.** ``name+0xoff`` becomes the image's function
+   ``name`` at that offset, so a recording made on one kernel replays on another. A function the
+   image lacks gets a **stand-in**: a region of the recorded size (the recording kernel's, from its
+   /proc/kallsyms; else the largest offset seen) starting at a function of the same subsystem
+   (`numaemu.model.subsystems`, from the name), chosen by a hash of the name so that it is the
+   same on every run. A frame perf printed as a bare address maps by address when the address is
+   in the image. The report counts samples mapped wholly by name, and warns below 90%.
+2. **Split samples by kernel entry.** The innermost entry stub on the chain (``entry_SYSCALL_64``,
+   ``asm_exc_page_fault``, ``asm_sysvec_*``, ``ret_from_fork``) opens the entry; the first frame
+   under it past the dispatch code (``do_syscall_64``, ``x64_sys_call``, the exit work) names it:
+   ``__x64_sys_getpid``, ``exc_page_fault``, ``sysvec_apic_timer_interrupt``. The stub and the
+   dispatch code are the entry's **plumbing**, fetched by every request of that entry class; a
+   sample that stops in them (cpu-clock puts many there: the timer fires on return to user space)
+   adds lines to the plumbing and names no entry.
+3. **Profile each entry.** A function's lines are those from its start to the furthest offset
+   seen in it (code runs forward from the entry; a call's return address shows where the caller
+   got to). Its probability of being on an entry's path is its inclusive sample share divided by
+   the share it would have were it on every path, time being taken as proportional to lines:
+   ``p_f = min(1, (c_f / N) / (L_f / L_root))``, with ``c_f`` the entry's samples with ``f`` on the
+   chain, ``N`` all of them, and ``L`` the lines of a function and everything seen under it.
+   A function is taken only when its most frequent caller is (``p_f / p_caller``), so a path
+   is not cut in the middle.
+4. **Generate requests.** An entry's share of requests is its samples over its expected lines
+   (a short syscall sampled as often as a long one ran more often), the lines of an entry seen
+   in few samples shrunk towards the mean (`PRIOR_SAMPLES`). Each entry gets up to
+   `MAX_VARIANTS` templates, drawn from its profile; tasks pick templates with these weights.
+   The recorded user-space share becomes compute per request, at the hot-cache cost of the
+   kernel lines (`HIT_NS` a line): the recording's user:kernel time ratio, played by the model.
+
+What it cannot see: data accesses (cpu-clock samples text), lines a function fetches past its
+furthest sampled offset or skips before it, and the order of entries beyond their mix. Its
+accuracy against a known truth is measured in tests/test_replay.py and results/reconstruction.md.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from numaemu.model.arrays import F64, I64
+from numaemu.model.image import LINE_SIZE, KernelImage
+from numaemu.model.recording import Frame, Recording
+from numaemu.model.subsystems import OTHER, SUBSYSTEMS, by_index, classify, subsystem_of_name
+from numaemu.model.symbols import TEXT_TYPES
+
+__all__ = ["ENTRY_STUBS", "DISPATCH", "MAX_VARIANTS", "NAME_SHARE_WARNING", "TargetMap", "Reconstruction", "reconstruct", "target_map"]
+
+# Entry stubs, innermost first wins (arch/x86/entry/entry_64.S, idtentry.h's asm_* stubs; arm64's
+# el0_*/el1_* handlers in arch/arm64/kernel/entry-common.c).
+ENTRY_STUBS = ("entry_SYSCALL", "entry_INT80", "entry_SYSENTER", "asm_", "ret_from_fork", "el0t_", "el1h_", "el0_svc", "el0_da", "el0_ia", "el1_interrupt", "el0_interrupt")
+# Dispatch and the common entry/exit work (kernel/entry/common.c, arch/x86/entry/common.c and
+# syscall_64.c): every entry of the class passes through them.
+DISPATCH = frozenset(
+    (
+        "do_syscall_64", "x64_sys_call", "do_int80_syscall_32", "__do_fast_syscall_32", "do_fast_syscall_32", "do_SYSENTER_32",
+        "syscall_enter_from_user_mode", "syscall_exit_to_user_mode", "syscall_exit_to_user_mode_prepare", "syscall_exit_work", "syscall_trace_enter",
+        "exit_to_user_mode_prepare", "exit_to_user_mode_loop", "irqentry_enter", "irqentry_exit", "irqentry_exit_to_user_mode", "irqentry_enter_from_user_mode",
+        "__irq_exit_rcu", "irq_exit_rcu", "invoke_syscall", "el0_svc_common", "do_el0_svc", "el0_svc_handler", "fpregs_restore_userregs", "switch_fpu_return",
+        "restore_fpregs_from_fpstate",
+    )
+)
+MAX_VARIANTS = 16
+TEMPLATE_BUDGET = 256  # templates in all, shared out by the entries' request shares
+NAME_SHARE_WARNING = 0.90
+PRIOR_SAMPLES = 5  # pseudo-samples of the mean entry length an entry's own length is shrunk with
+NO_ENTRY = "(no entry stub on the chain)"
+
+
+@dataclass(frozen=True, eq=False)
+class TargetMap:
+    """The image's functions by name: offset from the base, size, subsystem."""
+
+    index: dict[str, int]
+    starts: I64
+    sizes: I64
+    subsystems: I64
+    text_lo: int  # the .text span, as offsets
+    text_hi: int
+    by_subsystem: tuple[I64, ...]
+
+
+def target_map(image: KernelImage) -> TargetMap:
+    """Names → functions of `image` (its symbols; without them, nameless functions by index)."""
+    text = image.section(".text")
+    syms = image.symbols
+    if syms is not None:
+        pick = [i for i, t in enumerate(syms.types) if t in TEXT_TYPES and text.vaddr <= int(syms.addresses[i]) < text.vaddr + text.size]
+        names = [syms.names[i] for i in pick]
+        starts = (syms.addresses[pick] - np.uint64(text.vaddr)).astype(np.int64) + text.offset
+        sizes = np.maximum(1, syms.sizes[pick])
+        subs = classify(names)
+        index: dict[str, int] = {}
+        for i, n in enumerate(names):
+            index.setdefault(n, i)
+    else:
+        index, starts, sizes = {}, image.functions.astype(np.int64), image.function_sizes.astype(np.int64)
+        subs = by_index(len(starts))
+    groups = tuple(np.flatnonzero(subs == s) for s in range(len(SUBSYSTEMS)))
+    return TargetMap(index, starts, sizes, subs, text.offset, text.offset + text.size, groups)
+
+
+@dataclass
+class _Fn:
+    """One function of the image as the recording reaches it."""
+
+    start: int  # offset from the image base
+    size: int
+    how: str  # "name", "stand-in", "address"
+    max_offset: int = 0
+
+    def lines(self, hi: int) -> I64:
+        first = self.start // LINE_SIZE
+        last = min(self.start + min(self.max_offset, self.size - 1), hi - 1) // LINE_SIZE
+        return np.arange(first, max(first, last) + 1, dtype=np.int64)
+
+
+@dataclass
+class _Entry:
+    key: str
+    cls: str
+    samples: int = 0
+    inclusive: Counter[str] = field(default_factory=Counter)
+    below: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    callers: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    depth: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Reconstruction:
+    """Templates, their weights, and what the mapping and the split found."""
+
+    templates: tuple[I64, ...]
+    weights: F64
+    compute_ns: float
+    report: dict[str, Any]
+
+
+def _split(chain: tuple[Frame, ...]) -> tuple[str, str | None, int]:
+    """(entry class, entry key or None for plumbing only, index of the stub or len(chain))."""
+    stub = next((i for i, f in enumerate(chain) if f.name is not None and f.name.startswith(ENTRY_STUBS)), None)
+    if stub is None:
+        root = chain[-1]
+        return NO_ENTRY, root.name or root.text(), len(chain)
+    cls = chain[stub].name or "?"
+    for f in reversed(chain[:stub]):
+        if f.name is None or f.name not in DISPATCH:
+            return cls, f.name or f.text(), stub
+    return cls, None, stub
+
+
+def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float = 4.0) -> Reconstruction:
+    """`rec`'s samples as weighted request templates on `image` (the module docstring's steps)."""
+    tm = target_map(image)
+    fns: dict[str, _Fn] = {}
+    counts = {"name": 0, "stand-in": 0, "address": 0}
+
+    def resolve(f: Frame) -> tuple[str, str]:
+        """(function id, how mapped) of a frame, recording its offset."""
+        if f.name is None:
+            off = int(f.address or 0) - image.base
+            fid = f"{f.address:#x}"
+            if fid not in fns:
+                inside = tm.text_lo <= off < tm.text_hi
+                fns[fid] = _Fn(off if inside else _standin_start(tm, fid, OTHER), LINE_SIZE, "address" if inside else "stand-in")
+            return fid, fns[fid].how
+        fn = fns.get(f.name)
+        if fn is None:
+            i = tm.index.get(f.name)
+            if i is not None:
+                fn = _Fn(int(tm.starts[i]), int(tm.sizes[i]), "name")
+            else:
+                sub = subsystem_of_name(f.name)
+                fn = _Fn(_standin_start(tm, f.name, OTHER if sub < 0 else sub), max(1, rec.sizes.get(f.name, 0)), "stand-in")
+            fns[f.name] = fn
+        fn.max_offset = max(fn.max_offset, f.offset)
+        return f.name, fn.how
+
+    entries: dict[tuple[str, str], _Entry] = {}
+    plumbing: dict[str, set[str]] = defaultdict(set)
+    for chain, n in zip(rec.chains, rec.counts.tolist(), strict=True):
+        ids, hows = zip(*(resolve(f) for f in chain), strict=True)
+        worst = "stand-in" if "stand-in" in hows else "address" if "address" in hows else "name"
+        counts[worst] += n
+        cls, key, stub = _split(chain)
+        # The plumbing: the stub and the dispatch code under it (a chain without a stub has none).
+        plumb = [fid for fid, f in zip(ids[: stub + 1], chain, strict=False) if f.name is not None and (f.name in DISPATCH or f.name.startswith(ENTRY_STUBS))] if stub < len(chain) else []
+        plumbing[cls].update(plumb)
+        if key is None:
+            continue
+        e = entries.setdefault((cls, key), _Entry(key, cls))
+        e.samples += n
+        path = [fid for fid in reversed(ids[:stub]) if fid not in plumb]  # root first, the key first
+        for d, fid in enumerate(path):
+            e.inclusive[fid] += n
+            e.depth[fid] = min(d, e.depth.get(fid, d))
+            e.below[fid].update(path[d + 1 :])
+            if d:
+                e.callers[fid][path[d - 1]] += n
+    for cls in plumbing:  # a class seen only in its plumbing: one entry of the plumbing alone
+        if not any(c == cls for c, _ in entries):
+            entries[(cls, cls)] = _Entry(cls, cls)
+    hi = tm.text_hi
+    ell = {fid: len(fn.lines(hi)) for fid, fn in fns.items()}
+    plumb_lines = {cls: np.unique(np.concatenate([fns[f].lines(hi) for f in sorted(ids)])) if ids else np.zeros(0, np.int64) for cls, ids in plumbing.items()}
+
+    templates: list[I64] = []
+    weights: list[float] = []
+    rows = []
+    share = {}
+    for (cls, key), e in entries.items():
+        prob = _probabilities(e, ell)
+        rows.append((cls, key, e, prob, sum(prob[f] * ell[f] for f in prob)))
+    # An entry seen in few samples shows few of its lines: its length is shrunk towards the
+    # sample-weighted mean of all entries (PRIOR_SAMPLES pseudo-samples), so that one sample of a
+    # one-line prefix does not make it the most frequent request.
+    sampled = [(e.samples, keyed) for _, _, e, _, keyed in rows if e.samples]
+    prior = sum(n * k for n, k in sampled) / max(1, sum(n for n, _ in sampled)) if sampled else 1.0
+    for cls, key, e, _, keyed in rows:
+        length = (e.samples * keyed + PRIOR_SAMPLES * prior) / (e.samples + PRIOR_SAMPLES)
+        share[(cls, key)] = e.samples / max(1.0, length) if e.samples else 1.0 / max(1.0, prior)
+    total_share = sum(share.values())
+    for cls, key, e, prob, _ in rows:
+        s = share[(cls, key)] / total_share
+        variants = max(1, min(MAX_VARIANTS, round(TEMPLATE_BUDGET * s)))
+        rng = np.random.default_rng([seed, zlib.crc32(f"{cls}/{key}".encode())])
+        order = sorted(prob, key=lambda f: (e.depth[f], f))
+        for _ in range(variants):
+            taken: set[str] = set()
+            parts = [plumb_lines.get(cls, np.zeros(0, np.int64))]
+            for f in order:
+                caller = e.callers[f].most_common(1)[0][0] if e.callers[f] else None
+                if caller is not None and caller not in taken:
+                    continue
+                p_cond = prob[f] / prob[caller] if caller is not None and prob[caller] > 0 else prob[f]
+                if p_cond >= 1 or rng.random() < p_cond:
+                    taken.add(f)
+                    parts.append(fns[f].lines(hi))
+            t = np.concatenate(parts)
+            templates.append(t if len(t) else fns[next(iter(fns))].lines(hi))
+            weights.append(s / variants)
+    w = np.array(weights, dtype=np.float64)
+    w /= w.sum()
+    mean_lines = float(np.dot(w, [len(t) for t in templates]))
+    user = rec.samples - rec.kernel_samples
+    compute = user / max(1, rec.kernel_samples) * mean_lines * hit_ns
+    report = _report(rec, counts, rows, share, total_share, fns, tm, image)
+    report["reconstruction"] = {"templates": len(templates), "entries": len(rows), "mean_lines_per_request": round(mean_lines, 1), "compute_ns_per_request": round(compute, 1)}
+    return Reconstruction(tuple(templates), w, compute, report)
+
+
+def _probabilities(e: _Entry, ell: dict[str, int]) -> dict[str, float]:
+    """Each function's probability of being on the entry's path (the module docstring, step 3)."""
+    if not e.samples:
+        return {}
+    subtree = {f: ell[f] + sum(ell[g] for g in e.below[f]) for f in e.inclusive}
+    root = max(subtree[f] for f in e.inclusive if e.depth[f] == 0) if any(e.depth[f] == 0 for f in e.inclusive) else max(subtree.values())
+    return {f: min(1.0, (c / e.samples) / (subtree[f] / root)) for f, c in e.inclusive.items()}
+
+
+def _standin_start(tm: TargetMap, name: str, subsystem: int) -> int:
+    """Where a missing function's stand-in starts: at a function of its subsystem, by a hash of
+    its name (any function of the image when the subsystem has none)."""
+    group = tm.by_subsystem[subsystem]
+    if len(group) == 0:
+        group = np.arange(len(tm.starts))
+    return int(tm.starts[group[zlib.crc32(name.encode()) % len(group)]])
+
+
+def _report(rec: Recording, counts: dict[str, int], rows: list[Any], share: dict[tuple[str, str], float], total: float, fns: dict[str, _Fn], tm: TargetMap, image: KernelImage) -> dict[str, Any]:
+    k = max(1, rec.kernel_samples)
+    leaf = Counter[str]()
+    for chain, n in zip(rec.chains, rec.counts.tolist(), strict=True):
+        leaf[chain[0].name or chain[0].text()] += n
+    entries = sorted(rows, key=lambda r: -r[2].samples)
+    by_name = counts["name"] / k
+    return {
+        "source": rec.source,
+        "format": rec.format,
+        "recorded": rec.meta,
+        "samples": rec.samples,
+        "kernel_samples": rec.kernel_samples,
+        "kernel_share": round(rec.kernel_share, 4),
+        "callchains": rec.callchains,
+        "mapped_by_name": counts["name"],
+        "mapped_by_stand_in": counts["stand-in"],
+        "mapped_by_address": counts["address"],
+        "mapped_by_name_share": round(by_name, 4),
+        "warning": None if by_name >= NAME_SHARE_WARNING else f"only {by_name:.0%} of the kernel samples mapped onto {image.name} by name (< {NAME_SHARE_WARNING:.0%}); the rest replay via stand-ins",
+        "functions": {"by_name": sum(f.how == "name" for f in fns.values()), "stand_in": sum(f.how == "stand-in" for f in fns.values()), "by_address": sum(f.how == "address" for f in fns.values())},
+        "top_entries": [
+            {
+                "entry": key, "class": cls, "sample_share": round(e.samples / k, 4), "request_share": round(share[(cls, key)] / total, 4),
+                "functions": len(prob), "lines": round(keyed, 1),
+            }
+            for cls, key, e, prob, keyed in entries[:10]
+        ],
+        "top_functions": [
+            {"function": name, "self_share": round(n / k, 4), "mapped": fns[name].how if name in fns else "?", "subsystem": SUBSYSTEMS[_sub(tm, name)]}
+            for name, n in leaf.most_common(10)
+        ],
+    }
+
+
+def _sub(tm: TargetMap, name: str) -> int:
+    i = tm.index.get(name)
+    if i is not None:
+        return int(tm.subsystems[i])
+    r = subsystem_of_name(name)
+    return OTHER if r < 0 else r
