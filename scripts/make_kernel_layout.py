@@ -7,12 +7,12 @@ from the kernel's own kallsyms tables, recovered from its stripped vmlinuz (numa
 the next symbol, less the INT3 padding before it (``-falign-functions=16``). The bytes of the
 embedded image stay synthetic; only this layout is shipped (about 0.4 MiB).
 
-Made with (Debian bookworm's cloud kernel; any 6.x distro kernel works the same way):
+Made with (Debian 12's 6.12 cloud kernel; any 6.x distro kernel works the same way):
 
-    apt-get download linux-image-6.1.0-57-cloud-amd64-unsigned
-    dpkg -x linux-image-6.1.0-57-cloud-amd64-unsigned_6.1.192-3_amd64.deb pkg
-    python scripts/make_kernel_layout.py pkg/boot/vmlinuz-6.1.0-57-cloud-amd64 \
-        linux-image-6.1.0-57-cloud-amd64-unsigned_6.1.192-3_amd64.deb
+    apt-get download linux-image-6.12.118+deb12-cloud-amd64-unsigned
+    dpkg -x linux-image-6.12.118+deb12-cloud-amd64-unsigned_6.12.118-1~deb12u1_amd64.deb pkg
+    python scripts/make_kernel_layout.py pkg/boot/vmlinuz-6.12.118+deb12-cloud-amd64 \
+        linux-image-6.12.118+deb12-cloud-amd64-unsigned_6.12.118-1~deb12u1_amd64.deb
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from numaemu.host.files import load_image
 from numaemu.model.symbols import TEXT_TYPES
 
 INT3 = 0xCC
+PADDING = ("__pfx_", "__cfi_")
 
 
 def main(vmlinuz: str, package: str) -> None:
@@ -36,14 +37,18 @@ def main(vmlinuz: str, package: str) -> None:
     if syms is None:
         sys.exit(f"error: no symbols recovered from {vmlinuz} (install numaemu[kallsyms])")
     text, rodata = image.section(".text"), image.section(".rodata")
-    pick = [i for i, t in enumerate(syms.types) if t in TEXT_TYPES and text.vaddr <= int(syms.addresses[i]) < text.vaddr + text.size]
+    inside = [i for i, t in enumerate(syms.types) if t in TEXT_TYPES and text.vaddr <= int(syms.addresses[i]) < text.vaddr + text.size]
+    # __pfx_/__cfi_ symbols (6.2+, CONFIG_CALL_PADDING and kCFI) name the 16 bytes of padding
+    # before each function: they bound the function before, but are not functions.
+    pick = [i for i in inside if not syms.names[i].startswith(PADDING)]
+    bounds = np.unique((syms.addresses[inside] - np.uint64(text.vaddr)).astype(np.int64))
     addr = (syms.addresses[pick] - np.uint64(text.vaddr)).astype(np.int64)
     # Aliases share an address (SYSCALL_DEFINE0's __x64_sys_getpid and __ia32_sys_getpid): all
     # names are kept, since a recording may name any of them; each has its function's size.
     offsets = addr
     names = [syms.names[i] for i in pick]
     starts, which = np.unique(addr, return_inverse=True)
-    ends = np.append(starts[1:], text.size)
+    ends = np.append(bounds, text.size)[np.searchsorted(bounds, starts, side="right")]
     unique_sizes = ends - starts
     data = image.data[text.offset : text.offset + text.size]
     for i in range(len(starts)):  # trailing INT3 padding is not the function's
@@ -59,7 +64,7 @@ def main(vmlinuz: str, package: str) -> None:
         "rodata_size": rodata.size,
         "functions": len(starts),
         "names": len(names),
-        "command": "python scripts/make_kernel_layout.py " + " ".join(sys.argv[1:]),
+        "command": "python scripts/make_kernel_layout.py " + " ".join(Path(a).name for a in sys.argv[1:]),
     }
     out = Path(__file__).resolve().parent.parent / "numaemu" / "data" / f"layout-{meta['release']}.npz"
     np.savez_compressed(

@@ -115,6 +115,9 @@ def d(tmp_path_factory) -> Path:
         "trace-negative.txt": "-5\n",
         "trace-long.txt": "9" * 5000 + "\n",
         "trace-binary.txt": b"\xff\xfe\x00\x81",
+        "perf-truncated.txt": "python3 14295 12585.780136:     500000 cpu-clock: \n\tffffffff815ff3e1 set_pte_range+0xf1 ([kernel.kallsyms])\n\tffffffff815a",
+        "perf-user-only.txt": "python3 14295 12585.780136:     500000 cpu-clock: \n\t           32a32 _nl_find_locale+0x1d2 (/usr/lib/x86_64-linux-gnu/libc.so.6)\n",
+        "rec-v2.rec": json.dumps({"format": "numaemu-recording", "version": 2}),
         # bench results
         "run.json": json.dumps({"command": "run", "results": []}),
         "stress.json": json.dumps({"command": "stress", "ok": True}),
@@ -179,7 +182,7 @@ def test_no_command_prints_the_commands_and_one_error_line(capsys):
     code, out, err = run_cli(capsys)
     assert code == 2
     assert "COMMAND" in out and "topology" in out and "calibrate" in out  # the help, on stdout
-    assert err == "error: COMMAND: give a command: topology, image, run, stress, bench, compare, plot, calibrate (numaemu COMMAND --help for its options)\n"
+    assert err == "error: COMMAND: give a command: topology, image, run, stress, bench, compare, plot, calibrate, record (numaemu COMMAND --help for its options)\n"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["-h"], ["run", "--help"], ["bench", "-h"], ["calibrate", "--help"]])
@@ -398,7 +401,7 @@ RUN = [
     (["--workload", ""], "--workload: unknown workload ''"),
     (["--workload", "db,getpid"], "--workload: unknown workload 'db,getpid'"),
     (["--workload", "trace"], "--trace: the trace workload needs --trace FILE"),
-    (["--trace", "{d}/trace-bad.txt"], "--trace: --trace is only for --workload trace, not db"),
+    (["--workload", "db", "--trace", "{d}/trace-bad.txt"], "--trace: --trace is only for --workload trace, not db"),
     (["--workload", "trace", "--trace", "{d}/missing.txt"], "--trace: cannot read '{d}/missing.txt'"),
     (["--workload", "trace", "--trace", "{d}/dir"], "--trace: cannot read '{d}/dir': Is a directory"),
     (["--workload", "trace", "--trace", ""], "--trace: is empty; give a file path"),
@@ -409,6 +412,9 @@ RUN = [
     (["--workload", "trace", "--trace", "{d}/trace-outside.txt"], "--trace: {d}/trace-outside.txt:1: address 0x1000 is outside the image"),
     (["--workload", "trace", "--trace", "{d}/trace-long.txt"], "--trace: {d}/trace-long.txt:1: '999999999999999999999999...' is not an address: longer than 64 bits"),
     (["--workload", "trace", "--trace", "{d}/trace-binary.txt"], "--trace: cannot read '{d}/trace-binary.txt': 'utf-8' codec can't decode"),
+    (["--trace", "{d}/perf-truncated.txt"], "--trace: {d}/perf-truncated.txt:3: 'ffffffff815a' is neither a perf script sample header nor a frame"),
+    (["--trace", "{d}/perf-user-only.txt"], "--trace: {d}/perf-user-only.txt: none of its 1 samples is in the kernel"),
+    (["--trace", "{d}/rec-v2.rec"], "--trace: {d}/rec-v2.rec: recording version 2; this numaemu reads version 1"),
     # policies and the rest of the choices
     (["--policy", "single,bogus"], "--policy: 'bogus' is not one of single, interleave, replicate"),
     (["--policy", "SINGLE"], "--policy: 'SINGLE' is not one of single, interleave, replicate"),
@@ -637,7 +643,7 @@ BENCH = [
     (["--workload", "trace", "--trace", "{d}/missing.txt"], "--trace: cannot read '{d}/missing.txt'"),
     (["--workload", "trace", "--trace", "{d}/trace-outside.txt"], "--trace: {d}/trace-outside.txt:1: address 0x1000 is outside the image"),
     (["--workload", "trace", "--trace", ""], "--trace: is empty; give a file path"),
-    (["--trace", "{d}/trace-bad.txt"], "--trace: --trace is only for --workload trace"),
+    (["--workload", "db", "--trace", "{d}/trace-bad.txt"], "--trace: --trace is only for --workload trace"),
     (["--duration", "1", "--requests", "10"], "--duration: give --duration or --requests, not both"),
     (["--topology", "2s-xeon,kunpeng920", "--host-cpus", "0;1"], "--host-cpus: an explicit placement fits one topology"),
     (["--topology", "2s-xeon,kunpeng920", "--host-cpus", ""], "--host-cpus: an explicit placement fits one topology"),
@@ -835,23 +841,23 @@ MIB = 1 << 20
 @pytest.mark.parametrize(
     ("argv", "shm", "mem", "expect"),
     [
-        # 2s-xeon, full image: single needs 53.9 MiB of segments, interleave 55.9, replicate 71.9.
+        # 2s-xeon, full image: single needs about 60 MiB of segments, interleave 61.8, replicate 81.8.
         # Nothing fits: the largest is named, with --topology.
-        (["run"], 40 * MIB, 64 * GIB, "--topology: replicate needs 71.9 MiB of shared memory (2 copies of 17.9 MiB + 2 x 8.0 MiB user data + "),
-        # single fits (66 MiB less a tenth), replicate does not: --policy.
-        (["run"], 66 * MIB, 64 * GIB, "--policy: replicate needs 71.9 MiB of shared memory (2 copies of 17.9 MiB + 2 x 8.0 MiB user data + "),
-        (["run", "--policy", "single,interleave"], 61 * MIB, 64 * GIB, "--policy: interleave needs 55.9 MiB of shared memory (1 copy of 17.9 MiB + 2 x 8.0 MiB user data + 2.1 MiB of 2 MiB alignment"),
-        (["run", "--policy", "interleave"], 40 * MIB, 64 * GIB, "--topology: interleave needs 55.9 MiB of shared memory"),
+        (["run"], 40 * MIB, 64 * GIB, "--topology: replicate needs 81.8 MiB of shared memory (2 copies of 21.8 MiB + 2 x 8.0 MiB user data + "),
+        # single fits (75 MiB less a tenth), replicate does not: --policy.
+        (["run"], 75 * MIB, 64 * GIB, "--policy: replicate needs 81.8 MiB of shared memory (2 copies of 21.8 MiB + 2 x 8.0 MiB user data + "),
+        (["run", "--policy", "single,interleave"], 67 * MIB, 64 * GIB, "--policy: interleave needs 61.8 MiB of shared memory (1 copy of 21.8 MiB + 2 x 8.0 MiB user data + 2.2 MiB of 2 MiB alignment"),
+        (["run", "--policy", "interleave"], 40 * MIB, 64 * GIB, "--topology: interleave needs 61.8 MiB of shared memory"),
         # Memory: the segments and two node processes of about 48 MiB.
-        (["run"], 64 * GIB, 150 * MIB, "--topology: replicate needs about 167.9 MiB of memory (71.9 MiB of shared memory: 2 copies of 17.9 MiB"),
-        (["run", "--topology", "8"], 200 * MIB, 64 * GIB, "--policy: replicate needs 227.9 MiB of shared memory (8 copies of 17.9 MiB + 8 x 8.0 MiB user data"),
-        (["stress"], 40 * MIB, 64 * GIB, "--topology: replicate needs 56."),
-        (["stress", "--policy", "single"], 30 * MIB, 64 * GIB, "--topology: single needs 40."),
+        (["run"], 64 * GIB, 150 * MIB, "--topology: replicate needs about 177.8 MiB of memory (81.8 MiB of shared memory: 2 copies of 21.8 MiB"),
+        (["run", "--topology", "8"], 200 * MIB, 64 * GIB, "--policy: replicate needs 261.8 MiB of shared memory (8 copies of 21.8 MiB + 8 x 8.0 MiB user data"),
+        (["stress"], 40 * MIB, 64 * GIB, "--topology: replicate needs 66."),
+        (["stress", "--policy", "single"], 30 * MIB, 64 * GIB, "--topology: single needs 46."),
         # bench: the largest point, checked before the first one runs.
-        (["bench", "--topology", "2s-xeon,epyc-nps4"], 200 * MIB, 64 * GIB, "--policy: epyc-nps4: replicate needs 227.9 MiB of shared memory"),
+        (["bench", "--topology", "2s-xeon,epyc-nps4"], 200 * MIB, 64 * GIB, "--policy: epyc-nps4: replicate needs 261.8 MiB of shared memory"),
         (["bench", "--topology", "2s-xeon,4", "--replicate", "text,text+rodata"], 110 * MIB, 64 * GIB, "--policy: 4, --replicate text+rodata: replicate needs"),
-        (["bench", "--topology", "2s-xeon,epyc-nps4"], 64 * GIB, 600 * MIB, "--policy: epyc-nps4: replicate needs about 611.9 MiB of memory (227.9 MiB of shared memory: "),
-        (["bench", "--topology", "2s-xeon,epyc-nps4"], 64 * GIB, 400 * MIB, "--topology: epyc-nps4: replicate needs about 611.9 MiB of memory"),
+        (["bench", "--topology", "2s-xeon,epyc-nps4"], 64 * GIB, 600 * MIB, "--policy: epyc-nps4: replicate needs about 645.8 MiB of memory (261.8 MiB of shared memory: "),
+        (["bench", "--topology", "2s-xeon,epyc-nps4"], 64 * GIB, 400 * MIB, "--topology: epyc-nps4: replicate needs about 645.8 MiB of memory"),
     ],
 )
 def test_runs_that_would_not_fit_are_refused(capsys, d, monkeypatch, argv, shm, mem, expect):

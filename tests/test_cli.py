@@ -148,11 +148,11 @@ def test_image_summary(capsys):
     s = json.loads(out)["image"]
     assert code == 0
     assert [(x["name"], x["size"], x["vaddr"]) for x in s["sections"]] == [
-        (".text", 14_687_986, "0xffffffff81000000"),
-        (".rodata", 4_063_670, "0xffffffff82000000"),
+        (".text", 16_777_216, "0xffffffff81000000"),
+        (".rodata", 6_095_046, "0xffffffff82000000"),
     ]
     code, out, _ = run_cli(capsys, "image")
-    assert code == 0 and "14,687,986" in out and "ftrace site" in out
+    assert code == 0 and "16,777,216" in out and "ftrace site" in out
 
 
 def test_json_to_a_device_writes_through_it(capsys, tmp_path):

@@ -30,7 +30,7 @@ SEED = 0
 # to the wrong home shows. Row n is node n's view.
 LATENCY = np.array([[90.0, 310.0], [290.0, 110.0]])
 POLICIES = [("single", "text+rodata"), ("interleave", "text+rodata"), ("replicate", "text+rodata"), ("replicate", "text")]
-TEXT_PAGES = 36  # synthetic_image(0.01)
+TEXT_PAGES = 29  # synthetic_image(0.01)
 
 
 @pytest.fixture(autouse=True, params=["direct", "paths"])
@@ -48,12 +48,12 @@ def image() -> KernelImage:
 
 @pytest.fixture(scope="module")
 def db(image) -> Workload:
-    return build_workload("db", image)
+    return build_workload("synthetic-db", image)
 
 
 @pytest.fixture(scope="module")
 def getpid(image) -> Workload:
-    return build_workload("getpid", image)
+    return build_workload("synthetic-getpid", image)
 
 
 def fill_memory(image: KernelImage, placement: Placement, user_bytes: int = USER_BYTES, seed: int = SEED) -> tuple[np.ndarray, MemoryLayout]:
@@ -109,7 +109,7 @@ def test_fill_memory_layout(image) -> None:
     p = place(image, 2, "replicate")
     mem, lay = fill_memory(image, p)
     assert lay.part_offset == (0, 2 << 20, 4 << 20)
-    assert lay.image_bytes == (46 * PAGE_SIZE, 46 * PAGE_SIZE)
+    assert lay.image_bytes == (44 * PAGE_SIZE, 44 * PAGE_SIZE)
     # Node 1's copy begins with page 0 of the image.
     assert np.array_equal(mem[2 << 20 : (2 << 20) + PAGE_SIZE], image.data[:PAGE_SIZE])
     base = line_bases(p.tables[1], lay.part_offset)
@@ -119,7 +119,7 @@ def test_fill_memory_layout(image) -> None:
 
 
 @pytest.mark.parametrize(("policy", "scope"), POLICIES)
-@pytest.mark.parametrize("name", ["getpid", "db"])
+@pytest.mark.parametrize("name", ["synthetic-getpid", "synthetic-db", "db"])
 def test_same_checksums_on_every_node(image, policy, scope, name) -> None:
     workload = build_workload(name, image)
     p = place(image, 2, policy, scope)
@@ -281,7 +281,7 @@ def test_interleave_misses_go_to_both_nodes(image, db) -> None:
     assert engine.counters.text_fetches.min() > 0
 
 
-@pytest.mark.parametrize("name", ["getpid", "db"])
+@pytest.mark.parametrize("name", ["synthetic-getpid", "synthetic-db", "db"])
 def test_cold_cache_misses_more_than_hot(image, name) -> None:
     workload = build_workload(name, image)
     p = place(image, 2, "single")

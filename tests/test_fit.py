@@ -24,7 +24,7 @@ from numaemu.model.topology_parse import PRESETS
 from numaemu.patching.stress import stress_need
 
 MIB, GIB = 1 << 20, 1 << 30
-IMAGE = synthetic_image()  # the full embedded image: 17.9 MiB of text+rodata
+IMAGE = synthetic_image()  # the full embedded image: 21.8 MiB of text+rodata
 
 
 def need(policy: str, total_mib: float, n_nodes: int = 2) -> SegmentNeed:
@@ -45,7 +45,7 @@ def test_run_needs_add_up_the_segments_run_policy_creates():
     topo = load_topology("2s-xeon")
     single, interleave, replicate = run_needs(topo, IMAGE, ["single", "interleave", "replicate"])
     one_copy = single.copy_bytes
-    assert one_copy == 4_577 * PAGE_SIZE and format_bytes(one_copy) == "17.9 MiB"
+    assert one_copy == 5_585 * PAGE_SIZE and format_bytes(one_copy) == "21.8 MiB"
     # single: the one copy on node 0; each node's partition rounded up to 2 MiB.
     assert single.image_frames == one_copy
     assert single.mem == MemoryLayout.for_nodes((one_copy, 0)).size == -(-(one_copy + USER_DATA_BYTES) // (2 * MIB)) * 2 * MIB + USER_DATA_BYTES
@@ -53,8 +53,8 @@ def test_run_needs_add_up_the_segments_run_policy_creates():
     assert single.total == single.mem + single.master + single.ctl
     assert replicate.image_frames == 2 * one_copy and replicate.total > interleave.total > single.total
     assert replicate.node_bytes == (one_copy + USER_DATA_BYTES,) * 2
-    assert replicate.describe().startswith("2 copies of 17.9 MiB + 2 x 8.0 MiB user data + ")
-    assert "the 19.9 MiB master image" in replicate.describe()
+    assert replicate.describe().startswith("2 copies of 21.8 MiB + 2 x 8.0 MiB user data + ")
+    assert "the 21.8 MiB master image" in replicate.describe()
     # --replicate text copies text only: not a whole number of copies.
     (text,) = run_needs(topo, IMAGE, ["replicate"], replicate="text")
     assert single.image_frames < text.image_frames < replicate.image_frames
@@ -83,8 +83,8 @@ def test_check_fit_refuses_with_the_numbers():
         check_fit(needs, shm_free=100 * MIB, mem_available=64 * GIB)
     e = exc.value
     assert e.parameter == "--topology"  # single does not fit either
-    assert re.match(r"replicate needs \d+\.\d MiB of shared memory \(8 copies of 17\.9 MiB \+ 8 x 8\.0 MiB user data \+ ", e.rule), e.rule
-    assert "8 copies of 17.9 MiB + 8 x 8.0 MiB user data" in e.rule
+    assert re.match(r"replicate needs \d+\.\d MiB of shared memory \(8 copies of 21\.8 MiB \+ 8 x 8\.0 MiB user data \+ ", e.rule), e.rule
+    assert "8 copies of 21.8 MiB + 8 x 8.0 MiB user data" in e.rule
     assert e.rule.endswith(
         "/dev/shm has 100.0 MiB free (and 10.0 MiB is kept free); to fit: fewer nodes; fewer copies (--replicas-every) "
         "or another --policy; a smaller image (--image-scale); or a larger /dev/shm (mount -o remount,size=...)"
@@ -142,13 +142,13 @@ def test_a_node_must_hold_its_copy_and_its_user_data():
         check_node_memory(small, [single, replicate])
     assert exc.value.parameter == "--topology"
     assert exc.value.rule == (
-        "node 0 of 2s-xeon has 20.0 MiB of memory (20,971,520 bytes), but under single it holds 25.9 MiB "
-        f"(image frames 17.9 MiB + user data 8.0 MiB); give it at least {single.node_bytes[0]:,} bytes, or 0 for a memoryless node"
+        "node 0 of 2s-xeon has 20.0 MiB of memory (20,971,520 bytes), but under single it holds 29.8 MiB "
+        f"(image frames 21.8 MiB + user data 8.0 MiB); give it at least {single.node_bytes[0]:,} bytes, or 0 for a memoryless node"
     )
     # Node 1 holds only user data under single, its copy under replicate.
     small1 = replace(spec, nodes=(spec.nodes[0], replace(spec.nodes[1], memory_bytes=20 * MIB)))
     check_node_memory(small1, run_needs(small1, IMAGE, ["single"]))
-    with pytest.raises(UsageError, match="node 1 of 2s-xeon has 20.0 MiB of memory .* under replicate it holds 25.9 MiB"):
+    with pytest.raises(UsageError, match="node 1 of 2s-xeon has 20.0 MiB of memory .* under replicate it holds 29.8 MiB"):
         check_node_memory(small1, run_needs(small1, IMAGE, ["single", "replicate"]))
     # A memoryless node (0 bytes) holds nothing and is not checked.
     memoryless = replace(spec, nodes=(spec.nodes[0], replace(spec.nodes[1], memory_bytes=0)))

@@ -18,7 +18,7 @@ from numaemu.model.image import (
 )
 
 MiB = 1 << 20
-FUNCTIONS_SEED0 = 35_049  # regression pin: function count of synthetic_image(1.0, seed=0)
+FUNCTIONS_SEED0 = 46_742  # the layout's functions of 16 bytes or more
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,12 @@ def _function_ends(image: KernelImage) -> np.ndarray:
 def test_sizes_and_addresses(image: KernelImage) -> None:
     text, rodata = image.sections
     assert (text.name, rodata.name) == (".text", ".rodata")
-    assert text.size == TEXT_SIZE == 14_687_986
-    assert rodata.size == RODATA_SIZE == 4_063_670
+    assert text.size == TEXT_SIZE == 16_777_216
+    assert rodata.size == RODATA_SIZE == 6_095_046
     assert image.base == KERNEL_BASE == 0xFFFFFFFF81000000
     assert text.vaddr == 0xFFFFFFFF81000000
     assert rodata.vaddr % (2 * MiB) == 0
-    # The next 2 MiB boundary after .text ends: 14,687,986 B rounds up to 16 MiB.
+    # The next 2 MiB boundary after .text ends: 16,777,216 B rounds up to 16 MiB.
     assert rodata.vaddr == 0xFFFFFFFF82000000
     assert rodata.offset == 16 * MiB
     assert image.section(".rodata") is rodata
@@ -72,26 +72,46 @@ def test_section_offset_is_from_its_own_base() -> None:
 
 
 def test_mapped_pages_skip_the_gap(image: KernelImage) -> None:
-    mapped = image.mapped_pages()
-    assert mapped.tolist() == list(range(0, 3586)) + list(range(4096, 4096 + 991))
-    assert image.n_pages == 4096 + 991
+    # 6.12's .text is exactly 16 MiB, so .rodata follows with no gap; a shrunk image has one.
+    assert image.mapped_pages().tolist() == list(range(0, 4096 + 1489))
+    assert image.n_pages == 4096 + 1489
+    small = synthetic_image(0.01)
+    text, rodata = small.sections
+    assert small.mapped_pages().tolist() == list(range(0, len(text.pages()))) + list(range(rodata.offset // PAGE_SIZE, rodata.offset // PAGE_SIZE + len(rodata.pages())))
+    assert len(text.pages()) < rodata.offset // PAGE_SIZE
 
 
 def test_function_count(image: KernelImage) -> None:
-    assert 33_000 <= len(image.functions) <= 37_000
-    assert len(image.functions) == FUNCTIONS_SEED0
+    # Debian 6.12.118's 50,646 text functions, less the 3,904 stubs and thunks under 16 bytes.
+    assert len(image.functions) == FUNCTIONS_SEED0 == 46_742
+    assert len(image.symbols) == 50_726  # with aliases (__x64_sys_getpid and __ia32_sys_getpid)
     assert len(image.function_sizes) == len(image.functions)
 
 
 def test_functions_are_ordered_aligned_and_inside_text(image: KernelImage) -> None:
     f = image.functions
     assert f[0] == 0
-    assert np.all(f % 16 == 0)
+    # The real layout: -falign-functions=16 for C; assembly and .cold parts are not aligned.
+    assert np.mean(f % 16 == 0) > 0.95
     assert np.all(np.diff(f) > 0)
     assert np.all(image.function_sizes >= 16)
     ends = _function_ends(image)
     assert np.all(ends[:-1] <= f[1:])  # functions never overlap
     assert ends[-1] <= TEXT_SIZE
+    # Where the real kernel has them: __x64_sys_getpid is at its kallsyms address.
+    assert image.symbols.address_of("__x64_sys_getpid") == 0xFFFFFFFF810E4950
+
+
+def _symbol_spans(image: KernelImage) -> tuple[np.ndarray, np.ndarray]:
+    """Every text symbol's (start, end) as offsets, aliases once: the functions with ftrace
+    sites and the stubs under 16 bytes."""
+    starts, first = np.unique((image.symbols.addresses - np.uint64(image.base)).astype(np.int64), return_index=True)
+    return starts, starts + image.symbols.sizes[first]
+
+
+def test_shrunk_functions_are_packed_16_byte_aligned(small: KernelImage) -> None:
+    f, ends = _symbol_spans(small)
+    assert np.all(f % 16 == 0)
     # The next function starts at the first 16-byte boundary after the previous one ends.
     assert np.array_equal(f[1:], -(-ends[:-1] // 16) * 16)
 
@@ -103,13 +123,15 @@ def test_every_function_starts_with_ftrace_nop5(image: KernelImage) -> None:
     assert image.ftrace_sites is image.functions
 
 
-def test_padding_between_functions_is_int3(image: KernelImage) -> None:
-    starts, ends = image.functions, _function_ends(image)
+def test_padding_between_functions_is_int3(small: KernelImage) -> None:
+    image = small  # packed: every byte is a function's or its padding
+    TEXT_SIZE = image.section(".text").size
+    starts, ends = _symbol_spans(image)
     delta = np.bincount(starts, minlength=TEXT_SIZE + 1) - np.bincount(ends, minlength=TEXT_SIZE + 1)
     inside = np.cumsum(delta[:-1]) > 0  # byte i lies in some function's body
     text = image.data[:TEXT_SIZE]
     pad = text[~inside]
-    assert len(pad) == TEXT_SIZE - int(image.function_sizes.sum())
+    assert len(pad) == TEXT_SIZE - int((ends - starts).sum())
     assert len(pad) > 0
     assert np.all(pad == 0xCC)
     # Spot check, by hand: the bytes between the first two functions.
@@ -174,19 +196,23 @@ def test_other_seed_gives_other_bytes(small: KernelImage) -> None:
     assert other.seed == 1
     assert len(other.data) == len(small.data)
     assert not np.array_equal(other.data, small.data)
-    assert not np.array_equal(other.functions, small.functions)
+    # The layout is the real kernel's, whatever the seed: only the bytes and the sites change.
+    assert np.array_equal(other.functions, small.functions)
+    assert not np.array_equal(other.jump_sites, small.jump_sites)
     assert np.array_equal(synthetic_image(0.01, seed=1).data, other.data)
 
 
 def test_small_scale_shrinks_sizes(small: KernelImage) -> None:
     text, rodata = small.sections
-    assert text.size == round(TEXT_SIZE * 0.01) == 146_880
-    assert rodata.size == round(RODATA_SIZE * 0.01) == 40_561
+    # Every 100th function at its real size: about a hundredth of the text.
+    assert len(small.symbols) == 510 and len(small.functions) == 468  # (of 507 functions, 39 under 16 bytes)
+    assert text.size == 118_608 and 0.5 < text.size / (TEXT_SIZE * 0.01) < 1.5
+    assert rodata.size == round(RODATA_SIZE * 0.01) == 60_950
     assert text.vaddr == KERNEL_BASE
     assert rodata.vaddr == KERNEL_BASE + 2 * MiB
     assert small.name == "synthetic@0.01"
-    assert small.n_pages == 512 + 10
-    assert len(small.mapped_pages()) == 36 + 10
+    assert small.n_pages == 512 + 15
+    assert len(small.mapped_pages()) == 29 + 15
     # The same invariants hold at a small scale.
     assert np.all(small.data[small.functions[:, None] + np.arange(5)] == np.frombuffer(NOP5, dtype=np.uint8))
     assert _function_ends(small)[-1] <= text.size
@@ -195,6 +221,7 @@ def test_small_scale_shrinks_sizes(small: KernelImage) -> None:
 def test_tiny_scale_keeps_one_page_per_section() -> None:
     tiny = synthetic_image(1e-6)
     assert [s.size for s in tiny.sections] == [PAGE_SIZE, PAGE_SIZE]
+    assert len(tiny.symbols) >= 1
     assert len(tiny.functions) >= 1
 
 
@@ -213,8 +240,8 @@ def test_summary(image: KernelImage) -> None:
         "seed": 0,
         "scale": 1.0,
         "sections": [
-            {"name": ".text", "vaddr": "0xffffffff81000000", "size": 14_687_986, "pages": 3586},
-            {"name": ".rodata", "vaddr": "0xffffffff82000000", "size": 4_063_670, "pages": 991},
+            {"name": ".text", "vaddr": "0xffffffff81000000", "size": 16_777_216, "pages": 4096},
+            {"name": ".rodata", "vaddr": "0xffffffff82000000", "size": 6_095_046, "pages": 1489},
         ],
         "functions": FUNCTIONS_SEED0,
         "ftrace_sites": FUNCTIONS_SEED0,
@@ -222,9 +249,9 @@ def test_summary(image: KernelImage) -> None:
         "jump_label_sites_2byte": int(np.count_nonzero(image.jump_lengths == 2)),
         "jump_label_sites_5byte": int(np.count_nonzero(image.jump_lengths == 5)),
         "static_keys": image.n_keys,
-        "mapped_bytes": (3586 + 991) * PAGE_SIZE,
-        "symbols": None,  # the synthetic image has none of its own
+        "mapped_bytes": (4096 + 1489) * PAGE_SIZE,
+        "symbols": {"count": 50_726, "functions": 50_726, "source": "the embedded layout: Debian 6.12.118+deb12-cloud-amd64's text functions (names, order, sizes)"},
     }
     assert s["jump_label_sites_2byte"] + s["jump_label_sites_5byte"] == s["jump_label_sites"]
     # Regression pins for seed 0.
-    assert (s["jump_label_sites"], s["jump_label_sites_2byte"], s["static_keys"]) == (11_549, 6_331, 577)
+    assert (s["jump_label_sites"], s["jump_label_sites_2byte"], s["static_keys"]) == (15_615, 8_487, 780)

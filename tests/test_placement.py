@@ -8,9 +8,9 @@ import pytest
 from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image
 from numaemu.model.placement import UNMAPPED, Placement, place
 
-# synthetic_image(0.01): .text 146,880 B = 36 pages at page 0; .rodata 40,561 B = 10 pages at
-# page 512 (2 MiB); 522 pages in all, 46 of them mapped.
-TEXT_PAGES, RODATA_PAGES, RODATA_FIRST, N_PAGES = 36, 10, 512, 522
+# synthetic_image(0.01): .text 118,608 B = 29 pages at page 0; .rodata 60,950 B = 15 pages at
+# page 512 (2 MiB); 527 pages in all, 44 of them mapped.
+TEXT_PAGES, RODATA_PAGES, RODATA_FIRST, N_PAGES = 29, 15, 512, 527
 MAPPED = TEXT_PAGES + RODATA_PAGES
 
 
@@ -24,18 +24,18 @@ def image() -> KernelImage:
 
 CASES = [
     # policy, replicate, n_nodes, hosted pages per node, extra pages
-    ("single", "text+rodata", 1, [46], 0),
-    ("single", "text+rodata", 2, [46, 0], 0),
-    ("single", "text", 4, [46, 0, 0, 0], 0),
-    ("interleave", "text+rodata", 1, [46], 0),
-    ("interleave", "text+rodata", 2, [23, 23], 0),
-    ("interleave", "text+rodata", 4, [12, 12, 11, 11], 0),
-    ("replicate", "text+rodata", 1, [46], 0),
-    ("replicate", "text+rodata", 2, [46, 46], 46),
-    ("replicate", "text+rodata", 4, [46, 46, 46, 46], 3 * 46),
-    ("replicate", "text", 1, [46], 0),
-    ("replicate", "text", 2, [46, 36], 36),
-    ("replicate", "text", 4, [46, 36, 36, 36], 3 * 36),
+    ("single", "text+rodata", 1, [44], 0),
+    ("single", "text+rodata", 2, [44, 0], 0),
+    ("single", "text", 4, [44, 0, 0, 0], 0),
+    ("interleave", "text+rodata", 1, [44], 0),
+    ("interleave", "text+rodata", 2, [22, 22], 0),
+    ("interleave", "text+rodata", 4, [11, 11, 11, 11], 0),
+    ("replicate", "text+rodata", 1, [44], 0),
+    ("replicate", "text+rodata", 2, [44, 44], 44),
+    ("replicate", "text+rodata", 4, [44, 44, 44, 44], 3 * 44),
+    ("replicate", "text", 1, [44], 0),
+    ("replicate", "text", 2, [44, 29], 29),
+    ("replicate", "text", 4, [44, 29, 29, 29], 3 * 29),
 ]
 ALL = [(policy, scope, n) for policy, scope, n, _, _ in CASES]
 
@@ -88,7 +88,7 @@ def test_translate_exact_values(image) -> None:
     # Page k of the mapped pages lives on node k % 2, in frame k // 2.
     assert i0.translate(3 * PAGE_SIZE + 1) == (1, 1 * PAGE_SIZE + 1)
     assert i1.translate(4 * PAGE_SIZE) == (0, 2 * PAGE_SIZE)
-    assert i0.translate(ro) == (0, 18 * PAGE_SIZE)  # mapped page 36: node 0, frame 18
+    assert i0.translate(ro) == (1, 14 * PAGE_SIZE)  # mapped page 29: node 1, frame 14
 
     (s0,) = place(image, 1, "single").tables
     assert s0.translate(ro + PAGE_SIZE - 1) == (0, (TEXT_PAGES + 1) * PAGE_SIZE - 1)

@@ -130,7 +130,7 @@ def test_x86_nops(x86) -> None:
     _image, t = x86
     two = np.flatnonzero(t.length[: t.n_jump] == 2)
     five = np.flatnonzero(t.length[: t.n_jump] == 5)
-    assert len(two) == 137 and len(five) == 107  # regression pin for (0.02, seed 0)
+    assert len(two) == 180 and len(five) == 144  # regression pin for (0.02, seed 0)
     for s in two:
         assert t.encoding(s, 0) == NOP2 == bytes([0x66, 0x90])
     for s in five:
@@ -154,7 +154,7 @@ def test_x86_jmp8_targets(x86) -> None:
         # the end of the function when in reach, else as far as rel8 goes
         assert target == min(end, site + 2 + 127)
         seen += 1
-    assert seen == 137
+    assert seen == 180
 
 
 def test_x86_jmp32_targets(x86) -> None:

@@ -19,7 +19,7 @@ from numaemu.errors import NodeFailure
 from numaemu.host.numamaps import NumaMapsReport, format_numa_maps, numa_maps_informative, numa_maps_warnings
 from numaemu.measure.report import format_recording
 from numaemu.model.placement import POLICIES
-from numaemu.model.workloads import WORKLOADS
+from numaemu.model.workloads import WORKLOADS, check_workload
 from numaemu.runtime.policy_run import START_METHODS
 from numaemu.runtime.respawn import MAX_RECOVERIES
 from numaemu.runtime.results import format_run_table
@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
     add_image_options(p)
     p.add_argument("--policy", default=",".join(POLICIES), help=f"comma list of {', '.join(POLICIES)} (default: all three)")
     p.add_argument("--replicate", default="text+rodata", help="what replicate copies: text or text+rodata (default)")
-    p.add_argument("--workload", default="", help=f"one of {', '.join(WORKLOADS)} (default db; trace with --trace)")
+    p.add_argument("--workload", help=f"one of {', '.join(WORKLOADS)} (default db; trace with --trace)")
     p.add_argument("--trace", type=params.file_path, help="replay a file: a numaemu recording, perf script output, or virtual addresses one a line")
     p.add_argument("--cache", default="hot", help="hot (caches kept between requests, default) or cold (flushed before each)")
     p.add_argument("--user-data", default="local", help="local (NUMA-aware user space, default) or interleave")
@@ -54,8 +54,10 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.workload is not None and not args.workload.strip():
+        check_workload(args.workload, args.trace is not None)  # an empty --workload is unknown, not the default
     config = RunConfig(
-        **machine_options(args), workload=args.workload, trace=None if args.trace is None else str(args.trace), policies=args.policy,
+        **machine_options(args), workload=args.workload or "", trace=None if args.trace is None else str(args.trace), policies=args.policy,
         replicate=args.replicate, cache=args.cache, user_data=args.user_data, duration_s=args.duration, requests=args.requests,
         migrate_rate=args.migrate_rate, verify=args.verify, recover=args.recover,
     )

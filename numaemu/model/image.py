@@ -1,8 +1,8 @@
 """The kernel image: an embedded, deterministic image with a real distro kernel's function layout.
 
-Its functions are those of Debian's 6.1.0-57 cloud amd64 kernel (6.1.192-3), names, link order,
-offsets and sizes, from that kernel's kallsyms tables (`numaemu.model.layout`); its bytes are
-synthetic. ``.text`` is 14,687,986 bytes and ``.rodata`` 4,063,670 bytes (BACKGROUND.md s.2), text at the x86-64 default ``__START_KERNEL_map`` + 16 MiB,
+Its functions are those of Debian's 6.12.118 cloud amd64 kernel (6.12.118-1~deb12u1), names, link
+order, offsets and sizes, from that kernel's kallsyms tables (`numaemu.model.layout`); its bytes
+are synthetic. ``.text`` is 16,777,216 bytes and ``.rodata`` 6,095,046 bytes, as in that kernel, text at the x86-64 default ``__START_KERNEL_map`` + 16 MiB,
 0xffffffff81000000 (arch/x86/include/asm/page_64_types.h), rodata at the next 2 MiB boundary as
 the linker script aligns it (arch/x86/kernel/vmlinux.lds.S).
 
@@ -10,7 +10,8 @@ What the image contains, and why:
 - functions start 16-byte aligned (``-falign-functions=16``) and the gaps between them are INT3
   (0xcc) padding, as x86 builds pad them;
 - every function starts with a 5-byte ftrace site: NOP5 ``0f 1f 44 00 00`` while tracing is off
-  (``ftrace_nop_replace()``, arch/x86/kernel/ftrace.c). About 35,000 at full size;
+  (``ftrace_nop_replace()``, arch/x86/kernel/ftrace.c): 46,742 at full size (every function
+  of 16 bytes or more);
 - about a third of the functions hold a jump-label site: 2 bytes (JMP8 <-> NOP2 ``66 90``) or
   5 bytes (JMP32 <-> NOP5), each belonging to a static key (kernel/jump_label.c); keys start
   disabled, so sites start as NOPs;
@@ -53,8 +54,8 @@ PAGE_SIZE = 4096
 LINE_SIZE = 64
 LINES_PER_PAGE = PAGE_SIZE // LINE_SIZE
 KERNEL_BASE = 0xFFFFFFFF81000000
-TEXT_SIZE = 14_687_986
-RODATA_SIZE = 4_063_670  # (the layout's own figure: synthetic_image reads it from there)
+TEXT_SIZE = 16_777_216  # the layout's (synthetic_image reads both from there)
+RODATA_SIZE = 6_095_046
 SECTION_ALIGN = 2 << 20  # rodata starts on a 2 MiB boundary (vmlinux.lds.S, x86 PMD size)
 
 ARCHES = ("x86_64", "arm64")
@@ -230,11 +231,11 @@ def _align(x: int, a: int) -> int:
 def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> KernelImage:
     """Build the embedded image. Deterministic in (`scale`, `seed`, `arch`); ~0.3 s at full size.
 
-    Its functions are a real kernel's (`numaemu.model.layout`: Debian's 6.1.0-57 cloud amd64):
+    Its functions are a real kernel's (`numaemu.model.layout`: Debian's 6.12.118 cloud amd64):
     every text symbol's name, link order and size, at full size even its offset from ``_text``.
-    ``scale`` < 1 shrinks every function by that factor (to at least 16 bytes, an ftrace site and
-    room for a jump-label site) and packs them 16-byte aligned, keeping names and order, so
-    recordings still map onto it by name.
+    ``scale`` < 1 (for tests) keeps every k-th function (k = 1/scale, rounded) at its real size,
+    packed 16-byte aligned in link order; the others are gone, names included, so a recording's
+    samples in them replay through stand-ins.
 
     ``arch="arm64"``: the same layout with fixed 4-byte, 4-byte-aligned instructions: the ftrace
     site is one NOP at the function entry (``-fpatchable-function-entry``), jump-label sites are
@@ -251,15 +252,16 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
     firsts, which = np.unique(layout.offsets, return_inverse=True)  # aliases share a function
     real_sizes = np.zeros(len(firsts), dtype=np.int64)
     real_sizes[which] = layout.sizes
-    if scale == 1 and not arm:
+    # ``scale`` < 1 keeps every k-th function at its real size (k = 1/scale, rounded), packed.
+    k = max(1, round(1 / scale))
+    keep = np.arange(0, len(firsts), k)
+    if k == 1 and not arm:
         starts, sizes, text_size = firsts, real_sizes, layout.text_size
     else:
-        # Shrunk (or arm64's 4-byte instructions): every function at least MIN_FUNC_BYTES, packed.
-        sizes = np.maximum(MIN_FUNC_BYTES, np.round(real_sizes * scale).astype(np.int64))
-        sizes = -(-sizes // insn) * insn
+        sizes = -(-real_sizes[keep] // insn) * insn  # arm64: whole 4-byte instructions
         slots = -(-sizes // FUNC_ALIGN) * FUNC_ALIGN
         starts = np.concatenate(([0], np.cumsum(slots)[:-1]))
-        text_size = int(starts[-1] + slots[-1])
+        text_size = max(PAGE_SIZE, int(starts[-1] + slots[-1]))
     rodata_size = max(PAGE_SIZE, round(layout.rodata_size * scale))
     text = Section(".text", KERNEL_BASE, text_size, 0)
     rodata_off = _align(text_size, SECTION_ALIGN)
@@ -271,13 +273,16 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
 
     # Function bodies: random bytes; INT3 in the alignment padding after each function and in
     # the tail; then the ftrace NOP5 at the entry of each function large enough to hold one and
-    # a jump-label site (a few hundred stubs and thunks are not: they stay symbols only).
+    # a jump-label site (3,904 stubs and thunks are not: they stay symbols only).
     data[:text_size] = rng.integers(0, 256, text_size, dtype=np.uint8)
     ends = starts + sizes
     pads = np.append(starts[1:], text_size) - ends
     pad_at = np.repeat(ends, pads) + (np.arange(pads.sum()) - np.repeat(np.cumsum(pads) - pads, pads))
     data[pad_at] = 0 if arm else INT3
-    symbols = symbol_table(list(layout.names), [KERNEL_BASE + int(starts[w]) for w in which], ["T"] * len(which), [int(sizes[w]) for w in which],
+    slot = np.full(len(firsts), -1, dtype=np.int64)
+    slot[keep] = np.arange(len(keep))
+    named = [(n, int(slot[w])) for n, w in zip(layout.names, which.tolist(), strict=True) if slot[w] >= 0]
+    symbols = symbol_table([n for n, _ in named], [KERNEL_BASE + int(starts[j]) for _, j in named], ["T"] * len(named), [int(sizes[j]) for _, j in named],
                            f"the embedded layout: Debian {DEFAULT_RELEASE}'s text functions (names, order, sizes)")
     big = sizes >= MIN_FUNC_BYTES
     starts, sizes = starts[big], sizes[big]

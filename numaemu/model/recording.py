@@ -42,6 +42,7 @@ __all__ = [
     "parse_recording",
     "parse_frame",
     "recording_from_samples",
+    "command_samples",
 ]
 
 FORMAT = "numaemu-recording"
@@ -52,7 +53,7 @@ MAX_CHAIN = 512  # perf's default kernel.perf_event_max_stack is 127
 
 # perf script's sample header: "COMM TID [CPU] SEC.USEC: [PERIOD] EVENT: [frame]" (builtin-script.c
 # perf_sample__fprintf_start and process_event); COMM may hold spaces, so anchor on the timestamp.
-_HEADER = re.compile(r"^\s*(?P<comm>.*?)\s+(?P<tid>\d+)(?:/\d+)?\s+(?:\[\d+\]\s+)?(?P<time>\d+\.\d+):\s+(?:(?P<period>\d+)\s+)?(?P<event>[\w:/.\-]+?):\s*(?P<rest>.*)$")
+_HEADER = re.compile(r"^\s*(?P<comm>.*?)\s+(?P<tid>-?\d+)(?:/-?\d+)?\s+(?:\[\d+\]\s+)?(?P<time>\d+\.\d+):\s+(?:(?P<period>\d+)\s+)?(?P<event>[\w:/.\-]+?):\s*(?P<rest>.*)$")
 # A frame: "ADDRESS SYMBOL[+0xOFF] [(DSO)]" (perf's sample__fprintf_callchain, print_sym/symoff).
 _FRAME = re.compile(r"^\s*(?P<ip>[0-9a-fA-F]+)\s+(?P<sym>\S.*?)(?:\+0x(?P<off>[0-9a-fA-F]+))?(?:\s+\((?P<dso>[^()]*)\))?\s*$")
 _SYMOFF = re.compile(r"^(?P<sym>[^\s+]+)\+0x(?P<off>[0-9a-fA-F]+)$")
@@ -103,7 +104,7 @@ def detect_format(text: str) -> str:
         item = line.split("#", 1)[0].strip()
         if not item:
             continue
-        return "addresses" if re.fullmatch(r"0[xX][0-9a-fA-F]+|[0-9]+", item) else "perf"
+        return "perf" if len(item.split()) > 1 else "addresses"  # an address list: one token a line
     return "addresses"
 
 
@@ -128,7 +129,7 @@ def _kernel_frame(m: re.Match[str]) -> Frame | None:
     sym = m.group("sym").strip()
     if sym == "[unknown]" or m.group("off") is None and sym.startswith("["):
         return Frame(None, 0, ip)
-    return Frame(sym, int(m.group("off") or "0", 16), ip)
+    return Frame(sym, int(m.group("off") or "0", 16))  # by name: the address is the recording kernel's
 
 
 def parse_perf_script(text: str, source: str) -> Recording:
@@ -217,7 +218,13 @@ def _shown(line: str) -> str:
 
 
 def recording_document(rec: Recording, meta: dict[str, Any]) -> dict[str, Any]:
-    """The JSON document `numaemu record` writes (`parse_recording` reads it back)."""
+    """The JSON document `numaemu record` writes (`parse_recording` reads it back): each
+    distinct frame once (``frames``), each chain as ``[count, frame index, ...]`` leaf first."""
+    index: dict[Frame, int] = {}
+    for chain in rec.chains:
+        for f in chain:
+            index.setdefault(f, len(index))
+    frames = [f.text() for f in index]
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -227,7 +234,8 @@ def recording_document(rec: Recording, meta: dict[str, Any]) -> dict[str, Any]:
         "kernel_share": round(rec.kernel_share, 4),
         "callchains": rec.callchains,
         "sizes": dict(sorted(rec.sizes.items())),
-        "chains": [{"count": int(n), "frames": [f.text() for f in chain]} for chain, n in zip(rec.chains, rec.counts, strict=True)],
+        "frames": frames,
+        "chains": [[int(n), *(index[f] for f in chain)] for chain, n in zip(rec.chains, rec.counts, strict=True)],
         "sequence": rec.sequence.tolist(),
     }
 
@@ -243,12 +251,13 @@ def parse_recording(text: str, source: str) -> Recording:
     if doc.get("version") != VERSION:
         raise UsageError(PARAM, f"{source}: recording version {doc.get('version')!r}; this numaemu reads version {VERSION} (re-record it with this numaemu's 'numaemu record')")
     try:
-        chains = tuple(tuple(parse_frame(f) for f in c["frames"]) for c in doc["chains"])
-        counts = np.array([int(c["count"]) for c in doc["chains"]], dtype=np.int64)
+        frames = [parse_frame(str(f)) for f in doc["frames"]]
+        chains = tuple(tuple(frames[int(i)] for i in c[1:]) for c in doc["chains"])
+        counts = np.array([int(c[0]) for c in doc["chains"]], dtype=np.int64)
         seq = np.array(doc.get("sequence") or np.repeat(np.arange(len(chains)), counts), dtype=np.int64)
         sizes = {str(k): int(v) for k, v in doc.get("sizes", {}).items()}
         samples = int(doc["samples"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise UsageError(PARAM, f"{source}: a malformed numaemu recording ({type(exc).__name__}: {exc})") from None
     if not chains or counts.sum() <= 0:
         raise UsageError(PARAM, f"{source}: the recording has no kernel samples")
@@ -256,3 +265,33 @@ def parse_recording(text: str, source: str) -> Recording:
         raise UsageError(PARAM, f"{source}: a malformed numaemu recording: its sequence does not match its chains' counts")
     meta = {k: doc[k] for k in ("kernel", "release", "command", "frequency_hz", "event", "duration_s", "recorded_at") if k in doc}
     return Recording(source, f"numaemu recording v{VERSION}", chains, counts, seq, max(samples, int(counts.sum())), sizes, bool(doc.get("callchains", True)), meta)
+
+
+_COMM = re.compile(r"PERF_RECORD_COMM(?: exec)?: (?P<name>.*):(?P<pid>\d+)/\d+\s*$")
+_FORK = re.compile(r"PERF_RECORD_FORK\((?P<pid>\d+):\d+\):\((?P<ppid>\d+):\d+\)")
+
+
+def command_samples(text: str, root_comm: str = "perf-exec") -> str:
+    """The samples of one command's process tree, from a system-wide ``perf script
+    --show-task-events`` (``-F pid,...``): the tree's root is the process perf started for the
+    command (named ``perf-exec`` until it execs, tools/perf/util/evlist.c), its members every
+    process forked from it (PERF_RECORD_FORK), and the task events themselves are dropped."""
+    tree: set[int] = set()
+    out: list[str] = []
+    keep = False
+    for line in text.splitlines():
+        if "PERF_RECORD_" in line:
+            m = _COMM.search(line)
+            if m and m.group("name") == root_comm and not tree:
+                tree.add(int(m.group("pid")))
+            f = _FORK.search(line)
+            if f and int(f.group("ppid")) in tree:
+                tree.add(int(f.group("pid")))
+            continue
+        if line and line[0] != "\t":
+            h = _HEADER.match(line)
+            if h is not None:
+                keep = int(h.group("tid")) in tree
+        if keep:
+            out.append(line)
+    return "\n".join(out) + "\n"

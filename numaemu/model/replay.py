@@ -5,7 +5,8 @@ led there; a request in numaemu is the ordered list of text lines one kernel ent
 steps between the two, and what each assumes:
 
 1. **Map every frame onto the image by name.** ``name+0xoff`` becomes the image's function
-   ``name`` at that offset, so a recording made on one kernel replays on another. A function the
+   ``name`` at that offset, so a recording made on one kernel replays on another; a name the
+   image lacks is tried once more without the parts that differ between builds (`base_name`). A function the
    image lacks gets a **stand-in**: a region of the recorded size (the recording kernel's, from its
    /proc/kallsyms; else the largest offset seen) starting at a function of the same subsystem
    (`numaemu.model.subsystems`, from the name), chosen by a hash of the name so that it is the
@@ -18,9 +19,11 @@ steps between the two, and what each assumes:
    dispatch code are the entry's **plumbing**, fetched by every request of that entry class; a
    sample that stops in them (cpu-clock puts many there: the timer fires on return to user space)
    adds lines to the plumbing and names no entry.
-3. **Profile each entry.** A function's lines are those from its start to the furthest offset
-   seen in it (code runs forward from the entry; a call's return address shows where the caller
-   got to). Its probability of being on an entry's path is its inclusive sample share divided by
+3. **Profile each entry.** A function's lines run from its start (code runs forward from the
+   entry; a call's return address shows where the caller got to): the footprint reaches the
+   furthest offset seen in it, and one invocation, on average, twice the mean line of the samples
+   that stop in it (they fall uniformly in the lines it ran); each request draws its reach
+   uniformly between the two bounds that give that mean. Its probability of being on an entry's path is its inclusive sample share divided by
    the share it would have were it on every path, time being taken as proportional to lines:
    ``p_f = min(1, (c_f / N) / (L_f / L_root))``, with ``c_f`` the entry's samples with ``f`` on the
    chain, ``N`` all of them, and ``L`` the lines of a function and everything seen under it.
@@ -57,6 +60,8 @@ __all__ = ["ENTRY_STUBS", "DISPATCH", "MAX_VARIANTS", "NAME_SHARE_WARNING", "Tar
 
 # Entry stubs, innermost first wins (arch/x86/entry/entry_64.S, idtentry.h's asm_* stubs; arm64's
 # el0_*/el1_* handlers in arch/arm64/kernel/entry-common.c).
+# Retpoline and return thunks sit between the dispatch and the syscall on a chain; not entries.
+THUNKS = ("__x86_indirect_", "__x86_return_thunk", "srso_", "retbleed_", "its_return_thunk")
 ENTRY_STUBS = ("entry_SYSCALL", "entry_INT80", "entry_SYSENTER", "asm_", "ret_from_fork", "el0t_", "el1h_", "el0_svc", "el0_da", "el0_ia", "el1_interrupt", "el0_interrupt")
 # Dispatch and the common entry/exit work (kernel/entry/common.c, arch/x86/entry/common.c and
 # syscall_64.c): every entry of the class passes through them.
@@ -81,6 +86,7 @@ class TargetMap:
     """The image's functions by name: offset from the base, size, subsystem."""
 
     index: dict[str, int]
+    base_index: dict[str, int]  # by `base_name`: the same function under another build's name
     starts: I64
     sizes: I64
     subsystems: I64
@@ -100,13 +106,24 @@ def target_map(image: KernelImage) -> TargetMap:
         sizes = np.maximum(1, syms.sizes[pick])
         subs = classify(names)
         index: dict[str, int] = {}
+        base: dict[str, int] = {}
         for i, n in enumerate(names):
             index.setdefault(n, i)
+            base.setdefault(base_name(n), i)
     else:
-        index, starts, sizes = {}, image.functions.astype(np.int64), image.function_sizes.astype(np.int64)
+        index, base, starts, sizes = {}, {}, image.functions.astype(np.int64), image.function_sizes.astype(np.int64)
         subs = by_index(len(starts))
     groups = tuple(np.flatnonzero(subs == s) for s in range(len(SUBSYSTEMS)))
-    return TargetMap(index, starts, sizes, subs, text.offset, text.offset + text.size, groups)
+    return TargetMap(index, base, starts, sizes, subs, text.offset, text.offset + text.size, groups)
+
+
+def base_name(name: str) -> str:
+    """A function's name without what differs between builds of the same source: GCC's clone
+    suffixes (``.isra.0``, ``.constprop.0``, ``.part.0``, ``.cold``) and the ``_noprof`` that
+    6.10's allocation profiling gave the allocators (``kmem_cache_alloc_noprof``, commit
+    7bd230a26648, "mm/slab: enable slab allocation tagging for kmalloc and friends")."""
+    name = name.split(".", 1)[0]
+    return name.removesuffix("_noprof")
 
 
 @dataclass
@@ -117,11 +134,41 @@ class _Fn:
     size: int
     how: str  # "name", "stand-in", "address"
     max_offset: int = 0
+    max_call: int = -1  # the furthest offset seen as a caller's (a return address)
+    leaf_lines: float = 0.0  # sum of the lines (from the start) of the samples that stop here
+    leaf_n: int = 0
 
-    def lines(self, hi: int) -> I64:
+    def line_at(self, offset: int) -> int:
+        """The line, counted from the function's first, of `offset` (within the function)."""
+        return (self.start + min(offset, self.size - 1)) // LINE_SIZE - self.start // LINE_SIZE
+
+    @property
+    def max_lines(self) -> int:
+        """Lines from the start to the furthest offset seen: every line some invocation ran."""
+        return self.line_at(self.max_offset) + 1
+
+    @property
+    def mean_lines(self) -> float:
+        """The mean lines an invocation runs. Samples that stop in a function fall uniformly in
+        the lines it ran, so their mean line is half its reach: 2 x mean + 1 (at least as far as
+        its furthest call, at most the furthest line seen)."""
+        if not self.leaf_n:
+            return float(self.max_lines)
+        need = self.line_at(self.max_call) + 1 if self.max_call >= 0 else 1
+        return float(min(self.max_lines, max(need, 2 * self.leaf_lines / self.leaf_n + 1)))
+
+    def lines(self, hi: int, reach: int | None = None) -> I64:
+        """The first `reach` lines (default: `max_lines`), within the text (below `hi`)."""
         first = self.start // LINE_SIZE
-        last = min(self.start + min(self.max_offset, self.size - 1), hi - 1) // LINE_SIZE
-        return np.arange(first, max(first, last) + 1, dtype=np.int64)
+        n = self.max_lines if reach is None else reach
+        return np.arange(first, min(first + max(1, n), max(first + 1, -(-hi // LINE_SIZE))), dtype=np.int64)
+
+    def draw_reach(self, rng: np.random.Generator, calls: bool) -> int:
+        """One invocation's reach: uniform between the mean's mirror and the furthest line seen
+        (so its mean is `mean_lines`), past the furthest call when a callee was taken."""
+        hi = self.max_lines
+        lo = max(1, round(2 * self.mean_lines - hi), self.line_at(self.max_call) + 1 if calls and self.max_call >= 0 else 1)
+        return int(rng.integers(min(lo, hi), hi + 1))
 
 
 @dataclass
@@ -153,7 +200,7 @@ def _split(chain: tuple[Frame, ...]) -> tuple[str, str | None, int]:
         return NO_ENTRY, root.name or root.text(), len(chain)
     cls = chain[stub].name or "?"
     for f in reversed(chain[:stub]):
-        if f.name is None or f.name not in DISPATCH:
+        if f.name is None or f.name not in DISPATCH and not f.name.startswith(THUNKS):
             return cls, f.name or f.text(), stub
     return cls, None, stub
 
@@ -164,18 +211,21 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
     fns: dict[str, _Fn] = {}
     counts = {"name": 0, "stand-in": 0, "address": 0}
 
-    def resolve(f: Frame) -> tuple[str, str]:
-        """(function id, how mapped) of a frame, recording its offset."""
+    def resolve(f: Frame, leaf: bool, n: int) -> tuple[str, str]:
+        """(function id, how mapped) of a frame, recording its offset (a leaf's, `n` samples)."""
         if f.name is None:
             off = int(f.address or 0) - image.base
             fid = f"{f.address:#x}"
             if fid not in fns:
                 inside = tm.text_lo <= off < tm.text_hi
                 fns[fid] = _Fn(off if inside else _standin_start(tm, fid, OTHER), LINE_SIZE, "address" if inside else "stand-in")
+            fns[fid].leaf_n += n if leaf else 0
             return fid, fns[fid].how
         fn = fns.get(f.name)
         if fn is None:
             i = tm.index.get(f.name)
+            if i is None:
+                i = tm.base_index.get(base_name(f.name))
             if i is not None:
                 fn = _Fn(int(tm.starts[i]), int(tm.sizes[i]), "name")
             else:
@@ -183,17 +233,22 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
                 fn = _Fn(_standin_start(tm, f.name, OTHER if sub < 0 else sub), max(1, rec.sizes.get(f.name, 0)), "stand-in")
             fns[f.name] = fn
         fn.max_offset = max(fn.max_offset, f.offset)
+        if leaf:
+            fn.leaf_lines += n * fn.line_at(f.offset)
+            fn.leaf_n += n
+        else:
+            fn.max_call = max(fn.max_call, f.offset)
         return f.name, fn.how
 
     entries: dict[tuple[str, str], _Entry] = {}
     plumbing: dict[str, set[str]] = defaultdict(set)
     for chain, n in zip(rec.chains, rec.counts.tolist(), strict=True):
-        ids, hows = zip(*(resolve(f) for f in chain), strict=True)
+        ids, hows = zip(*(resolve(f, i == 0, n) for i, f in enumerate(chain)), strict=True)
         worst = "stand-in" if "stand-in" in hows else "address" if "address" in hows else "name"
         counts[worst] += n
         cls, key, stub = _split(chain)
         # The plumbing: the stub and the dispatch code under it (a chain without a stub has none).
-        plumb = [fid for fid, f in zip(ids[: stub + 1], chain, strict=False) if f.name is not None and (f.name in DISPATCH or f.name.startswith(ENTRY_STUBS))] if stub < len(chain) else []
+        plumb = [fid for fid, f in zip(ids[: stub + 1], chain, strict=False) if f.name is not None and (f.name in DISPATCH or f.name.startswith(ENTRY_STUBS + THUNKS))] if stub < len(chain) else []
         plumbing[cls].update(plumb)
         if key is None:
             continue
@@ -210,7 +265,7 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
         if not any(c == cls for c, _ in entries):
             entries[(cls, cls)] = _Entry(cls, cls)
     hi = tm.text_hi
-    ell = {fid: len(fn.lines(hi)) for fid, fn in fns.items()}
+    ell = {fid: fn.mean_lines for fid, fn in fns.items()}
     plumb_lines = {cls: np.unique(np.concatenate([fns[f].lines(hi) for f in sorted(ids)])) if ids else np.zeros(0, np.int64) for cls, ids in plumbing.items()}
 
     templates: list[I64] = []
@@ -235,16 +290,18 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
         rng = np.random.default_rng([seed, zlib.crc32(f"{cls}/{key}".encode())])
         order = sorted(prob, key=lambda f: (e.depth[f], f))
         for _ in range(variants):
-            taken: set[str] = set()
-            parts = [plumb_lines.get(cls, np.zeros(0, np.int64))]
+            taken: list[str] = []
+            calls: set[str] = set()  # functions whose callee was taken
             for f in order:
                 caller = e.callers[f].most_common(1)[0][0] if e.callers[f] else None
                 if caller is not None and caller not in taken:
                     continue
                 p_cond = prob[f] / prob[caller] if caller is not None and prob[caller] > 0 else prob[f]
                 if p_cond >= 1 or rng.random() < p_cond:
-                    taken.add(f)
-                    parts.append(fns[f].lines(hi))
+                    taken.append(f)
+                    if caller is not None:
+                        calls.add(caller)
+            parts = [plumb_lines.get(cls, np.zeros(0, np.int64))] + [fns[f].lines(hi, fns[f].draw_reach(rng, f in calls)) for f in taken]
             t = np.concatenate(parts)
             templates.append(t if len(t) else fns[next(iter(fns))].lines(hi))
             weights.append(s / variants)
