@@ -130,7 +130,10 @@ def _write(tmp_path, text, name="t.txt"):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("python3 14295 12585.780136:     500000 cpu-clock: \n\tffffffff815ff3e1 set_pte_range+0xf1 ([kernel.kallsyms])\n\tgarbage here\n", r"t\.txt:3: 'garbage here' is neither a perf script sample header nor a frame"),
+        (
+            "python3 14295 12585.780136:     500000 cpu-clock: \n\tffffffff815ff3e1 set_pte_range+0xf1 ([kernel.kallsyms])\n\tgarbage here\n",
+            r"t\.txt:3: 'garbage here' is neither a perf script sample header nor a frame",
+        ),
         ("python3 14295 12585.78\n", r"t\.txt:1: 'python3 14295 12585.78' is not a perf script sample header"),
         ("python3 14295 12585.780136:     500000 cpu-clock:       7f3fd6af6829 syscall+0x19 (/usr/lib/libc.so.6)\n", r"none of its 1 samples is in the kernel"),
         ("# only a comment\nbash 1 1.000000: 1 cpu-clock: \n\t 7f00 main+0x1 (/bin/bash)\n", r"none of its 1 samples is in the kernel"),

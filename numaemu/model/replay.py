@@ -315,7 +315,7 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
     return Reconstruction(tuple(templates), w, compute, report)
 
 
-def _probabilities(e: _Entry, ell: dict[str, int]) -> dict[str, float]:
+def _probabilities(e: _Entry, ell: dict[str, float]) -> dict[str, float]:
     """Each function's probability of being on the entry's path (the module docstring, step 3)."""
     if not e.samples:
         return {}
