@@ -315,13 +315,28 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
     return Reconstruction(tuple(templates), w, compute, report)
 
 
-def _probabilities(e: _Entry, ell: dict[str, float]) -> dict[str, float]:
-    """Each function's probability of being on the entry's path (the module docstring, step 3)."""
+def _probabilities(e: _Entry, ell: dict[str, float], rounds: int = 20) -> dict[str, float]:
+    """Each function's probability of being on the entry's path (the module docstring, step 3).
+
+    A function on a fraction ``p_f`` of the paths takes ``p_f * T_f / T`` of the entry's time,
+    ``T_f`` being its own lines and those of its callees when it runs, ``T`` a whole invocation's:
+    its observed inclusive share ``c_f / N`` gives ``p_f = (c_f / N) * T / T_f``. Both times
+    depend on the probabilities, so they are solved together, from every ``p`` = 1, by fixed-point
+    iteration (the root, on every path, keeps ``p`` = 1)."""
     if not e.samples:
         return {}
-    subtree = {f: ell[f] + sum(ell[g] for g in e.below[f]) for f in e.inclusive}
-    root = max(subtree[f] for f in e.inclusive if e.depth[f] == 0) if any(e.depth[f] == 0 for f in e.inclusive) else max(subtree.values())
-    return {f: min(1.0, (c / e.samples) / (subtree[f] / root)) for f, c in e.inclusive.items()}
+    share = {f: c / e.samples for f, c in e.inclusive.items()}
+    p = dict.fromkeys(share, 1.0)
+    for _ in range(rounds):
+        total = sum(p[f] * ell[f] for f in p)
+        nxt = {}
+        for f in p:
+            t_f = ell[f] + sum(min(1.0, p[g] / p[f]) * ell[g] for g in e.below[f] if g in p)
+            nxt[f] = min(1.0, share[f] * total / t_f)
+        if all(abs(nxt[f] - p[f]) < 1e-4 for f in p):
+            return nxt
+        p = nxt
+    return p
 
 
 def _standin_start(tm: TargetMap, name: str, subsystem: int) -> int:
