@@ -112,6 +112,6 @@ def test_script_quick_run(no_leaks, tmp_path, name: str) -> None:
     assert doc["schema"] == 2 and doc["settings"]["quick"] is True
     assert doc["command"].startswith("python ") and script in doc["command"] and "--quick" in doc["command"]
     assert {"cpu_model", "python", "numpy"} <= set(doc["host"])
-    assert doc["elapsed_s"] < 20
+    assert doc["elapsed_s"] < 45  # a smoke run (x86-micro: 25 s on the 2-core VM, 14 workload builds and 56 runs)
     text = (tmp_path / f"published-{name}.txt").read_text()
     assert text.startswith(f"$ {doc['command']}\n") and expected in text

@@ -219,7 +219,7 @@ def test_memoryless_node_and_page_tables_end_to_end(no_leaks, tmp_path):
     topo = tmp_path / "m.toml"
     topo.write_text('distance = [[10, 21], [21, 10]]\n[[nodes]]\ncpus = "0"\nmemory_mb = 4096\n[[nodes]]\ncpus = "1"\nmemory_mb = 0\n')
     out = tmp_path / "r.json"
-    proc = numaemu("run", "--topology", str(topo), "--image-scale", "0.05", "--requests", "120", "--policy", "single,replicate",
+    proc = numaemu("run", "--topology", str(topo), "--image-scale", "0.05", "--requests", "120", "--policy", "single,replicate", "--workload", "synthetic-db",
                    "--cache", "cold", "--pt-style", "arm64", "--verify", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "page tables (arm64" in proc.stdout

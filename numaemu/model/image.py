@@ -234,8 +234,8 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
     Its functions are a real kernel's (`numaemu.model.layout`: Debian's 6.12.118 cloud amd64):
     every text symbol's name, link order and size, at full size even its offset from ``_text``.
     ``scale`` < 1 (for tests) keeps every k-th function (k = 1/scale, rounded) at its real size,
-    packed 16-byte aligned in link order; the others are gone, names included, so a recording's
-    samples in them replay through stand-ins.
+    packed 16-byte aligned in link order; the names of the others become aliases of the kept
+    function of their group, so recordings still map onto a small image by name.
 
     ``arch="arm64"``: the same layout with fixed 4-byte, 4-byte-aligned instructions: the ftrace
     site is one NOP at the function entry (``-fpatchable-function-entry``), jump-label sites are
@@ -279,9 +279,9 @@ def synthetic_image(scale: float = 1.0, seed: int = 0, arch: str = "x86_64") -> 
     pads = np.append(starts[1:], text_size) - ends
     pad_at = np.repeat(ends, pads) + (np.arange(pads.sum()) - np.repeat(np.cumsum(pads) - pads, pads))
     data[pad_at] = 0 if arm else INT3
-    slot = np.full(len(firsts), -1, dtype=np.int64)
-    slot[keep] = np.arange(len(keep))
-    named = [(n, int(slot[w])) for n, w in zip(layout.names, which.tolist(), strict=True) if slot[w] >= 0]
+    # Every name is kept: a function left out at a small scale names the kept one of its group of
+    # k (its link-order neighbour), so that recordings still map by name onto a test image.
+    named = [(n, w // k) for n, w in zip(layout.names, which.tolist(), strict=True)]
     symbols = symbol_table([n for n, _ in named], [KERNEL_BASE + int(starts[j]) for _, j in named], ["T"] * len(named), [int(sizes[j]) for _, j in named],
                            f"the embedded layout: Debian {DEFAULT_RELEASE}'s text functions (names, order, sizes)")
     big = sizes >= MIN_FUNC_BYTES

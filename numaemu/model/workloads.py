@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import cache
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,8 +257,10 @@ def build_workload(name: str, image: KernelImage, seed: int = 0, trace: TraceTex
     return _synthetic(name.removeprefix("synthetic-"), name, image, seed)
 
 
+@cache
 def recorded(name: str) -> Recording:
-    """The shipped recording of the built-in workload `name` (numaemu/data/workloads/)."""
+    """The shipped recording of the built-in workload `name` (numaemu/data/workloads/), read
+    once per process."""
     path = f"data/workloads/{name}.rec"
     return parse_recording(package_text(path), f"numaemu/{path}")
 
