@@ -85,7 +85,7 @@ def main() -> None:
         rec = info[after]["recorded"]
         src = f"`{' '.join(rec.get('command', []))}` on {rec.get('release', '?')}; {info[after]['by_name']:.0%} of samples mapped by name"
         rows.append(f"| **{after}** | before | " + " | ".join(cells(before)) + " | hand-written table |")
-        rows.append(f"| | after | " + " | ".join(cells(after)) + f" | {src} |")
+        rows.append("| | after | " + " | ".join(cells(after)) + f" | {src} |")
     cmd = f"python scripts/workloads_table.py --repeat {args.repeat} --duration {args.duration}"
     text = f"""# Built-in workloads: the hand-written tables (before) and the recordings (after)
 

@@ -9,7 +9,7 @@ import pytest
 from numaemu.model.groundtruth import accuracy, sample, synthetic_run
 from numaemu.model.image import synthetic_image
 from numaemu.model.recording import Frame, recording_from_samples
-from numaemu.model.replay import _probabilities, _Entry, reconstruct
+from numaemu.model.replay import _Entry, _probabilities, reconstruct
 
 
 @pytest.fixture(scope="module")
