@@ -156,9 +156,9 @@ def main() -> int:
         ratios.append(far / local)
         saved = 1 - a["total_us"] / b["total_us"]
         needed = remote_share_needed(1.5, far / local)
-        report(f"- {topo}: single + user interleave takes {b['total_us']:.0f} us a request: kernel {b['kernel_us']:.0f}, user data "
-               f"{b['user_data_us']:.0f}, compute {b['compute_us']:.0f};")
-        report(f"  replicate + user local {a['total_us']:.0f} us (kernel {a['kernel_us']:.0f}, user data {a['user_data_us']:.0f}). "
+        report(f"- {topo}: single + user interleave takes {b['total_us']:.2f} us a request: kernel {b['kernel_us']:.2f}, user data "
+               f"{abs(b['user_data_us']):.2f}, compute {b['compute_us']:.2f};")
+        report(f"  replicate + user local {a['total_us']:.2f} us (kernel {a['kernel_us']:.2f}, user data {abs(a['user_data_us']):.2f}). "
                f"Making every access local saves {100 * saved:.0f}% of the time.")
         report(f"  +50% needs {100 * NEEDED_SAVING:.0f}% saved: at least {100 * needed:.0f}% of the time on remote accesses, even if every one "
                f"went to the farthest node ({far:.0f} ns, local {local:.0f} ns).")

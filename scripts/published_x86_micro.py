@@ -41,6 +41,8 @@ from _published import Pair, Report, Spread, options, pct, record, run, write_re
 from scipy.stats import rankdata, spearmanr
 
 from numaemu.host.files import load_topology
+from numaemu.model.image import synthetic_image
+from numaemu.model.workloads import build_workload
 
 RANK_TOLERANCE = 1  # places a row's model rank may differ from its published rank and still agree
 
@@ -50,24 +52,24 @@ CASE_NOTES = {
     "cold, as timed": "One-call benchmarks gain most (every fetch a miss), loops least (their 1023 hot iterations dilute "
                       "the one cold iteration): the main divide of the published cold figures too.",
     "cold, every iteration": "With every fetch a miss, every benchmark gains within a few points of our ceiling; the small "
-                             "differences follow the data work we charge, not the published order.",
+                             "differences follow the user work each recording carries, not the published order.",
 }
 
 # Why a row's rank may differ, shown only for rows that disagree in this run. {misses}: text
 # fetches from memory per call; {ceiling}: the most our model can gain on 2s-xeon.
 REASONS = {
-    ("fork-1", "hot"): "a long path with {misses:.0f} conflict misses a call in our direct-mapped cache, beside the 6 us "
-                       "of data work we charge; the published 2.3% says the real fork's hot time is mostly work replication "
-                       "leaves alone.",
-    ("fork-1024", "hot"): "fork, COW fault and exit per iteration: {misses:.0f} conflict misses a call, beside 11.5 us of data "
-                          "work we charge.",
+    ("fork-1", "hot"): "a long path with {misses:.0f} conflict misses a call in our direct-mapped cache, beside {compute:.2g} us "
+                       "of user work; the published 2.3% says the real fork's hot time is mostly work replication leaves alone "
+                       "(copying page tables, clearing pages: data work that a recording of text does not charge).",
+    ("fork-1024", "hot"): "fork, COW fault and exit per iteration: {misses:.0f} conflict misses a call, beside {compute:.2g} us of "
+                          "user work.",
     ("mmap/munmap", "hot"): "its path fits our cache yet loses {misses:.0f} lines a call to set conflicts, and at 4 ns a hit those "
                             "misses are much of its kernel time; a set-associative cache holds a hot loop's path: 0.4%.",
     ("mmap/lock", "hot"): "as mmap/munmap, {misses:.0f} conflict misses a call on a path that fits; the real one gains 4.2%.",
-    ("open/close", "hot"): "{misses:.0f} conflict misses a call beside the 0.3 us of data work we charge.",
-    ("kill", "hot"): "we charge 2 us for the IPI and the child's wake-up, which replication cannot speed, beside {misses:.0f} "
-                     "misses a call; the real kill gains 4%, so its wake-up path fetches more remote text than ours.",
-    ("mount", "hot"): "{misses:.0f} conflict misses a call beside the 3 us of data work we charge; the published 8.7% implies "
+    ("open/close", "hot"): "{misses:.0f} conflict misses a call beside {compute:.2g} us of user work.",
+    ("kill", "hot"): "{misses:.0f} misses a call beside {compute:.2g} us of user work (the IPI and the child's wake-up cost "
+                     "no time here beyond their text); the real kill gains 4%, so its wake-up path fetches more remote text than ours.",
+    ("mount", "hot"): "{misses:.0f} conflict misses a call beside {compute:.2g} us of user work; the published 8.7% implies "
                       "more remote fetches in a hot mount than a hot cache of ours produces.",
     ("fork-1", "cold"): "ours is capped by our ceiling ({ceiling}: node 1's fetches at 136 instead of 85 ns, node 0 unchanged); "
                         "42.7% is beyond any text-latency gain on 2s-xeon unless the base ran on the remote node (up to +60%) "
@@ -143,6 +145,11 @@ def measure(bench: Bench, duration: float) -> Measured:
         misses,
         lost,
     )
+
+
+def compute_us(workload: str) -> float:
+    """The user work a request of `workload` carries (us): its recording's user:kernel ratio."""
+    return build_workload(workload, synthetic_image()).compute_ns / 1e3
 
 
 def ranks(gains: list[float]) -> np.ndarray:
@@ -244,7 +251,7 @@ def main() -> int:
                 side = "higher" if rank_ours[mode][i] < rank_pub[mode][i] else "lower"
                 reason = REASONS.get((b.label, mode), "no reason recorded for this row.")
                 report(f"- {b.label}, {mode}: ours ranks it {side} ({rank_ours[mode][i]:g} vs {rank_pub[mode][i]:g}): "
-                       + reason.format(misses=misses, ceiling=pct(top)))
+                       + reason.format(misses=misses, ceiling=pct(top), compute=compute_us(b.workload)))
     write_results(
         "x86-micro", opts, report,
         {"published_source": "Kuzin, [PATCH RFC 00/12] x86 NUMA-aware kernel replication, 2023-12-28, <20231228131056.602411-1-artem.kuzin@huawei.com>",

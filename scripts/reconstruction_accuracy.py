@@ -39,6 +39,18 @@ def main() -> None:
             f"| {seed} | {n:,} | {a['true_footprint_lines']:,} | {a['reconstructed_footprint_lines']:,} | {a['recall']:.3f} | {a['fetch_recall']:.3f} | {a['precision']:.3f} | "
             f"{a['true_lines_per_request']:.1f} | {a['reconstructed_lines_per_request']:.1f} | {a['true_miss_rate']:.3f} | {a['reconstructed_miss_rate']:.3f} | {a['miss_rate_error']:+.3f} |"
         )
+    for _, _, a in rows:
+        a["len_err"] = a["reconstructed_lines_per_request"] / a["true_lines_per_request"] - 1
+
+    by = {(seed, n): a for seed, n, a in rows}
+    gains = [100 * (by[(seed, SAMPLES[-1])]["recall"] - by[(seed, SAMPLES[0])]["recall"]) for seed in RUNS]
+
+    def lo(k: str) -> float:
+        return min(a[k] for _, _, a in rows)
+
+    def hi(k: str) -> float:
+        return max(a[k] for _, _, a in rows)
+
     OUT.write_text(f"""# Reconstruction accuracy against a known truth
 
 Made by `python scripts/reconstruction_accuracy.py` (numaemu.model.groundtruth; the test is
@@ -60,11 +72,14 @@ fetches whose line it has (lines run rarely are what sampling misses, and they w
 
 {chr(10).join(lines)}
 
-What it shows: what the reconstruction rebuilds is almost all real (precision 0.95-1.0), and
-covers 93-96% of what the kernel fetches, but only 55-80% of the distinct lines: the rarely run
-branches are seldom or never sampled, and more samples help slowly. Lines a request and miss
-rates come within a few percent to a few tens of percent; the error is largest where a recording
-is short.
+What it shows (the ranges are computed from the table): what the reconstruction rebuilds is
+almost all real (precision {lo('precision'):.3f}-{hi('precision'):.3f}) and covers {lo('fetch_recall'):.0%}-{hi('fetch_recall'):.0%} of what the
+kernel fetches, but only {lo('recall'):.0%}-{hi('recall'):.0%} of the distinct lines: branches run rarely are seldom or
+never sampled, and six times the samples adds only {min(gains):.0f}-{max(gains):.0f} points of recall. Lines a request come
+out {lo('len_err'):+.0%} to {hi('len_err'):+.0%} of the truth (over where few samples show few reaches), and the miss rate
+{lo('miss_rate_error'):+.3f} to {hi('miss_rate_error'):+.3f} in absolute terms: low where recall is low (lines never sampled are
+never missed), so a replayed recording errs towards fewer misses, and towards less gain from
+replication, the more of its footprint is rare.
 """)
     print(OUT.read_text())
 

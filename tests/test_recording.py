@@ -240,3 +240,16 @@ def test_record_a_real_command_and_replay_it(tmp_path):
     assert doc["sizes"].get("__x64_sys_getpid", 0) > 0  # from /proc/kallsyms
     w = load_trace(out, synthetic_image())
     assert any(e["entry"] == "__x64_sys_getpid" for e in w.report["top_entries"])
+
+
+def test_a_kaslr_moved_image_replays_the_same_requests():
+    """--kaslr moves the image and its symbols together: the same lines (offsets) are fetched."""
+    from numaemu.model.pagetables import kaslr_base, with_base
+    from numaemu.model.workloads import build_workload
+
+    small = synthetic_image(0.05)
+    moved = with_base(small, kaslr_base(small, 3))
+    assert moved.base != small.base
+    assert moved.symbols.address_of("__x64_sys_getpid") - moved.base == small.symbols.address_of("__x64_sys_getpid") - small.base
+    a, b = build_workload("db", small), build_workload("db", moved)
+    assert np.array_equal(a.lines, b.lines) and a.report["mapped_by_name"] == b.report["mapped_by_name"]

@@ -151,8 +151,9 @@ def format_recording(rep: dict[str, Any], image: str) -> list[str]:
     out = [
         f"recording: {rep['source']} ({rep['format']}{where}{cmd}): {rep['samples']:,} samples, {rep['kernel_share']:.0%} in the kernel"
         + ("" if rep["callchains"] else ", no callchains (one frame a sample)"),
-        f"mapped onto {image}: {rep['mapped_by_name'] / k:.1%} of kernel samples by name, {rep['mapped_by_stand_in'] / k:.1%} through stand-ins, "
-        f"{rep['mapped_by_address'] / k:.1%} by address ({rep['functions']['by_name']:,} functions by name, {rep['functions']['stand_in']:,} stand-ins)",
+        f"mapped onto {image}: {rep['mapped_by_name'] / k:.1%} of kernel samples wholly by name, {rep['mapped_by_stand_in'] / k:.1%} through a stand-in, "
+        f"{rep['mapped_by_address'] / k:.1%} by address; {rep.get('frames_by_name_share', 0):.1%} of their frames by name "
+        f"({rep['functions']['by_name']:,} functions by name, {rep['functions']['stand_in']:,} stand-ins)",
         "top entries: " + ", ".join(f"{e['entry']} {e['sample_share']:.0%} of samples, {e['request_share']:.0%} of requests" for e in rep["top_entries"][:5]),
         "top functions: " + ", ".join(f"{f['function']} {f['self_share']:.0%} ({f['subsystem']}{'' if f['mapped'] == 'name' else ', ' + f['mapped']})" for f in rep["top_functions"][:6]),
     ]

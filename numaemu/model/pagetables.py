@@ -185,10 +185,15 @@ def kaslr_base(image: KernelImage, seed: int) -> int:
 
 def with_base(image: KernelImage, base: int) -> KernelImage:
     """The image moved to `base` as one piece: every section keeps its offset from the base,
-    so every offset numaemu uses (sites, workloads, page tables) is unchanged."""
+    so every offset numaemu uses (sites, workloads, page tables) is unchanged; its symbols move
+    with it, as /proc/kallsyms shows a KASLR kernel's."""
     shift = base - image.base
     sections = tuple(replace(s, vaddr=s.vaddr + shift) for s in image.sections)
-    return replace(image, base=base, sections=sections)
+    syms = image.symbols
+    if syms is not None:
+        moved = (syms.addresses.astype(object) + shift).astype(np.uint64)  # a shift below 0 too, without wrapping surprises
+        syms = replace(syms, addresses=moved)
+    return replace(image, base=base, sections=sections, symbols=syms)
 
 
 def translation_granules(image: KernelImage, granule: int, offsets: Ints) -> U64:

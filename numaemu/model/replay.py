@@ -222,6 +222,7 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
     tm = target_map(image)
     fns: dict[str, _Fn] = {}
     counts = {"name": 0, "stand-in": 0, "address": 0}
+    frame_counts = [0, 0]  # frames mapped by name, all frames (weighted by samples)
 
     def resolve(f: Frame, leaf: bool, n: int) -> tuple[str, str]:
         """(function id, how mapped) of a frame, recording its offset (a leaf's, `n` samples)."""
@@ -258,6 +259,8 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
         ids, hows = zip(*(resolve(f, i == 0, n) for i, f in enumerate(chain)), strict=True)
         worst = "stand-in" if "stand-in" in hows else "address" if "address" in hows else "name"
         counts[worst] += n
+        frame_counts[0] += n * sum(h == "name" for h in hows)
+        frame_counts[1] += n * len(hows)
         cls, key, stub = _split(chain)
         # The plumbing: the stub and the dispatch code under it (a chain without a stub has none).
         plumb = [fid for fid, f in zip(ids[: stub + 1], chain, strict=False) if f.name is not None and (f.name in DISPATCH or f.name.startswith(ENTRY_STUBS + THUNKS))] if stub < len(chain) else []
@@ -323,6 +326,7 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
     user = rec.samples - rec.kernel_samples
     compute = user / max(1, rec.kernel_samples) * mean_lines * hit_ns
     report = _report(rec, counts, rows, share, total_share, fns, tm, image)
+    report["frames_by_name_share"] = round(frame_counts[0] / max(1, frame_counts[1]), 4)
     report["reconstruction"] = {"templates": len(templates), "entries": len(rows), "mean_lines_per_request": round(mean_lines, 1), "compute_ns_per_request": round(compute, 1)}
     return Reconstruction(tuple(templates), w, compute, report)
 
@@ -357,6 +361,8 @@ def _standin_start(tm: TargetMap, name: str, subsystem: int) -> int:
     group = tm.by_subsystem[subsystem]
     if len(group) == 0:
         group = np.arange(len(tm.starts))
+    if len(group) == 0:  # an image without a function: the start of its text
+        return tm.text_lo
     return int(tm.starts[group[zlib.crc32(name.encode()) % len(group)]])
 
 
