@@ -385,7 +385,8 @@ def test_run_topology_host_reports_where_pages_landed(no_leaks, tmp_path: Path) 
                 assert entry["pages"].keys() == {"0"} and entry["expected_host_nodes"] == [0]
     if len(_host_nodes()) == 1:
         assert "every node's pages on host node 0" in proc.stdout
-        assert "warning:" not in proc.stderr
+        # No placement warning (the recording's own, about names mapped, may be there).
+        assert [w for w in proc.stderr.splitlines() if w.startswith("warning:") and "mapped onto" not in w] == []
 
 
 @pytest.mark.slow

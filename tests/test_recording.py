@@ -253,3 +253,23 @@ def test_a_kaslr_moved_image_replays_the_same_requests():
     assert moved.symbols.address_of("__x64_sys_getpid") - moved.base == small.symbols.address_of("__x64_sys_getpid") - small.base
     a, b = build_workload("db", small), build_workload("db", moved)
     assert np.array_equal(a.lines, b.lines) and a.report["mapped_by_name"] == b.report["mapped_by_name"]
+
+
+def test_subsystem_shares_are_the_embedded_images():
+    """SHARES (for images without symbols) is what the classifier gives the embedded layout."""
+    from numaemu.model.layout import default_layout
+    from numaemu.model.subsystems import SHARES, classify, shares
+
+    layout = default_layout()
+    _, first = np.unique(layout.offsets, return_index=True)
+    assert shares(classify([layout.names[i] for i in sorted(first)])) == SHARES
+    assert abs(sum(SHARES) - 1) < 1e-9
+
+
+def test_subsystems_from_names_then_link_order():
+    from numaemu.model.subsystems import SUBSYSTEMS, classify
+
+    names = ["tcp_sendmsg", "static_helper", "tcp_v4_rcv", "mystery", "ext4_file_open", "lonely", "exc_page_fault", "mem_cgroup_charge", "memcpy"]
+    got = [SUBSYSTEMS[i] for i in classify(names)]
+    # a helper between two net functions is net; one between net and fs, or at the end, is other
+    assert got == ["net", "net", "net", "other", "fs", "other", "entry", "mm", "lib"]

@@ -112,8 +112,10 @@ def _target_map(image: KernelImage) -> TargetMap:
     text = image.section(".text")
     syms = image.symbols
     if syms is not None:
-        pick = [i for i, t in enumerate(syms.types) if t in TEXT_TYPES and text.vaddr <= int(syms.addresses[i]) < text.vaddr + text.size]
-        names = [syms.names[i] for i in pick]
+        types = np.frombuffer(syms.types.encode("ascii"), dtype="S1")
+        inside = (syms.addresses >= np.uint64(text.vaddr)) & (syms.addresses < np.uint64(text.vaddr + text.size))
+        pick = np.flatnonzero(np.isin(types, [t.encode() for t in TEXT_TYPES]) & inside)
+        names = [syms.names[i] for i in pick.tolist()]
         starts = (syms.addresses[pick] - np.uint64(text.vaddr)).astype(np.int64) + text.offset
         sizes = np.maximum(1, syms.sizes[pick])
         subs = classify(names)

@@ -22,6 +22,7 @@ shares `SHARES` (the embedded image's, measured from its names by `shares`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,9 +34,11 @@ __all__ = ["SUBSYSTEMS", "OTHER", "SHARES", "RULES", "subsystem_of_name", "class
 SUBSYSTEMS = ("entry", "sched", "mm", "fs", "block", "net", "drivers", "lib", "other")
 OTHER = SUBSYSTEMS.index("other")
 
-# Share of text functions by subsystem in the embedded image (Debian 6.1.0-57 cloud amd64, 44,180
-# functions), from `shares(classify(names))`; used only for images that have no symbols.
-SHARES: tuple[float, ...] = (0.006, 0.038, 0.117, 0.166, 0.041, 0.164, 0.239, 0.088, 0.141)
+# Share of text functions by subsystem in the embedded image (Debian 6.12.118 cloud amd64, 50,646
+# functions, each under its first name), measured with `shares(classify(names))`; used only for
+# images that have no symbols. "other" is half: kernel/, arch/x86, security/, crypto/, and names
+# no rule knows between neighbours that disagree.
+SHARES: tuple[float, ...] = (0.004, 0.018, 0.05, 0.083, 0.018, 0.118, 0.161, 0.041, 0.507)
 
 _ENTRY = ("entry_", "asm_", "do_syscall_", "syscall_", "x64_sys_call", "ret_from_fork", "irqentry_", "exit_to_user_mode", "__irqentry", "exc_", "sysvec_",
           "common_interrupt", "native_irq_return", "error_entry", "error_return", "paranoid_", "xen_error_entry", "__x64_sys_ni_syscall", "restore_regs_and_return")
@@ -137,13 +140,18 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# All rules as one regular expression, a named group a subsystem in RULES' order: a match tries the
+# groups left to right, so the first rule that matches wins, as in RULES, at C speed (50,000 names
+# in ~0.05 s instead of ~0.3 s with str.startswith, paid by every process that builds a workload).
+_PATTERN = re.compile("|".join(f"(?P<{sub}>{'|'.join(re.escape(p) for p in prefixes)})" for sub, prefixes in RULES))
+_INDEX = {sub: SUBSYSTEMS.index(sub) for sub, _ in RULES}
+
+
 def subsystem_of_name(name: str) -> int:
     """The subsystem a name's prefix gives, or -1."""
     base = name.split(".", 1)[0]  # compiler suffixes: foo.isra.0, foo.cold, foo.part.0, foo.constprop.0
-    for subsystem, prefixes in RULES:
-        if base.startswith(prefixes):
-            return SUBSYSTEMS.index(subsystem)
-    return -1
+    m = _PATTERN.match(base)
+    return -1 if m is None or m.lastgroup is None else _INDEX[m.lastgroup]
 
 
 def classify(names: Sequence[str]) -> I64:
