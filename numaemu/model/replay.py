@@ -47,6 +47,7 @@ import weakref
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -87,13 +88,22 @@ class TargetMap:
     """The image's functions by name: offset from the base, size, subsystem."""
 
     index: dict[str, int]
-    base_index: dict[str, int]  # by `base_name`: the same function under another build's name
+    names: tuple[str, ...]
     starts: I64
     sizes: I64
     subsystems: I64
     text_lo: int  # the .text span, as offsets
     text_hi: int
     by_subsystem: tuple[I64, ...]
+
+    @cached_property
+    def base_index(self) -> dict[str, int]:
+        """By `base_name`: the same function under another build's name (built at the first
+        name the image lacks)."""
+        out: dict[str, int] = {}
+        for i, n in enumerate(self.names):
+            out.setdefault(base_name(n), i)
+        return out
 
 
 _TARGETS: weakref.WeakKeyDictionary[KernelImage, TargetMap] = weakref.WeakKeyDictionary()
@@ -120,15 +130,13 @@ def _target_map(image: KernelImage) -> TargetMap:
         sizes = np.maximum(1, syms.sizes[pick])
         subs = classify(names)
         index: dict[str, int] = {}
-        base: dict[str, int] = {}
         for i, n in enumerate(names):
             index.setdefault(n, i)
-            base.setdefault(base_name(n), i)
     else:
-        index, base, starts, sizes = {}, {}, image.functions.astype(np.int64), image.function_sizes.astype(np.int64)
+        index, names, starts, sizes = {}, [], image.functions.astype(np.int64), image.function_sizes.astype(np.int64)
         subs = by_index(len(starts))
     groups = tuple(np.flatnonzero(subs == s) for s in range(len(SUBSYSTEMS)))
-    return TargetMap(index, base, starts, sizes, subs, text.offset, text.offset + text.size, groups)
+    return TargetMap(index, tuple(names), starts, sizes, subs, text.offset, text.offset + text.size, groups)
 
 
 def base_name(name: str) -> str:

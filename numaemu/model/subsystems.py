@@ -140,10 +140,36 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-# All rules as one regular expression, a named group a subsystem in RULES' order: a match tries the
-# groups left to right, so the first rule that matches wins, as in RULES, at C speed (50,000 names
-# in ~0.05 s instead of ~0.3 s with str.startswith, paid by every process that builds a workload).
-_PATTERN = re.compile("|".join(f"(?P<{sub}>{'|'.join(re.escape(p) for p in prefixes)})" for sub, prefixes in RULES))
+# All rules as one regular expression, a named group a subsystem in RULES' order, each group a trie
+# of its prefixes: a match tries the groups left to right, so the first rule that matches wins, as
+# in RULES (50,000 names in ~0.05 s instead of ~0.3 s with str.startswith or a flat alternation,
+# paid by every process that builds a workload).
+_Trie = dict[str, "_Trie"]
+
+
+def _trie(words: Sequence[str]) -> str:
+    """A regular expression matching any of `words`, as a trie (``a(?:b|c)``): Python's re tries
+    the alternatives of a flat ``ab|ac|...`` one by one, ~900 of them; a trie fails at the first
+    character that no word continues."""
+    tree: _Trie = {}
+    for w in words:
+        node = tree
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def emit(node: _Trie) -> str:
+        ends = "" in node
+        alts = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if ends else body  # a shorter word ends here: the rest is optional
+
+    return emit(tree)
+
+
+_PATTERN = re.compile("|".join(f"(?P<{sub}>{_trie(prefixes)})" for sub, prefixes in RULES))
 _INDEX = {sub: SUBSYSTEMS.index(sub) for sub, _ in RULES}
 
 
