@@ -99,7 +99,8 @@ def test_stand_ins_take_a_function_of_the_same_subsystem(image):
     """A function the image lacks replays at a function of its subsystem, by a hash of its name,
     and is counted as a stand-in."""
     from numaemu.model.recording import recording_from_samples
-    from numaemu.model.replay import reconstruct, target_map
+    from numaemu.model.replay import reconstruct
+    from numaemu.model.target_map import target_map
 
     chain = (Frame("tcp_imaginary_helper", 0x40), Frame("__x64_sys_getpid", 0x10), Frame("do_syscall_64", 0x30), Frame("entry_SYSCALL_64_after_hwframe", 0x4B))
     rec = recording_from_samples([chain] * 10, 10, "x", "synthetic", True, {"tcp_imaginary_helper": 512}, {})

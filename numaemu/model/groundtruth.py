@@ -29,7 +29,8 @@ from numaemu.model.arrays import I64
 from numaemu.model.cache import DirectMappedCache
 from numaemu.model.image import LINE_SIZE, KernelImage
 from numaemu.model.recording import Frame, Recording, recording_from_samples
-from numaemu.model.replay import reconstruct, target_map
+from numaemu.model.replay import reconstruct
+from numaemu.model.target_map import target_map
 
 __all__ = ["SyntheticRun", "synthetic_run", "invocation", "sample", "true_stream", "accuracy"]
 

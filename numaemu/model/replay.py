@@ -6,11 +6,11 @@ steps between the two, and what each assumes:
 
 1. **Map every frame onto the image by name.** ``name+0xoff`` becomes the image's function
    ``name`` at that offset, so a recording made on one kernel replays on another; a name the
-   image lacks is tried once more without the parts that differ between builds (`base_name`). A function the
-   image lacks gets a **stand-in**: a region of the recorded size (the recording kernel's, from its
-   /proc/kallsyms; else the largest offset seen) starting at a function of the same subsystem
-   (`numaemu.model.subsystems`, from the name), chosen by a hash of the name so that it is the
-   same on every run. A frame perf printed as a bare address maps by address when the address is
+   image lacks is tried once more without the parts that differ between builds (`base_name`).
+   A function the image still lacks gets a **stand-in**: a region of the recorded size (the
+   recording kernel's, from its /proc/kallsyms; else the largest offset seen) starting at a
+   function of the same subsystem (`numaemu.model.subsystems`, from the name), chosen by a hash of
+   the name so that it is the same on every run (`numaemu.model.target_map`). A frame perf printed as a bare address maps by address when the address is
    in the image. The report counts samples mapped wholly by name, and warns below 90%.
 2. **Split samples by kernel entry.** The innermost entry stub on the chain (``entry_SYSCALL_64``,
    ``asm_exc_page_fault``, ``asm_sysvec_*``, ``ret_from_fork``) opens the entry; the first frame
@@ -43,11 +43,9 @@ accuracy against a known truth is measured in tests/test_replay.py and results/r
 
 from __future__ import annotations
 
-import weakref
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -55,10 +53,10 @@ import numpy as np
 from numaemu.model.arrays import F64, I64
 from numaemu.model.image import LINE_SIZE, KernelImage
 from numaemu.model.recording import Frame, Recording
-from numaemu.model.subsystems import OTHER, SUBSYSTEMS, by_index, classify, subsystem_of_name
-from numaemu.model.symbols import TEXT_TYPES
+from numaemu.model.subsystems import OTHER, SUBSYSTEMS, subsystem_of_name
+from numaemu.model.target_map import TargetMap, base_name, standin_start, subsystem_of, target_map
 
-__all__ = ["ENTRY_STUBS", "DISPATCH", "MAX_VARIANTS", "NAME_SHARE_WARNING", "TargetMap", "Reconstruction", "reconstruct", "target_map"]
+__all__ = ["ENTRY_STUBS", "DISPATCH", "MAX_VARIANTS", "NAME_SHARE_WARNING", "Reconstruction", "reconstruct"]
 
 # Entry stubs, innermost first wins (arch/x86/entry/entry_64.S, idtentry.h's asm_* stubs; arm64's
 # el0_*/el1_* handlers in arch/arm64/kernel/entry-common.c).
@@ -81,71 +79,6 @@ TEMPLATE_BUDGET = 256  # templates in all, shared out by the entries' request sh
 NAME_SHARE_WARNING = 0.90
 PRIOR_SAMPLES = 5  # pseudo-samples of the mean entry length an entry's own length is shrunk with
 NO_ENTRY = "(no entry stub on the chain)"
-
-
-@dataclass(frozen=True, eq=False)
-class TargetMap:
-    """The image's functions by name: offset from the base, size, subsystem."""
-
-    index: dict[str, int]
-    names: tuple[str, ...]
-    starts: I64
-    sizes: I64
-    subsystems: I64
-    text_lo: int  # the .text span, as offsets
-    text_hi: int
-    by_subsystem: tuple[I64, ...]
-
-    @cached_property
-    def base_index(self) -> dict[str, int]:
-        """By `base_name`: the same function under another build's name (built at the first
-        name the image lacks)."""
-        out: dict[str, int] = {}
-        for i, n in enumerate(self.names):
-            out.setdefault(base_name(n), i)
-        return out
-
-
-_TARGETS: weakref.WeakKeyDictionary[KernelImage, TargetMap] = weakref.WeakKeyDictionary()
-
-
-def target_map(image: KernelImage) -> TargetMap:
-    """Names → functions of `image` (its symbols; without them, nameless functions by index).
-    Kept while the image lives: classifying 50,000 names costs ~0.2 s, and a bench builds every
-    workload on one image."""
-    if image not in _TARGETS:
-        _TARGETS[image] = _target_map(image)
-    return _TARGETS[image]
-
-
-def _target_map(image: KernelImage) -> TargetMap:
-    text = image.section(".text")
-    syms = image.symbols
-    if syms is not None:
-        types = np.frombuffer(syms.types.encode("ascii"), dtype="S1")
-        inside = (syms.addresses >= np.uint64(text.vaddr)) & (syms.addresses < np.uint64(text.vaddr + text.size))
-        pick = np.flatnonzero(np.isin(types, [t.encode() for t in TEXT_TYPES]) & inside)
-        names = [syms.names[i] for i in pick.tolist()]
-        starts = (syms.addresses[pick] - np.uint64(text.vaddr)).astype(np.int64) + text.offset
-        sizes = np.maximum(1, syms.sizes[pick])
-        subs = classify(names)
-        index: dict[str, int] = {}
-        for i, n in enumerate(names):
-            index.setdefault(n, i)
-    else:
-        index, names, starts, sizes = {}, [], image.functions.astype(np.int64), image.function_sizes.astype(np.int64)
-        subs = by_index(len(starts))
-    groups = tuple(np.flatnonzero(subs == s) for s in range(len(SUBSYSTEMS)))
-    return TargetMap(index, tuple(names), starts, sizes, subs, text.offset, text.offset + text.size, groups)
-
-
-def base_name(name: str) -> str:
-    """A function's name without what differs between builds of the same source: GCC's clone
-    suffixes (``.isra.0``, ``.constprop.0``, ``.part.0``, ``.cold``) and the ``_noprof`` that
-    6.10's allocation profiling gave the allocators (``kmem_cache_alloc_noprof``, commit
-    7bd230a26648, "mm/slab: enable slab allocation tagging for kmalloc and friends")."""
-    name = name.split(".", 1)[0]
-    return name.removesuffix("_noprof")
 
 
 @dataclass
@@ -241,7 +174,7 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
             fid = f"{f.address:#x}"
             if fid not in fns:
                 inside = tm.text_lo <= off < tm.text_hi
-                fns[fid] = _Fn(off if inside else _standin_start(tm, fid, OTHER), LINE_SIZE, "address" if inside else "stand-in")
+                fns[fid] = _Fn(off if inside else standin_start(tm, fid, OTHER), LINE_SIZE, "address" if inside else "stand-in")
             fns[fid].leaf_n += n if leaf else 0
             return fid, fns[fid].how
         fn = fns.get(f.name)
@@ -253,7 +186,7 @@ def reconstruct(rec: Recording, image: KernelImage, seed: int = 0, hit_ns: float
                 fn = _Fn(int(tm.starts[i]), int(tm.sizes[i]), "name")
             else:
                 sub = subsystem_of_name(f.name)
-                fn = _Fn(_standin_start(tm, f.name, OTHER if sub < 0 else sub), max(1, rec.sizes.get(f.name, 0)), "stand-in")
+                fn = _Fn(standin_start(tm, f.name, OTHER if sub < 0 else sub), max(1, rec.sizes.get(f.name, 0)), "stand-in")
             fns[f.name] = fn
         fn.max_offset = max(fn.max_offset, f.offset)
         if leaf:
@@ -365,17 +298,6 @@ def _probabilities(e: _Entry, ell: dict[str, float], rounds: int = 20) -> dict[s
     return p
 
 
-def _standin_start(tm: TargetMap, name: str, subsystem: int) -> int:
-    """Where a missing function's stand-in starts: at a function of its subsystem, by a hash of
-    its name (any function of the image when the subsystem has none)."""
-    group = tm.by_subsystem[subsystem]
-    if len(group) == 0:
-        group = np.arange(len(tm.starts))
-    if len(group) == 0:  # an image without a function: the start of its text
-        return tm.text_lo
-    return int(tm.starts[group[zlib.crc32(name.encode()) % len(group)]])
-
-
 def _report(rec: Recording, counts: dict[str, int], rows: list[Any], share: dict[tuple[str, str], float], total: float, fns: dict[str, _Fn], tm: TargetMap, image: KernelImage) -> dict[str, Any]:
     k = max(1, rec.kernel_samples)
     leaf = Counter[str]()
@@ -405,15 +327,7 @@ def _report(rec: Recording, counts: dict[str, int], rows: list[Any], share: dict
             for cls, key, e, prob, keyed in entries[:10]
         ],
         "top_functions": [
-            {"function": name, "self_share": round(n / k, 4), "mapped": fns[name].how if name in fns else "?", "subsystem": SUBSYSTEMS[_sub(tm, name)]}
+            {"function": name, "self_share": round(n / k, 4), "mapped": fns[name].how if name in fns else "?", "subsystem": SUBSYSTEMS[subsystem_of(tm, name)]}
             for name, n in leaf.most_common(10)
         ],
     }
-
-
-def _sub(tm: TargetMap, name: str) -> int:
-    i = tm.index.get(name)
-    if i is not None:
-        return int(tm.subsystems[i])
-    r = subsystem_of_name(name)
-    return OTHER if r < 0 else r
