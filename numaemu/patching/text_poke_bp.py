@@ -5,7 +5,8 @@ The patcher (`text_poke_bp_batch`) publishes up to 256 sites, sorted by address,
 (`publish_descriptor`; stop_machine's patch function reads the same record), then:
 (1) INT3 over the first byte of every site, sync; (2) bytes 1..len-1, sync; (3) the new first
 byte, sync; (4) drop the patcher's reference and wait until no INT3 handler still holds one
-before the descriptor can be reused (the ``descriptor-reuse`` bug does not wait; ``no-sync``
+before the descriptor can be reused (the ``descriptor-reuse`` bug does not wait, and its
+descriptor, on the patcher's stack, is overwritten as the call returns; ``no-sync``
 skips the sync after the INT3s; ``no-final-sync`` does not wait for the last one).
 
 A node that fetches an INT3 from a site being patched runs `poke_int3_handler` (reader.py calls
@@ -75,9 +76,19 @@ def text_poke_bp_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> Non
     k.text.poke(offs, new[:, 0].copy(), each)
     k.sync(wait=k.bug != "no-final-sync")
     k.st.set("desc_live", 0)  # drop the patcher's reference
+    st, nodes = k.st, range(k.n_nodes)
     if k.bug != "descriptor-reuse":
-        st, nodes = k.st, range(k.n_nodes)
         k.wait_for(lambda: not any(st.node_get(n, "in_int3") for n in nodes), "INT3 handlers to drop the descriptor")
+    else:
+        # The descriptor lives on the patcher's stack (text_poke_bp_batch's struct
+        # bp_patching_desc since commit 1f676247f36a, 5.6, "x86/alternatives: Implement a better
+        # poke_int3_handler() completion scheme"): without the wait, the frame is reused as soon
+        # as the call returns, under a handler that may still be reading it. So it is
+        # overwritten here at once, rather than at the next call's publish, which on a quiet
+        # host may come too late for any handler to see it (the bug then went unseen in CI).
+        st.add("desc_gen")
+        st.set("desc_count", 0)
+        st.add("desc_gen")
 
 
 def poke_int3_handler(
