@@ -45,3 +45,10 @@ class NodeFailure(RuntimeError):
 
     def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "pid": self.pid, "phase": self.phase, "where": self.where or None, "detail": self.detail, "detected_after_s": self.detected_after_s}
+
+
+def excerpt(text: str, width: int = 60) -> str:
+    """`text` stripped, cut to `width` characters with ``...``: the part of a bad input line an
+    error message quotes."""
+    text = text.strip()
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -274,3 +274,15 @@ def test_subsystems_from_names_then_link_order():
     got = [SUBSYSTEMS[i] for i in classify(names)]
     # a helper between two net functions is net; one between net and fs, or at the end, is other
     assert got == ["net", "net", "net", "other", "fs", "other", "entry", "mm", "lib"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _perf_permitted(), reason="perf missing or not permitted kernel samples here")
+def test_record_survives_a_command_that_writes_much_to_stderr(tmp_path):
+    """perf's stderr (and the command's) goes to a file: read through a pipe only at the end, it
+    filled at 64 KiB and blocked the command forever."""
+    out = tmp_path / "noisy.rec"
+    code = "import os, sys\nsys.stderr.write('x' * 300_000)\nfor _ in range(100000): os.getpid()"
+    r = _cli("record", "-o", str(out), "-F", "2000", "--", sys.executable, "-c", code)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert json.loads(out.read_text())["kernel_samples"] > 0

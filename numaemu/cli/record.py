@@ -4,7 +4,6 @@ with perf (`numaemu.host.perf`), for ``--trace FILE``."""
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise UsageError("--output", f"'{out.parent}' is not a directory")
     result = record(command, out, freq)
     rec = result.recording
-    entries: Counter[str] = Counter()
-    for chain, n in zip(rec.chains, rec.counts.tolist(), strict=True):
-        entries[chain[0].name or chain[0].text()] += n
     print(f"wrote {out}: {rec.samples:,} samples in {result.duration_s:.1f} s, {rec.kernel_share:.0%} in the kernel ({rec.kernel_samples:,}), "
           f"{len(rec.chains):,} distinct kernel callchains; kernel {result.release}")
-    top = ", ".join(f"{name} {n / max(1, rec.kernel_samples):.0%}" for name, n in entries.most_common(5))
+    top = ", ".join(f"{name} {n / max(1, rec.kernel_samples):.0%}" for name, n in rec.leaf_counts().most_common(5))
     print(f"hottest kernel functions: {top}")
     return 0

@@ -86,14 +86,18 @@ def record(command: Sequence[str], output: Path, frequency: int) -> RecordResult
         period = max(1, 1_000_000_000 // frequency)
         argv = [perf, "record", "-q", "-a", "-e", EVENT, "-c", str(period), "-g", "-o", str(data), "--", *command]
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        # perf's stderr, and so the command's, goes to a file: a pipe read only at the end would
+        # fill at 64 KiB and block a command that writes more to stderr.
+        err_path = Path(tmp) / "perf.err"
+        with err_path.open("w") as err_file:
+            proc = subprocess.Popen(argv, stderr=err_file, text=True)
         with tqdm(desc=f"recording {command[0]}", unit="s", bar_format="{desc}: {elapsed} {postfix}", leave=False, disable=None) as bar:
             while proc.poll() is None:
                 time.sleep(0.25)
                 bar.set_postfix_str(f"{data.stat().st_size / 1e6:.1f} MB of samples" if data.exists() else "")
                 bar.update(0)
         duration = time.monotonic() - start
-        err = proc.stderr.read() if proc.stderr else ""
+        err = err_path.read_text(errors="replace")
         _check_exit(proc.returncode, err, command, data)
         text = _script(perf, data)
     rec = parse_perf_script(text, str(output))
@@ -121,7 +125,7 @@ def _check_exit(code: int, err: str, command: Sequence[str], data: Path) -> None
     if "Failed to collect" in err or "No such file or directory" in err and not data.exists():
         raise UsageError("COMMAND", f"cannot run '{' '.join(command)}': {err.strip().splitlines()[-1]}")
     if "perf_event_paranoid" in err or "Access to performance monitoring" in err or "Permission denied" in err:
-        raise UsageError(PARAM, "perf was refused kernel samples (perf_event_paranoid or a container's seccomp profile): run as root with perf_event_paranoid <= 1")
+        raise UsageError(PARAM, "perf was refused kernel samples (perf_event_paranoid or a container's seccomp profile): run as root, or with perf_event_paranoid <= 0")
     if "Function not implemented" in err or "not supported" in err and not data.exists():
         raise UsageError(PARAM, "perf_event_open is not available here (a container without the syscall, or a kernel without CONFIG_PERF_EVENTS)")
     if not data.exists():

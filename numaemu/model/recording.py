@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from numaemu.errors import UsageError
+from numaemu.errors import UsageError, excerpt
 from numaemu.model.arrays import I64
 
 __all__ = [
@@ -93,6 +94,13 @@ class Recording:
     @property
     def kernel_share(self) -> float:
         return self.kernel_samples / max(1, self.samples)
+
+    def leaf_counts(self) -> Counter[str]:
+        """Kernel samples by the function they stopped in (its name, or its address)."""
+        leaf: Counter[str] = Counter()
+        for chain, n in zip(self.chains, self.counts.tolist(), strict=True):
+            leaf[chain[0].name or chain[0].text()] += n
+        return leaf
 
 
 def detect_format(text: str) -> str:
@@ -159,7 +167,7 @@ def parse_perf_script(text: str, source: str) -> Recording:
         if header is None and raw[0] in " \t":
             m = _FRAME.match(raw)
             if m is None:
-                raise UsageError(PARAM, f"{source}:{lineno}: '{_shown(raw)}' is neither a perf script sample header nor a frame 'ADDRESS SYMBOL+0xOFFSET'")
+                raise UsageError(PARAM, f"{source}:{lineno}: '{excerpt(raw)}' is neither a perf script sample header nor a frame 'ADDRESS SYMBOL+0xOFFSET'")
             frame = _kernel_frame(m)
             if raw[0] == "\t":  # a callchain's frame; -F ip,sym,symoff starts a sample with it
                 callchains = True
@@ -178,7 +186,7 @@ def parse_perf_script(text: str, source: str) -> Recording:
             continue
         m = header
         if m is None:
-            raise UsageError(PARAM, f"{source}:{lineno}: '{_shown(raw)}' is not a perf script sample header (COMM TID TIME: PERIOD EVENT:), a frame, or an address")
+            raise UsageError(PARAM, f"{source}:{lineno}: '{excerpt(raw)}' is not a perf script sample header (COMM TID TIME: PERIOD EVENT:), a frame, or an address")
         close()
         samples += 1
         in_sample = True
@@ -186,7 +194,7 @@ def parse_perf_script(text: str, source: str) -> Recording:
         if rest:  # recorded without -g: the one frame is on the header line
             f = _FRAME.match(rest)
             if f is None:
-                raise UsageError(PARAM, f"{source}:{lineno}: '{_shown(rest)}' is not a frame 'ADDRESS SYMBOL+0xOFFSET (DSO)'")
+                raise UsageError(PARAM, f"{source}:{lineno}: '{excerpt(rest)}' is not a frame 'ADDRESS SYMBOL+0xOFFSET (DSO)'")
             frame = _kernel_frame(f)
             if frame is not None:
                 current.append(frame)
@@ -206,11 +214,6 @@ def recording_from_samples(samples: list[tuple[Frame, ...]], total: int, source:
     chains = tuple(index)
     counts = np.bincount(seq, minlength=len(chains)).astype(np.int64)
     return Recording(source, fmt, chains, counts, seq, total, sizes, callchains, meta)
-
-
-def _shown(line: str) -> str:
-    line = line.strip()
-    return line if len(line) <= 60 else line[:57] + "..."
 
 
 # ------------------------------------------------------------------------------------------

@@ -300,9 +300,7 @@ def _probabilities(e: _Entry, ell: dict[str, float], rounds: int = 20) -> dict[s
 
 def _report(rec: Recording, counts: dict[str, int], rows: list[Any], share: dict[tuple[str, str], float], total: float, fns: dict[str, _Fn], tm: TargetMap, image: KernelImage) -> dict[str, Any]:
     k = max(1, rec.kernel_samples)
-    leaf = Counter[str]()
-    for chain, n in zip(rec.chains, rec.counts.tolist(), strict=True):
-        leaf[chain[0].name or chain[0].text()] += n
+    leaf = rec.leaf_counts()
     entries = sorted(rows, key=lambda r: -r[2].samples)
     by_name = counts["name"] / k
     return {

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from numaemu.errors import UsageError
+from numaemu.errors import UsageError, excerpt
 from numaemu.model.arrays import I64, U64
 
 __all__ = ["SymbolTable", "parse_symbol_map", "symbol_table", "TEXT_TYPES", "ANCHORS"]
@@ -101,8 +101,7 @@ def parse_symbol_map(text: str, origin: str, param: str = "--symbols") -> Symbol
             continue
         m = _LINE.fullmatch(line)
         if m is None:
-            shown = line if len(line) <= 60 else line[:57] + "..."
-            raise UsageError(param, f"{origin}: line {i}: '{shown}' is not 'ADDRESS TYPE NAME' (System.map or /proc/kallsyms format)")
+            raise UsageError(param, f"{origin}: line {i}: '{excerpt(line)}' is not 'ADDRESS TYPE NAME' (System.map or /proc/kallsyms format)")
         if m.group(4) is not None:
             continue  # a loadable module's symbol
         names.append(m.group(3))
