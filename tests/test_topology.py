@@ -39,11 +39,12 @@ KUNPENG_DISTANCE = (
     (22, 24, 12, 10),
 )
 # Derived at 85 ns local: 85 * (1 + (d - 10) * k), k = (136.3/85 - 1)/11, i.e. +4.6636 ns per unit.
+# Derived by derive_latency at the kunpeng-920 profile's 96 ns local (Chips and Cheese).
 KUNPENG_LATENCY = (
-    (85.0, 94.3, 131.6, 141.0),
-    (94.3, 85.0, 141.0, 150.3),
-    (131.6, 141.0, 85.0, 94.3),
-    (141.0, 150.3, 94.3, 85.0),
+    (96.0, 106.5, 148.7, 159.2),
+    (106.5, 96.0, 159.2, 169.7),
+    (148.7, 159.2, 96.0, 106.5),
+    (159.2, 169.7, 106.5, 96.0),
 )
 
 
@@ -171,7 +172,7 @@ def test_property_valid_slit_passes_and_latency_is_monotonic(matrix: list[list[i
 
 
 def test_preset_names() -> None:
-    assert list(PRESETS) == ["2s-xeon", "kunpeng920", "epyc-nps4"]
+    assert list(PRESETS) == ["2s-xeon", "2s-e5-2690", "2s-epyc-7713", "epyc-nps4", "kunpeng920", "2s-altra", "altra-quadrant"]
 
 
 def test_preset_2s_xeon() -> None:
@@ -211,8 +212,8 @@ def test_preset_epyc_nps4() -> None:
         (32, 32, 32, 32, 12, 12, 10, 12),
         (32, 32, 32, 32, 12, 12, 12, 10),
     )
-    assert t.latency_ns[0] == (85.0, 94.3, 94.3, 94.3, 187.6, 187.6, 187.6, 187.6)
-    assert t.latency_ns[4] == (187.6, 187.6, 187.6, 187.6, 85.0, 94.3, 94.3, 94.3)
+    assert t.latency_ns[0] == (113.0, 125.4, 125.4, 125.4, 249.4, 249.4, 249.4, 249.4)  # at the profile's 113 ns local
+    assert t.latency_ns[4] == (249.4, 249.4, 249.4, 249.4, 113.0, 125.4, 125.4, 125.4)
     assert [n.cpus for n in t.nodes] == [tuple(range(16 * i, 16 * i + 16)) for i in range(8)]
     assert [n.memory_bytes for n in t.nodes] == [32 * GiB] * 8
 
@@ -230,8 +231,8 @@ def test_load_topology_unknown() -> None:
     with pytest.raises(
         UsageError,
         match=re.escape(
-            "--topology: unknown preset, spec or file 'nosuch'; presets: 2s-xeon, kunpeng920, "
-            "epyc-nps4, host (this machine); a spec such as 4 or 2:10,21,21,10; or a .json/.toml file"
+            "--topology: unknown preset, spec or file 'nosuch'; presets: 2s-xeon, 2s-e5-2690, 2s-epyc-7713, epyc-nps4, kunpeng920, "
+            "2s-altra, altra-quadrant, host (this machine); a spec such as 4 or 2:10,21,21,10; or a .json/.toml file"
         ),
     ):
         load_topology("nosuch")
@@ -663,10 +664,10 @@ def test_format_numactl_kunpeng920() -> None:
         "\n"
         "latency (ns):\n"
         "node      0      1      2      3\n"
-        "  0:   85.0   94.3  131.6  141.0\n"
-        "  1:   94.3   85.0  141.0  150.3\n"
-        "  2:  131.6  141.0   85.0   94.3\n"
-        "  3:  141.0  150.3   94.3   85.0\n"
+        "  0:   96.0  106.5  148.7  159.2\n"
+        "  1:  106.5   96.0  159.2  169.7\n"
+        "  2:  148.7  159.2   96.0  106.5\n"
+        "  3:  159.2  169.7  106.5   96.0\n"
     )
     topo = load_topology("kunpeng920")
     assert format_numactl(topo) == expected

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from numaemu.api import params
 from numaemu.errors import UsageError
+from numaemu.model.hardware_presets import PROFILES
 from numaemu.model.image import ARCHES
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
@@ -56,6 +57,7 @@ class MachineConfig:
     local_ns: float | None = None
     sysfs_root: str = "/sys"
     pt_style: str = "none"
+    hardware: str | None = None  # a hardware_presets.PROFILES name; None: the topology's own
     kaslr: bool = False
     replicas_every: int = 1
     delays: str = "model"
@@ -78,6 +80,8 @@ class MachineConfig:
         if self.local_ns is not None:
             params.check("--local-ns", params.LOCAL_NS, self.local_ns)
         params.choice(self.pt_style, PT_STYLES, "--pt-style")
+        if self.hardware is not None:
+            params.choice(self.hardware, tuple(PROFILES), "--hardware")
         if self.kaslr and self.pt_style == "arm64":
             raise UsageError("--kaslr", "not with --pt-style arm64: King's series disables KASLR (the image must sit under its own level-0 entry)")
         if self.kaslr and self.pt_style != "x86":

@@ -30,6 +30,8 @@ from numaemu.host.files import load_image, load_symbols, load_topology, load_wor
 from numaemu.host.fit import check_host_fits, run_needs
 from numaemu.host.segments import prune_stale
 from numaemu.model.binding import HostBinding, bind_to_host, parse_host_cpus
+from numaemu.model.hardware import HardwareProfile
+from numaemu.model.hardware_presets import resolve_hardware
 from numaemu.model.image import KernelImage, synthetic_image
 from numaemu.model.pagetables import kaslr_base, with_base
 from numaemu.model.placement import check_replicas_every
@@ -99,6 +101,11 @@ class Emulation:
             self._host = bind_to_host(topo, host_cpus(), override)
         return self._host
 
+    @property
+    def hardware(self) -> HardwareProfile:
+        """The profile the model charges: ``--hardware``, else the topology's, else the default."""
+        return resolve_hardware(self.config.hardware, self.topology.hardware)
+
     def _check_design(self) -> None:
         check_replicas_every(self.config.replicas_every, [self.topology])
 
@@ -165,7 +172,7 @@ class Emulation:
             topo, host, image, workload, cold=key[2], user_local=key[3], duration_s=duration, requests=config.requests,
             migrate_rate=config.migrate_rate, seed=config.seed, start_method=config.method, replicate=config.replicate,
             time_scale=config.time_scale, pt_style=config.pt_style, replicas_every=config.replicas_every, delays=config.delays,
-            calibrated=self._calibrations.get(key),
+            calibrated=self._calibrations.get(key), hardware=self.hardware,
         )
         if cal:
             self._calibrations[key] = (spec.time_scale, cal)

@@ -11,6 +11,8 @@ from numaemu.api.emulation import Emulation
 from numaemu.cli.options import add_image_options, add_topology_options, output_path, write_doc
 from numaemu.errors import UsageError
 from numaemu.model.binding import memory_only_nodes
+from numaemu.model.hardware import describe
+from numaemu.model.hardware_presets import PROFILES
 from numaemu.model.numactl import format_numactl
 from numaemu.runtime.results import SCHEMA
 
@@ -20,6 +22,8 @@ __all__ = ["add_parsers", "cmd_topology", "cmd_image"]
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("topology", help="print a topology as numactl --hardware does")
     add_topology_options(p, positional=True)
+    p.add_argument("--hardware", metavar="PROFILE", help="show this hardware profile instead of the topology's own: " + ", ".join(PROFILES))
+    p.add_argument("--sources", action="store_true", help="also print where each hardware parameter comes from")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write JSON to PATH instead ('-' for stdout)")
 
     p = sub.add_parser("image", help="print the kernel image's sections, sizes and patch sites")
@@ -30,13 +34,21 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_topology(args: argparse.Namespace) -> int:
     json_path = output_path(args.json_path, "topology") if args.json_path is not None else None
-    emu = Emulation(args.topology, host_cpus=args.host_cpus, local_ns=args.local_ns, sysfs_root=args.sysfs_root)
+    emu = Emulation(args.topology, host_cpus=args.host_cpus, local_ns=args.local_ns, sysfs_root=args.sysfs_root, hardware=args.hardware)
     topo = emu.topology
+    hw = emu.hardware
     host = None if memory_only_nodes(topo) else emu.host  # else shown without placement: no worker can run there
     if json_path is not None:
-        write_doc({"schema": SCHEMA, "command": "topology", "topology": topo.to_json(), "host_binding": host.to_json() if host else None}, json_path, sys.stdout)
+        write_doc({"schema": SCHEMA, "command": "topology", "topology": topo.to_json(), "hardware": hw.to_json(),
+                   "host_binding": host.to_json() if host else None}, json_path, sys.stdout)
         return 0
     sys.stdout.write(format_numactl(topo, host))
+    print()
+    print("\n".join(describe(hw)))
+    if args.sources:
+        print("sources:")
+        for key, text in hw.sources.items():
+            print(f"  {key}: {text}")
     if host is None:
         ids = ", ".join(map(str, memory_only_nodes(topo)))
         print(f"no host placement: host node(s) {ids} have memory but no CPUs, so numaemu cannot run this machine as it is")

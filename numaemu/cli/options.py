@@ -19,6 +19,7 @@ from typing import IO, Any
 from numaemu.api import params
 from numaemu.api.config import MachineConfig
 from numaemu.errors import UsageError
+from numaemu.model.hardware_presets import PROFILES
 from numaemu.runtime.results import write_json
 
 __all__ = [
@@ -62,6 +63,8 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
 def add_design_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pt-style", default="none",
                    help="page-table design: arm64 (King: per-node lower tables, 4 KiB pages), x86 (Kuzin: per-node PGD..PMD, 2 MiB pages) or none (not modelled, default)")
+    p.add_argument("--hardware", metavar="PROFILE",
+                   help="the caches, TLBs and memory charged: " + ", ".join(PROFILES) + " (default: the topology's own; simple is the first model's direct-mapped cache)")
     p.add_argument("--kaslr", action="store_true", help="randomise the image's virtual base from --seed (x86 design only: King's arm64 series disables KASLR)")
     p.add_argument("--replicas-every", type=params.REPLICAS_EVERY, default=1, metavar="K",
                    help="replicate: a copy on every K-th node only (IRIX-style), the others map the nearest copy (default 1: every node)")

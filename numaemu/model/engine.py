@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from numaemu.model.arrays import I64, U8, U64, Intp, Ints
+from numaemu.model.arrays import F64, I64, U8, U64, Intp, Ints
 from numaemu.model.cache import DirectMappedCache, Footprint
+from numaemu.model.hierarchy import Hierarchy, HierarchyCounts
 from numaemu.model.image import LINE_SIZE, LINES_PER_PAGE, PAGE_SIZE
 from numaemu.model.placement import UNMAPPED, PageTable
+from numaemu.model.timing import Charges, ProcessCosts
 from numaemu.model.workloads import Workload
 
 __all__ = ["HIT_NS", "PATH_MIN_FETCHES", "Counters", "BatchResult", "NodeEngine", "line_bases", "page_bases"]
@@ -65,10 +67,15 @@ class Counters:
     user_ns: float = 0.0
     walks: float = 0.0  # expected page walks (TLB misses) on kernel fetches
     walk_ns: float = 0.0  # their cost, part of kernel_ns
+    queue_ns: float = 0.0  # waiting at the memory and links that served the misses, part of kernel_ns
+    process_ns: float = 0.0  # the x86 design's per-process PGD work, part of kernel_ns
+    events: F64 = field(init=False)  # forks, exits, context switches (timing.EVENT_MARKERS)
+    hierarchy: HierarchyCounts | None = None  # per level, with a hardware profile
 
     def __post_init__(self) -> None:
         self.text_fetches = np.zeros(self.n_nodes, dtype=np.int64)
         self.user_fetches = np.zeros(self.n_nodes, dtype=np.int64)
+        self.events = np.zeros(3)
 
     @property
     def emulated_ns(self) -> float:
@@ -133,6 +140,10 @@ class NodeEngine:
         walk_home: int | None = None,
         user_home: int | None = None,
         user_homes: npt.ArrayLike | None = None,
+        hierarchy: Hierarchy | None = None,
+        charges: Charges | None = None,
+        page_kind: npt.ArrayLike | None = None,
+        process: ProcessCosts | None = None,
     ) -> None:
         self.node = node
         self.lines = mem.view(np.uint64).reshape(-1, _LINE_WORDS)
@@ -166,6 +177,16 @@ class NodeEngine:
         # request, and fetches after the first to their set that miss, by home node.
         self._inner_hits = np.zeros(workload.n_templates, dtype=np.int64)
         self._inner_misses = np.zeros((workload.n_templates, self.n_nodes), dtype=np.int64)
+        # A hardware profile's caches and TLBs (hierarchy.py) in place of the direct-mapped
+        # cache, charged by `charges`; user data then costs its latency / MLP (timing.py).
+        self.hierarchy = hierarchy
+        self.charges = charges
+        self.process = process
+        if hierarchy is not None:
+            if charges is None or page_kind is None:
+                raise ValueError("a hierarchy needs its charges and each page's kind")
+            self.page_kind = np.asarray(page_kind, dtype=np.int8)
+            self.counters.hierarchy = hierarchy.counts
 
     def _translate(self, vlines: I64) -> tuple[I64, I64]:
         """Step 1: (image page, line of the ``mem`` segment) of each virtual line."""
@@ -216,10 +237,9 @@ class NodeEngine:
         misses = np.bincount(self.home[pages[~hit]], minlength=self.n_nodes)
         return checksums, int(np.count_nonzero(hit)), misses
 
-    def _run_paths(self, templates: Ints) -> tuple[U64, int, I64]:
-        """Steps 1-3 through each template's `_Path`: the same results as `_run_direct`."""
-        k = len(templates)
-        paths = [self._path(t) for t in templates.tolist()]
+    def _path_checksums(self, paths: list[_Path]) -> U64:
+        """Step 2 through each template's `_Path`: the same checksums as reading every fetch."""
+        k = len(paths)
         # Each distinct line of a request is read once and weighted by how often the request
         # fetches it (uint64 products and sums wrap mod 2**64); only the lines fetched more than
         # once need the multiply.
@@ -228,6 +248,13 @@ class NodeEngine:
         many = self.lines.take(np.concatenate([p.many for p in paths]), axis=0)
         many *= np.concatenate([p.times for p in paths])
         checksums += _per_request_sums(many, np.fromiter((len(p.many) for p in paths), dtype=np.int64, count=k))
+        return checksums
+
+    def _run_paths(self, templates: Ints) -> tuple[U64, int, I64]:
+        """Steps 1-3 through each template's `_Path`: the same results as `_run_direct`."""
+        k = len(templates)
+        paths = [self._path(t) for t in templates.tolist()]
+        checksums = self._path_checksums(paths)
         epochs = None
         if self.cold:
             epochs = np.arange(self.counters.requests, self.counters.requests + k) & _EPOCH_MASK
@@ -240,11 +267,39 @@ class NodeEngine:
             misses += np.bincount(np.concatenate([p.first_home for p in paths])[~hit], minlength=self.n_nodes)
         return checksums, int(self._inner_hits[templates].sum()) + first_hits, misses
 
+    def _run_hierarchy(self, templates: Ints, lens: I64) -> tuple[U64, float]:
+        """Steps 1-4 with a hardware profile: (checksums, kernel ns). The reads are those of
+        `_run_direct` (or `_path_checksums` for long requests); the caches and TLBs are
+        simulated access by access (hierarchy.py) on this node's physical lines."""
+        assert self.hierarchy is not None and self.charges is not None
+        vlines = self.workload.gather(templates)
+        if len(lens) and int(lens.sum()) >= PATH_MIN_FETCHES * len(lens):
+            checksums = self._path_checksums([self._path(t) for t in templates.tolist()])
+        else:
+            _, glines = self._translate(vlines)
+            checksums = _per_request_sums(self.lines.take(glines, axis=0), lens)
+        counts = self.hierarchy.run(vlines, lens, self.base, self.home, self.page_kind, self.counters.requests, self.cold)
+        kernel_ns, queue_ns = self.charges.cost(counts)
+        c = self.counters
+        c.cache_hits += int(counts.served[:, :3].sum())
+        c.text_fetches += counts.memory_by_home.sum(axis=0)
+        c.walks += float(counts.tlb[2])
+        c.queue_ns += queue_ns
+        if self.process is not None:
+            events, process_ns = self.process.per_request(templates)
+            c.events += events
+            c.process_ns += process_ns
+            kernel_ns += process_ns
+        return checksums, kernel_ns
+
     def run(self, templates: Ints) -> BatchResult:
         """Run one request of each template in `templates`, in order."""
         wl = self.workload
         k = len(templates)
         lens = wl.lengths[templates]
+        if self.hierarchy is not None:
+            checksums, kernel_ns = self._run_hierarchy(templates, lens)
+            return self._finish(templates, k, checksums, kernel_ns, 0, None)
         if k and int(lens.sum()) >= PATH_MIN_FETCHES * k:
             checksums, n_hits, misses = self._run_paths(templates)
         else:
@@ -255,7 +310,11 @@ class NodeEngine:
             self.counters.walks += n_walks
             self.counters.walk_ns += n_walks * self.walk_ns
             kernel_ns += n_walks * self.walk_ns
+        return self._finish(templates, k, checksums, kernel_ns, n_hits, misses)
 
+    def _finish(self, templates: Ints, k: int, checksums: U64, kernel_ns: float, n_hits: int, misses: I64 | None) -> BatchResult:
+        """The user work of the batch's requests, and the counters."""
+        wl = self.workload
         user_ns = k * wl.compute_ns
         n_user = k * wl.user_accesses
         if n_user:
@@ -269,13 +328,16 @@ class NodeEngine:
                 ulines = self.user_first[homes] + self.rng.integers(0, self.user_lines, n_user)
                 ucount = np.bincount(homes, minlength=self.n_nodes)
             self.user_sink = (self.user_sink + int(self.lines.take(ulines, axis=0).sum(dtype=np.uint64))) & _MASK64
-            user_ns += float(ucount @ self.lat)
+            # User data reads are data misses: with a hardware profile they overlap by its MLP.
+            mlp = 1.0 if self.charges is None else self.charges.mlp
+            user_ns += float(ucount @ (self.lat if self.charges is None else self.charges.memory_ns)) / mlp
             self.counters.user_fetches += ucount
 
         c = self.counters
         c.requests += k
         c.cache_hits += n_hits
-        c.text_fetches += misses
+        if misses is not None:
+            c.text_fetches += misses
         c.kernel_ns += kernel_ns
         c.user_ns += user_ns
         return BatchResult(kernel_ns + user_ns, checksums)

@@ -30,6 +30,7 @@ from typing import TypeGuard
 
 from numaemu.errors import UsageError
 from numaemu.model.cpulist import format_cpu_list
+from numaemu.model.hardware import HardwareProfile
 
 __all__ = [
     "SLIT_LOCAL",
@@ -129,6 +130,9 @@ class Topology:
     nodes: tuple[Node, ...]
     distance: Distance
     latency_ns: Latency
+    # The caches, TLBs and memory system of its CPUs (a preset's, or a file's ``hardware``);
+    # None: the default profile (hardware_presets.resolve_hardware).
+    hardware: HardwareProfile | None = None
 
     def __post_init__(self) -> None:
         n = len(self.nodes)
@@ -216,6 +220,7 @@ class Topology:
             ],
             "distance": [list(row) for row in self.distance],
             "latency_ns": [list(row) for row in self.latency_ns],
+            **({"hardware": self.hardware.name} if self.hardware is not None else {}),
         }
 
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 
 from numaemu.errors import UsageError
 from numaemu.model.cpulist import parse_cpu_list
+from numaemu.model.hardware import profile_from_mapping
+from numaemu.model.hardware_presets import PROFILES
 from numaemu.model.topology import (
     DEFAULT_LOCAL_NS,
     DEFAULT_NODE_CPUS,
@@ -73,16 +75,46 @@ def _preset_2s_xeon() -> Topology:
     # Two-socket Intel Xeon: the SLIT every such BIOS reports, 10 local / 21 remote.
     # Latency measured, not derived: Intel MLC idle latency on E5-2682 v4, 85.0 ns local and
     # 136.3 ns remote (BACKGROUND.md section 2); the issue rounds remote to 136, which we keep.
-    # 16 cores per socket (E5-2682 v4), 64 GiB per socket.
+    # 16 cores per socket (E5-2682 v4), 64 GiB per socket. Its caches: the E5-2690 profile's.
     distance = ((10, 21), (21, 10))
     latency = ((85.0, 136.0), (136.0, 85.0))
-    return Topology("2s-xeon", _uniform_nodes(2, 16, 64 << 30), distance, latency)
+    return Topology("2s-xeon", _uniform_nodes(2, 16, 64 << 30), distance, latency, PROFILES["e5-2690"])
+
+
+def _preset_2s_e5_2690() -> Topology:
+    # The x86 series' machine (Kuzin's cover letter: 2 x Xeon E5-2690), as the e5-2690 profile
+    # gives it: 8 cores a socket, 78.3 ns local; remote not found, so local + 38 ns, the
+    # remote-local step 7-cpu.com measured on the previous generation (hardware_presets).
+    distance = ((10, 21), (21, 10))
+    return Topology("2s-e5-2690", _uniform_nodes(2, 8, 64 << 30), distance, ((78.3, 116.3), (116.3, 78.3)), PROFILES["e5-2690"])
+
+
+def _preset_2s_epyc_7713() -> Topology:
+    # The AMD reviewer's machine: 2 x EPYC 7713 in NPS1, one node a socket of 64 cores. Its
+    # firmware reports 10 / 32. Local latency: the profile's (Rome NPS1, 122 ns, AnandTech);
+    # remote DERIVED from the distance by derive_latency at that local latency, not measured.
+    distance = ((10, 32), (32, 10))
+    return Topology("2s-epyc-7713", _uniform_nodes(2, 64, 256 << 30), distance, derive_latency(distance, PROFILES["epyc-7713-nps1"].dram_local_ns), PROFILES["epyc-7713-nps1"])
+
+
+def _preset_2s_altra() -> Topology:
+    # 2 x Ampere Altra Q80-30, monolithic: one node a socket of 80 cores; SLIT 10 / 20 assumed
+    # (Linux's default remote distance); latency DERIVED at the profile's 85 ns stand-in.
+    distance = ((10, 20), (20, 10))
+    return Topology("2s-altra", _uniform_nodes(2, 80, 256 << 30), distance, derive_latency(distance), PROFILES["altra"])
+
+
+def _preset_altra_quadrant() -> Topology:
+    # 2 x Altra in quadrant mode: 4 nodes a socket of 20 cores, all 4 sharing the socket's SLC.
+    # SLIT 10 / 11 within a socket / 20 across, assumed; latency DERIVED at 85 ns.
+    distance = tuple(tuple(10 if i == j else 11 if i // 4 == j // 4 else 20 for j in range(8)) for i in range(8))
+    return Topology("altra-quadrant", _uniform_nodes(8, 20, 64 << 30), distance, derive_latency(distance), PROFILES["altra-quadrant"])
 
 
 def _preset_kunpeng920() -> Topology:
     # Huawei Kunpeng 920: 2 sockets x 2 dies (CPU clusters) = 4 nodes of 24 cores. The SLIT is
     # the one its firmware reports (BACKGROUND.md section 2). Latency is DERIVED from these
-    # distances by derive_latency at 85 ns local, not measured on a Kunpeng.
+    # distances by derive_latency at the profile's 96 ns local (Chips and Cheese), not measured.
     distance = (
         (10, 12, 20, 22),
         (12, 10, 22, 24),
@@ -90,7 +122,7 @@ def _preset_kunpeng920() -> Topology:
         (22, 24, 12, 10),
     )
     return Topology(
-        "kunpeng920", _uniform_nodes(4, 24, 64 << 30), distance, derive_latency(distance)
+        "kunpeng920", _uniform_nodes(4, 24, 64 << 30), distance, derive_latency(distance, PROFILES["kunpeng-920"].dram_local_ns), PROFILES["kunpeng-920"]
     )
 
 
@@ -98,19 +130,23 @@ def _preset_epyc_nps4() -> Topology:
     # Dual-socket AMD EPYC (7002/7003) in NPS4 mode: 4 nodes per socket (nodes 0-3 socket 0,
     # 4-7 socket 1). Its firmware reports 10 local, 12 to a node of the same socket and 32 to a
     # node of the other socket (as `numactl -H` shows on such machines). Latency is DERIVED
-    # from these distances at 85 ns local, not measured.
+    # from these distances at the profile's local latency (113 ns, AnandTech's Rome NPS4), not measured.
     distance = tuple(
         tuple(10 if i == j else 12 if i // 4 == j // 4 else 32 for j in range(8)) for i in range(8)
     )
     return Topology(
-        "epyc-nps4", _uniform_nodes(8, 16, 32 << 30), distance, derive_latency(distance)
+        "epyc-nps4", _uniform_nodes(8, 16, 32 << 30), distance, derive_latency(distance, PROFILES["epyc-7713-nps4"].dram_local_ns), PROFILES["epyc-7713-nps4"]
     )
 
 
 PRESETS: dict[str, Callable[[], Topology]] = {
     "2s-xeon": _preset_2s_xeon,
-    "kunpeng920": _preset_kunpeng920,
+    "2s-e5-2690": _preset_2s_e5_2690,
+    "2s-epyc-7713": _preset_2s_epyc_7713,
     "epyc-nps4": _preset_epyc_nps4,
+    "kunpeng920": _preset_kunpeng920,
+    "2s-altra": _preset_2s_altra,
+    "altra-quadrant": _preset_altra_quadrant,
 }
 
 
@@ -187,7 +223,7 @@ def parse_spec(spec: str, *, local_ns: float = DEFAULT_LOCAL_NS) -> Topology:
     )
 
 
-_FILE_KEYS = ("distance", "latency_ns", "local_latency_ns", "name", "nodes")
+_FILE_KEYS = ("distance", "hardware", "latency_ns", "local_latency_ns", "name", "nodes")
 _NODE_KEYS = ("cpus", "host_cpus", "host_node", "memory_bytes", "memory_mb", "node")
 
 
@@ -205,6 +241,8 @@ def from_mapping(data: object, *, name: str) -> Topology:
         host_cpus = "0-1"                   #   optional, on every node or none
         host_node = 0                       #   optional: the host NUMA node it is (see Node)
         node = 0                            #   optional, must equal the entry's position
+        hardware = "e5-2690"                # optional: a profile, or a table with base = NAME
+                                            #   and fields to change (hardware.profile_from_mapping)
 
     Unknown keys are refused, so that a misspelt key is not silently ignored.
     """
@@ -246,7 +284,8 @@ def from_mapping(data: object, *, name: str) -> Topology:
                 "node, or none for the default of 4 CPUs and 4096 MB each",
             )
         nodes = tuple(_read_node(i, entry) for i, entry in enumerate(entries))
-    return Topology(name, nodes, distance, latency)
+    hardware = None if data.get("hardware") is None else profile_from_mapping(data["hardware"], PROFILES)
+    return Topology(name, nodes, distance, latency, hardware)
 
 
 def _read_latency(obj: object, distance: Distance) -> Latency:

@@ -15,7 +15,9 @@ from numaemu.host.clock import measure_oversleep_ns, time_scale
 from numaemu.host.segments import TASK_SLOT, MemoryLayout
 from numaemu.model.cache import DirectMappedCache
 from numaemu.model.engine import NodeEngine
+from numaemu.model.hardware import SIMPLE, HardwareProfile
 from numaemu.model.image import LINE_SIZE, KernelImage
+from numaemu.model.node_hardware import NodeHardware, page_kinds, page_shift_for
 from numaemu.model.placement import place
 from numaemu.model.tasks import TASKS_PER_NODE, plan_requests
 from numaemu.model.topology import Topology
@@ -40,29 +42,36 @@ class LocalNode:
         return emulated
 
 
-def local_node(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, seed: int) -> LocalNode:
+def local_node(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, seed: int, hardware: HardwareProfile = SIMPLE) -> LocalNode:
     """A node holding the whole image, charged the topology's smallest latency, with its memory
-    filled as a worker fills it."""
+    filled as a worker fills it, on `hardware` (no queueing, no per-process PGDs: the least a
+    request can cost)."""
     placement = place(image, 1, "single")
     layout = MemoryLayout.for_nodes((placement.image_bytes(0),))
     mem = np.zeros(layout.size, dtype=np.uint8)
     fill_partition(mem, image.data, layout, 0, placement.hosted[0], seed)
     local = min(x for row in topology.latency_ns for x in row if x is not None)
+    hier = charges = kinds = None
+    if not hardware.simple:
+        node_hw = NodeHardware(profile=hardware, page_shift=page_shift_for("none"), llc_copies=1, walk_home=0, queue_row=None, pgd_nodes=(), events=None)
+        hier, charges, _ = node_hw.build(1, [local])
+        kinds = page_kinds(image)
     engine = NodeEngine(0, mem, placement.tables[0], layout.part_offset, (layout.user_offset(0),), layout.user_bytes, np.array([local]), workload,
-                        cold=cold, user_local=user_local, cache=DirectMappedCache(), seed=seed)
+                        cold=cold, user_local=user_local, cache=DirectMappedCache(), seed=seed, hierarchy=hier, charges=charges, page_kind=kinds)
     engine.prepare()
     tasks = np.zeros(TASKS_PER_NODE, dtype=TASK_SLOT)
     tasks["budget"] = -1
     return LocalNode(engine, tasks, seed)
 
 
-def calibrate_scale(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, sharing: float, seed: int, seconds: float = 0.3) -> tuple[float, dict[str, Any]]:
+def calibrate_scale(image: KernelImage, workload: Workload, topology: Topology, *, cold: bool, user_local: bool, sharing: float, seed: int, seconds: float = 0.3,
+                    hardware: HardwareProfile = SIMPLE) -> tuple[float, dict[str, Any]]:
     """Time the node engine in-process on all-local memory and choose the time scale.
 
     The all-local case has the least emulated time per request, so the scale that fits it fits
     every policy; every policy of a run then uses the same scale.
     """
-    node = local_node(image, workload, topology, cold=cold, user_local=user_local, seed=seed)
+    node = local_node(image, workload, topology, cold=cold, user_local=user_local, seed=seed, hardware=hardware)
     emulated = 0.0
     for _ in range(2):  # warm up: page faults, caches
         node.batch()

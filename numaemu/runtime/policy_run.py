@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,15 @@ from numaemu.errors import UsageError
 from numaemu.host.numamaps import expected_host_nodes, read_numa_maps
 from numaemu.host.segments import Control, MemoryLayout, Segment
 from numaemu.model.binding import HostBinding
+from numaemu.model.hardware import SIMPLE, HardwareProfile
 from numaemu.model.image import KernelImage
+from numaemu.model.node_hardware import NodeHardware, llc_copies, page_kinds, page_shift_for, workload_events
 from numaemu.model.pagetables import WalkProfile, page_table_cost, walk_profile
 from numaemu.model.placement import Placement, check_reachable, place_for
 from numaemu.model.tasks import TASKS_PER_NODE
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
+from numaemu.runtime.contention_pass import queueing_for
 from numaemu.runtime.inprocess import calibrate_scale
 from numaemu.runtime.results import add_speedups, policy_record
 from numaemu.runtime.run_node import WorkerConfig, restore_journal, worker_main
@@ -64,6 +67,7 @@ class RunSpec:
     replicas_every: int = 1  # replicate: a copy on every K-th node (IRIX)
     delays: str = "model"  # DELAYS
     recover: int = 0  # node deaths replaced per policy (--recover: MAX_RECOVERIES); 0: a death fails the run
+    hardware: HardwareProfile = SIMPLE  # --hardware: the caches, TLBs and memory system charged
 
 
 def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, MemoryLayout, Placement, list[int]], None] | None = None) -> dict[str, Any]:
@@ -83,6 +87,10 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
     layout = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)))
     n_tasks = TASKS_PER_NODE * n
     ctl: Control | None = None
+    configs = _worker_configs(spec, placement, layout, mem_serving, walks, "", "", "", n_tasks, policy)
+    queueing = traffic = None
+    if not spec.hardware.simple:
+        configs, queueing, traffic = queueing_for(configs, topo, layout.size)
 
     def repair(dead: list[int]) -> dict[int, dict[str, Any]]:
         assert ctl is not None
@@ -102,7 +110,7 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
             share, extra = divmod(spec.requests, n_tasks)
             ctl.tasks["budget"] = share + (np.arange(n_tasks) < extra)
 
-        configs = _worker_configs(spec, placement, layout, mem_serving, walks, mem.name, master.name, session.ctl_name, n_tasks)
+        configs = [replace(cfg, mem_name=mem.name, master_name=master.name, ctl_name=session.ctl_name) for cfg in configs]
         session.start(worker_main, configs)
         session.wait_ready()
         # Every node has first-touched its own partition and touched no other yet: where its
@@ -122,21 +130,35 @@ def run_policy(spec: RunSpec, policy: str, *, on_ready: Callable[[Segment, Memor
             "page_tables": tables,
             "walk_profile": walks,
             "recoveries": session.recoveries,
+            "hardware": spec.hardware,
+            "queueing": queueing,
+            "traffic": traffic,
         }
 
 
 
 
 def _worker_configs(spec: RunSpec, placement: Placement, layout: MemoryLayout, mem_serving: tuple[int, ...], walks: WalkProfile | None,
-                    mem_name: str, master_name: str, ctl_name: str, n_tasks: int) -> list[WorkerConfig]:
+                    mem_name: str, master_name: str, ctl_name: str, n_tasks: int, policy: str = "single") -> list[WorkerConfig]:
     """Each node's `WorkerConfig`: its page table and hosted pages, its row of latencies, its
-    page-walk profile (``--pt-style``) and where its user data lives."""
+    page-walk profile (``--pt-style``), its share of the hardware profile and where its user
+    data lives."""
     topo, n = spec.topology, spec.topology.n_nodes
     master_node = min(mem_serving)  # the first node with memory: the single copy, the shared tables
     has_memory = np.array([nd.memory_bytes > 0 for nd in topo.nodes])
+    hw = spec.hardware
+    kinds = None if hw.simple else page_kinds(spec.image)
+    events = None if hw.simple else workload_events(spec.image, spec.workload)
+    # The x86 design gives every process a PGD on each node with memory (for_each_replica, RFC
+    # 07/12) once the text is replicated; a single copy keeps the base kernel's one PGD.
+    serving = tuple(placement.serving) if placement.serving else tuple(master_node for _ in range(n))
+    pgd_nodes = tuple(sorted(set(serving))) if spec.pt_style == "x86" and policy == "replicate" else ()
     configs = []
     for node in range(n):
         lat = tuple(float(x) if x is not None else float("inf") for x in topo.latency_ns[node])
+        node_hw = None if hw.simple else NodeHardware(
+            profile=hw, page_shift=page_shift_for(spec.pt_style), llc_copies=llc_copies(hw, node, serving),
+            walk_home=serving[node], queue_row=None, pgd_nodes=pgd_nodes, events=events)
         configs.append(
             WorkerConfig(
                 node=node,
@@ -165,6 +187,8 @@ def _worker_configs(spec: RunSpec, placement: Placement, layout: MemoryLayout, m
                 walk_home=None if walks is None else (placement.serving[node] if placement.serving else master_node),
                 user_home=mem_serving[node],
                 user_homes=np.flatnonzero(has_memory) if not has_memory.all() else None,
+                hardware=node_hw,
+                page_kind=kinds,
             )
         )
     return configs
@@ -205,6 +229,7 @@ def prepare_spec(
     replicas_every: int = 1,
     delays: str = "model",
     calibrated: tuple[float, dict[str, Any]] | None = None,
+    hardware: HardwareProfile = SIMPLE,
 ) -> tuple[RunSpec, dict[str, Any]]:
     """A `RunSpec` with its time scale: `time_scale` if given, else calibrated on this host for
     this workload (`calibrate_scale`); also returns the calibration's figures ({} if given).
@@ -226,7 +251,7 @@ def prepare_spec(
         scale, cal = calibrated
     else:
         sharing = topology.n_nodes / host.n_cpus_used
-        scale, cal = calibrate_scale(image, workload, topology, cold=cold, user_local=user_local, sharing=sharing, seed=seed)
+        scale, cal = calibrate_scale(image, workload, topology, cold=cold, user_local=user_local, sharing=sharing, seed=seed, hardware=hardware)
     spec = RunSpec(
         topology=topology,
         host=host,
@@ -245,5 +270,6 @@ def prepare_spec(
         pt_style=pt_style,
         replicas_every=replicas_every,
         delays=delays,
+        hardware=hardware,
     )
     return spec, cal

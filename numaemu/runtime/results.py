@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from numaemu.host.cpus import format_cpu_list
+from numaemu.model.hierarchy import LEVELS
 from numaemu.model.pagetables import PageTableCost
 from numaemu.model.placement import Placement
+from numaemu.model.timing import EVENT_MARKERS
 from numaemu.runtime.run_node import NodeReport
 
 __all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "host_id", "host_record", "format_run_table", "write_json"]
@@ -61,7 +63,8 @@ def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: fl
                 "image_bytes": placement.image_bytes(node),
                 "page_table_bytes": tables.table_bytes[node] if tables else None,
                 "alignment_padding_bytes": tables.padding_bytes[node] if tables else None,
-                "walks_per_request": r.walks / r.requests if tables and r.requests else None,
+                "walks_per_request": r.walks / r.requests if (tables or r.hierarchy) and r.requests else None,
+                **_hardware_node(r),
             }
         )
     requests = sum(n["requests"] for n in per_node)
@@ -97,7 +100,49 @@ def policy_record(policy: str, run: dict[str, Any], n_nodes: int, duration_s: fl
         "copy_nodes": list(placement.copy_nodes) if policy == "replicate" else None,
         "serving_nodes": list(placement.serving) if policy == "replicate" else None,
         "page_tables": _page_tables(tables, reports, requests, kernel),
+        "hardware": _hardware_record(run, reports, requests, kernel),
         "per_node": per_node,
+    }
+
+
+def _hardware_node(r: NodeReport) -> dict[str, Any]:
+    """A node's figures under a hardware profile: per level, TLBs, queueing, per-process work."""
+    if r.hierarchy is None:
+        return {}
+    per = 1 / r.requests if r.requests else 0.0
+    return {
+        "hierarchy": r.hierarchy,
+        "queue_ns_per_request": r.queue_ns * per,
+        "process_ns_per_request": r.process_ns * per,
+        "events_per_request": dict(zip(EVENT_MARKERS, (e * per for e in r.events), strict=True)),
+    }
+
+
+def _hardware_record(run: dict[str, Any], reports: list[NodeReport], requests: int, kernel_ns: float) -> dict[str, Any] | None:
+    """The run's hardware profile and, summed over nodes, where accesses were served, TLB
+    misses and walks, the time queueing and the x86 design's per-process work."""
+    hw = run.get("hardware")
+    if hw is None or hw.simple:
+        return None if hw is None else {"profile": "simple"}
+    per = 1 / requests if requests else 0.0
+    levels = [r.hierarchy for r in reports if r.hierarchy is not None]
+    served = {kind: {lv: sum(h["served"][kind][lv] for h in levels) for lv in LEVELS} for kind in ("text", "data")}  # type: ignore[index]
+    tlb = {k: sum(int(h[k]) for h in levels) for k in ("itlb_misses", "dtlb_misses", "walks", "pwc_misses")}  # type: ignore[call-overload]
+    queue = sum(r.queue_ns for r in reports)
+    process = sum(r.process_ns for r in reports)
+    q = run.get("queueing")
+    return {
+        "profile": hw.name,
+        "served_per_request": {kind: {lv: n * per for lv, n in d.items()} for kind, d in served.items()},
+        "served": served,
+        **{f"{k}_per_request": v * per for k, v in tlb.items()},
+        "queue_ns_per_request": queue * per,
+        "queue_share_of_kernel_time": queue / kernel_ns if kernel_ns else 0.0,
+        "process_ns_per_request": process * per,
+        "process_share_of_kernel_time": process / kernel_ns if kernel_ns else 0.0,
+        "events_per_request": dict(zip(EVENT_MARKERS, (sum(r.events[i] for r in reports) * per for i in range(len(EVENT_MARKERS))), strict=True)),
+        "queueing": q.to_json() if q is not None else None,
+        "traffic": run["traffic"].to_json() if run.get("traffic") is not None else None,
     }
 
 

@@ -22,13 +22,14 @@ from numaemu.host.cpus import pin_to
 from numaemu.host.segments import Control, MemoryLayout
 from numaemu.model.cache import DirectMappedCache
 from numaemu.model.engine import NodeEngine
+from numaemu.model.node_hardware import NodeHardware
 from numaemu.model.placement import PageTable
 from numaemu.model.tasks import choose_destination, plan_tasks
 from numaemu.model.workloads import Workload
 from numaemu.runtime.faults import Launch
 from numaemu.runtime.worker import NodeContext, fill_partition, node_shell
 
-__all__ = ["WorkerConfig", "NodeReport", "worker_main", "BATCH_FETCHES", "run_batch", "TaskJournal", "restore_journal"]
+__all__ = ["WorkerConfig", "NodeReport", "worker_main", "node_engine", "BATCH_FETCHES", "run_batch", "TaskJournal", "restore_journal"]
 
 BATCH_FETCHES = 16384  # kernel fetches per paced batch: ~1 ms emulated for db
 IDLE_SLEEP_S = 200e-6
@@ -62,6 +63,8 @@ class WorkerConfig:
     user_home: int | None = None  # memoryless node: the nearest node with memory
     user_homes: np.ndarray | None = None  # nodes with memory (interleaved user data)
     delays: str = "model"  # coordinator.DELAYS: "none" runs batches unpaced (clock.Unpaced)
+    hardware: NodeHardware | None = None  # a hardware profile's share (None: the simple model)
+    page_kind: np.ndarray | None = None  # per image page: hierarchy.TEXT or DATA
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,15 @@ class NodeReport:
     user_fetches_by_home: tuple[int, ...]
     kernel_ns: float  # emulated
     user_ns: float  # emulated
-    walks: float  # page-table walks (--pt-style)
+    walks: float  # page-table walks (--pt-style; with a hardware profile, simulated STLB misses)
     walk_ns: float
     paced_ns: int  # wall time the pacer held the batches to
     overrun_ns: int  # processing beyond that
     user_sink: int  # the user data read, folded (so the reads cannot be optimised away)
+    hierarchy: dict[str, object] | None = None  # hierarchy.HierarchyCounts.to_json(), with a profile
+    queue_ns: float = 0.0  # emulated time spent queueing at memory and links (part of kernel_ns)
+    process_ns: float = 0.0  # the x86 design's per-process PGD work (part of kernel_ns)
+    events: tuple[float, ...] = (0.0, 0.0, 0.0)  # forks, exits, switches (timing.EVENT_MARKERS)
 
 
 class TaskJournal:
@@ -169,7 +176,7 @@ def _run_body(nc: NodeContext) -> NodeReport:
     nc.phase("fill")
     mem = mem_seg.array(np.uint8)
     fill_partition(mem, master_seg.array(np.uint8), cfg.layout, cfg.node, cfg.hosted, cfg.seed)
-    engine = _engine(cfg, mem)
+    engine = node_engine(cfg, mem)
     # --delays none: batches are not held to their emulated time, so the wall clock measures
     # this host's own memory (on a real NUMA host, remote frames are really remote).
     pacer = Unpaced(shared_core=cfg.shared_core, oversleep_ns=cfg.oversleep_ns) if cfg.delays == "none" else Pacer(cfg.time_scale, cfg.shared_core, cfg.oversleep_ns, tick=nc.poll)
@@ -185,16 +192,22 @@ def _run_body(nc: NodeContext) -> NodeReport:
         wall_s=(finish_ns - start_ns) / 1e9, batch_wall_s=batch_ns / 1e9, requests=c.requests, batches=batches,
         cache_hits=c.cache_hits, text_fetches_by_home=tuple(c.text_fetches.tolist()), user_fetches_by_home=tuple(c.user_fetches.tolist()),
         kernel_ns=c.kernel_ns, user_ns=c.user_ns, walks=c.walks, walk_ns=c.walk_ns, paced_ns=pacer.paced_ns, overrun_ns=pacer.overrun_ns,
-        user_sink=int(engine.user_sink),
+        user_sink=int(engine.user_sink), hierarchy=None if c.hierarchy is None else c.hierarchy.to_json(),
+        queue_ns=c.queue_ns, process_ns=c.process_ns, events=tuple(c.events.tolist()),
     )
 
 
-def _engine(cfg: WorkerConfig, mem: np.ndarray) -> NodeEngine:
+def node_engine(cfg: WorkerConfig, mem: np.ndarray) -> NodeEngine:
+    """The node's engine as its config describes it (also the coordinator's contention pass)."""
     lay = cfg.layout
+    hier = charges = process = None
+    if cfg.hardware is not None:
+        hier, charges, process = cfg.hardware.build(cfg.n_nodes, cfg.latency_row)
     engine = NodeEngine(
         cfg.node, mem, cfg.table, lay.part_offset, tuple(lay.user_offset(n) for n in range(cfg.n_nodes)), lay.user_bytes,
         np.array(cfg.latency_row), cfg.workload, cold=cfg.cold, user_local=cfg.user_local, cache=DirectMappedCache(), seed=cfg.seed,
         walks=cfg.walks, walk_share=cfg.walk_share, walk_home=cfg.walk_home, user_home=cfg.user_home, user_homes=cfg.user_homes,
+        hierarchy=hier, charges=charges, page_kind=cfg.page_kind, process=process,
     )
     engine.prepare()
     return engine
