@@ -70,16 +70,11 @@ def test_as_timed_speedup() -> None:
         micro.as_timed_speedup(1, 1, 1, 1, 0)
 
 
-def test_ranks_and_agreement() -> None:
-    assert micro.ranks([0.1, 0.3, 0.2, 0.3]).tolist() == [4.0, 1.5, 3.0, 1.5]
-    # Within one place agrees; the last row moved from rank 4 to rank 1.
-    assert micro.agreement([0.4, 0.3, 0.2, 0.1], [0.3, 0.2, 0.1, 0.5]) == [True, True, True, False]
-
-
-def test_ceiling_of_2s_xeon() -> None:
-    lat = [[85.0, 136.0], [136.0, 85.0]]
-    assert micro.ceiling(lat) == pytest.approx(2 / (1 + 85 / 136) - 1)
-    assert micro.ceiling([[85.0]]) == 0.0
+def test_signs_count_half_a_point_as_zero() -> None:
+    shared = importlib.import_module("_micro")
+    assert [shared.sign(x) for x in (0.004, -0.004, 0.02, -0.05)] == [0, 0, 1, -1]
+    amd = importlib.import_module("published_amd_micro")
+    assert amd.TABLE.cold["kill"] == -0.542 and set(amd.TABLE.hot) == {b.label for b in shared.BENCHMARKS} == set(micro.TABLE.cold)
 
 
 def test_break_even() -> None:
@@ -93,7 +88,8 @@ def test_break_even() -> None:
 
 SCRIPTS = {
     "article": ("published_article.py", "replication + NUMA-aware user data"),
-    "x86-micro": ("published_x86_micro.py", "Spearman rank correlation"),
+    "x86-micro": ("published_x86_micro.py", "Spearman rho"),
+    "amd-micro": ("published_amd_micro.py", "Spearman rho"),
     "cost": ("published_cost.py", "Break-even"),
     "batching": ("published_batching.py", "unbatched (56 calls)"),
     "designs": ("designs.py", "Model speedup of replicate over single"),

@@ -11,6 +11,7 @@ from numaemu.api.records import CalibrationResult
 from numaemu.host.cpus import host_cpus
 from numaemu.host.files import load_topology
 from numaemu.model.binding import bind_to_host
+from numaemu.model.hardware_presets import resolve_hardware
 from numaemu.model.image import synthetic_image
 from numaemu.model.workloads import build_workload
 from numaemu.runtime.policy_run import START_METHODS
@@ -40,12 +41,13 @@ def calibrate(*, quick: bool = False, start_method: str | None = None, log: Call
             f"numaemu calibrate: {meta['cpu_model']}, CPUs {meta['usable_cpus']}; image {image.name} ({len(image.data):,} bytes), "
             f"workload db, {topo.name} for the patch round; {'quick' if quick else 'full'} sampling; medians"
         )
-    cal = measure(image, workload, topo, topo.n_nodes / host.n_cpus_used, QUICK if quick else FULL, method)
+    hardware = resolve_hardware(None, topo.hardware)  # 2s-xeon's: e5-2690, whose hierarchy a run simulates
+    cal = measure(image, workload, topo, topo.n_nodes / host.n_cpus_used, QUICK if quick else FULL, method, hardware=hardware)
     return CalibrationResult.from_json({
         "schema": SCHEMA,
         "command": "calibrate",
         "host": meta,
         "host_binding": host.to_json(),
-        "settings": {"quick": quick, "start_method": method, "topology": topo.name, "workload": workload.name, "image_bytes": len(image.data)},
+        "settings": {"quick": quick, "start_method": method, "topology": topo.name, "hardware": hardware.name, "workload": workload.name, "image_bytes": len(image.data)},
         "results": cal.to_json(),
     })

@@ -49,8 +49,11 @@ from numaemu.measure.calibration_report import (
     fetch_goal,
     patch_barrier_goal,
     patch_flag_goal,
+    simulation_goal,
 )
-from numaemu.model.image import KernelImage
+from numaemu.model.hardware import SIMPLE, HardwareProfile
+from numaemu.model.image import PAGE_SIZE, KernelImage
+from numaemu.model.node_hardware import NodeHardware, page_kinds, page_shift_for
 from numaemu.model.placement import place
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
@@ -114,6 +117,9 @@ class Calibration:
     flag_round_us: float
     barrier_round_us: float
     patch_round_us: float
+    hardware: str = "simple"  # the profile whose caches and TLBs were simulated
+    simulation_rate_per_s: float = 0.0  # hierarchy.Hierarchy alone, hot caches (0: not measured)
+    simulation_cold_rate_per_s: float = 0.0  # ... every request starting with empty caches
 
     @property
     def min_emulable_delay_ns(self) -> int | None:
@@ -130,6 +136,7 @@ class Calibration:
         return (
             delay_goal(self.delay_error_pct),
             fetch_goal(self.fetch_rate_per_s, self.gather_rate_per_s),
+            simulation_goal(self.simulation_rate_per_s, self.simulation_cold_rate_per_s, self.gather_rate_per_s, self.hardware),
             patch_flag_goal(self.patch_round_us, self.flag_round_us),
             patch_barrier_goal(self.patch_round_us, self.barrier_round_us),
             copy_figure(self.replicate_gbps, self.memcpy_gbps),
@@ -151,6 +158,7 @@ class Calibration:
         out["ratios"] = {
             "fetch_vs_gather": self.fetch_rate_per_s / self.gather_rate_per_s,
             "fetch_vs_gather_warm": self.fetch_rate_per_s / self.gather_warm_rate_per_s,
+            "simulation_vs_gather": self.simulation_rate_per_s / self.gather_rate_per_s,
             "replicate_vs_memcpy": self.replicate_gbps / self.memcpy_gbps,
             "patch_vs_flag": self.patch_round_us / self.flag_round_us,
             "patch_vs_barrier": self.patch_round_us / self.barrier_round_us,
@@ -238,7 +246,38 @@ def measure_delay_errors(delays: Sequence[int], effort: Effort, pacer: Pacer) ->
     return out
 
 
-def measure_gather_and_fetch(image: KernelImage, workload: Workload, topology: Topology, sharing: float, seconds: float, seed: int = 0) -> dict[str, float]:
+def measure_simulation(hardware: HardwareProfile, image: KernelImage, workload: Workload, seconds: float, seed: int = 0) -> dict[str, float]:
+    """The cache and TLB simulation alone (`hierarchy.Hierarchy.run`, what a worker runs per
+    batch), on batches of `workload`'s requests drawn as a worker draws them: median accesses
+    per second, hot and cold. 0 for the simple profile, which simulates no hierarchy."""
+    if hardware.simple:
+        return {"simulation_rate_per_s": 0.0, "simulation_cold_rate_per_s": 0.0}
+    rng = np.random.default_rng([seed, 0x73696D])  # "sim"
+    per_batch = max(1, int(BATCH_FETCHES // float(workload.lengths.mean())))
+    batches = [rng.choice(workload.n_templates, per_batch, p=workload.weights) for _ in range(8)]
+    node = NodeHardware(profile=hardware, page_shift=page_shift_for("none"), llc_copies=1, walk_home=0, queue_row=None, pgd_nodes=(), events=None)
+    line_base = np.arange(image.n_pages, dtype=np.int64) * (PAGE_SIZE // 64)
+    home = np.zeros(image.n_pages, dtype=np.int64)
+    kinds = page_kinds(image)
+    out = {}
+    for key, cold in (("simulation_rate_per_s", False), ("simulation_cold_rate_per_s", True)):
+        hier, _, _ = node.build(1, [1.0])
+        rates = []
+        end = time.perf_counter_ns() + int(seconds / 2 * 1e9)
+        i = 0
+        while time.perf_counter_ns() < end or i < 5:
+            t = batches[i % len(batches)]
+            vlines, lens = workload.gather(t), workload.lengths[t]
+            t0 = time.perf_counter_ns()
+            hier.run(vlines, lens, line_base, home, kinds, i * per_batch, cold)
+            rates.append(len(vlines) * 1e9 / (time.perf_counter_ns() - t0))
+            i += 1
+        out[key] = statistics.median(rates[2:] or rates)  # the first batches compile and fill
+    return out
+
+
+def measure_gather_and_fetch(image: KernelImage, workload: Workload, topology: Topology, sharing: float, seconds: float, seed: int = 0,
+                             hardware: HardwareProfile = SIMPLE) -> dict[str, float]:
     """Alternate raw gather blocks and one engine batch for `seconds`; medians of each rate.
 
     Raw: `BATCH_FETCHES` random single-byte reads (``take``) from a buffer of the image's size,
@@ -251,7 +290,7 @@ def measure_gather_and_fetch(image: KernelImage, workload: Workload, topology: T
     rng = np.random.default_rng([seed, 0x67617468])  # "gath"
     buf = rng.integers(0, 256, len(image.data), dtype=np.uint8)
     pool = rng.integers(0, len(buf), (GATHER_POOL_BLOCKS, BATCH_FETCHES))
-    node = local_node(image, workload, topology, cold=False, user_local=True, seed=seed)
+    node = local_node(image, workload, topology, cold=False, user_local=True, seed=seed, hardware=hardware)
     c = node.engine.counters
     for i in range(3):  # warm up: page faults, caches
         buf.take(pool[i])
@@ -326,7 +365,8 @@ def measure_patch_round_us(topology: Topology, repeats: int, start_method: str) 
     return float(statistics.median(report["one_site_ns"])) / 1e3
 
 
-def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharing: float, effort: Effort, start_method: str = "fork", progress: Callable[[str], None] | None = None) -> Calibration:
+def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharing: float, effort: Effort, start_method: str = "fork", progress: Callable[[str], None] | None = None,
+              hardware: HardwareProfile = SIMPLE) -> Calibration:
     """Measure every figure, in the order of the output."""
     say = progress or (lambda _: None)
     say("clock reads")
@@ -334,7 +374,9 @@ def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharin
     say("busy-wait accuracy")
     delays = measure_delay_errors(DELAYS_NS, effort, Pacer(1.0, shared_core=sharing > 1, oversleep_ns=measure_oversleep_ns()))
     say("gather and fetch rates")
-    rates = measure_gather_and_fetch(image, workload, topology, sharing, effort.fetch_s)
+    rates = measure_gather_and_fetch(image, workload, topology, sharing, effort.fetch_s, hardware=hardware)
+    say(f"cache simulation ({hardware.name})")
+    simulation = measure_simulation(hardware, image, workload, effort.fetch_s)
     say("memcpy and copy population")
     memcpy = measure_memcpy_gbps(len(image.data), effort.copies)
     replicate = measure_replicate_gbps(image, effort.copies)
@@ -351,5 +393,7 @@ def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharin
         flag_round_us=flag,
         barrier_round_us=barrier,
         patch_round_us=patch,
+        hardware=hardware.name,
         **rates,
+        **simulation,
     )

@@ -10,7 +10,7 @@ bandwidth), whose mean wait is
     W = rho * S / (2 * (1 - rho)),   S = 64 B / bandwidth,   rho = arrivals * S.
 
 A wait makes requests slower, and slower requests arrive less often, so the waits are a fixed
-point: `solve` finds it by damped iteration from no wait. Under ``single`` every node's misses
+point, which `solve` finds. Under ``single`` every node's misses
 go to node 0, whose queue then grows with the number of nodes (the scaling argument of both
 replication series, and of IRIX's); under ``replicate`` each node's go to itself.
 
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy.optimize import brentq
 
 from numaemu.model.arrays import F64, I64
 
@@ -33,7 +34,7 @@ __all__ = ["Traffic", "Queueing", "solve", "LINE_BYTES"]
 
 LINE_BYTES = 64
 _MAX_RHO = 0.995  # the queue formula's pole; the fixed point itself keeps rho below 1
-_ITERATIONS = 2000
+_SWEEPS = 100
 
 
 @dataclass(frozen=True)
@@ -60,46 +61,61 @@ class Queueing:
     link_wait_ns: F64  # per socket
     link_rho: F64
     wait_ns: F64  # [j, h]
-    iterations: int
+    iterations: int  # Gauss-Seidel sweeps to the fixed point
 
     def to_json(self) -> dict[str, Any]:
         return {
             "memory_wait_ns": self.memory_wait_ns.round(3).tolist(), "memory_utilisation": self.memory_rho.round(4).tolist(),
             "link_wait_ns": self.link_wait_ns.round(3).tolist(), "link_utilisation": self.link_rho.round(4).tolist(),
-            "iterations": self.iterations,
+            "sweeps": self.iterations,
         }
 
 
 def solve(traffic: Traffic, cores: npt.ArrayLike, memory_gbs: npt.ArrayLike, link_gbs: float, socket: npt.ArrayLike) -> Queueing:
-    """The waits at which every node's request rate and every queue agree (see the module)."""
+    """The waits at which every node's request rate and every queue agree (see the module).
+
+    The unknowns are the wait at each home's memory and at each socket's links. Each queue's
+    wait, given the others, is the root of an increasing function of its own (a longer wait
+    slows the requests that make it), found by Brent's method (scipy.optimize.brentq); sweeps
+    over the queues repeat until no wait moves (Gauss-Seidel). A plain damped iteration
+    oscillates here: the map from waits to waits falls steeply once a queue is near saturation.
+    """
     n = len(traffic.ns_per_request)
     ncores = np.asarray(cores, dtype=np.float64)
     sock: I64 = np.asarray(socket, dtype=np.int64)
-    s_mem = LINE_BYTES / np.asarray(memory_gbs, dtype=np.float64)  # ns a line, per home
     n_sockets = int(sock.max()) + 1
-    s_link = LINE_BYTES / float(link_gbs)
+    service = np.concatenate([LINE_BYTES / np.asarray(memory_gbs, dtype=np.float64), np.full(n_sockets, LINE_BYTES / float(link_gbs))])
     remote = sock[:, None] != sock[None, :]  # [j, h]: crosses the links
-    wait = np.zeros((n, n))
-    w_mem = np.zeros(n)
-    w_link = np.zeros(n_sockets)
-    rho_mem = np.zeros(n)
-    rho_link = np.zeros(n_sockets)
-    it = 0
-    for it in range(1, _ITERATIONS + 1):  # noqa: B007 - the count is reported
-        t = traffic.ns_per_request + (traffic.stall_lines * wait).sum(axis=1)
+
+    def per_line(x: F64) -> F64:  # [j, h]: the wait a line from h costs j
+        out: F64 = x[None, :n] + remote * x[n:][sock][None, :]
+        return out
+
+    def utilisation(x: F64) -> F64:
+        t = traffic.ns_per_request + (traffic.stall_lines * per_line(x)).sum(axis=1)
         rate = ncores[:, None] * traffic.lines / t[:, None]  # lines per ns, [j, h]
-        rho_mem = np.asarray(rate.sum(axis=0) * s_mem, dtype=np.float64)
-        rho_link = np.asarray(np.bincount(sock, weights=(rate * remote).sum(axis=0), minlength=n_sockets) * s_link, dtype=np.float64)
-        new_mem = _md1(rho_mem, s_mem)
-        new_link = _md1(rho_link, np.full(n_sockets, s_link))
-        new_wait = new_mem[None, :] + remote * new_link[sock][None, :]
-        if np.allclose(new_wait, wait, rtol=1e-9, atol=1e-9):
-            wait = new_wait
-            w_mem, w_link = new_mem, new_link
+        arrivals = np.concatenate([rate.sum(axis=0), np.bincount(sock, weights=(rate * remote).sum(axis=0), minlength=n_sockets)])
+        out: F64 = arrivals * service
+        return out
+
+    x = np.zeros(n + n_sockets)
+    sweeps = 0
+    for sweeps in range(1, _SWEEPS + 1):  # noqa: B007 - the count is reported
+        before = x.copy()
+        for i in range(len(x)):
+            if not traffic.lines.any():
+                break
+
+            def excess(w: float, i: int = i) -> float:
+                x[i] = w
+                return w - float(_md1(utilisation(x)[i : i + 1], service[i : i + 1])[0])
+
+            top = float(_md1(np.array([_MAX_RHO]), service[i : i + 1])[0])
+            x[i] = 0.0 if excess(0.0) >= 0 else brentq(excess, 0.0, top, xtol=1e-12)
+        if np.allclose(x, before, rtol=1e-9, atol=1e-12):
             break
-        wait = 0.5 * wait + 0.5 * new_wait
-        w_mem, w_link = new_mem, new_link
-    return Queueing(w_mem, rho_mem, w_link, rho_link, wait, it)
+    rho = utilisation(x)
+    return Queueing(x[:n].copy(), rho[:n], x[n:].copy(), rho[n:], per_line(x), sweeps)
 
 
 def _md1(rho: F64, service_ns: F64) -> F64:

@@ -111,7 +111,7 @@ def process_costs(events: I64, profile: HardwareProfile, latency_row: npt.ArrayL
     extra = nodes[nodes != own] if own in nodes else nodes[1:]
     alloc_half = profile.ns(profile.page_alloc_cycles) / 2
     pages = 2 if pti else 1
-    lines = pages * 4096 // _LINE + pages * (KERNEL_PGD_PTRS * 8 + _LINE - 1) // _LINE
+    lines = pages * (4096 // _LINE + (KERNEL_PGD_PTRS * 8 + _LINE - 1) // _LINE)
     fork = float(sum(alloc_half + lines * lat[n] / profile.store_mlp for n in extra))
     exit_ = alloc_half * len(extra)
     return ProcessCosts(np.asarray(events, dtype=np.int64), np.array([fork, exit_, 0.0]), 1 + len(extra))
