@@ -94,7 +94,7 @@ def _breakdown(rec: dict) -> dict[str, float]:
         "walks": hw["walks_per_request"],
         "queue_share": hw["queue_share_of_kernel_time"],
         "process_share": hw["process_share_of_kernel_time"],
-        "forks": hw["events_per_request"]["fork"],
+        "forks": hw["forks_per_request"],
         "remote_share": rec["remote_fetch_share"],
         "kernel_share": rec["kernel_share"],
     }

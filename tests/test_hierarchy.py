@@ -14,7 +14,7 @@ from numaemu.model.hardware import SIMPLE, describe, hierarchy_levels
 from numaemu.model.hardware_presets import PROFILES, resolve_hardware
 from numaemu.model.hierarchy import DATA, TEXT, Hierarchy, HierarchyCounts
 from numaemu.model.node_hardware import llc_copies
-from numaemu.model.timing import KERNEL_PGD_PTRS, Charges, process_costs, template_events
+from numaemu.model.timing import KERNEL_PGD_PTRS, Charges, process_costs
 from numaemu.model.topology_parse import from_mapping
 
 ORDER = ("l1i", "l1d", "l2", "llc", "itlb", "dtlb", "stlb_i", "stlb_d", "pwc")
@@ -183,23 +183,22 @@ def test_queueing_is_a_fixed_point() -> None:
 
 def test_process_costs_only_for_extra_pgds() -> None:
     p = PROFILES["e5-2690"]
-    events = np.array([[1, 0, 0], [0, 1, 1]])
-    one = process_costs(events, p, [78.3, 116.3], [0], pti=False)
-    assert one.copies == 1 and one.ns.tolist() == [0.0, 0.0, 0.0]
-    two = process_costs(events, p, [78.3, 116.3], [0, 1], pti=False)
+    one = process_costs(p, [78.3, 116.3], [0], 1 / 40_000, pti=False)
+    assert one.copies == 1 and one.fork_ns == 0.0
+    two = process_costs(p, [78.3, 116.3], [0, 1], 1 / 40_000, pti=False)
     lines = 4096 // 64 + (KERNEL_PGD_PTRS * 8 + 63) // 64
-    assert two.ns[0] == pytest.approx(185 / 2.9 / 2 + lines * 116.3 / 10)
-    assert two.ns[1] == pytest.approx(185 / 2.9 / 2) and two.ns[2] == 0
-    pti = process_costs(events, p, [78.3, 116.3], [0, 1], pti=True)
-    assert pti.ns[0] == pytest.approx(185 / 2.9 / 2 + 2 * lines * 116.3 / 10)
-    counts, ns = two.per_request(np.array([0, 1, 1]))
-    assert counts.tolist() == [1, 2, 2] and ns == pytest.approx(two.ns[0] + 2 * two.ns[1])
+    assert two.fork_ns == pytest.approx(185 / 2.9 + lines * 116.3 / 10)
+    pti = process_costs(p, [78.3, 116.3], [0, 1], 1 / 40_000, pti=True)
+    assert pti.fork_ns == pytest.approx(185 / 2.9 + 2 * lines * 116.3 / 10)
+    # Charged at the measured rate: 80 us of kernel work at one fork per 40 us is 2 forks.
+    forks, ns = two.charge(80_000.0)
+    assert forks == pytest.approx(2.0) and ns == pytest.approx(2 * two.fork_ns)
 
 
-def test_template_events_find_marker_starts() -> None:
-    lines = np.array([5, 6, 7, 100, 101, 9, 100], dtype=np.int64)
-    ev = template_events(lines, np.array([0, 3, 5]), np.array([3, 2, 2]), {"fork": 6, "exit": 100, "switch": None})
-    assert ev.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 0]]
+def test_fork_rates_are_measured_for_the_fork_workloads() -> None:
+    from numaemu.model.workloads import fork_rate
+    assert fork_rate("fork") and fork_rate("fork1024") and fork_rate("fork") > fork_rate("fork1024")
+    assert fork_rate("getpid") == 0.0 and fork_rate("nosuch") is None
 
 
 def test_llc_copies_under_a_shared_llc() -> None:

@@ -255,7 +255,7 @@ def measure_simulation(hardware: HardwareProfile, image: KernelImage, workload: 
     rng = np.random.default_rng([seed, 0x73696D])  # "sim"
     per_batch = max(1, int(BATCH_FETCHES // float(workload.lengths.mean())))
     batches = [rng.choice(workload.n_templates, per_batch, p=workload.weights) for _ in range(8)]
-    node = NodeHardware(profile=hardware, page_shift=page_shift_for("none"), llc_copies=1, walk_home=0, queue_row=None, pgd_nodes=(), events=None)
+    node = NodeHardware(profile=hardware, page_shift=page_shift_for("none"), llc_copies=1, walk_home=0, queue_row=None, pgd_nodes=(), forks_per_kernel_ns=None)
     line_base = np.arange(image.n_pages, dtype=np.int64) * (PAGE_SIZE // 64)
     home = np.zeros(image.n_pages, dtype=np.int64)
     kinds = page_kinds(image)

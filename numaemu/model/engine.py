@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from numaemu.model.arrays import F64, I64, U8, U64, Intp, Ints
+from numaemu.model.arrays import I64, U8, U64, Intp, Ints
 from numaemu.model.cache import DirectMappedCache, Footprint
 from numaemu.model.hierarchy import Hierarchy, HierarchyCounts
 from numaemu.model.image import LINE_SIZE, LINES_PER_PAGE, PAGE_SIZE
@@ -69,13 +69,12 @@ class Counters:
     walk_ns: float = 0.0  # their cost, part of kernel_ns
     queue_ns: float = 0.0  # waiting at the memory and links that served the misses, part of kernel_ns
     process_ns: float = 0.0  # the x86 design's per-process PGD work, part of kernel_ns
-    events: F64 = field(init=False)  # forks, exits, context switches (timing.EVENT_MARKERS)
+    forks: float = 0.0  # forks the kernel work stands for, at the workload's measured rate (x86 design)
     hierarchy: HierarchyCounts | None = None  # per level, with a hardware profile
 
     def __post_init__(self) -> None:
         self.text_fetches = np.zeros(self.n_nodes, dtype=np.int64)
         self.user_fetches = np.zeros(self.n_nodes, dtype=np.int64)
-        self.events = np.zeros(3)
 
     @property
     def emulated_ns(self) -> float:
@@ -286,8 +285,8 @@ class NodeEngine:
         c.walks += float(counts.tlb[2])
         c.queue_ns += queue_ns
         if self.process is not None:
-            events, process_ns = self.process.per_request(templates)
-            c.events += events
+            forks, process_ns = self.process.charge(kernel_ns)
+            c.forks += forks
             c.process_ns += process_ns
             kernel_ns += process_ns
         return checksums, kernel_ns

@@ -96,6 +96,7 @@ class HardwareProfile:
     mlp: float  # data misses in flight at once, on average (instruction misses serialise)
     store_mlp: float  # line writes in flight when the kernel streams stores (one per fill buffer)
     page_alloc_cycles: float  # one order-0 page allocated and freed (the page allocator's fast path)
+    pti: bool = False  # the kernel runs with page-table isolation (Meltdown-affected cores): PGDs are order-1 pairs
     sources: Mapping[str, str] = field(default_factory=dict)
     simple: bool = False  # the old model: one direct-mapped cache, no TLBs, no queueing
 
@@ -168,7 +169,7 @@ def describe(profile: HardwareProfile) -> list[str]:
         f"  {stlb}",
         f"  PWC     {p.pwc_entries} entries above the leaf",
         f"  memory  {p.dram_local_ns:g} ns local, {p.memory_gbs:g} GB/s a node, links {p.link_gbs:g} GB/s a socket each way, MLP {p.mlp:g} (stores {p.store_mlp:g})",
-        f"  x86 PGD {p.page_alloc_cycles:g} cycles a page allocated and freed",
+        f"  x86 PGD {p.page_alloc_cycles:g} cycles a page allocated and freed" + (", PTI (order-1 PGDs)" if p.pti else ""),
     ]
 
 

@@ -58,7 +58,7 @@ E5_2690 = HardwareProfile(
     llc=Cache(20 * _MIB, 20, 30.0, cores=8, policy="inclusive, adaptive (simulated as LRU)"),
     itlb=Tlb(64, 4, 8, 8), dtlb=Tlb(64, 4, 32, 4), stlb_i=_SNB_STLB, stlb_d=_SNB_STLB, pwc_entries=64,
     dram_local_ns=78.3, memory_gbs=51.2, link_gbs=32.0, nodes_per_socket=1, cores_per_node=8,
-    mlp=1.5, store_mlp=10.0, page_alloc_cycles=185.0,
+    mlp=1.5, store_mlp=10.0, page_alloc_cycles=185.0, pti=True,
     sources={
         "ghz": "Intel ARK, E5-2690: 2.9 GHz base (3.8 GHz turbo not assumed)",
         "fetch_cycles_per_line": "[INTEL-OPT] 16 bytes fetched a cycle: 4 cycles a 64-byte line",
@@ -79,6 +79,7 @@ E5_2690 = HardwareProfile(
         "mlp": "[CHOU05] ~1.5 misses in flight a core for server workloads",
         "store_mlp": "10 line fill buffers (Westmere and Haswell, 7-cpu.com; stand-in for Sandy Bridge)",
         "page_alloc_cycles": _STANDIN_ALLOC,
+        "pti": "Sandy Bridge is affected by Meltdown (CVE-2017-5754), so a 6.5 kernel runs with PTI by default",
     },
 )
 

@@ -3,7 +3,7 @@
 `node_hardware` works out, from the placement and the page-table design, what differs between
 nodes and policies: the page size the kernel image is mapped with, whose page tables a node
 walks, how many copies share its LLC, which nodes hold each process's PGDs (the x86 design), and
-the queueing it pays per home (`contention`). `NodeHardware.build` makes the engine's parts.
+the queueing it pays per home (`contention`), and how often its workload forks. `NodeHardware.build` makes the engine's parts.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from numaemu.model.arrays import I8, I64
+from numaemu.model.arrays import I8
 from numaemu.model.hardware import HardwareProfile, hierarchy_levels
 from numaemu.model.hierarchy import DATA, TEXT, Hierarchy
-from numaemu.model.image import LINE_SIZE, KernelImage
-from numaemu.model.timing import EVENT_MARKERS, Charges, ProcessCosts, process_costs, template_events
-from numaemu.model.workloads import Workload
+from numaemu.model.image import KernelImage
+from numaemu.model.timing import Charges, ProcessCosts, process_costs
 
-__all__ = ["NodeHardware", "page_kinds", "workload_events", "page_shift_for", "llc_copies"]
+__all__ = ["NodeHardware", "page_kinds", "page_shift_for", "llc_copies"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class NodeHardware:
     walk_home: int  # the node whose memory holds the page tables this node walks
     queue_row: tuple[float, ...] | None  # per home: the wait a line from it costs (contention)
     pgd_nodes: tuple[int, ...]  # the x86 design: nodes holding a PGD of every process; () otherwise
-    events: I64 | None  # [template, event] (timing.EVENT_MARKERS); None: no symbols to find them
+    forks_per_kernel_ns: float | None  # the workload's measured fork rate (Workload.forks_per_kernel_us); None: unknown
 
     def build(self, n_nodes: int, latency_row: npt.ArrayLike) -> tuple[Hierarchy, Charges, ProcessCosts | None]:
         p = self.profile
@@ -41,10 +40,10 @@ class NodeHardware:
                          walk_home=self.walk_home, walk_table=self.walk_home, shared_stlb=p.shared_stlb)
         charges = Charges.of(p, latency_row, self.queue_row, self.walk_home)
         process = None
-        if self.pgd_nodes and self.events is not None:
+        if self.pgd_nodes and self.forks_per_kernel_ns:
             # PTI: Meltdown-affected cores (Intel before Cascade Lake) run with it by default,
             # and with it a PGD is an order-1 pair (arch/x86/include/asm/pgalloc.h).
-            process = process_costs(self.events, p, latency_row, np.array(self.pgd_nodes), pti=p.arch == "x86_64" and p.name.startswith("e5-"))
+            process = process_costs(p, latency_row, np.array(self.pgd_nodes), self.forks_per_kernel_ns, pti=p.pti)
         return hier, charges, process
 
 
@@ -55,18 +54,6 @@ def page_kinds(image: KernelImage) -> I8:
         if sec.name.startswith((".text", ".init.text", ".noinstr", ".entry", ".modules")):
             kinds[sec.pages().start : sec.pages().stop] = TEXT
     return kinds
-
-
-def workload_events(image: KernelImage, wl: Workload) -> I64 | None:
-    """[template, event]: does a request of each template start each marker function? None when
-    the image has no symbols."""
-    if image.symbols is None:
-        return None
-    lines: dict[str, int | None] = {}
-    for event, name in EVENT_MARKERS.items():
-        addr = image.symbols.address_of(name)
-        lines[event] = None if addr is None else (addr - image.base) // LINE_SIZE
-    return template_events(wl.lines, wl.starts, wl.lengths, lines)
 
 
 def page_shift_for(pt_style: str) -> int:

@@ -28,20 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from numaemu.model.arrays import F64, I64, Ints
+from numaemu.model.arrays import F64, Ints
 from numaemu.model.hardware import HardwareProfile
 from numaemu.model.hierarchy import HierarchyCounts
 
-__all__ = ["Charges", "ProcessCosts", "process_costs", "template_events", "EVENT_MARKERS", "KERNEL_PGD_PTRS"]
+__all__ = ["Charges", "ProcessCosts", "process_costs", "KERNEL_PGD_PTRS"]
 
 # pgd_ctor copies KERNEL_PGD_PTRS = PTRS_PER_PGD - pgd_index(PAGE_OFFSET) entries, and
 # PAGE_OFFSET is PGD slot 273 (arch/x86/include/asm/page_64_types.h): 239 entries, 1912 bytes.
 KERNEL_PGD_PTRS = 512 - 273
 _LINE = 64
-# A request of a template whose path starts these functions does the event (their first line
-# is in the template): copy_process for a fork, __mmput for the last reference to an mm going
-# (exit_mmap, then the PGDs freed), __schedule for a context switch (switch_mm on the way).
-EVENT_MARKERS = {"fork": "copy_process", "exit": "__mmput", "switch": "__schedule"}
 
 
 @dataclass(frozen=True)
@@ -79,51 +75,44 @@ class Charges:
 
 @dataclass(frozen=True)
 class ProcessCosts:
-    """Per template: the fork, exit and context-switch events one request does, and what each
-    costs this node (ns) under the x86 design with `copies` PGDs a process."""
+    """The x86 design's per-process work on one node: `fork_ns` for each fork (and its exit)
+    with `copies` PGDs a process, at `forks_per_kernel_ns` forks a nanosecond of kernel time.
 
-    events: I64  # [template, event]: 0/1, events in EVENT_MARKERS order
-    ns: F64  # per event
+    The rate is measured, not modelled (numaemu/data/workloads/calls.json: the microbenchmark's
+    forks an iteration over its kernel time an iteration, scripts/measure_calls.py): a replayed
+    request is one sampled path of a call, far shorter than the call, so counting the requests
+    whose path reaches copy_process would charge a fork many times over. The work is charged
+    as the share of the real kernel time it adds, on the modelled kernel time."""
+
+    fork_ns: float
+    forks_per_kernel_ns: float
     copies: int
 
-    def per_request(self, templates: Ints) -> tuple[F64, float]:
-        """(events counted, ns) for one request of each of `templates`."""
-        counts = self.events[templates].sum(axis=0).astype(np.float64)
-        return counts, float(counts @ self.ns)
+    def charge(self, kernel_ns: float) -> tuple[float, float]:
+        """(forks `kernel_ns` of kernel work stands for, their extra ns)."""
+        forks = kernel_ns * self.forks_per_kernel_ns
+        return forks, forks * self.fork_ns
 
 
-def process_costs(events: I64, profile: HardwareProfile, latency_row: npt.ArrayLike, pgd_nodes: Ints, *, pti: bool) -> ProcessCosts:
+def process_costs(profile: HardwareProfile, latency_row: npt.ArrayLike, pgd_nodes: Ints, forks_per_kernel_ns: float, *, pti: bool) -> ProcessCosts:
     """What the x86 design's per-process PGDs cost a node whose latencies are `latency_row`, when
     every process has one PGD on each of `pgd_nodes` (one of them the node's own, whose cost the
     base kernel pays too, so only the others are charged).
 
-    Fork, per extra PGD: half of an order-0 allocate+free ([PAGEBENCH]'s pair) and its lines
-    written to the PGD's node, as many in flight as the core has fill buffers (`store_mlp`): the
-    zeroing (``GFP_PGTABLE_USER`` has ``__GFP_ZERO``; with PTI the PGD is an order-1 pair, 8 KiB,
-    arch/x86/include/asm/pgalloc.h) and pgd_ctor's copy of the kernel half (KERNEL_PGD_PTRS
-    entries, twice with PTI: ``clone_pgd_range`` also fills the user copy). Exit: the other half
-    of the allocate+free. A switch: the per-node CR3 is ``next->pgd_numa[numa_node_id()]``, one
-    load beside the base kernel's CR3 write (RFC 07/12, arch/x86/mm/tlb.c): charged nothing.
+    A fork, per extra PGD (RFC 07/12, arch/x86/mm/pgtable.c): an order-0 allocate and free
+    ([PAGEBENCH]'s pair, the free at exit), and its lines written to the PGD's node, as many in
+    flight as the core has fill buffers (`store_mlp`): the zeroing (``GFP_PGTABLE_USER`` has
+    ``__GFP_ZERO``; with PTI the PGD is an order-1 pair, 8 KiB, arch/x86/include/asm/pgalloc.h)
+    and pgd_ctor's copy of the kernel half (KERNEL_PGD_PTRS entries, twice with PTI:
+    ``clone_pgd_range`` also fills the user copy). A switch: the per-node CR3 is
+    ``next->pgd_numa[numa_node_id()]``, one load beside the base kernel's own CR3 write (RFC
+    07/12, arch/x86/mm/tlb.c): charged nothing.
     """
     lat = np.asarray(latency_row, dtype=np.float64)
     nodes = np.asarray(pgd_nodes, dtype=np.int64)
     own = int(np.argmin(lat))  # the node's own (or nearest) memory holds the PGD the base kernel has too
     extra = nodes[nodes != own] if own in nodes else nodes[1:]
-    alloc_half = profile.ns(profile.page_alloc_cycles) / 2
     pages = 2 if pti else 1
     lines = pages * (4096 // _LINE + (KERNEL_PGD_PTRS * 8 + _LINE - 1) // _LINE)
-    fork = float(sum(alloc_half + lines * lat[n] / profile.store_mlp for n in extra))
-    exit_ = alloc_half * len(extra)
-    return ProcessCosts(np.asarray(events, dtype=np.int64), np.array([fork, exit_, 0.0]), 1 + len(extra))
-
-
-def template_events(workload_lines: I64, starts: I64, lengths: I64, marker_lines: dict[str, int | None]) -> I64:
-    """[template, event]: whether each template's lines include each marker's first line."""
-    out = np.zeros((len(starts), len(EVENT_MARKERS)), dtype=np.int64)
-    for k, event in enumerate(EVENT_MARKERS):
-        line = marker_lines.get(event)
-        if line is None:
-            continue
-        for t, (start, n) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
-            out[t, k] = int(np.any(workload_lines[start : start + n] == line))
-    return out
+    fork = float(sum(profile.ns(profile.page_alloc_cycles) + lines * lat[n] / profile.store_mlp for n in extra))
+    return ProcessCosts(fork, forks_per_kernel_ns, 1 + len(extra))

@@ -39,6 +39,8 @@ and most are cold (a Zipf-like law, s = 1.1). The names below describe both fami
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,6 +176,9 @@ class Workload:
     compute_ns: float
     weights: F64 | None = None  # each template's share of requests; None: all alike
     report: dict[str, Any] | None = None  # a replayed recording's mapping and entries (replay.py)
+    # Forks a microsecond of the recorded program's kernel time, measured on the recording host
+    # (data/workloads/calls.json, scripts/measure_calls.py); None: not measured (not charged).
+    forks_per_kernel_us: float | None = None
 
     @property
     def n_templates(self) -> int:
@@ -253,7 +258,7 @@ def build_workload(name: str, image: KernelImage, seed: int = 0, trace: TraceTex
     if trace is not None:
         return parse_trace(trace, image, seed)
     if name in RECORDED:
-        return replay(recorded(name), image, name, seed)
+        return dataclasses.replace(replay(recorded(name), image, name, seed), forks_per_kernel_us=fork_rate(name))
     return _synthetic(name.removeprefix("synthetic-"), name, image, seed)
 
 
@@ -263,6 +268,22 @@ def recorded(name: str) -> Recording:
     once per process."""
     path = f"data/workloads/{name}.rec"
     return parse_recording(package_text(path), f"numaemu/{path}")
+
+
+@cache
+def _calls() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(package_text("data/workloads/calls.json"))
+    return doc
+
+
+def fork_rate(name: str) -> float | None:
+    """Forks a kernel microsecond of the built-in workload `name`'s program, as measured
+    (data/workloads/calls.json: forks an iteration / kernel us an iteration); None if unknown."""
+    call = _calls()["calls"].get(name)
+    if not call or not call["kernel_us_per_iteration"]:
+        return None
+    rate: float = call["forks_per_iteration"] / call["kernel_us_per_iteration"]
+    return rate
 
 
 def replay(rec: Recording, image: KernelImage, name: str, seed: int = 0) -> Workload:

@@ -53,7 +53,7 @@ def local_node(image: KernelImage, workload: Workload, topology: Topology, *, co
     local = min(x for row in topology.latency_ns for x in row if x is not None)
     hier = charges = kinds = None
     if not hardware.simple:
-        node_hw = NodeHardware(profile=hardware, page_shift=page_shift_for("none"), llc_copies=1, walk_home=0, queue_row=None, pgd_nodes=(), events=None)
+        node_hw = NodeHardware(profile=hardware, page_shift=page_shift_for("none"), llc_copies=1, walk_home=0, queue_row=None, pgd_nodes=(), forks_per_kernel_ns=None)
         hier, charges, _ = node_hw.build(1, [local])
         kinds = page_kinds(image)
     engine = NodeEngine(0, mem, placement.tables[0], layout.part_offset, (layout.user_offset(0),), layout.user_bytes, np.array([local]), workload,

@@ -24,7 +24,7 @@ from numaemu.host.segments import Control, MemoryLayout, Segment
 from numaemu.model.binding import HostBinding
 from numaemu.model.hardware import SIMPLE, HardwareProfile
 from numaemu.model.image import KernelImage
-from numaemu.model.node_hardware import NodeHardware, llc_copies, page_kinds, page_shift_for, workload_events
+from numaemu.model.node_hardware import NodeHardware, llc_copies, page_kinds, page_shift_for
 from numaemu.model.pagetables import WalkProfile, page_table_cost, walk_profile
 from numaemu.model.placement import Placement, check_reachable, place_for
 from numaemu.model.tasks import TASKS_PER_NODE
@@ -148,7 +148,7 @@ def _worker_configs(spec: RunSpec, placement: Placement, layout: MemoryLayout, m
     has_memory = np.array([nd.memory_bytes > 0 for nd in topo.nodes])
     hw = spec.hardware
     kinds = None if hw.simple else page_kinds(spec.image)
-    events = None if hw.simple else workload_events(spec.image, spec.workload)
+    rate = spec.workload.forks_per_kernel_us
     # The x86 design gives every process a PGD on each node with memory (for_each_replica, RFC
     # 07/12) once the text is replicated; a single copy keeps the base kernel's one PGD.
     serving = tuple(placement.serving) if placement.serving else tuple(master_node for _ in range(n))
@@ -158,7 +158,7 @@ def _worker_configs(spec: RunSpec, placement: Placement, layout: MemoryLayout, m
         lat = tuple(float(x) if x is not None else float("inf") for x in topo.latency_ns[node])
         node_hw = None if hw.simple else NodeHardware(
             profile=hw, page_shift=page_shift_for(spec.pt_style), llc_copies=llc_copies(hw, node, serving),
-            walk_home=serving[node], queue_row=None, pgd_nodes=pgd_nodes, events=events)
+            walk_home=serving[node], queue_row=None, pgd_nodes=pgd_nodes, forks_per_kernel_ns=None if rate is None else rate / 1e3)
         configs.append(
             WorkerConfig(
                 node=node,

@@ -20,7 +20,6 @@ from numaemu.host.cpus import format_cpu_list
 from numaemu.model.hierarchy import LEVELS
 from numaemu.model.pagetables import PageTableCost
 from numaemu.model.placement import Placement
-from numaemu.model.timing import EVENT_MARKERS
 from numaemu.runtime.run_node import NodeReport
 
 __all__ = ["SCHEMA", "policy_record", "add_speedups", "host_metadata", "host_id", "host_record", "format_run_table", "write_json"]
@@ -114,7 +113,7 @@ def _hardware_node(r: NodeReport) -> dict[str, Any]:
         "hierarchy": r.hierarchy,
         "queue_ns_per_request": r.queue_ns * per,
         "process_ns_per_request": r.process_ns * per,
-        "events_per_request": dict(zip(EVENT_MARKERS, (e * per for e in r.events), strict=True)),
+        "forks_per_request": r.forks * per,
     }
 
 
@@ -140,7 +139,7 @@ def _hardware_record(run: dict[str, Any], reports: list[NodeReport], requests: i
         "queue_share_of_kernel_time": queue / kernel_ns if kernel_ns else 0.0,
         "process_ns_per_request": process * per,
         "process_share_of_kernel_time": process / kernel_ns if kernel_ns else 0.0,
-        "events_per_request": dict(zip(EVENT_MARKERS, (sum(r.events[i] for r in reports) * per for i in range(len(EVENT_MARKERS))), strict=True)),
+        "forks_per_request": sum(r.forks for r in reports) * per,
         "queueing": q.to_json() if q is not None else None,
         "traffic": run["traffic"].to_json() if run.get("traffic") is not None else None,
     }

@@ -93,7 +93,7 @@ class NodeReport:
     hierarchy: dict[str, object] | None = None  # hierarchy.HierarchyCounts.to_json(), with a profile
     queue_ns: float = 0.0  # emulated time spent queueing at memory and links (part of kernel_ns)
     process_ns: float = 0.0  # the x86 design's per-process PGD work (part of kernel_ns)
-    events: tuple[float, ...] = (0.0, 0.0, 0.0)  # forks, exits, switches (timing.EVENT_MARKERS)
+    forks: float = 0.0  # forks its kernel work stands for (the x86 design's per-process PGDs)
 
 
 class TaskJournal:
@@ -193,7 +193,7 @@ def _run_body(nc: NodeContext) -> NodeReport:
         cache_hits=c.cache_hits, text_fetches_by_home=tuple(c.text_fetches.tolist()), user_fetches_by_home=tuple(c.user_fetches.tolist()),
         kernel_ns=c.kernel_ns, user_ns=c.user_ns, walks=c.walks, walk_ns=c.walk_ns, paced_ns=pacer.paced_ns, overrun_ns=pacer.overrun_ns,
         user_sink=int(engine.user_sink), hierarchy=None if c.hierarchy is None else c.hierarchy.to_json(),
-        queue_ns=c.queue_ns, process_ns=c.process_ns, events=tuple(c.events.tolist()),
+        queue_ns=c.queue_ns, process_ns=c.process_ns, forks=c.forks,
     )
 
 
