@@ -62,6 +62,9 @@ def _calibration(**changes) -> Calibration:
         flag_round_us=0.5,
         barrier_round_us=60.0,
         patch_round_us=30.0,
+        hardware="e5-2690",
+        simulation_rate_per_s=30e6,
+        simulation_cold_rate_per_s=24e6,
     )
     return dataclasses.replace(base, **changes)
 
@@ -152,12 +155,13 @@ def test_calibration_json_and_derived_fields() -> None:
     assert doc["ratios"] == {
         "fetch_vs_gather": 0.5,
         "fetch_vs_gather_warm": 0.125,
+        "simulation_vs_gather": 0.5,
         "replicate_vs_memcpy": 0.1,
         "patch_vs_flag": 60.0,
         "patch_vs_barrier": 0.5,
     }
-    assert [g["met"] for g in doc["goals"]] == [True, True, False, True, None]
-    assert [(g["figure"], g["goal"]) for g in doc["goals"]] == [(1.5, 2.0), (50.0, 30.0), (60.0, 5.0), (0.5, 1.0), (0.1, None)]
+    assert [g["met"] for g in doc["goals"]] == [True, True, True, False, True, None]
+    assert [(g["figure"], g["goal"]) for g in doc["goals"]] == [(1.5, 2.0), (50.0, 30.0), (24.0, 20.0), (60.0, 5.0), (0.5, 1.0), (0.1, None)]
     assert all(g["name"] and g["detail"] and g["source"] for g in doc["goals"])
 
 
@@ -166,17 +170,18 @@ def test_format_prints_figures_ratios_and_verdicts() -> None:
     assert "fetch rate per worker (db)" in text and "30.0 M/s" in text and "0.50x" in text
     assert "60x" in text and "0.50x" in text  # patch round against flag and Barrier rounds
     assert "= D_min / (scale x F) = 20 us / (1.1 x 26,000 fetches per batch)" in text
-    assert text.count("\n  met      ") == 3
+    assert text.count("\n  met      ") == 4
+    assert "cache simulation (e5-2690), hot" in text and "\n  met      cache simulation >= 20 M fetches/s: e5-2690: hot 30.0 M/s, cold 24.0 M/s" in text
     # A missed goal and a figure without one are listed as every met goal is: verdict, goal, figure.
     assert "\n  MISSED   stop_machine round <= 5x the shared-memory flag round: 60x (30.0 us against 0.50 us)" in text
     assert "\n  met      stop_machine round < 1x a multiprocessing.Barrier round: 0.50x (30.0 us against 60.0 us)" in text
     assert "\n  no goal  copy population against numpy memcpy: 0.10x (1.00 GB/s of 10.00 GB/s); no goal stated" in text
-    assert text.endswith("\n  3 of 4 goals met; 1 figure(s) without a goal")
+    assert text.endswith("\n  4 of 5 goals met; 1 figure(s) without a goal")
     bad = _calibration(fetch_rate_per_s=6e6, delay_error_pct={1_000: 9.0, 20_000: 2.5, 10_000_000: 3.0})
     text = format_calibration(bad.to_json())
     assert "MISSED   delay error <= 2% for delays >= 20 us: 20 us 2.50%, 10 ms 3.00%" in text
     assert "MISSED   emulated fetch rate >= 30% of the raw gather rate: 10.0%" in text
-    assert "  1 of 4 goals met" in text
+    assert "  2 of 5 goals met" in text
     assert "smallest emulable latency difference: none" in text
 
 
@@ -248,5 +253,6 @@ def test_quick_calibrate_end_to_end(no_leaks, tmp_path) -> None:
     assert all(math.isfinite(e) and e > 0 for e in r["delay_error_pct"].values())
     assert r["fetches_per_batch"] > 0 and r["time_scale"] >= 1
     assert all(math.isfinite(x) and x > 0 for x in r["ratios"].values())
-    assert len(r["goals"]) == 5 and all(isinstance(g["met"], bool) for g in r["goals"][:4])
-    assert r["goals"][4]["met"] is None and r["goals"][4]["goal"] is None  # copy population: no goal
+    assert len(r["goals"]) == 6 and all(isinstance(g["met"], bool) for g in r["goals"][:5])
+    assert r["goals"][5]["met"] is None and r["goals"][5]["goal"] is None  # copy population: no goal
+    assert r["hardware"] == "e5-2690" and r["simulation_rate_per_s"] > 0 and r["simulation_cold_rate_per_s"] > 0

@@ -79,6 +79,10 @@ class HierarchyCounts:
         self.tlb = np.zeros(4, dtype=np.int64)
         self.walk_served = np.zeros(len(LEVELS), dtype=np.int64)
 
+    def clear(self) -> None:
+        for a in (self.served, self.memory_by_home, self.tlb, self.walk_served):
+            a.fill(0)
+
     def add(self, other: HierarchyCounts) -> None:
         self.served += other.served
         self.memory_by_home += other.memory_by_home

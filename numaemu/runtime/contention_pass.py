@@ -22,8 +22,7 @@ from numaemu.runtime.run_node import WorkerConfig, node_engine, run_batch
 
 __all__ = ["measure_traffic", "queueing_for", "PASS_BATCHES"]
 
-WARM_BATCHES = 2  # hot caches: fill them first, as a run's steady state has them
-PASS_BATCHES = 3
+PASS_BATCHES = 3  # after the engine's warm-up (NodeEngine.warm), as a worker's
 
 
 def measure_traffic(configs: list[WorkerConfig], mem_size: int) -> Traffic:
@@ -38,8 +37,6 @@ def measure_traffic(configs: list[WorkerConfig], mem_size: int) -> Traffic:
         tasks = np.zeros(TASKS_PER_NODE, dtype=TASK_SLOT)
         tasks["budget"] = -1
         owned = np.arange(TASKS_PER_NODE)
-        for _ in range(0 if cfg.cold else WARM_BATCHES):
-            run_batch(engine, tasks, owned, cfg.seed, 0.0)
         before = HierarchyCounts(n)
         before.add(engine.hierarchy.counts)
         requests, emulated = engine.counters.requests, 0.0

@@ -59,6 +59,7 @@ def local_node(image: KernelImage, workload: Workload, topology: Topology, *, co
     engine = NodeEngine(0, mem, placement.tables[0], layout.part_offset, (layout.user_offset(0),), layout.user_bytes, np.array([local]), workload,
                         cold=cold, user_local=user_local, cache=DirectMappedCache(), seed=seed, hierarchy=hier, charges=charges, page_kind=kinds)
     engine.prepare()
+    engine.warm()
     tasks = np.zeros(TASKS_PER_NODE, dtype=TASK_SLOT)
     tasks["budget"] = -1
     return LocalNode(engine, tasks, seed)

@@ -210,6 +210,7 @@ def node_engine(cfg: WorkerConfig, mem: np.ndarray) -> NodeEngine:
         hierarchy=hier, charges=charges, page_kind=cfg.page_kind, process=process,
     )
     engine.prepare()
+    engine.warm()
     return engine
 
 
