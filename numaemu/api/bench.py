@@ -23,6 +23,7 @@ from numaemu.host.fit import SegmentNeed, check_fit, check_node_memory, free_spa
 from numaemu.measure.compare import BENCH_SCHEMA
 from numaemu.measure.experiment import AXES, Experiment, Point, read_experiment_file, split_topologies
 from numaemu.model.binding import bind_to_host, parse_host_cpus
+from numaemu.model.hardware_presets import PROFILES
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES, check_replicas_every
 from numaemu.model.workloads import WORKLOADS
@@ -45,6 +46,7 @@ SCALARS: dict[str, Callable[[str], Any]] = {
     "requests": params.REQUESTS, "migrate-rate": params.probability, "seed": params.SEED, "image-scale": params.image_scale,
     "local-ns": params.LOCAL_NS, "time-scale": params.TIME_SCALE,
     "delays": params.one_of(DELAYS), "pt-style": params.one_of(PT_STYLES), "replicas-every": params.REPLICAS_EVERY,
+    "hardware": params.one_of(tuple(PROFILES)),
 }
 TEXT = ("host-cpus", "image", "trace", "start-method")
 
@@ -112,7 +114,7 @@ def experiment(given: Mapping[str, str | None], *, file: str | None = None, sysf
         local_ns=scalar("local-ns"), sysfs_root=sysfs_root, trace=Path(trace_text) if trace_text else None,
         image=Path(image_text) if image_text is not None else None,
         time_scale=scalar("time-scale"), delays=scalar("delays"), pt_style=scalar("pt-style"),
-        replicas_every=scalar("replicas-every"),
+        replicas_every=scalar("replicas-every"), hardware=scalar("hardware"),
     )
     if exp.delays == "none" and exp.time_scale:
         raise UsageError("--time-scale", "is for --delays model; with --delays none nothing is paced")

@@ -47,6 +47,7 @@ _OPTIONS = (
     ("time-scale", "wall ns per emulated ns (default: calibrated at each point)"),
     ("delays", "model (paced to the emulated latencies, default) or none (nothing injected; one value, not a sweep)"),
     ("pt-style", "page-table design: none (default), arm64 or x86 (one value, not a sweep)"),
+    ("hardware", "hardware profile (default: each topology's own; one value, not a sweep)"),
     ("replicas-every", "replicate: a copy on every K-th node only (default 1; one value)"),
     ("start-method", f"multiprocessing start method: {', '.join(START_METHODS)} (default: Python's)"),
 )

@@ -77,6 +77,7 @@ class Experiment:
     image: Path | None = None  # a real kernel image file; None: the synthetic image at image_scale
     delays: str = "model"  # coordinator.DELAYS; one value for the whole sweep
     pt_style: str = "none"  # pagetables.PT_STYLES; one value for the whole sweep
+    hardware: str | None = None  # hardware_presets.PROFILES; None: each topology's own
     replicas_every: int = 1
 
     @property

@@ -25,6 +25,7 @@ from numaemu.measure.experiment import Experiment, Point, RunTask, plan_tasks
 from numaemu.measure.report import format_point
 from numaemu.measure.summary import PointSetup, summarise_runs
 from numaemu.model.binding import bind_to_host, parse_host_cpus
+from numaemu.model.hardware_presets import resolve_hardware
 from numaemu.model.image import KernelImage
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
@@ -167,7 +168,7 @@ def prepare_point(
         topo, placement, image, workloads[point.workload], cold=point.cache == "cold", user_local=point.user_data == "local",
         duration_s=exp.duration_s, requests=exp.requests, migrate_rate=exp.migrate_rate, seed=exp.seed,
         start_method=exp.start_method, replicate=point.replicate, time_scale=exp.time_scale, delays=exp.delays,
-        pt_style=exp.pt_style, replicas_every=exp.replicas_every, calibrated=calibrated,
+        pt_style=exp.pt_style, replicas_every=exp.replicas_every, calibrated=calibrated, hardware=resolve_hardware(exp.hardware, topo.hardware),
     )
     setup = PointSetup(
         host=host if host is not None else host_record(), n_nodes=topo.n_nodes, cpus_used=placement.n_cpus_used,

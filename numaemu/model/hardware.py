@@ -43,7 +43,8 @@ class Cache:
 
     def describe(self) -> str:
         share = "private" if self.cores == 1 else f"shared by {self.cores} cores" + (f" of {self.nodes} nodes" if self.nodes > 1 else "")
-        return f"{_size(self.size_bytes)}, {self.ways}-way, {self.line_bytes} B lines, {self.latency_cycles:g} cycles, {share}, {self.policy}"
+        latency = f"{self.latency_cycles:g} cycles" if self.latency_cycles else "hit: the fetch only"
+        return f"{_size(self.size_bytes)}, {self.ways}-way, {self.line_bytes} B lines, {latency}, {share}, {self.policy}"
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def describe(profile: HardwareProfile) -> list[str]:
     if p.simple:
         return [head]
     stlb = f"STLB    {p.stlb_i.describe()} (shared by instructions and data)" if p.shared_stlb else f"STLB-i  {p.stlb_i.describe()}; STLB-d {p.stlb_d.describe()}"
-    return [
+    lines = [
         head,
         f"  core    {p.arch}, {p.ghz:g} GHz, {p.fetch_cycles_per_line:g} cycles to fetch a 64 B line, {p.cores_per_node} cores a node, {p.nodes_per_socket} node(s) a socket",
         f"  L1i     {p.l1i.describe()}",
@@ -169,8 +170,10 @@ def describe(profile: HardwareProfile) -> list[str]:
         f"  {stlb}",
         f"  PWC     {p.pwc_entries} entries above the leaf",
         f"  memory  {p.dram_local_ns:g} ns local, {p.memory_gbs:g} GB/s a node, links {p.link_gbs:g} GB/s a socket each way, MLP {p.mlp:g} (stores {p.store_mlp:g})",
-        f"  x86 PGD {p.page_alloc_cycles:g} cycles a page allocated and freed" + (", PTI (order-1 PGDs)" if p.pti else ""),
     ]
+    if p.arch == "x86_64":  # what --pt-style x86 charges each fork (timing.process_costs)
+        lines.append(f"  x86 PGD {p.page_alloc_cycles:g} cycles a page allocated and freed" + (", PTI (order-1 PGDs)" if p.pti else ""))
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
