@@ -162,11 +162,10 @@ def main() -> int:
     report()
     flip_x = [model_cost[name, "replicate"][0] / model_cost[name, "single"][0] for name, _ in patch_topologies]
     trace_x = [model_cost[name, "replicate"][1] / model_cost[name, "single"][1] for name, _ in patch_topologies]
-    report("5. What numaemu does and does not show. Its run model charges only where kernel text is fetched from, and")
-    report("   replication only ever makes fetches local, so it cannot produce a regression by itself: the AMD figures")
-    report("   (-13%, -54%) need costs outside that model, such as the x86 series' extra work per process (a PGD per node")
-    report("   allocated, filled and freed at every fork and exit; a per-node PGD loaded at every switch_mm), whose cost")
-    report("   numaemu does not charge. The costs it does show:")
+    report("5. What numaemu does and does not show. Its run model charges each fetch where the hardware profile's caches,")
+    report("   TLBs and queues say, and under --pt-style x86 the series' extra work per process (a PGD per node allocated,")
+    report("   filled and freed at every fork and exit): that is the one cost of replication in a run, so fork-heavy work can")
+    report("   lose (scripts/published_amd_micro.py compares the AMD table row by row). The costs shown here:")
     report(f"   patching costs {min(flip_x):.1f}x-{max(flip_x):.1f}x single's per key flip and {min(trace_x):.1f}x-{max(trace_x):.1f}x per tracing on+off")
     report(f"   ({patch_topologies[0][0]} to {patch_topologies[-1][0]}, model), memory grows with the nodes, and where remote is barely")
     report("   slower (94 vs 85 ns) or the kernel's share is small (compute) the gain is near nil, so any such cost is a net loss.")

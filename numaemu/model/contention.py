@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import brentq
 
 from numaemu.model.arrays import F64, I64
 
@@ -80,6 +79,8 @@ def solve(traffic: Traffic, cores: npt.ArrayLike, memory_gbs: npt.ArrayLike, lin
     over the queues repeat until no wait moves (Gauss-Seidel). A plain damped iteration
     oscillates here: the map from waits to waits falls steeply once a queue is near saturation.
     """
+    from scipy.optimize import brentq  # here: scipy.optimize takes ~0.3 s to import, and most commands never queue
+
     n = len(traffic.ns_per_request)
     ncores = np.asarray(cores, dtype=np.float64)
     sock: I64 = np.asarray(socket, dtype=np.int64)

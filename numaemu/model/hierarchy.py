@@ -32,8 +32,9 @@ What is simulated, and the simplifications (each the same for every policy):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
 
-import numba
 import numpy as np
 
 from numaemu.model.arrays import I64, Ints
@@ -141,7 +142,7 @@ class Hierarchy:
         node holding its frame, `page_kind[p]` `TEXT` or `DATA`. Cold: request i is epoch
         `first_epoch + i`. Returns this batch's counts (also added to `counts`)."""
         out = HierarchyCounts(self.counts.n_nodes)
-        _simulate(
+        _compiled()(
             vlines, np.asarray(lens, dtype=np.int64), line_base, np.asarray(page_home, dtype=np.int64), np.asarray(page_kind, dtype=np.int8),
             np.int64(first_epoch), cold, self.page_shift - 12,
             self.keys, self.epochs, self.geom,
@@ -159,7 +160,16 @@ _CHAINS = np.array([[0, 2, 3], [1, 2, 3], [4, 6, -1], [5, 7, -1], [8, -1, -1], [
 _LINE_TEXT, _LINE_DATA, _TLB_TEXT, _TLB_DATA, _PWC, _WALK = range(6)
 
 
-@numba.njit(cache=True, nogil=True)
+@cache
+def _compiled() -> Any:
+    """`_simulate` compiled by numba, on first use (numba takes ~0.2 s to import, and most
+    commands simulate nothing; cache=True keeps the machine code beside the module, so later
+    processes load it instead of compiling, and forked workers inherit it)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_simulate)
+
+
 def _simulate(vlines, lens, line_base, page_home, page_kind, first_epoch, cold, tlb_shift, keys, epochs, geom,  # type: ignore[no-untyped-def]
               walk_key, served, memory_by_home, tlb, walk_served):  # pragma: no cover - compiled
     # Every lookup goes through the one loop below (`pending` jobs, each a chain and a key) rather
