@@ -166,13 +166,13 @@ def main() -> int:
     x = reps[len(reps) // 2].facts["2s-xeon"]
     hot, cold = model["repl_hot", "2s-xeon"], model["repl_cold", "2s-xeon"]
     report(f"- Replication alone: under single, db spends {100 * x['kernel_share_single']:.0f}% of its time in the kernel (2s-xeon, hot) and")
-    report(f"  the emulated 1 MiB cache serves {100 * x['hit_share_single']:.0f}% of its text fetches; replication makes only the misses local:")
+    report(f"  the e5-2690 profile's caches (L1i, L2, a 20 MiB LLC) serve {100 * x['hit_share_single']:.2f}% of its text fetches; replication makes only the misses local:")
     where = f"both {_where(hot)}" if _where(hot) == _where(cold) else f"{_where(hot)} and {_where(cold)}"
     report(f"  the model gains {pct(hot)} hot, {pct(cold)} cold (every fetch from memory): {where} King's 6-17%.")
     report("  More kernel time, more misses or a farther node would gain more.")
     report(f"- Over 50% is out of reach at these latency ratios (farthest remote {min(ratios):.2f}-{max(ratios):.2f}x local) for a workload")
-    report("  that also computes; it needs farther nodes, loaded (queueing) latencies or bandwidth limits, which numaemu does")
-    report("  not model: workload and platform specific, as the author warned.")
+    report("  that also computes; it needs farther nodes or far more misses (a database whose data evicts kernel text from")
+    report("  the LLC, which the recording does not carry): workload and platform specific, as the author warned.")
     write_results(
         "article", opts, report,
         {"published": {"replication": PUBLISHED_REPLICATION, "combined": PUBLISHED_COMBINED, "caveat": CAVEAT},

@@ -251,8 +251,9 @@ def _simulate(vlines, lens, line_base, page_home, page_kind, first_epoch, cold, 
                         # A walk: the PWC for the entry above the leaf, then the leaf's read,
                         # and the upper entry's if the PWC missed; before the line's job.
                         tlb[2] += 1
-                        job_chain[j + 1 : n + 1] = job_chain[j:n].copy()
-                        job_key[j + 1 : n + 1] = job_key[j:n].copy()
+                        for q in range(n, j + 1, -1):  # make room after this job (no copy: numba would allocate)
+                            job_chain[q] = job_chain[q - 1]
+                            job_key[q] = job_key[q - 1]
                         job_chain[j + 1] = _PWC
                         job_key[j + 1] = epoch | (page >> (_PWC_SHIFT - 12))
                         n += 1
