@@ -87,9 +87,10 @@ def test_results_of_another_command_or_schema_are_refused(tmp_path):
 @pytest.mark.slow
 def test_an_emulation_runs_twice_without_rebuilding_and_reads_back(no_leaks):
     with numaemu.Emulation(topology="2s-xeon", image_scale=0.05) as emu:
-        first = emu.run("getpid", requests=2000, policies=("single", "replicate"))
+        # Cold: with hot caches the profile's LLC holds getpid's path, and single would fetch nothing remote.
+        first = emu.run("getpid", requests=2000, policies=("single", "replicate"), cache="cold")
         image, calibrated = emu.image, dict(emu._calibrations)
-        second = emu.run("getpid", requests=2000, policies="single,replicate", verify=True)
+        second = emu.run("getpid", requests=2000, policies="single,replicate", verify=True, cache="cold")
         assert emu.image is image and emu._calibrations == calibrated  # kept, not rebuilt
     assert [p.policy for p in first.policies] == ["single", "replicate"] and first.complete
     assert first["replicate"].remote_fetch_share == 0.0 and first["single"].remote_fetch_share > 0.2
