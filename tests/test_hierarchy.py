@@ -96,7 +96,7 @@ def test_hierarchy_matches_reference(vl: list[int], cold: bool, seed: int, shift
     home = rng.integers(0, 2, 8)
     kind = np.array([TEXT] * 5 + [DATA] * 3, dtype=np.int8)
     h = Hierarchy(SMALL, n_nodes=2, page_shift=12 + shift, walk_home=1, walk_table=1)
-    got = h.run(vlines, lens, base, home, kind, 5, cold)
+    got = h.run(vlines, lens, base, home, kind, cold)
     want = reference(SMALL, vlines, lens, base, home, kind, shift, cold, 2, h.walk_key)
     assert got.served.tolist() == want.served.tolist()
     assert got.memory_by_home.tolist() == want.memory_by_home.tolist()
@@ -111,8 +111,8 @@ def test_hierarchy_keys_by_physical_line() -> None:
     vlines = np.tile(np.array([0, 64], dtype=np.int64), 50)  # line 0 of pages 0 and 1, alternately
     kind = np.zeros(2, dtype=np.int8)
     home = np.zeros(2, dtype=np.int64)
-    apart = Hierarchy(levels, n_nodes=1, page_shift=21, walk_home=0).run(vlines, [100], np.array([0, 1], dtype=np.int64) * 64 + np.array([0, 1]), home, kind, 0, False)
-    clash = Hierarchy(levels, n_nodes=1, page_shift=21, walk_home=0).run(vlines, [100], np.array([0, 64], dtype=np.int64), home, kind, 0, False)
+    apart = Hierarchy(levels, n_nodes=1, page_shift=21, walk_home=0).run(vlines, [100], np.array([0, 1], dtype=np.int64) * 64 + np.array([0, 1]), home, kind, False)
+    clash = Hierarchy(levels, n_nodes=1, page_shift=21, walk_home=0).run(vlines, [100], np.array([0, 64], dtype=np.int64), home, kind, False)
     assert apart.served[0, 3] == 2 and apart.served[0, 2] == 98
     assert clash.served[0, 3] == 100
 
@@ -120,8 +120,8 @@ def test_hierarchy_keys_by_physical_line() -> None:
 def test_cold_requests_start_empty_and_hot_ones_do_not() -> None:
     vlines = np.tile(np.arange(10, dtype=np.int64), 3)
     args = (np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int8))
-    cold = Hierarchy(SMALL, n_nodes=1, page_shift=12, walk_home=0).run(vlines, [10, 10, 10], *args, 0, True)
-    hot = Hierarchy(SMALL, n_nodes=1, page_shift=12, walk_home=0).run(vlines, [10, 10, 10], *args, 0, False)
+    cold = Hierarchy(SMALL, n_nodes=1, page_shift=12, walk_home=0).run(vlines, [10, 10, 10], *args, True)
+    hot = Hierarchy(SMALL, n_nodes=1, page_shift=12, walk_home=0).run(vlines, [10, 10, 10], *args, False)
     assert cold.served[0, 3] == 30 and cold.tlb[2] == 3  # every line and the page, once a request
     assert hot.served[0, 3] == 10 and hot.tlb[2] == 1
 
@@ -133,7 +133,7 @@ def test_a_tlb_without_entries_for_the_page_size_always_misses() -> None:
     assert levels["stlb_i"] == (1, 0) and levels["itlb"] == (1, 8)
     h = Hierarchy(levels, n_nodes=1, page_shift=21, walk_home=0)
     pages = np.arange(12, dtype=np.int64) * 512 * 64  # twelve 2 MiB pages, more than 8 iTLB entries
-    c = h.run(np.tile(pages, 4), [48], np.arange(12 * 512, dtype=np.int64) * 64, np.zeros(12 * 512, dtype=np.int64), np.zeros(12 * 512, dtype=np.int8), 0, False)
+    c = h.run(np.tile(pages, 4), [48], np.arange(12 * 512, dtype=np.int64) * 64, np.zeros(12 * 512, dtype=np.int64), np.zeros(12 * 512, dtype=np.int8), False)
     assert c.tlb[0] == 48 and c.tlb[2] == 48
 
 
@@ -239,3 +239,14 @@ def test_profile_in_a_topology_file() -> None:
                       ({"base": "altra", "llc": {"size_bytes": 1000}}, "positive multiple"), ({"base": "altra", "mlp": "x"}, "need a number")):
         with pytest.raises(UsageError, match=rule):
             from_mapping({"distance": [[10]], "hardware": bad}, name="f")
+
+
+def test_cold_epochs_wrap_by_starting_empty() -> None:
+    """Epochs are a key's top bits; near their limit the hierarchy starts again from empty caches
+    (what every cold request starts from), so no old epoch number can match."""
+    vlines = np.tile(np.arange(10, dtype=np.int64), 2)
+    args = (np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int8))
+    h = Hierarchy(SMALL, n_nodes=1, page_shift=12, walk_home=0)
+    h.next_epoch = (1 << 23) - 2  # the next batch would pass the last epoch
+    c = h.run(vlines, [10, 10], *args, True)
+    assert h.next_epoch == 3 and c.served[0, 3] == 20

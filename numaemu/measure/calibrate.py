@@ -269,7 +269,7 @@ def measure_simulation(hardware: HardwareProfile, image: KernelImage, workload: 
             t = batches[i % len(batches)]
             vlines, lens = workload.gather(t), workload.lengths[t]
             t0 = time.perf_counter_ns()
-            hier.run(vlines, lens, line_base, home, kinds, i * per_batch, cold)
+            hier.run(vlines, lens, line_base, home, kinds, cold)
             rates.append(len(vlines) * 1e9 / (time.perf_counter_ns() - t0))
             i += 1
         out[key] = statistics.median(rates[2:] or rates)  # the first batches compile and fill

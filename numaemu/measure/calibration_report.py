@@ -138,7 +138,7 @@ def _figure_table(r: Mapping[str, Any], workload: str) -> list[str]:
 
     def row(label: str, value: str, base: str, base_value: str, ratio: float | None) -> str:
         x = "" if ratio is None else _times(ratio)
-        return f"{label:<31}{value:>11}   {base:<26}{base_value:>11}{x:>8}"
+        return f"{label:<31}{value:>11}   {base:<26}{base_value:>11}{x:>8}".rstrip()
 
     return [
         f"{'numaemu':<31}{'':>11}   {'raw baseline (same run)':<26}{'':>11}{'ratio':>8}",

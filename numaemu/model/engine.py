@@ -217,7 +217,7 @@ class NodeEngine:
         rng = np.random.default_rng([self.seed, self.node, 0x7761726D])  # "warm"
         n = max(4 * wl.n_templates, int(fetches // float(wl.lengths.mean())))
         templates = rng.choice(wl.n_templates, n, p=wl.weights)
-        self.hierarchy.run(wl.gather(templates), wl.lengths[templates], self.base, self.home, self.page_kind, 0, False)
+        self.hierarchy.run(wl.gather(templates), wl.lengths[templates], self.base, self.home, self.page_kind, False)
         self.hierarchy.counts.clear()
 
     def _path(self, template: int) -> _Path:
@@ -294,7 +294,7 @@ class NodeEngine:
         else:
             _, glines = self._translate(vlines)
             checksums = _per_request_sums(self.lines.take(glines, axis=0), lens)
-        counts = self.hierarchy.run(vlines, lens, self.base, self.home, self.page_kind, self.counters.requests, self.cold)
+        counts = self.hierarchy.run(vlines, lens, self.base, self.home, self.page_kind, self.cold)
         kernel_ns, queue_ns = self.charges.cost(counts)
         c = self.counters
         c.cache_hits += int(counts.served[:, :3].sum())

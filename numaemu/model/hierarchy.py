@@ -45,6 +45,7 @@ LEVELS = ("l1", "l2", "llc", "memory")  # where an access was served
 TEXT, DATA = 0, 1  # kinds of access: instruction fetch, data read
 LINE_BITS = 40  # keys: epoch << 40 | physical line (lines < 2**40)
 _LINE_MASK = (1 << LINE_BITS) - 1
+_MAX_EPOCH = (1 << (63 - LINE_BITS)) - 1  # keys stay positive int64s
 _TABLES = 1 << 39  # walk keys sit above every line of the mem segment (which is < 2**39 lines)
 _PWC_SHIFT = 30
 _ORDER = ("l1i", "l1d", "l2", "llc", "itlb", "dtlb", "stlb_i", "stlb_d", "pwc")  # the compiled loop's level numbers  # one page-walk-cache entry per 1 GiB of address space (x86 PDPTE, arm64 L1)
@@ -120,7 +121,10 @@ class Hierarchy:
         # tuple of arrays indexed at run time costs numba a copy of the tuple per access).
         sizes = np.array([[lv.sets * lv.ways, lv.sets] for lv in self.levels.values()], dtype=np.int64)
         offsets = np.cumsum(sizes, axis=0) - sizes
-        self.geom = np.array([[offsets[i, 0], offsets[i, 1], lv.sets, lv.ways] for i, lv in enumerate(self.levels.values())], dtype=np.int64)
+        # Per level: key offset, epoch offset, sets, ways, and sets - 1 where sets is a power of
+        # two (a mask instead of a division), else -1.
+        self.geom = np.array([[offsets[i, 0], offsets[i, 1], lv.sets, lv.ways, lv.sets - 1 if lv.sets & (lv.sets - 1) == 0 else -1]
+                              for i, lv in enumerate(self.levels.values())], dtype=np.int64)
         if shared_stlb:  # one second-level TLB for both kinds: the data side's row is the same one
             self.geom[_ORDER.index("stlb_d")] = self.geom[_ORDER.index("stlb_i")]
         self.keys = np.empty(int(sizes[:, 0].sum()), dtype=np.int64)
@@ -135,12 +139,22 @@ class Hierarchy:
     def clear(self) -> None:
         self.keys.fill(-1)
         self.epochs.fill(0)
+        self.next_epoch = 1  # cold requests' epochs; 0 is the hot caches' only one
 
-    def run(self, vlines: I64, lens: Ints, line_base: I64, page_home: Ints, page_kind: Ints, first_epoch: int, cold: bool) -> HierarchyCounts:
+    def run(self, vlines: I64, lens: Ints, line_base: I64, page_home: Ints, page_kind: Ints, cold: bool) -> HierarchyCounts:
         """Simulate the accesses `vlines` (virtual lines of the image, requests of `lens` lines
         each, in order). `line_base[p]` is the physical line of image page p, `page_home[p]` the
-        node holding its frame, `page_kind[p]` `TEXT` or `DATA`. Cold: request i is epoch
-        `first_epoch + i`. Returns this batch's counts (also added to `counts`)."""
+        node holding its frame, `page_kind[p]` `TEXT` or `DATA`. Cold: each request is the next
+        epoch. Returns this batch's counts (also added to `counts`)."""
+        first_epoch = 0
+        if cold:
+            if self.next_epoch + len(lens) > _MAX_EPOCH:
+                # Epochs share a key's top 23 bits: start again from empty caches, which every
+                # cold request starts from anyway, rather than let an old epoch number match.
+                self.clear()
+                self.next_epoch = 1
+            first_epoch = self.next_epoch
+            self.next_epoch += len(lens)
         out = HierarchyCounts(self.counts.n_nodes)
         _compiled()(
             vlines, np.asarray(lens, dtype=np.int64), line_base, np.asarray(page_home, dtype=np.int64), np.asarray(page_kind, dtype=np.int8),
@@ -179,11 +193,11 @@ def _simulate(vlines, lens, line_base, page_home, page_kind, first_epoch, cold, 
     job_chain = np.empty(4, dtype=np.int64)
     job_key = np.empty(4, dtype=np.int64)
     i = 0
-    last_page = np.full(2, -1, dtype=np.int64)  # per kind: the last page its L1 TLB looked up
     for r in range(len(lens)):
-        epoch = (first_epoch + r) << LINE_BITS if cold else 0
-        last_page[0] = -1
-        last_page[1] = -1
+        epoch_no = first_epoch + r if cold else 0
+        epoch = epoch_no << LINE_BITS
+        last_text = -1  # per kind: the last page its L1 TLB looked up
+        last_data = -1
         for _ in range(lens[r]):
             v = vlines[i]
             i += 1
@@ -193,8 +207,11 @@ def _simulate(vlines, lens, line_base, page_home, page_kind, first_epoch, cold, 
             # The jobs of this access: its translation, if its page is not the one its L1 TLB
             # looked up last (that one is most recent, so it hits), then the line itself.
             n = 0
-            if vpage != last_page[kind]:
-                last_page[kind] = vpage
+            if vpage != (last_text if kind == TEXT else last_data):
+                if kind == TEXT:
+                    last_text = vpage
+                else:
+                    last_data = vpage
                 job_chain[n] = _TLB_TEXT + kind
                 job_key[n] = epoch | vpage
                 n += 1
@@ -212,18 +229,18 @@ def _simulate(vlines, lens, line_base, page_home, page_kind, first_epoch, cold, 
                     level = chains[chain, at]
                     if level < 0:
                         break
-                    sets = geom[level, 2]
                     ways = geom[level, 3]
                     if ways == 0:
                         at += 1
                         continue
                     line = key & _LINE_MASK
-                    st = line & (sets - 1) if sets & (sets - 1) == 0 else line % sets
+                    mask = geom[level, 4]
+                    st = line & mask if mask >= 0 else line % geom[level, 2]
                     base = geom[level, 0] + st * ways
                     e = geom[level, 1] + st
-                    if epochs[e] != key >> LINE_BITS:
+                    if epochs[e] != epoch_no:
                         # Not filled in this epoch (cold: this request): it holds nothing of it.
-                        epochs[e] = key >> LINE_BITS
+                        epochs[e] = epoch_no
                         keys[base] = key
                         at += 1
                         continue
