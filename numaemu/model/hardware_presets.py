@@ -39,6 +39,8 @@ Where no source gave a number, the field says what stands in, and why ("stand-in
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from numaemu.errors import UsageError
 from numaemu.model.hardware import SIMPLE, Cache, HardwareProfile, Tlb
 
@@ -116,15 +118,15 @@ EPYC_7713_NPS1 = HardwareProfile(
              "cores_per_node": "64 cores a socket, one node a socket"},
     **_ZEN3,  # type: ignore[arg-type]
 )
-EPYC_7713_NPS4 = HardwareProfile(
-    name="epyc-7713-nps4", description="AMD EPYC 7713 (Zen 3 Milan), 2 sockets, NPS4: four nodes a socket, 16 cores (2 CCX) and 2 memory channels each",
-    llc=Cache(32 * _MIB, 16, 51.0, cores=8, policy="victim of L2 (simulated as LRU, filled on every miss)"),
-    dram_local_ns=113.0, memory_gbs=51.2, link_gbs=144.0, nodes_per_socket=4, cores_per_node=16,
-    sources={**_ZEN3_SOURCES,
+# NPS4: the same socket cut in four nodes (replace: only what differs, each with its source).
+EPYC_7713_NPS4 = replace(
+    EPYC_7713_NPS1, name="epyc-7713-nps4",
+    description="AMD EPYC 7713 (Zen 3 Milan), 2 sockets, NPS4: four nodes a socket, 16 cores (2 CCX) and 2 memory channels each",
+    dram_local_ns=113.0, memory_gbs=51.2, nodes_per_socket=4, cores_per_node=16,
+    sources={**EPYC_7713_NPS1.sources,
              "dram_local_ns": "not found for Milan: Rome's 128 MB full random, NPS4, ~113 ns [AT-ROME]",
              "memory_gbs": "2 of the socket's 8 DDR4-3200 channels a node: 51.2 GB/s (theoretical)",
              "cores_per_node": "16 cores (2 CCX) a node"},
-    **_ZEN3,  # type: ignore[arg-type]
 )
 
 _KP_STLB = Tlb(1024, 4, 1024, 4, 11.0)
@@ -190,14 +192,13 @@ ALTRA = HardwareProfile(
              "cores_per_node": "80 cores a socket"},
     **_ALTRA,  # type: ignore[arg-type]
 )
-ALTRA_QUADRANT = HardwareProfile(
-    name="altra-quadrant", description="Ampere Altra Q80-30 in quadrant mode: 4 nodes a socket of 20 cores, sharing the socket's one 32 MB SLC",
-    llc=Cache(32 * _MIB, 16, 105.0, cores=80, nodes=4), memory_gbs=51.2, nodes_per_socket=4, cores_per_node=20,
-    sources={**_ALTRA_SOURCES,
+ALTRA_QUADRANT = replace(
+    ALTRA, name="altra-quadrant", description="Ampere Altra Q80-30 in quadrant mode: 4 nodes a socket of 20 cores, sharing the socket's one 32 MB SLC",
+    llc=replace(ALTRA.llc, nodes=4), memory_gbs=51.2, nodes_per_socket=4, cores_per_node=20,
+    sources={**ALTRA.sources,
              "llc": "as altra: one SLC a socket, here shared by its 4 nodes (under replicate it holds 4 copies)",
              "memory_gbs": "2 of the socket's 8 DDR4-3200 channels a node",
              "cores_per_node": "80 cores / 4 quadrants"},
-    **_ALTRA,  # type: ignore[arg-type]
 )
 
 PROFILES: dict[str, HardwareProfile] = {p.name: p for p in (E5_2690, EPYC_7713_NPS1, EPYC_7713_NPS4, KUNPENG_920, ALTRA, ALTRA_QUADRANT, SIMPLE)}
