@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from numaemu.cli import main as numaemu_main
-from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS
+from numaemu.model.timeline import IPI_NS, TEXT_POKE_NS
 from numaemu.patching.textmem import MAX_BATCH
 from numaemu.runtime.results import SCHEMA, host_metadata, write_json
 
@@ -126,9 +126,10 @@ def record(doc: dict, policy: str) -> dict:
     return next(r for r in doc["results"] if r["policy"] == policy)
 
 
-def text_poke_bp_model_ns(sites: int, calls: int, copies: int, n_nodes: int, *, ipi_ns: float = IPI_DELAY_NS, poke_ns: float = TEXT_POKE_NS) -> float:
+def text_poke_bp_model_ns(sites: int, calls: int, copies: int, n_nodes: int, *, ipi_ns: float = IPI_NS["x86_64"], poke_ns: float = TEXT_POKE_NS) -> float:
     """What numaemu's modeled delays alone charge for patching `sites` sites in `calls` equal
-    text_poke_bp calls (numaemu/patching.py), leaving out numaemu's own Python work.
+    text_poke_bp calls (numaemu/patching), leaving out numaemu's own Python work; at the timeline's
+    x86 costs (numaemu/model/timeline.py) and scale 1, as a patch bench runs.
 
     Each call is split into batches of at most MAX_BATCH sites. Per batch: 3 syncs (after the
     INT3s, the tails, the first bytes; arch/x86/kernel/alternative.c), each waiting until the

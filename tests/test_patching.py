@@ -47,7 +47,7 @@ class Rig:
         self.mapped = image.mapped_pages()
         self.seg = Segment.create(segment_name("txt", new_token()), text_segment_size(1, len(t), image.n_keys, N_TASKS))
         self.st = TextState(self.seg, 1, len(t), image.n_keys, N_TASKS)
-        self.locks = Locks(*(mp.Lock() for _ in range(6)))
+        self.locks = Locks(*(mp.Lock() for _ in range(7)))
         self.k = NodeKernel(0, 1, self.st, self.copies, self.master, self.mem, t, self.locks, protocol=protocol, bug=None, shared_core=False, flush=lambda: None, **kw)
 
     def close(self) -> None:
@@ -128,7 +128,9 @@ def toggle_and_check(r: Rig, protocol: str, sites: np.ndarray) -> None:
         assert st.get("stop_seq") == base["stop_seq"] + step * rounds
         assert st.get("stop_released") == base["stop_released"] + step * rounds
         assert st.get("stop_arrived") == 0 and st.get("desc_live") == 0
-        assert st.get("desc_gen") == base["desc_gen"] + (0 if protocol == "nosync" else 2 * step * batches)
+        # publish (odd, then even); text_poke_bp also poisons the descriptor at release
+        per_batch = {"nosync": 0, "stop_machine": 2, "text_poke_bp": 4}[protocol]
+        assert st.get("desc_gen") == base["desc_gen"] + per_batch * step * batches
         assert k.unexpected == 0 and st.get("failures") == 0
     assert np.array_equal(r.master, r.image.data)
     assert r.locks.text_mutex.acquire(False)  # released after every call

@@ -236,7 +236,7 @@ class Rig:
         self.copies = TextCopies.build(pl, lay, self.image.n_pages)
         self.seg = Segment.create(segment_name("txt", new_token()), text_segment_size(1, len(self.t), self.image.n_keys, 2))
         self.st = TextState(self.seg, 1, len(self.t), self.image.n_keys, 2)
-        self.locks = Locks(*(mp.Lock() for _ in range(6)))
+        self.locks = Locks(*(mp.Lock() for _ in range(7)))
         self.point: str | None = None
         self.snap: tuple | None = None
         self.k = NodeKernel(0, 1, self.st, self.copies, self.master, self.mem, self.t, self.locks, protocol=protocol, bug=None,

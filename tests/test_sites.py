@@ -19,9 +19,14 @@ from numaemu.model.sites import (
     FTRACE_CALLER,
     FTRACE_KLP,
     FTRACE_OFF,
+    INT3,
     KIND_ALT,
     KIND_FTRACE,
     KIND_JUMP,
+    KIND_KPROBE,
+    KPROBE_ARMED,
+    KPROBE_FUNCS,
+    KPROBE_ORIG,
     MAX_INSN,
     MODULE_FUNC_BYTES,
     MODULE_FUNCS,
@@ -77,16 +82,17 @@ def arm_branch(site: int, enc: bytes) -> tuple[int, int]:
 def test_table_shape(either) -> None:
     image, t = either
     nj, nf = len(image.jump_sites), len(image.functions)
-    assert t.n_jump == nj and t.n_core == nj + nf
+    assert t.n_jump == nj and t.n_ftrace == nf and t.n_core == nj + nf + t.n_kprobe
+    assert t.n_kprobe == (0 if image.arch == "arm64" else KPROBE_FUNCS)
     assert t.module_slots == SLOTS
-    assert len(t) == nj + nf + SLOTS * MODULE_FUNCS * 3
+    assert len(t) == t.n_core + SLOTS * MODULE_FUNCS * 3
     assert t.enc.shape == (len(t), 4, MAX_INSN) and t.enc.dtype == np.uint8
     assert np.array_equal(t.offset[:nj], image.jump_sites)
-    assert np.array_equal(t.offset[nj : t.n_core], image.functions)
-    assert np.all(t.kind[:nj] == KIND_JUMP) and np.all(t.kind[nj : t.n_core] == KIND_FTRACE)
+    assert np.array_equal(t.offset[nj : nj + nf], image.functions)
+    assert np.all(t.kind[:nj] == KIND_JUMP) and np.all(t.kind[nj : nj + nf] == KIND_FTRACE)
     assert np.array_equal(t.key[:nj], image.jump_keys) and np.all(t.key[nj:] == -1)
-    assert np.all(t.n_states[:nj] == 2) and np.all(t.n_states[nj : t.n_core] == 4)
-    assert np.array_equal(t.function[nj : t.n_core], np.arange(nf))
+    assert np.all(t.n_states[:nj] == 2) and np.all(t.n_states[nj : nj + nf] == 4)
+    assert np.array_equal(t.function[nj : nj + nf], np.arange(nf))
     # every jump site's enclosing function really encloses it
     f = t.function[:nj]
     assert np.all(image.functions[f] <= image.jump_sites)
@@ -97,7 +103,16 @@ def test_table_shape(either) -> None:
         assert np.all(t.length == 4)
     else:
         assert np.array_equal(t.length[:nj], image.jump_lengths)
-        assert np.all(t.length[nj : t.n_core] == 5)
+        assert np.all(t.length[nj : nj + nf] == 5)
+    kp = t.kprobe_sites()
+    assert np.all(t.kind[kp] == KIND_KPROBE) and np.all(t.n_states[kp] == 3) and np.all(t.length[kp] == 5)
+    assert np.all(t.enc[kp, KPROBE_ARMED, 0] == INT3) and np.all(t.enc[kp, KPROBE_ORIG, 0] != INT3)
+    assert np.array_equal(t.enc[kp, KPROBE_ARMED, 1:5], t.enc[kp, KPROBE_ORIG, 1:5])
+    # a kprobe lies on no other site's bytes (kprobes refuse jump-label and ftrace sites)
+    other = np.zeros(len(image.data) + 8, bool)
+    for o, L in zip(t.offset[: nj + nf].tolist(), t.length[: nj + nf].tolist(), strict=True):
+        other[o : o + L] = True
+    assert not any(other[o : o + 5].any() for o in t.offset[kp].tolist())
     # zero padding beyond each encoding's length
     for s in range(len(t)):
         assert not t.enc[s, :, t.length[s] :].any()
@@ -135,7 +150,7 @@ def test_x86_nops(x86) -> None:
         assert t.encoding(s, 0) == NOP2 == bytes([0x66, 0x90])
     for s in five:
         assert t.encoding(s, 0) == NOP5 == bytes([0x0F, 0x1F, 0x44, 0x00, 0x00])
-    for s in range(t.n_jump, t.n_core):
+    for s in range(t.n_jump, t.n_jump + t.n_ftrace):
         assert t.encoding(s, FTRACE_OFF) == NOP5
 
 

@@ -24,7 +24,7 @@ from numaemu.model.image import ARCHES
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
 from numaemu.model.workloads import check_workload
-from numaemu.patching.protocols import BUGS, PROTOCOLS
+from numaemu.patching.protocols import BUGS, INT3_FIXES, PROTOCOLS
 from numaemu.patching.sources import SOURCES, PatchOp
 from numaemu.runtime.policy_run import DELAYS, START_METHODS
 
@@ -39,7 +39,10 @@ BUG_PROTOCOLS = {
     "no-sync": PROTOCOLS,
     "no-final-sync": ("text_poke_bp", "nosync"),
     "key-race": PROTOCOLS,
+    "no-int3-fix": ("text_poke_bp",),
 }
+# Which INT3 fix each INT3 bug breaks (protocols.INT3_FIXES).
+BUG_FIX = {"descriptor-reuse": "refcount", "no-int3-fix": "extra-sync"}
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ class StressConfig(MachineConfig):
     (default: text_poke_bp on x86, nosync on arm64) for `duration_s`, while every node's readers
     execute it; `bug` plants one of the kernel's historical bugs."""
 
-    source: str = "static_keys"
+    source: str | None = None  # None: static_keys, or kprobes for a bug of the INT3 handler (INT3_BUG_SOURCE)
     protocol: str | None = None
     policy: str = "replicate"
     duration_s: float = 10.0
@@ -170,6 +173,8 @@ class StressConfig(MachineConfig):
     recover: bool = False
     kill_rate: float | None = None
     script: tuple[PatchOp, ...] = ()  # Emulation.patch: these operations instead of the source's random ones
+    int3_fix: str | None = None  # protocols.INT3_FIXES (default refcount; an INT3 bug picks the fix it breaks)
+    stop_at_first: bool = False  # end at the first violation and report it in full
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -177,16 +182,33 @@ class StressConfig(MachineConfig):
             raise UsageError("ops", "each operation must be a numaemu.PatchOp")
         if self.protocol is not None:
             params.choice(self.protocol, PROTOCOLS, "--protocol")
-        params.choice(self.source, SOURCES, "--source")
+        if self.source is None:
+            # The INT3-handler bugs need INT3s that outlive a text_poke_bp batch: kprobes'.
+            object.__setattr__(self, "source", "kprobes" if self.bug in BUG_FIX else "static_keys")
+        params.choice(self.source_name, SOURCES, "--source")
         params.choice(self.policy, POLICIES, "--policy")
         params.check("--duration", params.DURATION, self.duration_s)
         params.check("--rate", params.PATCH_RATE, self.rate)
         if self.kill_rate is not None:
             params.check("--kill-workers", params.KILL_RATE, self.kill_rate)
+        if self.int3_fix is not None:
+            params.choice(self.int3_fix, INT3_FIXES, "--int3-fix")
         if self.bug is not None:
             params.choice(self.bug, BUGS, "--inject-bug")
+            fix = BUG_FIX.get(self.bug)
+            if fix and self.int3_fix not in (None, fix):
+                raise UsageError("--inject-bug", f"{self.bug} breaks the {fix} fix: use --int3-fix {fix} (or leave it out), not {self.int3_fix}")
             if self.bug == "key-race" and self.source not in ("static_keys", "mixed"):
                 raise UsageError("--inject-bug", f"key-race is a static-key bug: use --source static_keys or mixed, not {self.source}")
+
+    @property
+    def source_name(self) -> str:
+        """The source (set by __post_init__ when it was left out)."""
+        return self.source or "static_keys"
+
+    def int3_fix_for(self) -> str:
+        """The INT3 fix of the run: the one given, or the one the planted bug breaks, or refcount."""
+        return self.int3_fix or BUG_FIX.get(self.bug or "", "refcount")
 
     def protocol_for(self, arch: str) -> str:
         """The protocol on an image of `arch`, checked against it and against `bug`."""

@@ -209,7 +209,7 @@ class Emulation:
 
     # -- stress and patch operations ----------------------------------------------------------
 
-    def stress(self, source: str = "static_keys", *, duration: float = 10.0, **options: Any) -> StressResult:
+    def stress(self, source: str | None = None, *, duration: float = 10.0, **options: Any) -> StressResult:
         """Patch the text of every copy with `source` for `duration` seconds while every node's
         readers execute it, and check what they observed; other keyword arguments are
         `StressConfig`'s (``protocol``, ``policy``, ``rate``, ``bug``, ``recover``, ``kill_rate``)."""
@@ -249,6 +249,8 @@ class Emulation:
         image = self.image
         protocol = config.protocol_for(image.arch)
         keys = len(hot_keys(image.jump_keys, image.n_keys))
+        if config.source == "kprobes" and image.arch != "x86_64":
+            raise UsageError("--source", "kprobes are INT3 probes of the x86 image here; arm64's BRK probes are not modelled: use --arch x86_64")
         if config.source == "static_keys" and not keys:
             raise UsageError("--source", f"static_keys needs static keys, and image {image.name} has no jump-label sites numaemu can flip "
                                          "(no __jump_table found); use ftrace, module, bpf, livepatch or mixed")
@@ -267,9 +269,10 @@ class Emulation:
         )
         if host.oversubscribed:
             self._say(f"oversubscribed: {topo.n_nodes} nodes share host CPUs; the checks stay exact, patch latencies are inflated")
-        spec = StressSpec(topo, host, image, config.policy, protocol, config.source, config.duration_s, config.rate, config.seed, config.bug,
+        spec = StressSpec(topo, host, image, config.policy, protocol, config.source_name, config.duration_s, config.rate, config.seed, config.bug,
                           config.method, replicas_every=config.replicas_every, pt_style=config.pt_style,
-                          recover=MAX_RECOVERIES if config.recover else 0, kill_rate=config.kill_rate or 0.0, script=config.script)
+                          recover=MAX_RECOVERIES if config.recover else 0, kill_rate=config.kill_rate or 0.0, script=config.script,
+                          int3_fix=config.int3_fix_for(), stop_at_first=config.stop_at_first)
 
         def result(raw: dict[str, Any], exc: BaseException | None = None) -> StressResult:
             doc = stress_document(spec, raw)

@@ -12,7 +12,7 @@ from numaemu.api.config import StressConfig
 from numaemu.api.emulation import Emulation
 from numaemu.cli.options import add_design_options, add_image_options, add_topology_options, log_for, machine_options, output_path, write_doc, write_partial
 from numaemu.errors import NodeFailure
-from numaemu.patching.protocols import BUGS
+from numaemu.patching.protocols import BUGS, INT3_FIXES
 from numaemu.patching.sources import SOURCES
 from numaemu.patching.stress_report import format_stress_summary
 from numaemu.runtime.policy_run import START_METHODS
@@ -27,12 +27,17 @@ def add_parser(sub: Any) -> None:
     add_image_options(p)
     p.add_argument("--arch", default=None, help="embedded image variant: x86_64 (default) or arm64 (aligned 4-byte instructions); with --image, the file's")
     p.add_argument("--protocol", default=None, help="stop_machine, text_poke_bp (x86 default) or nosync (arm64 only; arm64 default)")
-    p.add_argument("--source", default="static_keys", help=f"what patches: {', '.join(SOURCES)} (default static_keys)")
+    p.add_argument("--source", default=None,
+                   help=f"what patches: {', '.join(SOURCES)} (default static_keys; kprobes with an INT3-handler bug: descriptor-reuse, no-int3-fix)")
     p.add_argument("--policy", default="replicate", help="where the copies are: replicate (default), single or interleave")
     p.add_argument("--duration", type=params.DURATION, default=10.0, help="seconds of patching (default 10)")
     p.add_argument("--rate", type=params.PATCH_RATE, default=200.0, help="patch operations per second over all nodes (default 200)")
     p.add_argument("--seed", type=params.SEED, default=0, help="seed of the readers' and patchers' choices (default 0)")
     p.add_argument("--inject-bug", default=None, metavar="NAME", help=f"plant one of the kernel's historical bugs: {', '.join(BUGS)}")
+    p.add_argument("--int3-fix", default=None, choices=None, metavar="FIX",
+                   help=f"which 2019 fix the INT3 handler's descriptor relies on: {', '.join(INT3_FIXES)} (default refcount)")
+    p.add_argument("--stop-at-first", action="store_true",
+                   help="stop at the first violation, print it in full (node, task, site, bytes, protocol step, emulated time) and exit 1")
     p.add_argument("--recover", action="store_true",
                    help=f"replace a node process that dies (its unfinished patch is finished for it, its copy rebuilt from the master), up to {MAX_RECOVERIES} times, instead of stopping")
     p.add_argument("--kill-workers", type=params.KILL_RATE, default=None, metavar="RATE",
@@ -46,6 +51,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     config = StressConfig(
         **machine_options(args), source=args.source, protocol=args.protocol, policy=args.policy, duration_s=args.duration,
         rate=args.rate, bug=args.inject_bug, recover=args.recover, kill_rate=args.kill_workers,
+        int3_fix=args.int3_fix, stop_at_first=args.stop_at_first,
     )
     emu = Emulation.from_config(config.machine())
     config.protocol_for(emu.image.arch)  # the image decides the arch: check before the output path

@@ -34,6 +34,11 @@ __all__ = [
     "KIND_JUMP",
     "KIND_FTRACE",
     "KIND_ALT",
+    "KIND_KPROBE",
+    "KPROBE_ORIG",
+    "KPROBE_ARMED",
+    "KPROBE_OPTIMIZED",
+    "KPROBE_FUNCS",
     "MODULE_FUNCS",
     "MODULE_FUNC_BYTES",
     "FTRACE_OFF",
@@ -46,7 +51,13 @@ __all__ = [
 
 INT3 = 0xCC
 MAX_INSN = 8  # encodings are stored in 8-byte rows
-KIND_JUMP, KIND_FTRACE, KIND_ALT = 0, 1, 2
+KIND_JUMP, KIND_FTRACE, KIND_ALT, KIND_KPROBE = 0, 1, 2, 3
+# kprobes (x86): an instruction after a function's ftrace entry, probed by arming an INT3 over
+# its first byte (arch_arm_kprobe: text_poke + text_poke_sync) and optimized into a JMP32 to a
+# detour buffer (arch_optimize_kprobes: text_poke_bp over the INT3), arch/x86/kernel/kprobes/.
+KPROBE_ORIG, KPROBE_ARMED, KPROBE_OPTIMIZED = 0, 1, 2
+KPROBE_FUNCS = 32  # probed functions
+RESERVED_KPROBE_FUNCS = 300  # functions 0..299 hold the trampolines, the BPF and livepatch targets
 MODULE_FUNCS = 32  # functions per module
 MODULE_FUNC_BYTES = MODULE_SLOT_BYTES // MODULE_FUNCS
 SITES_PER_MODULE_FUNC = 3  # ftrace entry, a jump label, an alternative
@@ -72,6 +83,15 @@ class SiteTable:
     n_jump: int  # sites [0, n_jump) are jump labels, then ftrace entries in function order
     n_core: int  # sites [n_core, len) belong to module slots (SITES_PER_MODULE_FUNC per function)
     module_slots: int
+    n_kprobe: int = 0  # sites [n_core - n_kprobe, n_core) are kprobe sites (x86), after the ftrace entries
+
+    @property
+    def n_ftrace(self) -> int:
+        """Ftrace entries: one per function, sites [n_jump, n_jump + n_ftrace)."""
+        return self.n_core - self.n_jump - self.n_kprobe
+
+    def kprobe_sites(self) -> Intp:
+        return np.arange(self.n_core - self.n_kprobe, self.n_core)
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -152,13 +172,44 @@ def site_table(image: KernelImage) -> SiteTable:
     the sites of its module slots (if it has a ``.modules`` area)."""
     trampolines = image.functions[[1, 2, 3]]
     rows = _core_rows(image, trampolines)
+    kp = _kprobe_rows(image, rows, trampolines[1]) if image.arch == "x86_64" else None
+    n_kprobe = len(kp.offset) if kp is not None else 0
+    if kp is not None:
+        rows = rows + kp
     n_core = len(rows.offset)
     mod = [sec for sec in image.sections if sec.name == ".modules"]
     slots = mod[0].size // MODULE_SLOT_BYTES if mod else 0
     if slots:
         rows = rows + _module_rows(image.arch, mod[0].offset, slots, trampolines)
     nj = len(image.jump_sites)
-    return SiteTable(image.arch, rows.offset, rows.length, rows.kind, rows.key, rows.function, rows.n_states, rows.enc, nj, n_core, slots)
+    return SiteTable(image.arch, rows.offset, rows.length, rows.kind, rows.key, rows.function, rows.n_states, rows.enc, nj, n_core, slots, n_kprobe)
+
+
+def _kprobe_rows(image: KernelImage, core: _Rows, detour: int) -> _Rows:
+    """KPROBE_FUNCS kprobe sites: the 5 bytes after the ftrace entry of functions spread over the
+    image, where no other site lies (kprobes refuse jump-label sites, jump_label_text_reserved).
+    States: the original bytes, INT3 over the first, a JMP32 to the detour buffer (`detour`)."""
+    funcs, sizes = image.functions, image.function_sizes
+    taken = np.zeros(len(image.data) + 8, dtype=bool)
+    for o, L in zip(core.offset.tolist(), core.length.tolist(), strict=True):
+        taken[o : o + L] = True
+    start = image.ftrace_sites + 5
+    fits = (start + 5 <= funcs + sizes) & ~np.array([taken[o : o + 5].any() for o in start.tolist()])
+    fits &= image.data[np.minimum(start, len(image.data) - 1)] != INT3  # arming must change the byte
+    fits[:RESERVED_KPROBE_FUNCS] = False
+    chosen = np.flatnonzero(fits)
+    chosen = chosen[np.linspace(0, len(chosen) - 1, min(KPROBE_FUNCS, len(chosen))).astype(np.int64)] if len(chosen) else chosen
+    offset = start[chosen].astype(np.int64)
+    n = len(offset)
+    enc = np.zeros((n, N_STATES, MAX_INSN), dtype=np.uint8)
+    orig = image.data[offset[:, None] + np.arange(5)]
+    enc[:, KPROBE_ORIG, :5] = orig
+    enc[:, KPROBE_ARMED, :5] = orig
+    enc[:, KPROBE_ARMED, 0] = INT3
+    enc[:, KPROBE_OPTIMIZED, 0] = 0xE9
+    enc[:, KPROBE_OPTIMIZED, 1:5] = _le(detour - (offset + 5), 4)
+    return _Rows(offset, np.full(n, 5, np.int8), np.full(n, KIND_KPROBE, np.int8), np.full(n, -1, np.int32),
+                 chosen.astype(np.int32), np.full(n, 3, np.int8), enc)
 
 
 def _core_rows(image: KernelImage, trampolines: I64) -> _Rows:

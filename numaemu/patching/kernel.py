@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from numaemu.host.clock import spin
 from numaemu.model.sites import SiteTable
-from numaemu.patching import nosync, stop_machine, text_poke_bp
+from numaemu.model.timeline import Timeline
+from numaemu.patching import nosync, stop_machine, text_poke, text_poke_bp
 from numaemu.patching.protocols import (
-    IPI_DELAY_NS,
     SMALL_SITES,
     SPIN_TRIES,
-    TEXT_POKE_NS,
+    STEPS,
     W_BP_SYNC,
     W_SYNC,
     W_TEXT_MUTEX,
@@ -48,6 +49,7 @@ _BATCH: dict[str, Callable[[NodeKernel, np.ndarray, np.ndarray], None]] = {
     "stop_machine": stop_machine.stop_machine_batch,
     "text_poke_bp": text_poke_bp.text_poke_bp_batch,
     "nosync": nosync.nosync_batch,
+    "text_poke": text_poke.text_poke_batch,
 }
 
 
@@ -70,8 +72,9 @@ class NodeKernel:
         shared_core: bool,
         flush: Callable[[], None],
         check_alive: Callable[[], None] = lambda: None,
-        ipi_delay_ns: int = IPI_DELAY_NS,
-        text_poke_ns: int = TEXT_POKE_NS,
+        ipi_delay_ns: int = 0,
+        text_poke_ns: int = 0,
+        int3_fix: str = "refcount",
         mark: Callable[[int], int] = lambda where: 0,
         fault: Callable[[str], None] = lambda point: None,
     ) -> None:
@@ -99,7 +102,23 @@ class NodeKernel:
         self.idle: Callable[[], None] | None = None  # what to run while blocked on a lock
         self.rng = np.random.default_rng([node, 0x697069])  # "ipi"
         self.ipi_delay_ns = ipi_delay_ns
+        self.sync_core_ns = 0  # wall ns a node spends in a sync's IPI handler (`set_timeline`)
+        self.stop_switch_ns = 0  # wall ns a node takes to enter a stop_machine round
+        self.count_rmw_ns = 0  # wall ns between reading and writing a shared count
+        self.int3_fix = int3_fix  # which 2019 fix the INT3 handler's descriptor relies on
         self._due: dict[str, int] = {}  # when the pending sync / stop IPI reaches this node
+
+    def step(self, name: str) -> None:
+        """Publish the protocol step this node's patch call is at (protocols.STEPS)."""
+        self.st.node_set(self.node, "step", STEPS.index(name))
+
+    def set_timeline(self, tl: Timeline) -> None:
+        """Take every cost from the run's timeline at its scale (wall ns)."""
+        self.ipi_delay_ns = tl.wall_ns(tl.ipi_ns)
+        self.text.text_poke_ns = tl.wall_ns(tl.text_poke_ns)
+        self.sync_core_ns = tl.wall_ns(tl.sync_core_ns)
+        self.stop_switch_ns = tl.wall_ns(tl.stop_switch_ns)
+        self.count_rmw_ns = tl.wall_ns(tl.count_rmw_ns)
 
     @property
     def text_poke_ns(self) -> int:
@@ -207,6 +226,8 @@ class NodeKernel:
         st, node = self.st, self.node
         seq = st.get("sync_seq")
         if seq > st.node_get(node, "sync_ack") and self._delivered("sync_req_ns"):
+            if self.sync_core_ns:
+                spin(self.sync_core_ns)  # the IPI handler and sync_core(), then the acknowledgement
             self.flush()
             st.node_set(node, "sync_ack", seq)
         stop = st.get("stop_seq")
@@ -251,14 +272,16 @@ class NodeKernel:
 
     # -- the API the patch sources call ------------------------------------------------------
 
-    def patch(self, sites: np.ndarray, old_states: np.ndarray, new_states: np.ndarray, commit: Callable[[], None] | None = None) -> int:
+    def patch(self, sites: np.ndarray, old_states: np.ndarray, new_states: np.ndarray, commit: Callable[[], None] | None = None,
+              protocol: str | None = None) -> int:
         """Move `sites` from `old_states` to `new_states` with this run's protocol. The caller
         holds no text lock. Old bytes are verified first; a site whose bytes are not its old
         state's is an *unexpected op*: recorded, left untouched. Returns sites patched.
 
         Before anything else the call is journaled (``pend``, then the commit: `commit` if the
         caller gives one, which must call `begin_op` and may then update what the patch goes
-        with, a static key's count; else `begin_op` here), and the journal is closed at the end."""
+        with, a static key's count; else `begin_op` here), and the journal is closed at the end.
+        `protocol` overrides the run's (``text_poke``: a kprobe's one-byte write and sync)."""
         sites = np.asarray(sites, dtype=np.int64)
         if len(sites) == 0:
             if commit is not None:
@@ -276,7 +299,7 @@ class NodeKernel:
         with self.holding(self.locks.text_mutex):
             prev = self.mark(W_TEXT_MUTEX)
             try:
-                sites = self._patch_locked(sites, old_states, new_states)
+                sites = self._patch_locked(sites, old_states, new_states, protocol or self.protocol)
             finally:
                 self.mark(prev)
         self._intend(sites, None)
@@ -286,9 +309,10 @@ class NodeKernel:
         self.stats.latencies_ns.append(time.perf_counter_ns() - t0)
         return len(sites)
 
-    def _patch_locked(self, sites: np.ndarray, old_states: np.ndarray, new_states: np.ndarray) -> np.ndarray:
+    def _patch_locked(self, sites: np.ndarray, old_states: np.ndarray, new_states: np.ndarray, protocol: str) -> np.ndarray:
         """The call under text_mutex: verify, patch batch by batch, commit; return the sites
         patched (those whose old bytes were as expected)."""
+        self.step("verifying the old bytes")
         ok = self._verify_old(sites, old_states)
         if not ok.all():
             self._intend(sites[~ok], None)  # not patched: nothing for a recovery to finish
@@ -296,14 +320,16 @@ class NodeKernel:
         if len(sites):
             st = self.st
             self._bump(sites)  # odd: in flight
-            batch = _BATCH[self.protocol]
+            batch = _BATCH[protocol]
             for i in range(0, len(sites), MAX_BATCH):
                 part = sites[i : i + MAX_BATCH]
                 batch(self, part, self.sites.enc[part, new_states[i : i + MAX_BATCH]])  # [n, 8]
             st.site_state[sites] = new_states
             self._bump(sites)  # even: the call has returned
             st.add("patch_calls")
+            self.step("checking every copy")
             self._check_copies(sites)
+        self.step("none")
         return sites
 
     def _bump(self, sites: np.ndarray) -> None:

@@ -15,9 +15,20 @@ import numpy as np
 
 from numaemu.host.clock import spin
 from numaemu.model.image import MODULE_SLOT_BYTES
-from numaemu.model.sites import FTRACE_BPF, FTRACE_CALLER, FTRACE_KLP, FTRACE_OFF, KIND_ALT, KIND_FTRACE, KIND_JUMP
+from numaemu.model.sites import (
+    FTRACE_BPF,
+    FTRACE_CALLER,
+    FTRACE_KLP,
+    FTRACE_OFF,
+    KIND_ALT,
+    KIND_FTRACE,
+    KIND_JUMP,
+    KPROBE_ARMED,
+    KPROBE_OPTIMIZED,
+    KPROBE_ORIG,
+)
 from numaemu.patching.kernel import NodeKernel
-from numaemu.patching.sources import FTRACE_ALL_EVERY, FTRACE_FILTER, KEY_RACE_WINDOW_NS, MAX_HELD, PatchOp, SourcePlan, slot_fill
+from numaemu.patching.sources import FTRACE_ALL_EVERY, FTRACE_FILTER, MAX_HELD, PatchOp, SourcePlan, slot_fill
 from numaemu.patching.textmem import TextState
 
 __all__ = ["NodeSource"]
@@ -77,10 +88,9 @@ class NodeSource:
         the key-race bug makes this a plain read-modify-write with nobody's lock."""
         k = int(self.plan.keys[i])
         before = int(self.st.key_count[k])
-        if self.key_race:
-            # The window between the read and the write, widened (as a delay-injecting stress
-            # test would) so that concurrent enable/disable collide within seconds.
-            spin(KEY_RACE_WINDOW_NS)
+        if self.key_race and self.k.count_rmw_ns:
+            # The window between the read and the write: the timeline's count_rmw_ns.
+            spin(self.k.count_rmw_ns)
         self.st.key_count[k] = before + delta
         return before
 
@@ -179,6 +189,28 @@ class NodeSource:
             attached = int(self.st.site_state[s[0]]) == FTRACE_BPF
             old, new = (FTRACE_BPF, FTRACE_OFF) if attached else (FTRACE_OFF, FTRACE_BPF)
             self._patch_all(s, old, new)
+
+    # -- kprobes -----------------------------------------------------------------------------
+
+    def _kprobes(self) -> None:
+        """One step of a random kprobe (kernel/kprobes.c, arch/x86/kernel/kprobes/): arm it (an
+        INT3 over its first byte, text_poke + text_poke_sync), optimize it (a JMP32 to its
+        detour buffer over the INT3, through the run's protocol: text_poke_bp on x86),
+        unoptimize it, or disarm it."""
+        sites = self.plan.kprobe_sites
+        if not len(sites):
+            return
+        s = np.array([sites[int(self.rng.integers(len(sites)))]])
+        with self.k.holding(self.k.locks.kprobe):
+            state = int(self.st.site_state[s[0]])
+            if state == KPROBE_ORIG:
+                self.k.patch(s, np.array([KPROBE_ORIG]), np.array([KPROBE_ARMED]), protocol="text_poke")
+            elif state == KPROBE_OPTIMIZED:
+                self._patch_all(s, KPROBE_OPTIMIZED, KPROBE_ARMED)
+            elif self.rng.random() < 0.5:
+                self._patch_all(s, KPROBE_ARMED, KPROBE_OPTIMIZED)
+            else:
+                self.k.patch(s, np.array([KPROBE_ARMED]), np.array([KPROBE_ORIG]), protocol="text_poke")
 
     # -- livepatch ---------------------------------------------------------------------------
 

@@ -22,7 +22,9 @@ __all__ = ["nosync_batch"]
 def nosync_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
     """Patch `sites` (sorted by address) to encodings `new`: one word store each, then the kick."""
     offset = k.sites.offset
+    k.step("nosync: word stores")
     for s, row in zip(sites.tolist(), new, strict=True):
         k.text.write_word(int(offset[s]), bytes(row[:4]))
+    k.step("nosync: the kick")
     if k.bug != "no-sync":
         k.sync(wait=k.bug != "no-final-sync")

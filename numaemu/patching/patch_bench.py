@@ -10,6 +10,7 @@ report: a dict of timings, ``*_ns`` lists of each repeat.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ import numpy as np
 from numaemu.host.cpus import host_cpus
 from numaemu.model.binding import bind_to_host
 from numaemu.model.image import synthetic_image
+from numaemu.model.sites import site_table
+from numaemu.model.timeline import Timeline
 from numaemu.model.topology import Topology
 from numaemu.patching.kernel import NodeKernel
-from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS
-from numaemu.patching.stress import StressSpec, run_stress
+from numaemu.patching.stress import StressSpec, default_timeline, run_stress
 from numaemu.patching.textmem import TextState
 
 if TYPE_CHECKING:
@@ -120,6 +122,16 @@ def _time_patches(b: PatchBench, cfg: StressNodeConfig, st: TextState, kernel: N
     return out
 
 
+def _bench_timeline(topology: Topology, modeled: bool) -> Timeline:
+    """A bench patches at real speed (scale 1, no readers to keep up with): the default
+    timeline's costs, or (`modeled` False) none, leaving what numaemu itself costs."""
+    image = synthetic_image()
+    tl = default_timeline(topology, image, site_table(image)).with_scale(1.0)
+    if modeled:
+        return tl
+    return dataclasses.replace(tl, ipi_ns=0.0, text_poke_ns=0.0, int3_ns=0.0, sync_core_ns=0.0, stop_switch_ns=0.0, fetch_gap_ns=0.0, count_rmw_ns=0.0)
+
+
 def run_patch_bench(topology: Topology, bench: PatchBench, *, policy: str = "replicate", protocol: str = "text_poke_bp",
                     modeled: bool = True, start_method: str = "fork") -> dict[str, Any]:
     """Run `bench` on the default x86 image, one node per host CPU share; return node 0's
@@ -128,7 +140,7 @@ def run_patch_bench(topology: Topology, bench: PatchBench, *, policy: str = "rep
     a copy differs from the master afterwards or a patch found unexpected bytes."""
     spec = StressSpec(
         topology, bind_to_host(topology, host_cpus()), synthetic_image(), policy, protocol, "mixed", 1.0, 1.0, 0, None,
-        start_method, bench=bench, ipi_delay_ns=IPI_DELAY_NS if modeled else 0, text_poke_ns=TEXT_POKE_NS if modeled else 0,
+        start_method, bench=bench, timeline=_bench_timeline(topology, modeled),
     )
     result = run_stress(spec)
     if result["replica_mismatches"] or result["n_failures"]:

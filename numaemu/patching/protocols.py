@@ -21,7 +21,7 @@ be reused.
 aligned 4-byte store per copy per site, then a kick: every node synchronises before the call
 returns.
 
-Every write goes through text_poke.py (the master, then every copy, at TEXT_POKE_NS a site and copy).
+Every write goes through text_poke.py (the master, then every copy, at the timeline's text_poke_ns a site and copy: numaemu/model/timeline.py).
 
 A *sync* (``text_poke_sync`` / ``sync_core`` IPI, ``kick_all_cpus_sync``) completes when every
 node has acknowledged it at a safe point, after flushing its instruction buffer: so no node is
@@ -37,7 +37,9 @@ half-way, `recovery.repair_text` can finish its patch for it while every other n
 
 Bugs that `--inject-bug` plants, each the kernel's own (BACKGROUND.md s.4):
 ``early-master`` the first node to arrive patches; ``descriptor-reuse`` the descriptor is
-released while a node is still in its INT3 handler; ``no-sync`` a sync between phases is skipped
+released while a node is still in its INT3 handler (the refcount fix without its wait);
+``no-int3-fix`` the same under the extra-sync fix without its sync (the kernel before 5.5, whose
+oops Hiramatsu's 285a54efe386 fixed: a kprobe's INT3 hit while bp_patching was cleared); ``no-sync`` a sync between phases is skipped
 (stop_machine: the released nodes do not resynchronise); ``no-final-sync`` the call returns
 before every node has synchronised; ``key-race`` a static key's count is updated outside its
 lock (see sources.py).
@@ -53,18 +55,29 @@ from numaemu.host.segments import WHERE
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Lock
 
-__all__ = ["PROTOCOLS", "BUGS", "IPI_DELAY_NS", "TEXT_POKE_NS", "Locks", "PatchStats", "PatchTimeout"]
+__all__ = ["PROTOCOLS", "BUGS", "INT3_FIXES", "STEPS", "Locks", "PatchStats", "PatchTimeout"]
 
 PROTOCOLS = ("stop_machine", "text_poke_bp", "nosync")
-BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync")
+BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix")
 SPIN_TRIES = 200  # polls before yielding; ~50 us of spinning
 YIELD_TRIES = 200  # sched_yield polls before sleeping
 WAIT_TIMEOUT_S = 30.0
-IPI_DELAY_NS = 100_000  # mean delay before a node notices a sync request
-# What one write of one site into one copy costs the patcher: text_poke() maps the page through
-# poking_mm, writes, unmaps and flushes the TLB entry (arch/x86/kernel/alternative.c), and
-# Kuzin's __text_poke() repeats that for every replica. About a microsecond each.
-TEXT_POKE_NS = 1_000
+# What the INT3 handler's use of the descriptor relies on (both 2019 fixes of the race in which
+# poke_int3_handler read bp_patching while text_poke_bp cleared it): ``refcount`` Zijlstra's
+# bp_desc.refs, taken by the handler and waited for by the patcher (commit 1f676247f36a, 5.6);
+# ``extra-sync`` Hiramatsu's one more text_poke_sync() after clearing the descriptor (commit
+# 285a54efe386, 5.5), sound because the #BP handler runs with interrupts off and so cannot
+# acknowledge that sync while inside.
+INT3_FIXES = ("refcount", "extra-sync")
+# The step a node's patch call is at (its TXT_NODE ``step``), for the report of a violation.
+STEPS = (
+    "none", "verifying the old bytes",
+    "text_poke_bp: INT3 over the first bytes", "text_poke_bp: sync after the INT3s",
+    "text_poke_bp: the tails", "text_poke_bp: sync after the tails",
+    "text_poke_bp: the new first bytes", "text_poke_bp: the final sync", "text_poke_bp: releasing the descriptor",
+    "stop_machine: waiting for the round", "stop_machine: patching every copy",
+    "nosync: word stores", "nosync: the kick", "checking every copy",
+)
 POKE_CHUNK = 16  # sites written between two checks of the clock
 SMALL_WRITE = 40  # bytes: below this, writes and checks take a scalar path (no numpy calls)
 SMALL_SITES = SMALL_WRITE // 5
@@ -90,6 +103,7 @@ class Locks:
     ftrace: Lock  # ftrace_lock
     klp: Lock  # klp_mutex
     module: Lock  # module_mutex
+    kprobe: Lock  # kprobe_mutex (kernel/kprobes.c)
 
 
 @dataclass

@@ -34,14 +34,14 @@ from numaemu.host.clock import spin
 from numaemu.model.engine import page_bases
 from numaemu.model.image import LINE_SIZE, PAGE_SIZE
 from numaemu.model.placement import PageTable
-from numaemu.model.sites import INT3, MAX_INSN, SiteTable
-from numaemu.patching.text_poke_bp import HANDLER_NS, poke_int3_handler
+from numaemu.model.sites import INT3, KIND_KPROBE, KPROBE_ARMED, MAX_INSN, SiteTable
+from numaemu.model.timeline import Timeline
+from numaemu.patching.text_poke_bp import poke_int3_handler
 from numaemu.patching.textmem import TextState
 
 __all__ = ["IBUF_LINES", "Observation", "Reader", "check_batch", "Violation"]
 
 IBUF_LINES = 512  # 32 KiB, an L1i
-FETCH_GAP_NS = 20_000  # between deciding on the first byte and reading the rest
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,11 @@ class Violation:
     offset: int
     observed: str
     detail: str
+    expected: str = ""  # the encoding the last call that returned left
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "node": self.node, "site": self.site, "address": hex(self.offset), "observed": self.observed, "detail": self.detail}
+        return {"kind": self.kind, "node": self.node, "site": self.site, "address": hex(self.offset), "observed": self.observed,
+                "expected": self.expected, "detail": self.detail}
 
 
 class Reader:
@@ -81,8 +83,9 @@ class Reader:
         state: TextState,
         safe_point: Callable[[], None],
         *,
-        fetch_gap_ns: int = FETCH_GAP_NS,
-        handler_ns: int = HANDLER_NS,
+        fetch_gap_ns: int = 0,
+        handler_ns: int = 0,
+        refcount: bool = True,
         mark: Callable[[int], int] | None = None,
     ) -> None:
         self.node = node
@@ -94,6 +97,8 @@ class Reader:
         self.arm = sites.arch == "arm64"
         self.fetch_gap_ns = fetch_gap_ns
         self.handler_ns = handler_ns
+        self.refcount = refcount  # the INT3 handler takes a reference (the refcount fix)
+        self.words = mem[: len(mem) // 4 * 4].view(np.uint32)  # aligned 4-byte loads (arm64)
         self.page_base = page_bases(table, part_offset)
         self.tag = np.full(IBUF_LINES, -1, dtype=np.int64)
         self.data = np.zeros((IBUF_LINES, LINE_SIZE), dtype=np.uint8)
@@ -126,6 +131,29 @@ class Reader:
             self.tag[slot[miss]] = lines[miss]
         return out
 
+    def set_timeline(self, tl: Timeline) -> None:
+        """Take the fetch gap and the INT3 handler's time from the run's timeline (wall ns)."""
+        self.fetch_gap_ns = tl.wall_ns(tl.fetch_gap_ns)
+        self.handler_ns = tl.wall_ns(tl.int3_ns)
+
+    def _words(self, offsets: np.ndarray) -> np.ndarray:
+        """Aligned 4-byte instructions at `offsets`: from the buffered line on a hit, else one
+        4-byte load each from memory (which fills the line)."""
+        lines = offsets // LINE_SIZE
+        slot = lines % IBUF_LINES
+        hit = self.tag[slot] == lines
+        out = np.empty((len(offsets), 4), dtype=np.uint8)
+        if np.any(hit):
+            col = offsets[hit] % LINE_SIZE
+            out[hit] = self.data[slot[hit][:, None], col[:, None] + np.arange(4)]
+        miss = ~hit
+        if np.any(miss):
+            phys = self._phys(offsets[miss])
+            out[miss] = self.words[phys // 4].view(np.uint8).reshape(-1, 4)
+            self._through_buffer(offsets[miss], 1)  # the rest of each line comes in too
+            self.data[slot[miss][:, None], (offsets[miss] % LINE_SIZE)[:, None] + np.arange(4)] = out[miss]
+        return out
+
     def execute(self, sites: np.ndarray) -> Observation:
         st, t = self.st, self.sites
         s1 = st.site_seq[sites].copy()
@@ -136,8 +164,9 @@ class Reader:
         via_int3 = np.zeros(len(sites), dtype=bool)
         handler_ok = np.ones(len(sites), dtype=bool)
         if self.arm:
-            # One aligned 4-byte fetch: single-copy atomic, never torn, but it may be stale.
-            observed[:, :4] = self._through_buffer(offs, 4)
+            # One aligned 4-byte fetch: single-copy atomic (ARM ARM B2.2.1), never torn, but
+            # it may be stale (the buffered line).
+            observed[:, :4] = self._words(offs)
         else:
             observed[:, 0] = self._through_buffer(offs, 1)[:, 0]
             spin(self.fetch_gap_ns)
@@ -152,7 +181,14 @@ class Reader:
             if np.any(via_int3):
                 self.int3_hits += int(via_int3.sum())
                 at = sites[via_int3]
-                observed[via_int3], handler_ok[via_int3] = poke_int3_handler(self.st, self.node, t, at, self.safe_point, self.handler_ns, self.mark)
+                out, ok, consistent = poke_int3_handler(self.st, self.node, t, at, self.handler_ns, self.mark, self.refcount)
+                # Not in the descriptor: a kprobe's INT3, whose handler runs the probed
+                # instruction from its own copy (kprobe_int3_handler): sound if the descriptor
+                # the handler looked at first was not freed under it.
+                probe = ~ok & (t.kind[at] == KIND_KPROBE)
+                out[probe] = t.enc[at[probe], KPROBE_ARMED]
+                ok |= probe & consistent
+                observed[via_int3], handler_ok[via_int3] = out, ok
         s2 = st.site_seq[sites].copy()
         return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed)
 
@@ -170,7 +206,8 @@ def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) 
     kinds = np.full(len(s), "", dtype=object)
     kinds[~obs.handler_ok] = "int3-no-descriptor"
     kinds[(kinds == "") & ~valid] = "torn"
-    kinds[(kinds == "") & stable & obs.via_int3] = "int3-after-return"
+    # A kprobe's INT3 is a state of its own (armed), not a patch left half-way.
+    kinds[(kinds == "") & stable & obs.via_int3 & (sites.kind[s] != KIND_KPROBE)] = "int3-after-return"
     kinds[(kinds == "") & stable & ~exact] = "stale"
     bad = np.flatnonzero(kinds != "")
     out = []
@@ -185,5 +222,5 @@ def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) 
             "int3-after-return": "INT3 executed after the patch call returned",
             "int3-no-descriptor": "INT3 handler found no live descriptor entry (or it changed under the handler)",
         }[kinds[i]]
-        out.append(Violation(str(kinds[i]), node, site, int(sites.offset[site]), got, detail))
+        out.append(Violation(str(kinds[i]), node, site, int(sites.offset[site]), got, detail, want))
     return len(bad), out

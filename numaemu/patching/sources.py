@@ -20,6 +20,10 @@ between nodes lives in the ``txt`` segment (site states, key counts, livepatch t
 - ``livepatch``: redirect a set of functions through the livepatch handler; each reader task
   switches to the new version only at a safe point between its requests, and only once every
   site of the set is patched (kernel/livepatch/transition.c), so it never runs a mix.
+- ``kprobes`` (x86): arm, optimize, unoptimize and disarm kprobes on instructions after function
+  entries: an INT3 over the first byte (text_poke, then text_poke_sync), a JMP32 over the INT3
+  through text_poke_bp. Readers that hit an armed probe go through poke_int3_handler first, which
+  looks at the text_poke_bp descriptor of whatever batch is in flight: the race of the 2019 fixes.
 - ``mixed``: all of these in turn (without ``static_keys`` on an image with no static keys, such
   as a real kernel whose ``__jump_table`` was not found).
 
@@ -32,7 +36,7 @@ leaves the count and the code in agreement. A node's key references live in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,7 +49,7 @@ from numaemu.patching.textmem import MAX_KEYS
 
 __all__ = ["SOURCES", "PATCH_OPS", "PatchOp", "SourcePlan", "hot_keys", "plan_sources", "key_agreement", "slot_fill"]
 
-SOURCES = ("static_keys", "ftrace", "module", "bpf", "livepatch", "mixed")
+SOURCES = ("static_keys", "ftrace", "module", "bpf", "livepatch", "kprobes", "mixed")
 # What a script may ask for, one operation at a time (`PatchOp`), each as the kernel does it:
 # static_key_enable/disable (static_key_slow_inc/dec, kernel/jump_label.c), ftrace_enable on N
 # functions or all of them and ftrace_disable (ftrace_replace_code, kernel/trace/ftrace.c),
@@ -58,7 +62,6 @@ FTRACE_ALL_EVERY = 8  # every n-th enable traces every function
 LIVEPATCH_FUNCS = 8
 RESERVED_FUNCS = 4  # functions 1..3 are the trampolines; keep them untraced
 MAX_HELD = 3
-KEY_RACE_WINDOW_NS = 2_000_000
 assert HOT_KEYS <= MAX_KEYS
 
 
@@ -95,6 +98,7 @@ class SourcePlan:
     klp_sites: np.ndarray
     module_sites: np.ndarray  # every site of every module slot
     module_jump_key: np.ndarray  # per module site: index into `keys` of its static key (-1: none)
+    kprobe_sites: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # x86 only
 
     def hot_sites(self) -> np.ndarray:
         parts = []
@@ -106,6 +110,8 @@ class SourcePlan:
             parts.append(np.array([self.bpf_site]))
         if "livepatch" in self.names:
             parts.append(self.klp_sites)
+        if "kprobes" in self.names:
+            parts.append(self.kprobe_sites)
         parts.append(np.zeros(0, dtype=np.int64))
         return np.unique(np.concatenate(parts)).astype(np.int64)
 
@@ -119,10 +125,12 @@ def hot_keys(jump_keys: np.ndarray, n_keys: int) -> np.ndarray:
 
 def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
     keys = hot_keys(sites.key[: sites.n_jump], n_keys)
-    names: tuple[str, ...] = ("static_keys", "ftrace", "module", "bpf", "livepatch") if source == "mixed" else (source,)
+    names: tuple[str, ...] = ("static_keys", "ftrace", "module", "bpf", "livepatch", "kprobes") if source == "mixed" else (source,)
     if source == "mixed" and len(keys) == 0:
         names = names[1:]  # nothing to flip: the other sources take the turns
-    n_funcs = sites.n_core - sites.n_jump
+    if source == "mixed" and not sites.n_kprobe:
+        names = tuple(n for n in names if n != "kprobes")  # arm64: no INT3 kprobes here
+    n_funcs = sites.n_ftrace
     bpf_func = min(100, n_funcs - 1)
     klp_funcs = np.arange(200, 200 + LIVEPATCH_FUNCS) % n_funcs
     excluded = set(range(RESERVED_FUNCS)) | {bpf_func} | set(klp_funcs.tolist())
@@ -141,6 +149,7 @@ def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
         klp_sites=sites.n_jump + klp_funcs,
         module_sites=module_sites.astype(np.int64),
         module_jump_key=module_jump_key.astype(np.int64),
+        kprobe_sites=sites.kprobe_sites().astype(np.int64),
     )
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from numaemu.host.clock import spin
 from numaemu.patching.protocols import SMALL_SITES, W_STOP
 from numaemu.patching.text_poke_bp import publish_descriptor
 from numaemu.patching.textmem import byte_ranges
@@ -29,6 +30,7 @@ __all__ = ["stop_machine_batch", "stop_round", "apply_descriptor"]
 def stop_machine_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
     """Patch `sites` (sorted by address) to encodings `new` in one stop_machine round."""
     publish_descriptor(k, sites, new)
+    k.step("stop_machine: waiting for the round")
     k.st.set("stop_req_ns", time.perf_counter_ns())
     seq = k.st.add("stop_seq")
     k.stats.stop_rounds += 1
@@ -41,7 +43,10 @@ def stop_round(k: NodeKernel, seq: int) -> None:
     node is the one that does, wait for the release, resynchronise."""
     st = k.st
     prev = k.mark(W_STOP)
+    prev_step = st.node_get(k.node, "step")  # a node taking part in another's round goes back to its own step
     try:
+        if k.stop_switch_ns:
+            spin(k.stop_switch_ns)  # the switch to this CPU's stopper thread (timeline.stop_switch_ns)
         with k.holding(k.locks.stop_arrival, service=False):
             # Released already: a recovery finished this round while this node was on its
             # way in (parked at the lock); it must not count itself into the next one.
@@ -50,6 +55,7 @@ def stop_round(k: NodeKernel, seq: int) -> None:
             k.fault("stop_machine")
             first, last = arrived == 1, arrived == k.n_nodes
             if (k.bug == "early-master" and first) or (k.bug != "early-master" and last):
+                k.step("stop_machine: patching every copy")
                 apply_descriptor(k)
                 if k.bug == "early-master":  # patched already; now wait for the others to park
                     k.wait_for(lambda: st.get("stop_arrived") >= k.n_nodes or st.get("stop_released") >= seq, "stop_machine arrivals", service=False)
@@ -61,6 +67,7 @@ def stop_round(k: NodeKernel, seq: int) -> None:
             k.flush()  # resynchronise: nothing prefetched before the patch survives
         st.node_set(k.node, "stop_ack", seq)
     finally:
+        st.node_set(k.node, "step", prev_step)
         k.mark(prev)
 
 

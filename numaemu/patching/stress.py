@@ -21,6 +21,7 @@ process of the same node refills its copy from the master and joins, and the run
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import time
@@ -33,12 +34,15 @@ from numaemu.errors import NodeFailure
 from numaemu.host.fit import SegmentNeed, segment_need
 from numaemu.host.segments import MemoryLayout, Segment
 from numaemu.model.binding import HostBinding
+from numaemu.model.engine import page_bases
+from numaemu.model.hardware_presets import resolve_hardware
 from numaemu.model.image import PAGE_SIZE, KernelImage, with_module_area
 from numaemu.model.pagetables import page_table_cost
 from numaemu.model.placement import Placement, check_reachable, place_for
 from numaemu.model.sites import SiteTable, site_table
+from numaemu.model.timeline import Timeline, timeline_for
 from numaemu.model.topology import Topology
-from numaemu.patching.protocols import IPI_DELAY_NS, TEXT_POKE_NS, Locks
+from numaemu.patching.protocols import Locks
 from numaemu.patching.recovery import repair_text
 from numaemu.patching.sources import PatchOp, SourcePlan, key_agreement, plan_sources
 from numaemu.patching.stress_node import READER_TASKS, StressNodeConfig, stress_worker_main
@@ -65,8 +69,9 @@ class StressSpec:
     bug: str | None
     start_method: str
     bench: PatchBench | None = None
-    ipi_delay_ns: int = IPI_DELAY_NS
-    text_poke_ns: int = TEXT_POKE_NS
+    # Every actor's costs in emulated ns (None: the image's default on the topology's hardware
+    # profile, `timeline.timeline_for`); a scale of 0 is measured from the readers at the start.
+    timeline: Timeline | None = None
     replicas_every: int = 1  # replicate: a copy on every K-th node; every copy gets every patch
     pt_style: str = "none"  # reported: the page-table memory of the design
     recover: int = 0  # node deaths replaced (--recover: MAX_RECOVERIES); 0: a death ends the run
@@ -74,6 +79,8 @@ class StressSpec:
     # A script's operations instead of the source's random ones: node 0 performs them in order,
     # evenly spread over the duration; `source` still decides which sites the readers aim at.
     script: tuple[PatchOp, ...] = ()
+    int3_fix: str = "refcount"  # protocols.INT3_FIXES: what the INT3 handler's descriptor relies on
+    stop_at_first: bool = False  # end the run at the first violation (--stop-at-first)
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +95,7 @@ class _Setup:
     plan: SourcePlan
     copies: TextCopies
     n_tasks: int
+    timeline: Timeline
     facts: dict[str, Any]
 
 
@@ -107,7 +115,14 @@ def _setup(spec: StressSpec) -> _Setup:
         "page_tables": tables.to_json() if tables else None,
     }
     copies = TextCopies.build(placement, layout, image.n_pages)
-    return _Setup(image, placement, layout, sites, plan, copies, READER_TASKS * n, facts)
+    timeline = spec.timeline or default_timeline(topo, image, sites)
+    return _Setup(image, placement, layout, sites, plan, copies, READER_TASKS * n, timeline, facts)
+
+
+def default_timeline(topo: Topology, image: KernelImage, sites: SiteTable) -> Timeline:
+    """The image's timeline on the topology's hardware profile (scale to be measured)."""
+    hw = resolve_hardware(None, topo.hardware)
+    return timeline_for(image.arch, hw.ghz, hw.fetch_cycles_per_line, hw.dram_local_ns, int(image.function_sizes.sum()), len(sites))
 
 
 def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[str, Segment], locks: Locks) -> list[StressNodeConfig]:
@@ -119,7 +134,7 @@ def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[
             hosted=pl.hosted[node], table=pl.tables[node], layout=s.layout, copies=s.copies,
             sites=s.sites, plan=s.plan, n_keys=s.image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
             rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
-            bench=spec.bench, ipi_delay_ns=spec.ipi_delay_ns, text_poke_ns=spec.text_poke_ns, script=spec.script,
+            bench=spec.bench, timeline=s.timeline, script=spec.script, int3_fix=spec.int3_fix, stop_at_first=spec.stop_at_first,
         )
         for node in range(n)
     ]
@@ -136,7 +151,7 @@ def run_stress(spec: StressSpec) -> dict[str, Any]:
     s = _setup(spec)
     n, image, sites = spec.topology.n_nodes, s.image, s.sites
     ctx = mp.get_context(spec.start_method)
-    locks = Locks(*(ctx.Lock() for _ in range(6)))
+    locks = Locks(*(ctx.Lock() for _ in range(len(dataclasses.fields(Locks)))))
     views: dict[str, Any] = {}
 
     def repair(dead: list[int]) -> dict[int, dict[str, Any]]:
@@ -171,8 +186,8 @@ def _run_nodes(spec: StressSpec, s: _Setup, session: NodeSession, configs: list[
         """`reports`: each node's `StressNodeReport` (a `PatchBench`'s dicts under ``bench``)."""
         return {
             **s.facts,
-            **_end_checks(st, s.sites, s.copies, s.plan, views["master"], views["mem"], s.image.n_pages, started),
-            "reports": reports, "wall_s": time.perf_counter() - t0,
+            **_end_checks(st, s, views["master"], views["mem"], started),
+            "reports": reports, "wall_s": time.perf_counter() - t0, "run_s": time.perf_counter() - t0, "timeline": s.timeline,
             "recoveries": session.recoveries, "kills": session.kills,
         }
 
@@ -193,15 +208,17 @@ def _run_nodes(spec: StressSpec, s: _Setup, session: NodeSession, configs: list[
     return outcome(messages, True)
 
 
-def _end_checks(st: TextState, sites: SiteTable, copies: TextCopies, plan: SourcePlan, m: np.ndarray, mm: np.ndarray, n_pages: int, started: bool) -> dict[str, Any]:
-    """Every copy against the master, the patchers' log of unexpected ops, static keys' counts
-    against their code, and the master against the committed states (`checked` False: the run
-    never started, nothing was compared)."""
+def _end_checks(st: TextState, s: _Setup, m: np.ndarray, mm: np.ndarray, started: bool) -> dict[str, Any]:
+    """Every node's text as its page table maps it against the master, the patchers' log of
+    unexpected ops, static keys' counts against their code, and the master against the committed
+    states (`checked` False: the run never started, nothing was compared)."""
     if not started:
         return {"checked": False, "replica_mismatches": [], "failures": [], "n_failures": 0, "key_problems": [], "state_drift": 0}
+    sites, plan = s.sites, s.plan
+    bases = [page_bases(table, s.layout.part_offset) for table in s.placement.tables]
     return {
         "checked": True,
-        "replica_mismatches": copies.mismatches(m, mm, np.arange(n_pages)[copies.where[:, 0] >= 0]),
+        "replica_mismatches": TextCopies.mismatches_seen(m, mm, bases, np.flatnonzero(s.copies.where[:, 0] >= 0)),
         "failures": [_failure_json(rec, sites) for rec in st.failure_log[: min(st.get("failures"), 10)]],
         "n_failures": st.get("failures"),
         "key_problems": key_agreement(plan, st.key_count, st.site_state, st.site_live) if "static_keys" in plan.names else [],

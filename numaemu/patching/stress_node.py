@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from numaemu.host.clock import Pacer
+from numaemu.host.clock import Pacer, spin
 from numaemu.host.cpus import pin_to
 from numaemu.host.segments import MemoryLayout
 from numaemu.model.placement import PageTable
 from numaemu.model.sites import FTRACE_KLP, SiteTable
+from numaemu.model.timeline import Timeline, scale_for
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
-from numaemu.patching.protocols import Locks
+from numaemu.patching.protocols import STEPS, Locks
 from numaemu.patching.reader import Observation, Reader, check_batch
 from numaemu.patching.sources import PatchOp, SourcePlan
 from numaemu.patching.textmem import TextCopies, TextState
@@ -43,6 +44,7 @@ __all__ = ["StressNodeConfig", "StressNodeReport", "stress_worker_main", "Reader
 READER_TASKS = 2  # per node, for livepatch's per-task consistency
 BATCH_SITES = 48  # sites executed per reader batch (between two safe points)
 HOT_SHARE = 0.75  # share of executions aimed at the sites the source patches
+MEASURE_BATCHES = 24  # reader batches timed before the start (the time scale)
 MAX_REPORTED = 10
 
 
@@ -71,9 +73,10 @@ class StressNodeConfig:
     shared_core: bool
     coordinator_pid: int
     bench: PatchBench | None
-    ipi_delay_ns: int
-    text_poke_ns: int
+    timeline: Timeline  # scale 0: measured from the readers before the start
     script: tuple[PatchOp, ...] = ()  # StressSpec.script: node 0 performs these instead of the source's
+    int3_fix: str = "refcount"  # protocols.INT3_FIXES
+    stop_at_first: bool = False  # end the run at the first violation any node sees
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class StressNodeReport:
     ftrace_all_enables: int
     module_unloads: int
     latencies_us: tuple[float, ...]  # of each patch call
+    scale: float  # the run's time scale (wall ns per emulated ns)
+    first_violation: dict[str, Any] | None  # --stop-at-first: the first this node saw, in full
 
     # The fields of the JSON's ``per_node`` entries, in their order there.
     PER_NODE: ClassVar[tuple[str, ...]] = (
@@ -134,16 +139,22 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
         cfg.node, cfg.n_nodes, st, cfg.copies, master, mem, cfg.sites, cfg.locks,
         protocol=cfg.protocol, bug=cfg.bug, shared_core=cfg.shared_core,
         flush=lambda: reader.flush() if reader is not None else None,
-        check_alive=nc.poll, ipi_delay_ns=cfg.ipi_delay_ns, text_poke_ns=cfg.text_poke_ns,
-        mark=nc.mark, fault=nc.fault.reached,
+        check_alive=nc.poll, int3_fix=cfg.int3_fix, mark=nc.mark, fault=nc.fault.reached,
     )
-    reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point, mark=nc.mark)
+    reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point,
+                    refcount=cfg.int3_fix == "refcount", mark=nc.mark)
     incarnation = nc.launch.incarnation  # a replacement (--recover) draws its own choices
     rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273] + ([incarnation] if incarnation else []))  # "strs"
     source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")
     readers = ReaderTasks(cfg, st, reader, rng, source)
     kernel.idle = readers.run_batch  # a node waiting for a lock runs its readers meanwhile
+    if not cfg.timeline.scale:
+        st.node_set(cfg.node, "site_wall_ns", readers.measure())
     start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))
+    tl = run_timeline(cfg.timeline, st)
+    kernel.set_timeline(tl)
+    reader.set_timeline(tl)
+    readers.pace_ns, readers.scale, readers.start_ns = tl.wall_ns(tl.site_ns), tl.scale, start_ns
     if cfg.bench is not None:
         nc.phase("run")
         return cfg.bench.on_node(cfg, st, kernel, readers, cpus)
@@ -161,6 +172,19 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
     return _report(nc, kernel, source, readers, reader, cpus, aborted)
 
 
+def run_timeline(timeline: Timeline, st: TextState) -> Timeline:
+    """The run's timeline: `timeline` if its scale is set; else at the scale of the slowest
+    node's reader (`timeline.scale_for`), measured by every node before the start and agreed in
+    the header, where a replacement node (--recover) finds it too."""
+    if timeline.scale:
+        return timeline
+    ppm = st.get("scale_ppm")
+    if not ppm:
+        ppm = int(scale_for(timeline, float(st.nodes["site_wall_ns"].max())) * 1e6)
+        st.set("scale_ppm", ppm)  # every node computes the same value from the same figures
+    return timeline.with_scale(ppm / 1e6)
+
+
 def _report(nc: NodeContext, kernel: NodeKernel, source: NodeSource, readers: ReaderTasks, reader: Reader, cpus: tuple[int, ...], aborted: str | None) -> StressNodeReport:
     stats = kernel.stats
     return StressNodeReport(
@@ -170,6 +194,7 @@ def _report(nc: NodeContext, kernel: NodeKernel, source: NodeSource, readers: Re
         syncs=stats.syncs, stop_rounds=stats.stop_rounds, unexpected_ops=kernel.unexpected, source_ops=source.ops,
         module_loads=source.module_loads, ftrace_all_enables=source.ftrace_all_enables, module_unloads=source.module_unloads,
         latencies_us=tuple((np.array(stats.latencies_ns, dtype=np.float64) / 1e3).tolist()),
+        scale=readers.scale, first_violation=readers.first,
     )
 
 
@@ -187,7 +212,7 @@ def _patch_and_read(nc: NodeContext, kernel: NodeKernel, source: NodeSource, rea
     while True:
         nc.poll()
         now = time.perf_counter_ns()
-        if now >= end_ns:
+        if now >= end_ns or st.get("first_at_ns"):
             break
         kernel.safe_point()
         if cfg.script:
@@ -229,6 +254,9 @@ class ReaderTasks:
         self.klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
         self.mod_sites = cfg.plan.module_sites if "module" in cfg.plan.names else np.zeros(0, np.int64)
         self.task = 0
+        self.pace_ns = 0  # wall ns each site executed takes at least (the timeline's site_ns)
+        self.scale, self.start_ns = 1.0, 0  # the timeline's scale, and when the run started
+        self.first: dict[str, Any] | None = None  # --stop-at-first: the first violation, in full
         self.recent = [np.zeros(0, np.int64) for _ in range(READER_TASKS)]
         self.executions = self.violations = self.batches = 0
         self.examples: list[dict[str, Any]] = []
@@ -246,9 +274,23 @@ class ReaderTasks:
         ok = _jump_taken(obs, self.cfg.sites, which) & obs.handler_ok[which]
         return int(np.count_nonzero(~ok))
 
+    def measure(self, batches: int = MEASURE_BATCHES) -> int:
+        """Wall ns per site of this node's requests, executed and checked as in the run (the
+        median of `batches`), before the start: what the run's time scale is set from."""
+        times = []
+        for i in range(batches):
+            t0 = time.perf_counter_ns()
+            batch = self._pick(i % READER_TASKS)
+            check_batch(self.reader.execute(batch), self.cfg.sites, self.cfg.node, 0)
+            times.append((time.perf_counter_ns() - t0) / len(batch))
+        self.recent = [np.zeros(0, np.int64) for _ in range(READER_TASKS)]
+        return int(np.median(times)) + 1
+
     def run_batch(self) -> None:
-        """One request of the next task: executed, checked, counted and published."""
+        """One request of the next task: executed, checked, counted and published; then paced,
+        so that it takes the wall time its sites stand for on the timeline."""
         cfg, st = self.cfg, self.st
+        t0 = time.perf_counter_ns()
         self.reader.safe_point()
         t = cfg.node * READER_TASKS + self.task
         self.task = (self.task + 1) % READER_TASKS
@@ -266,6 +308,8 @@ class ReaderTasks:
         st.node_set(node, "patch_calls", stats.calls)
         st.node_set(node, "sites_patched", stats.sites)
         st.node_set(node, "source_ops", self.source.ops)
+        if self.pace_ns:
+            spin(t0 + len(batch) * self.pace_ns - time.perf_counter_ns())
 
     def _pick(self, t: int) -> np.ndarray:
         """Task `t`'s request: its livepatch set, hot sites (half of them re-run from its previous
@@ -307,7 +351,21 @@ class ReaderTasks:
             if len(self.examples) < MAX_REPORTED:
                 self.examples.append({"kind": "key-off-while-held", "node": cfg.node, "detail": f"{held} sites of static keys this node holds a reference on ran their NOP"})
         self.examples += [v.to_json() for v in found][: max(0, MAX_REPORTED - len(self.examples))]
+        if bad and cfg.stop_at_first and self.first is None:
+            self._stop_at(found[0].to_json() if found else self.examples[-1], t)
         return bad
+
+    def _stop_at(self, example: dict[str, Any], task: int) -> None:
+        """Record the first violation in full (where every node's patch call was, when on the
+        timeline) and tell every node to stop (the header's ``first_at_ns``)."""
+        st, now = self.st, time.perf_counter_ns()
+        self.first = {
+            **example, "task": task,
+            "emulated_us": round((now - self.start_ns) / self.scale / 1e3, 3),
+            "steps": {n: STEPS[int(st.nodes["step"][n])] for n in range(self.cfg.n_nodes)},
+        }
+        if not st.get("first_at_ns"):
+            st.set("first_at_ns", now)
 
 
 def _jump_taken(obs: Observation, sites: SiteTable, which: np.ndarray) -> np.ndarray:

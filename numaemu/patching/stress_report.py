@@ -18,7 +18,7 @@ from numaemu.patching.stress import StressSpec
 from numaemu.patching.stress_node import MAX_REPORTED, StressNodeReport
 from numaemu.runtime.results import SCHEMA
 
-__all__ = ["stress_document", "format_stress_summary"]
+__all__ = ["stress_document", "format_stress_summary", "format_first"]
 
 
 def _violations(result: dict[str, Any], reports: list[StressNodeReport], lost: list[dict[str, int]]) -> tuple[int, list[dict[str, Any]]]:
@@ -54,6 +54,11 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
 
     violations, examples = _violations(result, reports, lost)
     identical = not result["replica_mismatches"] if result.get("checked", True) else None
+    executions = sum(r.executions for r in reports) + lost_sum("executions")
+    scale = max((r.scale for r in reports), default=0.0)
+    timeline = result["timeline"].with_scale(scale) if scale else result["timeline"]
+    emulated_s = timeline.emulated_s(result["run_s"])
+    firsts = sorted((r.first_violation for r in reports if r.first_violation), key=lambda f: f["emulated_us"])
     return {
         "schema": SCHEMA,
         "command": "stress",
@@ -72,15 +77,23 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
         "patches_applied": sum(r.patch_calls for r in reports) + lost_sum("patch_calls"),
         "source_ops": sum(r.source_ops for r in reports) + lost_sum("source_ops"),
         "sites_patched": sum(r.sites_patched for r in reports) + lost_sum("sites_patched"),
-        "executions_checked": sum(r.executions for r in reports) + lost_sum("executions"),
+        "executions_checked": executions,
         "violations": violations,
+        # One emulated timeline (numaemu/model/timeline.py): every cost in emulated ns, one scale.
+        "timeline": timeline.to_json(),
+        "emulated_s": emulated_s,
+        "violations_per_emulated_s": violations / emulated_s if emulated_s else None,
+        "violations_per_million_executions": 1e6 * violations / executions if executions else None,
+        "int3_fix": spec.int3_fix,
+        "stop_at_first": spec.stop_at_first,
+        "first_violation": firsts[0] if firsts else None,
         "violation_examples": examples,
         "replicas_identical": identical,
         "copy_nodes": result["copy_nodes"],
         "replicas_every": spec.replicas_every,
         "image_bytes_per_node": result["image_bytes"],
         "page_tables": result["page_tables"],
-        "replica_mismatches": [{"page": p, "copy": c} for p, c in result["replica_mismatches"][:MAX_REPORTED]],
+        "replica_mismatches": [{"page": p, "node": n} for p, n in result["replica_mismatches"][:MAX_REPORTED]],
         "patch_latency_us": {
             "median": float(np.median(lat)) if len(lat) else None,
             "p99": float(np.percentile(lat, 99)) if len(lat) else None,
@@ -106,6 +119,26 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _rates(doc: dict[str, Any]) -> str:
+    tl = doc.get("timeline")
+    if not tl or not doc.get("emulated_s"):
+        return ""
+    per_s, per_m = doc["violations_per_emulated_s"], doc["violations_per_million_executions"]
+    return (f" ({per_s:,.0f} per emulated second, {per_m:,.2f} per million executions;"
+            f" {1e3 * doc['emulated_s']:,.3f} emulated ms at scale {tl['scale']:,.0f} wall ns per emulated ns)")
+
+
+def format_first(first: dict[str, Any]) -> str:
+    """The first violation, in full (--stop-at-first): what, where, when, and where every
+    node's patch call was."""
+    steps = "; ".join(f"node {n}: {step}" for n, step in first["steps"].items())
+    seen = f", executed {first['observed']}" if "observed" in first else ""
+    want = f" (the last call that returned left {first['expected']})" if first.get("expected") else ""
+    site = f" site {first['site']} at {first['address']}" if "site" in first else ""
+    return (f"FIRST VIOLATION at {first['emulated_us']:,.3f} emulated us: {first['kind']} on node {first['node']}, task {first['task']},"
+            f"{site}{seen}{want}: {first.get('detail', '')}\n  protocol steps then: {steps}")
+
+
 def format_stress_summary(doc: dict[str, Any]) -> str:
     """What a person reads of a stress document: counts, latency, the copies, the first
     violations, any recoveries, and the verdict."""
@@ -119,7 +152,7 @@ def format_stress_summary(doc: dict[str, Any]) -> str:
         "patch latency: " + (f"median {lat['median']:.0f} us, p99 {lat['p99']:.0f} us" if lat["median"] is not None else "no patch calls"),
         f"replicas identical to the master: {({True: 'yes', False: 'NO', None: 'not checked (the run never started)'})[doc['replicas_identical']]}"
         f" ({len(doc['copy_nodes'])} {'copy' if len(doc['copy_nodes']) == 1 else 'copies'}, on node{'s' if len(doc['copy_nodes']) > 1 else ''} {', '.join(map(str, doc['copy_nodes']))})",
-        f"violations: {doc['violations']:,}",
+        f"violations: {doc['violations']:,}" + _rates(doc),
     ]
     head = []
     if doc.get("kills"):
@@ -130,6 +163,9 @@ def format_stress_summary(doc: dict[str, Any]) -> str:
         head.append(f"recovered: node {r['node']} (pid {r['old_pid']} -> {r['new_pid']}), died in phase '{r['phase']}'{inside}"
                     + (f" at {r['at_s']:.2f} s" if r.get("at_s") is not None else "") + f"{took}: {r['detail']}")
     lines[:0] = head
+    first = doc.get("first_violation")
+    if first:
+        lines.append(format_first(first))
     for e in doc["violation_examples"][:5]:
         where = f" node {e['node']}" if "node" in e else ""
         addr = f" at {e['address']}" if "address" in e else ""

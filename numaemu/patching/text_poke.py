@@ -3,7 +3,7 @@
 Every protocol writes kernel text through a node's `TextPoke`: the master first, then every copy
 that holds the page, as Kuzin's ``__text_poke()`` loops over the replicas and King's
 ``aarch64_insn_patch_text_nosync()`` writes node 0's copy, then every other node's. Each site
-written into each copy is charged TEXT_POKE_NS (text_poke() maps the page through poking_mm,
+written into each copy is charged the timeline's ``text_poke_ns`` at the run's scale (text_poke() maps the page through poking_mm,
 writes, unmaps and flushes the TLB entry, arch/x86/kernel/alternative.c), so other nodes see the
 sites change one after another, as they would.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,7 +20,10 @@ from numaemu.host.clock import spin
 from numaemu.patching.protocols import POKE_CHUNK, SMALL_WRITE
 from numaemu.patching.textmem import TextCopies
 
-__all__ = ["TextPoke"]
+if TYPE_CHECKING:
+    from numaemu.patching.kernel import NodeKernel
+
+__all__ = ["TextPoke", "text_poke_batch"]
 
 
 class TextPoke:
@@ -42,7 +46,7 @@ class TextPoke:
             spin(max(0, n_sites * self.n_copies * self.text_poke_ns - (time.perf_counter_ns() - t0)))
 
     def poke(self, offsets: np.ndarray, values: np.ndarray, site_of_byte: np.ndarray) -> None:
-        """Write bytes site by site (chunks of POKE_CHUNK sites), charging TEXT_POKE_NS per site
+        """Write bytes site by site (chunks of POKE_CHUNK sites), charging `text_poke_ns` (wall) per site
         and copy: other nodes see the sites change one after another, as they would."""
         if len(offsets) <= SMALL_WRITE:  # a few bytes: no numpy calls
             t0 = time.perf_counter_ns()
@@ -85,3 +89,14 @@ class TextPoke:
         t0 = time.perf_counter_ns()
         self.copies.write_word(self.master, self.mem, offset, word)
         self.charge(1, t0)
+
+
+def text_poke_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
+    """Write each site's new bytes with plain text_poke, then one text_poke_sync: how x86 arms
+    and disarms a kprobe (arch_arm_kprobe, arch_disarm_kprobe: a one-byte write is atomic, so no
+    INT3 dance is needed for it)."""
+    t0 = time.perf_counter_ns()
+    for s, row in zip(sites.tolist(), new, strict=True):
+        k.text.write_site(int(k.sites.offset[s]), row[: k.sites.length[s]].tobytes())
+    k.text.charge(len(sites), t0)
+    k.sync()

@@ -4,14 +4,17 @@ INT3 handler (``poke_int3_handler``).
 The patcher (`text_poke_bp_batch`) publishes up to 256 sites, sorted by address, in the descriptor
 (`publish_descriptor`; stop_machine's patch function reads the same record), then:
 (1) INT3 over the first byte of every site, sync; (2) bytes 1..len-1, sync; (3) the new first
-byte, sync; (4) drop the patcher's reference and wait until no INT3 handler still holds one
-before the descriptor can be reused (the ``descriptor-reuse`` bug does not wait, and its
-descriptor, on the patcher's stack, is overwritten as the call returns; ``no-sync``
-skips the sync after the INT3s; ``no-final-sync`` does not wait for the last one).
+byte, sync; (4) release the descriptor by one of the two 2019 fixes (`release_descriptor`:
+``refcount`` waits until no INT3 handler holds a reference, ``extra-sync`` syncs once more), then
+poison it. Bugs: ``descriptor-reuse`` (refcount) does not wait; ``no-int3-fix`` (extra-sync)
+skips the extra sync; ``no-sync`` skips the sync after the INT3s; ``no-final-sync`` does not
+wait for the last one.
 
-A node that fetches an INT3 from a site being patched runs `poke_int3_handler` (reader.py calls
-it): it takes a reference on the descriptor, keeps taking part in syncs while it is inside,
-bsearches the descriptor for the site and emulates the site's new instruction.
+A node that fetches an INT3 runs `poke_int3_handler` (reader.py calls it) with interrupts off: it
+answers no sync while inside. Under ``refcount`` it takes a reference on the descriptor first;
+it bsearches the descriptor for the site and emulates the site's new instruction. An INT3 that
+is not in the descriptor is a kprobe's (``kprobe_int3_handler`` then emulates the probed
+instruction).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from numaemu.host.clock import spin
 from numaemu.model.sites import INT3, MAX_INSN, SiteTable
 from numaemu.patching.protocols import SMALL_SITES, W_INT3
 from numaemu.patching.textmem import TextState, byte_ranges
@@ -29,9 +33,9 @@ from numaemu.patching.textmem import TextState, byte_ranges
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel
 
-__all__ = ["HANDLER_NS", "publish_descriptor", "text_poke_bp_batch", "poke_int3_handler"]
+__all__ = ["POISON_FREE", "publish_descriptor", "text_poke_bp_batch", "release_descriptor", "poison_descriptor", "poke_int3_handler"]
 
-HANDLER_NS = 200_000  # time inside the INT3 handler before it emulates (a slow path: NMI context, tracing)
+POISON_FREE = 0x6B  # include/linux/poison.h
 
 
 def publish_descriptor(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
@@ -55,15 +59,19 @@ def text_poke_bp_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> Non
     offs = t.offset[sites]
     lens = t.length[sites].astype(np.int64)
     each = np.arange(len(sites))
+    k.step("text_poke_bp: INT3 over the first bytes")
     k.text.poke(offs, np.full(len(sites), INT3, dtype=np.uint8), each)
+    k.step("text_poke_bp: sync after the INT3s")
     if k.bug != "no-sync":
         k.sync(point="int3_sync")
+    k.step("text_poke_bp: the tails")
     if len(sites) <= SMALL_SITES:  # a few sites: write each tail directly
         t0 = time.perf_counter_ns()
         for o, L, row in zip(offs.tolist(), lens.tolist(), new, strict=True):
             if L > 1:
                 k.text.write_site(o + 1, row[1:L].tobytes())
         k.text.charge(len(sites), t0)
+        k.step("text_poke_bp: sync after the tails")
         k.sync()
     elif np.any(lens > 1):
         tail = lens > 1
@@ -72,23 +80,45 @@ def text_poke_bp_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> Non
         toffs = np.repeat(offs[tail], tl) + byte_ranges(tl) + 1
         tvals = new[owner, byte_ranges(tl) + 1]
         k.text.poke(toffs, tvals, owner)
+        k.step("text_poke_bp: sync after the tails")
         k.sync()
+    k.step("text_poke_bp: the new first bytes")
     k.text.poke(offs, new[:, 0].copy(), each)
+    k.step("text_poke_bp: the final sync")
     k.sync(wait=k.bug != "no-final-sync")
-    k.st.set("desc_live", 0)  # drop the patcher's reference
+    k.step("text_poke_bp: releasing the descriptor")
+    release_descriptor(k)
+
+
+def release_descriptor(k: NodeKernel) -> None:
+    """End the batch: make sure no INT3 handler still reads the descriptor (by the run's 2019
+    fix), then poison it, as the stack frame it lives on is reused (since commit 1f676247f36a the
+    descriptor is on text_poke_bp_batch's stack) or bp_patching is cleared.
+
+    ``refcount``: drop the patcher's reference and wait until no handler holds one
+    (``descriptor-reuse`` does not wait). ``extra-sync``: clear the descriptor, then one more
+    sync, which no node inside its handler can acknowledge (``no-int3-fix`` skips it: the kernel
+    before both fixes)."""
     st, nodes = k.st, range(k.n_nodes)
-    if k.bug != "descriptor-reuse":
-        k.wait_for(lambda: not any(st.node_get(n, "in_int3") for n in nodes), "INT3 handlers to drop the descriptor")
-    else:
-        # The descriptor lives on the patcher's stack (text_poke_bp_batch's struct
-        # bp_patching_desc since commit 1f676247f36a, 5.6, "x86/alternatives: Implement a better
-        # poke_int3_handler() completion scheme"): without the wait, the frame is reused as soon
-        # as the call returns, under a handler that may still be reading it. So it is
-        # overwritten here at once, rather than at the next call's publish, which on a quiet
-        # host may come too late for any handler to see it (the bug then went unseen in CI).
-        st.add("desc_gen")
-        st.set("desc_count", 0)
-        st.add("desc_gen")
+    st.set("desc_live", 0)
+    if k.int3_fix == "refcount":
+        if k.bug != "descriptor-reuse":
+            k.wait_for(lambda: not any(st.node_get(n, "in_int3") for n in nodes), "INT3 handlers to drop the descriptor")
+    elif k.bug != "no-int3-fix":
+        k.sync()
+    poison_descriptor(st)
+
+
+def poison_descriptor(st: TextState) -> None:
+    """Overwrite the released descriptor with POISON_FREE (include/linux/poison.h), so that a
+    handler still reading it finds garbage, as a use after free would (a seqlock: odd while
+    being written)."""
+    st.add("desc_gen")
+    n = st.get("desc_count")
+    st.desc_offset[:n] = -1
+    st.desc_new[:n] = POISON_FREE
+    st.set("desc_count", 0)
+    st.add("desc_gen")
 
 
 def poke_int3_handler(
@@ -96,31 +126,38 @@ def poke_int3_handler(
     node: int,
     table: SiteTable,
     sites: np.ndarray,
-    safe_point: Callable[[], None],
-    handler_ns: int = HANDLER_NS,
+    handler_ns: int = 0,
     mark: Callable[[int], int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Node `node` hit INT3 at `sites`: take a reference, find each site, emulate its new
+    refcount: bool = True,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Node `node` hit INT3 at `sites`: find each site in the descriptor, emulate its new
     instruction. Returns (the instructions executed [n, MAX_INSN], whether the handler found a
-    live, unchanged descriptor entry for each)."""
+    live, unchanged descriptor entry for each, whether what it read of the descriptor was
+    consistent: not released, poisoned or rewritten under it). A site not found is left to the
+    kprobe handler (the reader's part).
+
+    The #BP handler runs with interrupts off: it answers no sync while inside (it never reaches
+    a safe point), which is what Hiramatsu's extra-sync fix relies on. It spends `handler_ns`
+    (the timeline's int3_ns, wall) between reading the descriptor's header and its entries, as
+    the bsearch does. With `refcount` (Zijlstra's fix) it first takes a reference
+    (``try_get_desc``: none if the patcher has dropped its own, then the INT3 is not ours)."""
     st.node_set(node, "in_int3", st.node_get(node, "in_int3") + 1)
     prev = mark(W_INT3) if mark is not None else 0
     try:
         live = st.get("desc_live") == 1
         gen = st.get("desc_gen")
-        # Inside the handler the node still answers syncs (every read of this batch is
-        # done, so it is not part-way through any fetch), so the handler can outlive the
-        # patcher's syncs and even the rest of its call; only the reference keeps the
-        # descriptor alive (the 2019 fix: bp_desc refcount, arch/x86/kernel/alternative.c).
-        end = time.perf_counter_ns() + handler_ns
-        while True:
-            safe_point()
-            if time.perf_counter_ns() >= end:
-                break
-        n = st.get("desc_count")
+        if not live:
+            # No batch in flight: try_get_desc() fails (refcount), or nr_entries reads 0
+            # (extra-sync); the handler reads no further and leaves the INT3 to kprobes.
+            n, same = 0, True
+        else:
+            if handler_ns:
+                spin(handler_ns)  # interrupts off: no sync is answered meanwhile
+            n = st.get("desc_count")
         offs = st.desc_offset[:n].copy()
         new = st.desc_new[:n].copy()
-        same = st.get("desc_gen") == gen and gen % 2 == 0
+        if live:
+            same = st.get("desc_gen") == gen and gen % 2 == 0
     finally:
         st.node_set(node, "in_int3", st.node_get(node, "in_int3") - 1)
         if mark is not None:
@@ -132,4 +169,4 @@ def poke_int3_handler(
     out = np.zeros((len(sites), MAX_INSN), dtype=np.uint8)
     if n:
         out[ok] = new[idx[ok]]
-    return out, ok
+    return out, ok, bool(same)

@@ -49,7 +49,7 @@ MAX_FAILURES = 64
 MAX_KEYS = 8  # static keys a source flips (sources.HOT_KEYS), each node's references to them
 # The counters a stress node publishes in its TXT_NODE slot as it goes (its report's figures).
 PUBLISHED = ("executions", "violations", "patch_calls", "sites_patched", "source_ops")
-N_LOCKS = 6  # patching.Locks
+N_LOCKS = 7  # patching.Locks
 
 TXT_HEADER = np.dtype(
     [
@@ -67,7 +67,8 @@ TXT_HEADER = np.dtype(
         ("ftrace_all", "<i8"),  # 1 while every function is traced (newly loaded modules too)
         ("sync_req_ns", "<i8"),  # when the last sync was requested (perf_counter_ns)
         ("stop_req_ns", "<i8"),  # when the last stop_machine round was requested
-        ("pad", "V16"),
+        ("scale_ppm", "<i8"),  # the run's time scale x 10^6, once the run has started (timeline.py)
+        ("first_at_ns", "<i8"),  # --stop-at-first: when a node saw the first violation (0: none yet)
     ]
 )
 TXT_NODE = np.dtype(
@@ -89,7 +90,8 @@ TXT_NODE = np.dtype(
         ("patch_calls", "<i8"),
         ("sites_patched", "<i8"),
         ("source_ops", "<i8"),
-        ("pad", "V16"),
+        ("site_wall_ns", "<i8"),  # the node's reader: wall ns per site executed, before the start (timeline.scale_for)
+        ("step", "<i8"),  # the protocol step this node's patch call is at (protocols.STEPS; 0: none)
     ]
 )
 TXT_DESC = np.dtype(
@@ -268,6 +270,23 @@ class TextCopies:
         for t in self.targets(np.array([offset]))[:, 0]:
             if t >= 0:
                 mem32[t // 4] = value
+
+    @staticmethod
+    def mismatches_seen(master: np.ndarray, mem: np.ndarray, bases: list[np.ndarray], pages: np.ndarray) -> list[tuple[int, int]]:
+        """(page, node) pairs among `pages` where the frame node's page table maps (`bases[node]`:
+        per image page, its frame's offset in ``mem``, engine.page_bases) differs from the
+        master: the verdict as every node would execute it, whatever list of copies the
+        patcher wrote."""
+        pages = np.unique(np.asarray(pages, dtype=np.int64))
+        ref = master.reshape(-1, PAGE_SIZE)[pages]
+        frames = mem.reshape(-1, PAGE_SIZE)
+        bad = []
+        for node, base in enumerate(bases):
+            b = base[pages]
+            mapped = b >= 0
+            differ = np.any(frames[b[mapped] // PAGE_SIZE] != ref[mapped], axis=1)
+            bad += [(int(p), node) for p in pages[mapped][differ]]
+        return sorted(bad)
 
     def mismatches(self, master: np.ndarray, mem: np.ndarray, pages: np.ndarray) -> list[tuple[int, int]]:
         """(page, copy) pairs among `pages` where a copy differs from the master."""
