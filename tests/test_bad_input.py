@@ -35,7 +35,7 @@ from .test_kernelfile import EM_AARCH64, bzimage, compress, tiny_vmlinux
 GIB = 1 << 30
 # What an error may name: an option (from an experiment file, it says so), a positional argument
 # by its metavar, the missing command, or numaemu itself (arguments it does not know).
-PARAMETER = re.compile(r"(--[a-z][a-z-]*( \(from .+\))?|COMMAND|A\.json|B\.json|BENCH\.json|FILE\.png|numaemu)")
+PARAMETER = re.compile(r"(--[a-z][a-z0-9-]*( \(from .+\))?|COMMAND|A\.json|B\.json|BENCH\.json|FILE\.png|numaemu)")
 
 
 @pytest.fixture(autouse=True)
@@ -530,7 +530,11 @@ STRESS = [
     (["--arch", "riscv"], "--arch: 'riscv' is not one of x86_64, arm64"),
     (["--arch", ""], "--arch: '' is not one of x86_64, arm64"),
     (["--arch", "arm64", "--image", "{d}/img-ok"], "--arch: arm64 does not match --image"),
-    (["--source", "kprobes"], "--source: 'kprobes' is not one of static_keys, ftrace, module, bpf, livepatch, mixed"),
+    (["--source", "uprobes"], "--source: 'uprobes' is not one of static_keys, ftrace, module, bpf, livepatch, kprobes, mixed"),
+    (["--source", "kprobes", "--arch", "arm64"], "--source: kprobes are INT3 probes of the x86 image here"),
+    (["--int3-fix", "rcu"], "--int3-fix: 'rcu' is not one of refcount, extra-sync"),
+    (["--inject-bug", "descriptor-reuse", "--int3-fix", "extra-sync"], "--inject-bug: descriptor-reuse breaks the refcount fix: use --int3-fix refcount"),
+    (["--inject-bug", "no-int3-fix", "--protocol", "stop_machine"], "--inject-bug: no-int3-fix is a bug of text_poke_bp, not of stop_machine"),
     (["--source", ""], "--source: '' is not one of"),
     (["--policy", "mirror"], "--policy: 'mirror' is not one of single, interleave, replicate"),
     (["--policy", "single,replicate"], "--policy: 'single,replicate' is not one of"),

@@ -180,6 +180,7 @@ def test_violation_to_json(x86) -> None:
         "site": site,
         "address": hex(int(x86.offset[site])),
         "observed": "66 90",
+        "expected": x86.encoding(site, 1).hex(" "),
         "detail": f"the last call that returned left {x86.encoding(site, 1).hex(' ')}",
     }
 

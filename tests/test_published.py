@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import subprocess
@@ -35,16 +36,19 @@ def test_pair_of_records() -> None:
 
 
 def test_text_poke_bp_model() -> None:
+    # The timeline's x86 costs by default (a bench runs at scale 1)
+    assert published.text_poke_bp_model_ns(56, 1, 1, 2) == 3 * 1_317 + 3 * 56 * 1_000
+    m = functools.partial(published.text_poke_bp_model_ns, ipi_ns=100_000, poke_ns=1_000)
     # 2 nodes, one copy: 3 syncs of one 100 us IPI wait, and 3 writes of 1 us per site.
-    assert published.text_poke_bp_model_ns(56, 1, 1, 2) == 3 * 100_000 + 3 * 56 * 1_000
-    assert published.text_poke_bp_model_ns(56, 56, 1, 2) == 56 * 3 * 100_000 + 3 * 56 * 1_000
+    assert m(56, 1, 1, 2) == 3 * 100_000 + 3 * 56 * 1_000
+    assert m(56, 56, 1, 2) == 56 * 3 * 100_000 + 3 * 56 * 1_000
     # A copy per node doubles the writes; 4 nodes wait for the last of 3 IPIs: H(3) = 11/6.
-    assert published.text_poke_bp_model_ns(56, 1, 2, 2) == 3 * 100_000 + 3 * 56 * 2 * 1_000
-    assert published.text_poke_bp_model_ns(10, 1, 1, 4) == pytest.approx(3 * 100_000 * 11 / 6 + 30_000)
+    assert m(56, 1, 2, 2) == 3 * 100_000 + 3 * 56 * 2 * 1_000
+    assert m(10, 1, 1, 4) == pytest.approx(3 * 100_000 * 11 / 6 + 30_000)
     # Batches of at most 256 sites: 35,036 ftrace sites take 137.
-    assert published.text_poke_bp_model_ns(35_036, 1, 1, 2) == 137 * 3 * 100_000 + 3 * 35_036 * 1_000
+    assert m(35_036, 1, 1, 2) == 137 * 3 * 100_000 + 3 * 35_036 * 1_000
     with pytest.raises(ValueError):
-        published.text_poke_bp_model_ns(5, 6, 1, 2)
+        m(5, 6, 1, 2)
 
 
 def test_implied_costs_round_trip() -> None:

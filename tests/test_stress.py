@@ -51,37 +51,45 @@ def test_every_source_at_once_runs_clean(no_leaks, tmp_path, protocol, arch, pol
 BUGGY = [
     ("early-master", "stop_machine", "x86_64"),
     ("descriptor-reuse", "text_poke_bp", "x86_64"),
-    ("no-sync", "text_poke_bp", "x86_64"),
+    ("no-int3-fix", "text_poke_bp", "x86_64"),
     ("no-sync", "stop_machine", "x86_64"),
     ("no-sync", "nosync", "arm64"),
     ("no-final-sync", "text_poke_bp", "x86_64"),
     ("no-final-sync", "nosync", "arm64"),
     ("key-race", "text_poke_bp", "x86_64"),
 ]
+KINDS = {
+    "early-master": {"torn"},
+    "descriptor-reuse": {"int3-no-descriptor"},
+    "no-int3-fix": {"int3-no-descriptor"},
+    "no-sync": {"torn", "stale", "int3-after-return"},
+    "no-final-sync": {"stale", "int3-after-return", "int3-no-descriptor"},
+    "key-race": {"key-mismatch", "unexpected-op", "key-off-while-held"},
+}
 
 
 @pytest.mark.parametrize(("bug", "protocol", "arch"), BUGGY, ids=["-".join(c) for c in BUGGY])
 def test_each_planted_bug_is_caught(no_leaks, tmp_path, bug, protocol, arch):
-    # descriptor-reuse shows when a node is still in its INT3 handler (200 us) as the call
-    # returns and its descriptor, on the patcher's stack, is overwritten (text_poke_bp.py). At
-    # 10,000 ops/s the calls follow each other: 446 violations in 6 s here (23 at the default
-    # 200 ops/s), 0 without the bug. (Caught only at the next call's publish, as it was before,
-    # it went unseen in a 12 s CI run: calls were too far apart on the 6.12 layout.)
-    rate = ("--rate", "10000") if bug == "descriptor-reuse" else ()
-    code, doc, out = stress(tmp_path, "--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--duration", "12", *rate)
+    # Default settings, one emulated timeline: no per-bug rate or window. --stop-at-first ends
+    # the run at the first violation (the catch times over 5 seeds: results/stress-catch-times.json).
+    code, doc, out = stress(tmp_path, "--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--duration", "60", "--stop-at-first")
     assert code == 1, out
     assert doc["inject_bug"] == bug
     assert doc["violations"] > 0 and doc["violation_examples"]
     assert "FAILED" in out
-    kinds = {e["kind"] for e in doc["violation_examples"]}
-    expected = {
-        "early-master": {"torn"},
-        "descriptor-reuse": {"int3-no-descriptor"},
-        "no-sync": {"torn", "stale", "int3-after-return"},
-        "no-final-sync": {"stale", "int3-after-return", "int3-no-descriptor"},
-        "key-race": {"key-mismatch", "unexpected-op", "key-off-while-held"},
-    }[bug]
-    assert kinds & expected, kinds
+    first = doc["first_violation"]
+    if bug != "key-race":  # key-race is also seen by the end checks, not only by readers
+        assert first is not None and first["kind"] in KINDS[bug], first
+        assert {"node", "task", "emulated_us", "steps"} <= set(first) and "FIRST VIOLATION" in out
+    assert {e["kind"] for e in doc["violation_examples"]} & KINDS[bug]
+
+
+def test_the_extra_sync_fix_passes_without_the_refcount(no_leaks, tmp_path):
+    # Hiramatsu's 2019 fix (one more sync after clearing the descriptor) is sound because the
+    # INT3 handler runs with interrupts off: kprobes' INT3s hit throughout, no violation.
+    code, doc, out = stress(tmp_path, "--source", "kprobes", "--int3-fix", "extra-sync", "--duration", "6")
+    assert code == 0, out
+    assert doc["int3_fix"] == "extra-sync" and doc["violations"] == 0 and doc["int3_hits"] > 100
 
 
 def test_stress_json_fields(no_leaks, tmp_path):
@@ -112,7 +120,7 @@ def test_a_closed_output_pipe_keeps_the_verdict(no_leaks, tmp_path):
     from .conftest import ROOT
 
     env = dict(__import__("os").environ, PYTHONPATH=str(ROOT))
-    cmd = (f"{sys.executable} -m numaemu stress --duration 3 --inject-bug no-sync --json {tmp_path / 's.json'} | head -1; "
+    cmd = (f"{sys.executable} -m numaemu stress --duration 3 --inject-bug no-sync --protocol stop_machine --json {tmp_path / 's.json'} | head -1; "
            "exit ${PIPESTATUS[0]}")
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr

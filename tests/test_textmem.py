@@ -218,7 +218,7 @@ def test_segment_size() -> None:
     size += MAX_BATCH * 8 * 2 + MAX_BATCH * 8  # desc
     size += N_TASKS
     size = -(-size // 8) * 8 + 64 * (8 + 8 + 8 + 8)
-    size += 8 * 6  # lock_owner
+    size += 8 * 7  # lock_owner
     size += N_NODES * N_SITES  # pend
     size = -(-size // 8) * 8 + 8 * N_NODES * 8  # key_refs
     assert text_segment_size(N_NODES, N_SITES, N_KEYS, N_TASKS) == size

@@ -204,7 +204,7 @@ class StressConfig(MachineConfig):
     @property
     def source_name(self) -> str:
         """The source (set by __post_init__ when it was left out)."""
-        return self.source or "static_keys"
+        return "static_keys" if self.source is None else self.source
 
     def int3_fix_for(self) -> str:
         """The INT3 fix of the run: the one given, or the one the planted bug breaks, or refcount."""

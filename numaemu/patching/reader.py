@@ -25,7 +25,7 @@ sequence number before and after, and the state the last returned call committed
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,7 @@ class Violation:
     offset: int
     observed: str
     detail: str
-    expected: str = ""  # the encoding the last call that returned left
+    expected: str = field(default="", compare=False)  # the encoding the last call that returned left
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "node": self.node, "site": self.site, "address": hex(self.offset), "observed": self.observed,

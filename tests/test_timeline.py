@@ -1,0 +1,150 @@
+"""The emulated timeline of stress (model/timeline.py), and the pieces of issue 16 that are pure
+logic: the INT3 handler's two fixes and the poisoned descriptor, the replica verdict read
+through page tables, aligned word fetches."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from numaemu.model.image import PAGE_SIZE, synthetic_image
+from numaemu.model.sites import INT3, KPROBE_ARMED, site_table
+from numaemu.model.timeline import SCALE_MARGIN, Timeline, scale_for, site_ns, timeline_for
+from numaemu.patching.text_poke_bp import POISON_FREE, poison_descriptor, poke_int3_handler, publish_descriptor
+from numaemu.patching.textmem import TextCopies
+
+
+def x86() -> Timeline:
+    return timeline_for("x86_64", 2.9, 4.0, 85.0, 16_000_000, 60_000)
+
+
+def test_site_ns_is_the_code_between_two_sites() -> None:
+    # 16 MB of text, 60,000 sites: 267 bytes = 67 instructions between sites, at 1 IPC and 2.9 GHz
+    assert site_ns("x86_64", 16_000_000, 60_000, 2.9) == pytest.approx(16e6 / 6e4 / 4 / 2.9)
+    assert x86().site_ns == pytest.approx(22.99, abs=0.01)
+
+
+def test_every_cost_has_a_source_and_scales_to_wall_time() -> None:
+    tl = x86()
+    rows = tl.rows()
+    assert {name for name, _, _ in rows} == {f.name for f in dataclasses.fields(Timeline)} - {"arch", "scale"}
+    assert all(src for _, _, src in rows)
+    assert tl.wall_ns(tl.ipi_ns) == 0  # not measured yet
+    w = tl.with_scale(500.0)
+    assert w.wall_ns(w.ipi_ns) == int(1317 * 500) and w.wall_ns(w.text_poke_ns) == 500_000
+    assert w.emulated_s(5.0) == pytest.approx(0.01)
+    # the arm64 IPI is the ThunderX2 measurement, the x86 one the Xeon's
+    assert timeline_for("arm64", 3.0, 4.0, 90.0, 1, 1).ipi_ns > tl.ipi_ns
+
+
+def test_the_scale_follows_the_slowest_reader() -> None:
+    tl = x86()
+    assert scale_for(tl, 10_000) == pytest.approx(10_000 * SCALE_MARGIN / tl.site_ns)
+    assert scale_for(tl, 0.001) == 1.0  # never faster than real time
+
+
+def test_bad_timeline_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="ipi_ns"):
+        dataclasses.replace(x86(), ipi_ns=-1.0)
+    with pytest.raises(ValueError, match="site_ns"):
+        dataclasses.replace(x86(), site_ns=0.0)
+
+
+# -- the INT3 handler, the fixes and the poisoned descriptor -----------------------------------
+
+
+class _State:
+    """The header, node and descriptor fields poke_int3_handler uses, in process memory."""
+
+    def __init__(self) -> None:
+        self.h = {"desc_gen": 0, "desc_live": 0, "desc_count": 0}
+        self.in_int3 = [0, 0]
+        self.desc_offset = np.zeros(256, np.int64)
+        self.desc_site = np.zeros(256, np.int64)
+        self.desc_new = np.zeros((256, 8), np.uint8)
+
+    def get(self, f: str) -> int:
+        return self.h[f]
+
+    def set(self, f: str, v: int) -> None:
+        self.h[f] = v
+
+    def add(self, f: str, v: int = 1) -> int:
+        self.h[f] += v
+        return self.h[f]
+
+    def node_get(self, n: int, f: str) -> int:
+        return self.in_int3[n]
+
+    def node_set(self, n: int, f: str, v: int) -> None:
+        self.in_int3[n] = v
+
+
+class _Kernel:
+    def __init__(self, st: _State, sites) -> None:
+        self.st, self.sites = st, sites
+
+
+@pytest.fixture(scope="module")
+def table():
+    return site_table(synthetic_image(scale=0.1))
+
+
+def test_handler_emulates_the_new_instruction_of_a_live_batch(table) -> None:
+    st = _State()
+    s = np.array([5, 9])
+    new = table.enc[s, 1]
+    publish_descriptor(_Kernel(st, table), s, new)  # type: ignore[arg-type]
+    out, ok, consistent = poke_int3_handler(st, 0, table, s)  # type: ignore[arg-type]
+    assert ok.all() and consistent and np.array_equal(out, new)
+    assert st.in_int3 == [0, 0]  # the reference is dropped on the way out
+
+
+def test_a_handler_whose_descriptor_is_poisoned_under_it_sees_it(table) -> None:
+    """The use after free both 2019 fixes exist to prevent: the descriptor released while a
+    handler (interrupts off, so it answers no sync) is still between its header and entries."""
+    st = _State()
+    s = np.array([5])
+    publish_descriptor(_Kernel(st, table), s, table.enc[s, 1])  # type: ignore[arg-type]
+
+    def release() -> None:
+        time.sleep(0.02)
+        st.set("desc_live", 0)
+        poison_descriptor(st)  # type: ignore[arg-type]
+
+    t = threading.Thread(target=release)
+    t.start()
+    out, ok, consistent = poke_int3_handler(st, 0, table, s, handler_ns=100_000_000)  # type: ignore[arg-type]
+    t.join()
+    assert not ok.any() and not consistent
+    assert np.all(st.desc_new[:1] == POISON_FREE) and st.desc_offset[0] == -1
+
+
+def test_no_batch_in_flight_leaves_the_int3_to_kprobes(table) -> None:
+    st = _State()
+    kp = table.kprobe_sites()[:1]
+    out, ok, consistent = poke_int3_handler(st, 0, table, kp)  # type: ignore[arg-type]
+    assert not ok.any() and consistent  # not ours, and nothing was read: kprobe_int3_handler's
+    assert table.enc[kp[0], KPROBE_ARMED, 0] == INT3
+
+
+# -- the replica verdict through page tables ---------------------------------------------------
+
+
+def test_a_copy_the_patcher_forgot_fails_the_verdict() -> None:
+    """The verdict reads what each node's page table maps, not the patcher's list of copies: a
+    frame the patcher did not write is caught, though `TextCopies.mismatches` of a list without it
+    passes."""
+    pages = 4
+    master = np.arange(pages * PAGE_SIZE, dtype=np.int64).astype(np.uint8)
+    mem = np.concatenate([master, master])  # node 0's frames, then node 1's
+    bases = [np.arange(pages) * PAGE_SIZE, pages * PAGE_SIZE + np.arange(pages) * PAGE_SIZE]
+    master[PAGE_SIZE + 7] ^= 0xFF  # a patch written to the master ...
+    mem[PAGE_SIZE + 7] = master[PAGE_SIZE + 7]  # ... and to node 0's copy, not node 1's
+    forgot = TextCopies(where=bases[0][:, None].copy())  # the patcher's list: node 0's frames only
+    assert forgot.mismatches(master, mem, np.arange(pages)) == []
+    assert TextCopies.mismatches_seen(master, mem, bases, np.arange(pages)) == [(1, 1)]
