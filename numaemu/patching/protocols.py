@@ -3,8 +3,11 @@ and the locks they take (the vocabulary every module of the patching layer share
 
 One `kernel.NodeKernel` per node process. It patches (as the node whose task called
 static_key_enable, ftrace, ...) and it takes part in the other nodes' patches (syncs, stop_machine
-rounds) at its *safe points*: between the instructions its readers execute, and inside its INT3
-handler. Each protocol's steps live in a module of their own, which the kernel delegates to:
+rounds) at its *safe points*: between the batches of instructions its readers execute, never
+inside its INT3 handler (which runs with interrupts off). Every cost (an IPI's delivery, a write
+of one site into one copy, the handler, a sync's work at its target, a CPU's switch into a
+stop_machine round) is the run's timeline's, in emulated ns at one scale (numaemu/model/timeline.py).
+Each protocol's steps live in a module of their own, which the kernel delegates to:
 
 ``stop_machine`` (kernel/stop_machine.c, arm64 ``aarch64_insn_patch_text``; stop_machine.py): the
 patching node raises a round; every node parks at a safe point and counts itself in under a lock;

@@ -5,21 +5,25 @@ after the IPI, arm64 ISB): that is what the protocols' syncs are for. So a node 
 64-byte lines it fetched in an *instruction buffer* (direct-mapped, `IBUF_LINES` lines) that is
 only flushed when the node takes part in a sync or a stop_machine round, and it fetches each x86
 instruction in two steps: the first byte decides (through the buffer), the rest is read from its
-copy in memory a little later (`FETCH_GAP_NS`). A skipped or early sync can then really produce a
-torn or stale execution.
+copy in memory the timeline's ``fetch_gap_ns`` later. A skipped or early sync can then really
+produce a torn or stale execution. (Stores do not invalidate the buffer: x86 fetch snoops them and
+arm64's patcher issues IC IVAU, so real stale windows are shorter; numaemu/model/timeline.py and
+the README say what that changes.) An arm64 instruction is one aligned 4-byte load, single-copy
+atomic.
 
 `execute` runs a batch of sites: step 1 for all, the gap, step 2 for all, then the INT3 handler for
-sites whose first byte was INT3 (`text_poke_bp.poke_int3_handler`: it takes a reference on the
-descriptor, takes part in pending syncs, bsearches the descriptor and emulates the new instruction). The node reads each site's
-sequence number before and after, and the state the last returned call committed.
+sites whose first byte was INT3 (`text_poke_bp.poke_int3_handler`: interrupts off, so it answers no
+sync; it bsearches the descriptor and emulates the new instruction; a site it does not find is a
+kprobe's, whose handler runs the probed instruction). The node reads each site's sequence number
+before and after, and the state the last returned call committed.
 
 `check_batch` is the checker. It is told nothing about bugs; it judges only the observations:
 - a *stable* site (sequence even and unchanged across the batch: no call in flight) must hold
   exactly its committed encoding: anything else is ``stale`` (old code after the call returned)
   or ``int3-after-return``;
 - any site must hold one of its valid encodings (after INT3 emulation): anything else is
-  ``torn``; an INT3 with no live descriptor, or a descriptor that changed under the handler, is
-  ``int3-no-descriptor``.
+  ``torn``; an INT3 with no live descriptor, or a descriptor that changed or was poisoned under
+  the handler, is ``int3-no-descriptor`` (a kprobe's armed INT3 is a state of its own).
 """
 
 from __future__ import annotations
