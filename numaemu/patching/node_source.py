@@ -9,6 +9,7 @@ recovery can finish it (`NodeKernel.begin_op`; see `sources` for the sources' ru
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -52,6 +53,7 @@ class NodeSource:
         self.ftrace_all_enables = 0  # enables that traced every function at once
         self.module_loads = 0
         self.module_unloads = 0
+        self.deadline_ns = 0  # when the run ends (perf_counter_ns; 0: no end), see `_fits`
 
     def step(self) -> None:
         name = self.plan.names[self.turn % len(self.plan.names)]
@@ -151,7 +153,7 @@ class NodeSource:
                 self._patch_all(on, FTRACE_CALLER, FTRACE_OFF)
                 return
             self.ftrace_enables += 1
-            if self.ftrace_enables % FTRACE_ALL_EVERY == 0:
+            if self.ftrace_enables % FTRACE_ALL_EVERY == 0 and self._fits(3 * len(sites)):
                 target = np.concatenate([sites[state == FTRACE_OFF], self._live_module_ftrace(FTRACE_OFF)])
                 self.st.set("ftrace_all", 1)
                 self.ftrace_all_enables += 1
@@ -159,6 +161,14 @@ class NodeSource:
                 pick = self.rng.choice(len(sites), size=min(FTRACE_FILTER, len(sites)), replace=False)
                 target = sites[pick][state[pick] == FTRACE_OFF]
             self._patch_all(target, FTRACE_OFF, FTRACE_CALLER)
+
+    def _fits(self, writes: int) -> bool:
+        """Would `writes` site writes into every copy end before the run does? Tracing every
+        function is ~140,000 writes a copy: 0.3 emulated s, minutes of wall time at a stress
+        run's scale, so a run only starts it when there is time to finish (else a filter)."""
+        if not self.deadline_ns:
+            return True
+        return bool(time.perf_counter_ns() + writes * self.k.text.n_copies * self.k.text_poke_ns < self.deadline_ns)
 
     def _ftrace_set(self, enable: bool, functions: int) -> None:
         """Trace the first `functions` untraced functions (0: every function), or stop tracing."""

@@ -155,6 +155,7 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
     kernel.set_timeline(tl)
     reader.set_timeline(tl)
     readers.pace_ns, readers.scale, readers.start_ns = tl.wall_ns(tl.site_ns), tl.scale, start_ns
+    source.deadline_ns = end_ns
     if cfg.bench is not None:
         nc.phase("run")
         return cfg.bench.on_node(cfg, st, kernel, readers, cpus)

@@ -99,6 +99,11 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
             "p99": float(np.percentile(lat, 99)) if len(lat) else None,
             "max": float(lat.max()) if len(lat) else None,
         },
+        # The same on the timeline: what the calls would take on the emulated machine.
+        "patch_latency_emulated_us": {
+            "median": float(np.median(lat)) / scale if len(lat) and scale else None,
+            "p99": float(np.percentile(lat, 99)) / scale if len(lat) and scale else None,
+        },
         "sync_rounds": sum(r.syncs for r in reports),
         "stop_rounds": sum(r.stop_rounds for r in reports),
         "int3_hits": sum(r.int3_hits for r in reports),
@@ -149,7 +154,8 @@ def format_stress_summary(doc: dict[str, Any]) -> str:
         f"sync rounds {doc['sync_rounds']:,}, stop_machine rounds {doc['stop_rounds']:,}"
         + (f"; modules loaded {doc['module_loads']:,}, unloaded {doc['module_unloads']:,}" if doc["module_loads"] else "")
         + (f"; tracing enabled on every function {doc['ftrace_all_enables']:,} times" if doc["ftrace_all_enables"] else ""),
-        "patch latency: " + (f"median {lat['median']:.0f} us, p99 {lat['p99']:.0f} us" if lat["median"] is not None else "no patch calls"),
+        "patch latency: " + (f"median {lat['median']:.0f} us, p99 {lat['p99']:.0f} us" if lat["median"] is not None else "no patch calls")
+        + (f" (emulated: median {emu['median']:,.1f} us, p99 {emu['p99']:,.1f} us)" if (emu := doc.get("patch_latency_emulated_us")) and emu["median"] is not None else ""),
         f"replicas identical to the master: {({True: 'yes', False: 'NO', None: 'not checked (the run never started)'})[doc['replicas_identical']]}"
         f" ({len(doc['copy_nodes'])} {'copy' if len(doc['copy_nodes']) == 1 else 'copies'}, on node{'s' if len(doc['copy_nodes']) > 1 else ''} {', '.join(map(str, doc['copy_nodes']))})",
         f"violations: {doc['violations']:,}" + _rates(doc),
