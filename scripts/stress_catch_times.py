@@ -32,6 +32,8 @@ BUGS = [
     ("no-final-sync", "text_poke_bp", "x86_64"),
     ("no-final-sync", "nosync", "arm64"),
     ("key-race", "text_poke_bp", "x86_64"),
+    ("late-replica", "text_poke_bp", "x86_64"),
+    ("late-replica", "nosync", "arm64"),
 ]
 CLEAN = [("text_poke_bp", "x86_64", ()), ("text_poke_bp", "x86_64", ("--source", "kprobes", "--int3-fix", "extra-sync")),
          ("stop_machine", "x86_64", ()), ("nosync", "arm64", ())]
@@ -54,9 +56,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--out", default=str(ROOT / "results" / "stress-catch-times.json"))
+    ap.add_argument("--bugs", default=None, help="comma-separated bug names (default: every one)")
     a = ap.parse_args()
     rows = []
-    for bug, protocol, arch in BUGS:
+    for bug, protocol, arch in [b for b in BUGS if a.bugs is None or b[0] in a.bugs.split(",")]:
         runs = []
         for seed in range(a.seeds):
             took, code, doc = stress(["--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--seed", str(seed), "--stop-at-first"], a.duration)
@@ -69,7 +72,7 @@ def main() -> None:
         rows.append({"bug": bug, "protocol": protocol, "arch": arch, "runs": runs, "caught": len(caught), "of": len(runs),
                      "median_wall_s": statistics.median(caught) if caught else None, "max_wall_s": max(caught) if caught else None})
     clean = []
-    for protocol, arch, extra in CLEAN:
+    for protocol, arch, extra in CLEAN if a.bugs is None else []:
         took, code, doc = stress(["--protocol", protocol, "--arch", arch, *extra], 10.0)
         clean.append({"protocol": protocol, "arch": arch, "options": list(extra), "exit": code, "violations": doc["violations"],
                       "executions": doc["executions_checked"], "emulated_s": doc["emulated_s"], "patches": doc["patches_applied"]})

@@ -57,6 +57,7 @@ BUGGY = [
     ("no-final-sync", "text_poke_bp", "x86_64"),
     ("no-final-sync", "nosync", "arm64"),
     ("key-race", "text_poke_bp", "x86_64"),
+    ("late-replica", "nosync", "arm64"),
 ]
 KINDS = {
     "early-master": {"torn"},
@@ -65,6 +66,7 @@ KINDS = {
     "no-sync": {"torn", "stale", "int3-after-return"},
     "no-final-sync": {"stale", "int3-after-return", "int3-no-descriptor"},
     "key-race": {"key-mismatch", "unexpected-op", "key-off-while-held"},
+    "late-replica": {"stale", "int3-after-return", "replica-differs"},
 }
 
 

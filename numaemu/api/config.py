@@ -40,6 +40,7 @@ BUG_PROTOCOLS = {
     "no-final-sync": ("text_poke_bp", "nosync"),
     "key-race": PROTOCOLS,
     "no-int3-fix": ("text_poke_bp",),
+    "late-replica": PROTOCOLS,
 }
 # Which INT3 fix each INT3 bug breaks (protocols.INT3_FIXES).
 BUG_FIX = {"descriptor-reuse": "refcount", "no-int3-fix": "extra-sync"}
@@ -195,6 +196,8 @@ class StressConfig(MachineConfig):
             params.choice(self.int3_fix, INT3_FIXES, "--int3-fix")
         if self.bug is not None:
             params.choice(self.bug, BUGS, "--inject-bug")
+            if self.bug == "late-replica" and self.policy != "replicate":
+                raise UsageError("--inject-bug", f"late-replica is a bug of replicas: use --policy replicate, not {self.policy}")
             fix = BUG_FIX.get(self.bug)
             if fix and self.int3_fix not in (None, fix):
                 raise UsageError("--inject-bug", f"{self.bug} breaks the {fix} fix: use --int3-fix {fix} (or leave it out), not {self.int3_fix}")

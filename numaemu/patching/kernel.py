@@ -96,7 +96,11 @@ class NodeKernel:
         self._lock_index = {id(getattr(locks, f.name)): i for i, f in enumerate(dataclasses.fields(locks))}
         self._pend_base = node * state.n_sites
         self.resumes = 0  # recoveries this node was parked through (a wait's deadline restarts)
-        self.text = TextPoke(copies, master, mem, text_poke_ns, check_alive)
+        # late-replica: the protocol writes every copy but the last node's, which is written
+        # only after the call has returned (`_write_late`).
+        late = bug == "late-replica" and copies.where.shape[1] > 1
+        self.text = TextPoke(TextCopies(copies.where[:, :-1]) if late else copies, master, mem, text_poke_ns, check_alive)
+        self._late = TextCopies(copies.where[:, -1:]) if late else None
         self.stats = PatchStats()
         self.unexpected = 0
         self.idle: Callable[[], None] | None = None  # what to run while blocked on a lock
@@ -304,10 +308,25 @@ class NodeKernel:
                 self.mark(prev)
         self._intend(sites, None)
         self.end_op()
+        if self._late is not None:
+            self._write_late(sites)
         self.stats.calls += 1
         self.stats.sites += len(sites)
         self.stats.latencies_ns.append(time.perf_counter_ns() - t0)
         return len(sites)
+
+    def _write_late(self, sites: np.ndarray) -> None:
+        """The late-replica bug: the last node's copy of `sites` written after the call
+        returned, at the usual cost a site (as if one replica's __text_poke were left to a
+        worker): until then that node runs the old text although the call has returned."""
+        t, late = self.sites, self._late
+        assert late is not None
+        lens = t.length[sites].astype(np.int64)
+        offs = np.repeat(t.offset[sites], lens) + byte_ranges(lens)
+        t0 = time.perf_counter_ns()
+        late.write(self.master, self.mem, offs, self.master[offs])
+        if self.text.text_poke_ns:
+            spin(max(0, len(sites) * self.text.text_poke_ns - (time.perf_counter_ns() - t0)))
 
     def _patch_locked(self, sites: np.ndarray, old_states: np.ndarray, new_states: np.ndarray, protocol: str) -> np.ndarray:
         """The call under text_mutex: verify, patch batch by batch, commit; return the sites

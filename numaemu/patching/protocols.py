@@ -42,7 +42,10 @@ Bugs that `--inject-bug` plants, each the kernel's own (BACKGROUND.md s.4):
 ``early-master`` the first node to arrive patches; ``descriptor-reuse`` the descriptor is
 released while a node is still in its INT3 handler (the refcount fix without its wait);
 ``no-int3-fix`` the same under the extra-sync fix without its sync (the kernel before 5.5, whose
-oops Hiramatsu's 285a54efe386 fixed: a kprobe's INT3 hit while bp_patching was cleared); ``no-sync`` a sync between phases is skipped
+oops Hiramatsu's 285a54efe386 fixed: a kprobe's INT3 hit while bp_patching was cleared);
+``late-replica`` the last node's replica is written only after the call returns (a replication
+bug: Kuzin's __text_poke loops over every replica before returning, King's nosync writes node 0's
+copy and then every other before the kick); ``no-sync`` a sync between phases is skipped
 (stop_machine: the released nodes do not resynchronise); ``no-final-sync`` the call returns
 before every node has synchronised; ``key-race`` a static key's count is updated outside its
 lock (see sources.py).
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
 __all__ = ["PROTOCOLS", "BUGS", "INT3_FIXES", "STEPS", "Locks", "PatchStats", "PatchTimeout"]
 
 PROTOCOLS = ("stop_machine", "text_poke_bp", "nosync")
-BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix")
+BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix", "late-replica")
 SPIN_TRIES = 200  # polls before yielding; ~50 us of spinning
 YIELD_TRIES = 200  # sched_yield polls before sleeping
 WAIT_TIMEOUT_S = 30.0
