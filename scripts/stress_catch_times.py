@@ -67,7 +67,8 @@ def main() -> None:
             runs.append({"seed": seed, "caught": code == 1, "wall_s": round(took, 2), "first_emulated_us": first.get("emulated_us"),
                          "kind": first.get("kind") or (doc["violation_examples"][0]["kind"] if doc["violation_examples"] else None),
                          "scale": doc["timeline"]["scale"], "source": doc["source"]})
-            print(f"{bug:17s} {protocol:13s} {arch:7s} seed {seed}: " + (f"caught in {took:5.1f} s ({runs[-1]['kind']}, at {first.get('emulated_us')} emulated us)" if code == 1 else f"NOT caught in {took:.1f} s"), flush=True)
+            verdict = f"caught in {took:5.1f} s ({runs[-1]['kind']}, at {first.get('emulated_us')} emulated us)" if code == 1 else f"NOT caught in {took:.1f} s"
+            print(f"{bug:17s} {protocol:13s} {arch:7s} seed {seed}: {verdict}", flush=True)
         caught = [r["wall_s"] for r in runs if r["caught"]]
         rows.append({"bug": bug, "protocol": protocol, "arch": arch, "runs": runs, "caught": len(caught), "of": len(runs),
                      "median_wall_s": statistics.median(caught) if caught else None, "max_wall_s": max(caught) if caught else None})
