@@ -34,6 +34,10 @@ BUGS = [
     ("key-race", "text_poke_bp", "x86_64"),
     ("late-replica", "text_poke_bp", "x86_64"),
     ("late-replica", "nosync", "arm64"),
+    ("trampoline-no-rcu", "text_poke_bp", "x86_64"),
+    ("trampoline-no-rcu", "nosync", "arm64"),
+    ("module-unload-running", "text_poke_bp", "x86_64"),
+    ("module-unload-running", "nosync", "arm64"),
 ]
 CLEAN = [("text_poke_bp", "x86_64", ()), ("text_poke_bp", "x86_64", ("--source", "kprobes", "--int3-fix", "extra-sync")),
          ("stop_machine", "x86_64", ()), ("nosync", "arm64", ())]

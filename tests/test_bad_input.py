@@ -534,6 +534,8 @@ STRESS = [
     (["--source", "kprobes", "--arch", "arm64"], "--source: kprobes are INT3 probes of the x86 image here"),
     (["--int3-fix", "rcu"], "--int3-fix: 'rcu' is not one of refcount, extra-sync"),
     (["--inject-bug", "descriptor-reuse", "--int3-fix", "extra-sync"], "--inject-bug: descriptor-reuse breaks the refcount fix: use --int3-fix refcount"),
+    (["--inject-bug", "trampoline-no-rcu", "--source", "ftrace"], "--inject-bug: trampoline-no-rcu is a bug of BPF trampolines: use --source bpf or mixed"),
+    (["--inject-bug", "module-unload-running", "--source", "bpf"], "--inject-bug: module-unload-running is a bug of module unload: use --source module or mixed"),
     (["--inject-bug", "late-replica", "--policy", "single"], "--inject-bug: late-replica is a bug of replicas: use --policy replicate"),
     (["--inject-bug", "no-int3-fix", "--protocol", "stop_machine"], "--inject-bug: no-int3-fix is a bug of text_poke_bp, not of stop_machine"),
     (["--source", ""], "--source: '' is not one of"),

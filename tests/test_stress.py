@@ -58,6 +58,8 @@ BUGGY = [
     ("no-final-sync", "nosync", "arm64"),
     ("key-race", "text_poke_bp", "x86_64"),
     ("late-replica", "nosync", "arm64"),
+    ("trampoline-no-rcu", "text_poke_bp", "x86_64"),
+    ("module-unload-running", "stop_machine", "x86_64"),
 ]
 KINDS = {
     "early-master": {"torn"},
@@ -67,6 +69,8 @@ KINDS = {
     "no-final-sync": {"stale", "int3-after-return", "int3-no-descriptor"},
     "key-race": {"key-mismatch", "unexpected-op", "key-off-while-held"},
     "late-replica": {"stale", "int3-after-return", "replica-differs"},
+    "trampoline-no-rcu": {"trampoline-freed"},
+    "module-unload-running": {"module-freed"},
 }
 
 

@@ -210,13 +210,14 @@ def state(seg):
 
 
 def test_segment_size() -> None:
-    size = 128 + 128 * N_NODES
+    size = 192 + 128 * N_NODES
     size += 8 * N_SITES  # site_seq
     size += N_SITES  # site_state
     size = -(-size // 8) * 8 + N_SITES  # site_live
     size = -(-size // 8) * 8 + 8 * N_KEYS
     size += MAX_BATCH * 8 * 2 + MAX_BATCH * 8  # desc
     size += N_TASKS
+    size = -(-size // 8) * 8 + 8 * N_TASKS * 3 + 8 * 64  # task_tramp, task_qs, task_mod, slot_gen
     size = -(-size // 8) * 8 + 64 * (8 + 8 + 8 + 8)
     size += 8 * 7  # lock_owner
     size += N_NODES * N_SITES  # pend

@@ -41,7 +41,12 @@ BUG_PROTOCOLS = {
     "key-race": PROTOCOLS,
     "no-int3-fix": ("text_poke_bp",),
     "late-replica": PROTOCOLS,
+    "trampoline-no-rcu": PROTOCOLS,
+    "module-unload-running": PROTOCOLS,
 }
+# The source a bug needs when --source is left out: INT3s that outlive a text_poke_bp batch
+# (kprobes'), a trampoline tasks can be preempted in (BPF's).
+BUG_SOURCE = {"descriptor-reuse": "kprobes", "no-int3-fix": "kprobes", "trampoline-no-rcu": "bpf", "module-unload-running": "module"}
 # Which INT3 fix each INT3 bug breaks (protocols.INT3_FIXES).
 BUG_FIX = {"descriptor-reuse": "refcount", "no-int3-fix": "extra-sync"}
 
@@ -165,7 +170,7 @@ class StressConfig(MachineConfig):
     (default: text_poke_bp on x86, nosync on arm64) for `duration_s`, while every node's readers
     execute it; `bug` plants one of the kernel's historical bugs."""
 
-    source: str | None = None  # None: static_keys, or kprobes for a bug of the INT3 handler (INT3_BUG_SOURCE)
+    source: str | None = None  # None: static_keys, or the source the planted bug needs (BUG_SOURCE)
     protocol: str | None = None
     policy: str = "replicate"
     duration_s: float = 10.0
@@ -185,7 +190,7 @@ class StressConfig(MachineConfig):
             params.choice(self.protocol, PROTOCOLS, "--protocol")
         if self.source is None:
             # The INT3-handler bugs need INT3s that outlive a text_poke_bp batch: kprobes'.
-            object.__setattr__(self, "source", "kprobes" if self.bug in BUG_FIX else "static_keys")
+            object.__setattr__(self, "source", BUG_SOURCE.get(self.bug or "", "static_keys"))
         params.choice(self.source_name, SOURCES, "--source")
         params.choice(self.policy, POLICIES, "--policy")
         params.check("--duration", params.DURATION, self.duration_s)
@@ -196,6 +201,10 @@ class StressConfig(MachineConfig):
             params.choice(self.int3_fix, INT3_FIXES, "--int3-fix")
         if self.bug is not None:
             params.choice(self.bug, BUGS, "--inject-bug")
+            if self.bug == "trampoline-no-rcu" and self.source_name not in ("bpf", "mixed"):
+                raise UsageError("--inject-bug", f"trampoline-no-rcu is a bug of BPF trampolines: use --source bpf or mixed, not {self.source_name}")
+            if self.bug == "module-unload-running" and self.source_name not in ("module", "mixed"):
+                raise UsageError("--inject-bug", f"module-unload-running is a bug of module unload: use --source module or mixed, not {self.source_name}")
             if self.bug == "late-replica" and self.policy != "replicate":
                 raise UsageError("--inject-bug", f"late-replica is a bug of replicas: use --policy replicate, not {self.policy}")
             fix = BUG_FIX.get(self.bug)

@@ -9,6 +9,7 @@ recovery can finish it (`NodeKernel.begin_op`; see `sources` for the sources' ru
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ from numaemu.model.sites import (
     KPROBE_ORIG,
 )
 from numaemu.patching.kernel import NodeKernel
+from numaemu.patching.protocols import WAIT_TIMEOUT_S, PatchTimeout
 from numaemu.patching.sources import FTRACE_ALL_EVERY, FTRACE_FILTER, MAX_HELD, PatchOp, SourcePlan, slot_fill
 from numaemu.patching.textmem import TextState
 
@@ -194,11 +196,43 @@ class NodeSource:
         return on
 
     def _bpf(self) -> None:
+        """Attach the BPF trampoline to one function, or detach it and free it: only after an
+        RCU-tasks grace period (every task has passed a voluntary context switch), since a task
+        may be preempted inside it (bpf_tramp_image_put; ftrace's dynamic trampolines since
+        "ftrace: Add use of synchronize_rcu_tasks() with dynamic trampolines", 4.12). The
+        ``trampoline-no-rcu`` bug frees it at once."""
         s = np.array([self.plan.bpf_site])
         with self.k.holding(self.k.locks.ftrace):
             attached = int(self.st.site_state[s[0]]) == FTRACE_BPF
             old, new = (FTRACE_BPF, FTRACE_OFF) if attached else (FTRACE_OFF, FTRACE_BPF)
             self._patch_all(s, old, new)
+            if attached:
+                if self.k.bug != "trampoline-no-rcu":
+                    self._rcu_tasks_wait()
+                self.st.add("tramp_gen")  # freed: a task still inside finds another instance
+
+    def _rcu_tasks_wait(self) -> None:
+        """synchronize_rcu_tasks(): wait until every task has passed a voluntary context switch
+        (a request boundary not spent preempted inside a trampoline, ``task_qs``)."""
+        snap = self.st.task_qs.copy()
+        self._wait_tasks(lambda: self.st.task_qs > snap, "an RCU-tasks grace period")
+
+    def _wait_tasks(self, done: Callable[[], np.ndarray], what: str) -> None:
+        """Wait until `done()` is true of every task (an array over tasks), running this node's
+        own tasks meanwhile, as the waiting task would sleep and let them run. Tasks of a node
+        that has finished have left every trampoline and module."""
+        st, k = self.st, self.k
+        per = len(st.task_qs) // k.n_nodes
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while not np.all(done() | np.repeat(st.nodes["done"] == 1, per)):
+            k.check_alive()
+            if k.idle is not None:
+                k.idle()
+            else:
+                k.safe_point()
+                os.sched_yield()
+            if time.monotonic() > deadline:
+                raise PatchTimeout(f"node {k.node}: waited {WAIT_TIMEOUT_S:.0f} s for {what}")
 
     # -- kprobes -----------------------------------------------------------------------------
 
@@ -305,13 +339,20 @@ class NodeSource:
         self._write_slot(slot, body)
         self.module_loads += 1
         st.site_state[sites] = states
+        st.slot_gen[slot] = gen
         st.site_live[sites] = 1
         st.node_set(self.k.node, "module_op", 0)
 
     def _unload(self, slot: int) -> None:
         sites = self.k.sites.module_sites(slot)
         self.st.node_set(self.k.node, "module_op", slot + 1)
-        self.st.site_live[sites] = 0
+        self.st.site_live[sites] = 0  # MODULE_STATE_GOING: no task enters it from now on
+        if self.k.bug != "module-unload-running":
+            # delete_module waits for the module's references to drop (a task running its code
+            # holds one: try_module_get), here: every task preempted inside it to leave.
+            code = int(self.st.slot_gen[slot]) * 1024 + slot + 1
+            self._wait_tasks(lambda: self.st.task_mod != code, f"the tasks inside module slot {slot} to leave")
+        self.st.slot_gen[slot] = 0
         self._write_slot(slot, np.full(MODULE_SLOT_BYTES, slot_fill(self.k.sites.arch), dtype=np.uint8))
         self.module_unloads += 1
         self.st.node_set(self.k.node, "module_op", 0)

@@ -45,7 +45,10 @@ released while a node is still in its INT3 handler (the refcount fix without its
 oops Hiramatsu's 285a54efe386 fixed: a kprobe's INT3 hit while bp_patching was cleared);
 ``late-replica`` the last node's replica is written only after the call returns (a replication
 bug: Kuzin's __text_poke loops over every replica before returning, King's nosync writes node 0's
-copy and then every other before the kick); ``no-sync`` a sync between phases is skipped
+copy and then every other before the kick); ``trampoline-no-rcu`` a detached BPF trampoline is freed
+without the RCU-tasks wait, under a task preempted inside it (see sources.py);
+``module-unload-running`` a module is freed without waiting for the tasks inside its code to leave
+(delete_module's refcount wait skipped); ``no-sync`` a sync between phases is skipped
 (stop_machine: the released nodes do not resynchronise); ``no-final-sync`` the call returns
 before every node has synchronised; ``key-race`` a static key's count is updated outside its
 lock (see sources.py).
@@ -64,7 +67,7 @@ if TYPE_CHECKING:
 __all__ = ["PROTOCOLS", "BUGS", "INT3_FIXES", "STEPS", "Locks", "PatchStats", "PatchTimeout"]
 
 PROTOCOLS = ("stop_machine", "text_poke_bp", "nosync")
-BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix", "late-replica")
+BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix", "late-replica", "trampoline-no-rcu", "module-unload-running")
 SPIN_TRIES = 200  # polls before yielding; ~50 us of spinning
 YIELD_TRIES = 200  # sched_yield polls before sleeping
 WAIT_TIMEOUT_S = 30.0

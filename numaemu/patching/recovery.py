@@ -136,6 +136,7 @@ def finish_operation(st: TextState, sites: SiteTable, copies: TextCopies, master
         # A load or unload half-way: leave the slot as an unload leaves it (not live, empty).
         ms = sites.module_sites(slot - 1)
         st.site_live[ms] = 0
+        st.slot_gen[slot - 1] = 0  # freed: a task still inside it would find it gone
         first = int(sites.offset[ms[0]])
         span = np.arange(first, first + MODULE_SLOT_BYTES, dtype=np.int64)
         copies.write(master, mem, span, np.full(len(span), slot_fill(sites.arch), dtype=np.uint8))

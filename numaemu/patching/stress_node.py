@@ -25,7 +25,7 @@ from numaemu.host.clock import Pacer, spin
 from numaemu.host.cpus import pin_to
 from numaemu.host.segments import MemoryLayout
 from numaemu.model.placement import PageTable
-from numaemu.model.sites import FTRACE_KLP, SiteTable
+from numaemu.model.sites import FTRACE_BPF, FTRACE_KLP, MODULE_FUNCS, SITES_PER_MODULE_FUNC, SiteTable
 from numaemu.model.timeline import Timeline, scale_for
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
@@ -231,6 +231,7 @@ def _patch_and_read(nc: NodeContext, kernel: NodeKernel, source: NodeSource, rea
         source.perform(op)
     # Wind down: drop what this node holds, then keep answering syncs until every node is done.
     source.finish()
+    readers.leave_all()
     kernel.idle = None
     st.nodes["done"][cfg.node] = 1
     kernel.wait_for(lambda: bool(np.all(st.nodes["done"] == 1)), "the other nodes to finish")
@@ -252,6 +253,7 @@ class ReaderTasks:
             jumps = plan.module_jump_key >= 0
             self.key_of[plan.module_sites[jumps]] = plan.module_jump_key[jumps]
         self.hot = cfg.plan.hot_sites()
+        self.bpf_site = int(cfg.plan.bpf_site) if "bpf" in cfg.plan.names else -1
         self.klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
         self.mod_sites = cfg.plan.module_sites if "module" in cfg.plan.names else np.zeros(0, np.int64)
         self.task = 0
@@ -300,6 +302,7 @@ class ReaderTasks:
         batch = self._pick(t)
         obs = self.reader.execute(batch)
         self.violations += self._judge(obs, t)
+        self.violations += self._inside(obs, t)
         self.executions += len(batch)
         self.batches += 1
         # Published as they grow: a node killed before its report still counts (recovery.py).
@@ -336,6 +339,55 @@ class ReaderTasks:
             picked,
             rng.integers(0, cfg.sites.n_core, BATCH_SITES - len(picked)),
         ])
+
+    def _inside(self, obs: Observation, t: int) -> int:
+        """Task `t` and the code that can be freed under it: the BPF trampoline and modules. A
+        task whose request called into one is preempted inside it and leaves it at the end of
+        its next request; what it entered must not have been freed meanwhile
+        (``trampoline-freed``, ``module-freed``: it would run freed memory). A request the task
+        ends outside any trampoline is a voluntary context switch (RCU-tasks' quiescent state)."""
+        st, cfg, bad = self.st, self.cfg, 0
+        tramp, mod = int(st.task_tramp[t]), int(st.task_mod[t])
+        if tramp and st.get("tramp_gen") != tramp - 1:
+            bad += self._freed(t, "trampoline-freed", self.bpf_site, "the BPF trampoline")
+        if mod and st.slot_gen[(mod - 1) % 1024] != (mod - 1) // 1024:
+            slot = (mod - 1) % 1024
+            bad += self._freed(t, "module-freed", int(cfg.sites.module_sites(slot)[0]), f"module slot {slot}'s code")
+        st.task_tramp[t] = st.task_mod[t] = 0
+        ok = obs.handler_ok
+        if self.bpf_site >= 0:
+            called = (obs.sites == self.bpf_site) & ok
+            if called.any() and cfg.sites.holds(obs.sites[called], FTRACE_BPF, obs.observed[called]).any():
+                st.task_tramp[t] = st.get("tramp_gen") + 1
+        in_mod = np.flatnonzero((obs.sites >= cfg.sites.n_core) & ok)
+        if len(in_mod):
+            slot = int(obs.sites[in_mod[-1]] - cfg.sites.n_core) // (MODULE_FUNCS * SITES_PER_MODULE_FUNC)
+            gen = int(st.slot_gen[slot])
+            if gen:
+                # try_module_get: take the reference, then check the module is not going (the
+                # unloader marks it going, then waits for the references), else drop it.
+                st.task_mod[t] = gen * 1024 + slot + 1
+                if not st.site_live[obs.sites[in_mod[-1]]]:
+                    st.task_mod[t] = 0
+        if not st.task_tramp[t]:
+            st.task_qs[t] += 1
+        return bad
+
+    def _freed(self, t: int, kind: str, site: int, what: str) -> int:
+        example = {"kind": kind, "node": self.cfg.node, "task": t, "site": site, "address": hex(int(self.cfg.sites.offset[site])),
+                   "detail": f"a task preempted inside {what} came back to it after it was freed"}
+        if len(self.examples) < MAX_REPORTED:
+            self.examples.append(example)
+        if self.cfg.stop_at_first and self.first is None:
+            self._stop_at(example, t)
+        return 1
+
+    def leave_all(self) -> None:
+        """The run is over for this node: its tasks leave whatever trampoline or module they are
+        in (each still checked) and pass a quiescent state."""
+        none = Observation(*(np.zeros(0, dt) for dt in (np.int64, np.uint8, bool, bool, np.int64, np.int64, np.int8)))
+        for t in range(self.cfg.node * READER_TASKS, (self.cfg.node + 1) * READER_TASKS):
+            self.violations += self._inside(none, t)
 
     def _judge(self, obs: Observation, t: int) -> int:
         """The violations in task `t`'s request `obs` (the first few kept as examples)."""

@@ -8,14 +8,18 @@ writes node 0's copy, then every other node's.
 
 Byte layout of the ``txt`` segment (numpy dtypes below; all integers little-endian):
 
-    0                     TXT_HEADER, 128 bytes
-    128                   n_nodes x TXT_NODE, 128 bytes each
+    0                     TXT_HEADER, 192 bytes
+    192                   n_nodes x TXT_NODE, 128 bytes each
     ...                   site_seq   int64 [n_sites]  even: stable; odd: a patch call is in flight
     ...                   site_state int8  [n_sites]  state committed by the last call that returned
     ...                   site_live  uint8 [n_sites]  1 where the site may be executed (modules)
     ...                   key_count  int64 [n_keys]   static-key reference counts
     ...                   desc       TXT_DESC          the text_poke_bp descriptor (256 entries)
     ...                   task_klp   int8  [n_tasks]  each reader task's livepatch state
+    ...                   task_tramp int64 [n_tasks]  trampoline instance + 1 a task is preempted inside (0: none)
+    ...                   task_qs    int64 [n_tasks]  voluntary context switches of each task (RCU-tasks' quiescent states)
+    ...                   task_mod   int64 [n_tasks]  module a task is preempted inside: load generation x 1024 + slot + 1 (0: none)
+    ...                   slot_gen   int64 [MAX_SLOTS] the load generation of the module in each slot (0: empty)
     ...                   failures   TXT_FAILURE [64] unexpected ops seen by patchers
     ...                   lock_owner int64 [N_LOCKS]  node + 1 holding each of `patching.Locks` (0: none)
     ...                   pend       int8  [n_nodes, n_sites]  each node's patch call in intent:
@@ -50,6 +54,7 @@ MAX_KEYS = 8  # static keys a source flips (sources.HOT_KEYS), each node's refer
 # The counters a stress node publishes in its TXT_NODE slot as it goes (its report's figures).
 PUBLISHED = ("executions", "violations", "patch_calls", "sites_patched", "source_ops")
 N_LOCKS = 7  # patching.Locks
+MAX_SLOTS = 64  # module slots a segment keeps a generation for
 
 TXT_HEADER = np.dtype(
     [
@@ -69,6 +74,8 @@ TXT_HEADER = np.dtype(
         ("stop_req_ns", "<i8"),  # when the last stop_machine round was requested
         ("scale_ppm", "<i8"),  # the run's time scale x 10^6, once the run has started (timeline.py)
         ("first_at_ns", "<i8"),  # --stop-at-first: when a node saw the first violation (0: none yet)
+        ("tramp_gen", "<i8"),  # the BPF trampoline's instance: +1 each time one is freed
+        ("pad", "V56"),
     ]
 )
 TXT_NODE = np.dtype(
@@ -102,7 +109,7 @@ TXT_DESC = np.dtype(
     ]
 )
 TXT_FAILURE = np.dtype([("node", "<i8"), ("site", "<i8"), ("expected", "u1", (8,)), ("found", "u1", (8,))])
-assert TXT_HEADER.itemsize == 128 and TXT_NODE.itemsize == 128
+assert TXT_HEADER.itemsize == 192 and TXT_NODE.itemsize == 128
 
 
 def _word_index(dt: np.dtype) -> dict[str, int]:
@@ -133,6 +140,10 @@ def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> list[tup
         ("key_count", np.dtype("<i8"), n_keys),
         ("desc", TXT_DESC, 1),
         ("task_klp", np.dtype("i1"), n_tasks),
+        ("task_tramp", np.dtype("<i8"), n_tasks),
+        ("task_qs", np.dtype("<i8"), n_tasks),
+        ("task_mod", np.dtype("<i8"), n_tasks),
+        ("slot_gen", np.dtype("<i8"), MAX_SLOTS),
         ("failure_log", TXT_FAILURE, MAX_FAILURES),
         ("lock_owner", np.dtype("<i8"), N_LOCKS),
         ("pend", np.dtype("i1"), n_nodes * n_sites),
@@ -170,6 +181,10 @@ class TextState:
         self.desc_site = self.desc["site"]
         self.desc_new = self.desc["new"]
         self.task_klp = views["task_klp"]
+        self.task_tramp = views["task_tramp"]
+        self.task_qs = views["task_qs"]
+        self.task_mod = views["task_mod"]
+        self.slot_gen = views["slot_gen"]
         self.failure_log = views["failure_log"]
         self.lock_owner = views["lock_owner"]
         self.pend = views["pend"].reshape(n_nodes, n_sites)
