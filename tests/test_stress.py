@@ -98,6 +98,20 @@ def test_the_extra_sync_fix_passes_without_the_refcount(no_leaks, tmp_path):
     assert doc["int3_fix"] == "extra-sync" and doc["violations"] == 0 and doc["int3_hits"] > 100
 
 
+def test_a_protocol_of_ones_own_runs_and_a_broken_one_is_caught(no_leaks, tmp_path):
+    code, doc, out = stress(tmp_path, "--protocol", "examples/protocol_text_poke_bp.toml", "--duration", "5")
+    assert code == 0, out
+    assert doc["protocol"] == "data" and doc["protocol_spec"]["name"] == "text_poke_bp as data"
+    assert doc["violations"] == 0 and doc["int3_hits"] > 0 and doc["patches_applied"] > 0
+    code, doc, out = stress(tmp_path, "--protocol", "examples/protocol_write_then_sync.toml", "--stop-at-first", "--duration", "60")
+    assert code == 1, out
+    first = doc["first_violation"]
+    assert first["kind"] == "torn" and "invariant: every execution is one of the site's valid instructions" in out
+    # where: the node, task and site, and the step the patcher was at
+    assert {"node", "task", "site", "address", "observed"} <= set(first)
+    assert "write every replica, then one sync: step 1: write insn into all copies" in first["steps"].values()
+
+
 def test_stress_json_fields(no_leaks, tmp_path):
     code, doc, _ = stress(tmp_path, "--duration", "2", "--source", "bpf")
     assert code == 0

@@ -23,6 +23,7 @@ from numaemu.model.hardware_presets import PROFILES
 from numaemu.model.image import ARCHES
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
+from numaemu.model.protocol_spec import ProtocolSpec, load_protocol
 from numaemu.model.workloads import check_workload
 from numaemu.patching.protocols import BUGS, INT3_FIXES, PROTOCOLS
 from numaemu.patching.sources import SOURCES, PatchOp
@@ -47,6 +48,8 @@ BUG_PROTOCOLS = {
 # The source a bug needs when --source is left out: INT3s that outlive a text_poke_bp batch
 # (kprobes'), a trampoline tasks can be preempted in (BPF's).
 BUG_SOURCE = {"descriptor-reuse": "kprobes", "no-int3-fix": "kprobes", "trampoline-no-rcu": "bpf", "module-unload-running": "module"}
+# The bugs that are not a protocol's steps, so that they can be planted under a protocol of one's own.
+DATA_BUGS = ("key-race", "late-replica", "trampoline-no-rcu", "module-unload-running")
 # Which INT3 fix each INT3 bug breaks (protocols.INT3_FIXES).
 BUG_FIX = {"descriptor-reuse": "refcount", "no-int3-fix": "extra-sync"}
 
@@ -179,6 +182,8 @@ class StressConfig(MachineConfig):
     recover: bool = False
     kill_rate: float | None = None
     script: tuple[PatchOp, ...] = ()  # Emulation.patch: these operations instead of the source's random ones
+    # A protocol given as data (model/protocol_spec.py), from the API or from --protocol FILE.
+    protocol_spec: ProtocolSpec | None = None
     int3_fix: str | None = None  # protocols.INT3_FIXES (default refcount; an INT3 bug picks the fix it breaks)
     stop_at_first: bool = False  # end at the first violation and report it in full
 
@@ -186,8 +191,13 @@ class StressConfig(MachineConfig):
         super().__post_init__()
         if not all(isinstance(op, PatchOp) for op in self.script):
             raise UsageError("ops", "each operation must be a numaemu.PatchOp")
-        if self.protocol is not None:
-            params.choice(self.protocol, PROTOCOLS, "--protocol")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            if not (self.protocol.endswith(".toml") or "/" in self.protocol):
+                params.choice(self.protocol, PROTOCOLS, "--protocol")  # neither a name nor a file: the names
+            object.__setattr__(self, "protocol_spec", load_protocol(self.protocol))
+            object.__setattr__(self, "protocol", None)
+        if self.protocol_spec is not None and not isinstance(self.protocol_spec, ProtocolSpec):
+            raise UsageError("protocol_spec", "must be a numaemu ProtocolSpec (numaemu.model.protocol_spec)")
         if self.source is None:
             # The INT3-handler bugs need INT3s that outlive a text_poke_bp batch: kprobes'.
             object.__setattr__(self, "source", BUG_SOURCE.get(self.bug or "", "static_keys"))
@@ -225,6 +235,13 @@ class StressConfig(MachineConfig):
     def protocol_for(self, arch: str) -> str:
         """The protocol on an image of `arch`, checked against it and against `bug`."""
         arm = arch == "arm64"
+        if self.protocol_spec is not None:
+            if self.protocol_spec.arch != arch:
+                raise UsageError("--protocol", f"protocol '{self.protocol_spec.name}' patches the {self.protocol_spec.arch} image, and this image is {arch}; add --arch {self.protocol_spec.arch}")
+            if self.bug is not None and self.bug not in DATA_BUGS:
+                raise UsageError("--inject-bug", f"{self.bug} is planted in the kernel's own protocols; with a protocol of your own, plant it in its steps "
+                                                 f"(bugs that fit any protocol: {', '.join(DATA_BUGS)})")
+            return "data"
         protocol = self.protocol if self.protocol is not None else ("nosync" if arm else "text_poke_bp")
         if protocol == "nosync" and not arm:
             raise UsageError("--protocol", "nosync (single aligned 4-byte writes) is only for the arm64 image; add --arch arm64, or use text_poke_bp or stop_machine")

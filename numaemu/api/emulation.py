@@ -263,8 +263,9 @@ class Emulation:
         self._check_design()
         check_host_fits(topo, [stress_need(topo, image, config.policy, replicas_every=config.replicas_every)])
         self._prune()
+        shown = protocol if config.protocol_spec is None else f"protocol '{config.protocol_spec.name}'"
         self._say(
-            f"numaemu stress: {protocol}, source {config.source}, {topo.name} ({topo.n_nodes} nodes), policy {config.policy}, "
+            f"numaemu stress: {shown}, source {config.source}, {topo.name} ({topo.n_nodes} nodes), policy {config.policy}, "
             f"image {image.name}, {config.duration_s:g} s at {config.rate:g} ops/s, bug: {config.bug or 'none'}"
         )
         if host.oversubscribed:
@@ -272,7 +273,8 @@ class Emulation:
         spec = StressSpec(topo, host, image, config.policy, protocol, config.source_name, config.duration_s, config.rate, config.seed, config.bug,
                           config.method, replicas_every=config.replicas_every, pt_style=config.pt_style,
                           recover=MAX_RECOVERIES if config.recover else 0, kill_rate=config.kill_rate or 0.0, script=config.script,
-                          int3_fix=config.int3_fix_for(), stop_at_first=config.stop_at_first)
+                          int3_fix=config.int3_fix_for(), stop_at_first=config.stop_at_first,
+                          protocol_spec=config.protocol_spec)
 
         def result(raw: dict[str, Any], exc: BaseException | None = None) -> StressResult:
             doc = stress_document(spec, raw)

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import SiteTable
 from numaemu.model.timeline import Timeline
-from numaemu.patching import nosync, stop_machine, text_poke, text_poke_bp
+from numaemu.patching import data_protocol, nosync, stop_machine, text_poke, text_poke_bp
 from numaemu.patching.protocols import (
     SMALL_SITES,
     SPIN_TRIES,
@@ -50,6 +51,7 @@ _BATCH: dict[str, Callable[[NodeKernel, np.ndarray, np.ndarray], None]] = {
     "text_poke_bp": text_poke_bp.text_poke_bp_batch,
     "nosync": nosync.nosync_batch,
     "text_poke": text_poke.text_poke_batch,
+    "data": data_protocol.data_protocol_batch,
 }
 
 
@@ -75,6 +77,7 @@ class NodeKernel:
         ipi_delay_ns: int = 0,
         text_poke_ns: int = 0,
         int3_fix: str = "refcount",
+        data_protocol: ProtocolSpec | None = None,
         mark: Callable[[int], int] = lambda where: 0,
         fault: Callable[[str], None] = lambda point: None,
     ) -> None:
@@ -110,6 +113,7 @@ class NodeKernel:
         self.stop_switch_ns = 0  # wall ns a node takes to enter a stop_machine round
         self.count_rmw_ns = 0  # wall ns between reading and writing a shared count
         self.int3_fix = int3_fix  # which 2019 fix the INT3 handler's descriptor relies on
+        self.data_protocol = data_protocol  # protocol "data": its steps (model/protocol_spec.py)
         self._due: dict[str, int] = {}  # when the pending sync / stop IPI reaches this node
 
     def step(self, name: str) -> None:

@@ -39,6 +39,7 @@ from numaemu.model.hardware_presets import resolve_hardware
 from numaemu.model.image import PAGE_SIZE, KernelImage, with_module_area
 from numaemu.model.pagetables import page_table_cost
 from numaemu.model.placement import Placement, check_reachable, place_for
+from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import SiteTable, site_table
 from numaemu.model.timeline import Timeline, timeline_for
 from numaemu.model.topology import Topology
@@ -81,6 +82,7 @@ class StressSpec:
     script: tuple[PatchOp, ...] = ()
     int3_fix: str = "refcount"  # protocols.INT3_FIXES: what the INT3 handler's descriptor relies on
     stop_at_first: bool = False  # end the run at the first violation (--stop-at-first)
+    protocol_spec: ProtocolSpec | None = None  # protocol "data": its steps
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +136,7 @@ def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[
             hosted=pl.hosted[node], table=pl.tables[node], layout=s.layout, copies=s.copies,
             sites=s.sites, plan=s.plan, n_keys=s.image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
             rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
-            bench=spec.bench, timeline=s.timeline, script=spec.script, int3_fix=spec.int3_fix, stop_at_first=spec.stop_at_first,
+            bench=spec.bench, timeline=s.timeline, script=spec.script, int3_fix=spec.int3_fix, stop_at_first=spec.stop_at_first, protocol_spec=spec.protocol_spec,
         )
         for node in range(n)
     ]

@@ -25,8 +25,10 @@ from numaemu.host.clock import Pacer, spin
 from numaemu.host.cpus import pin_to
 from numaemu.host.segments import MemoryLayout
 from numaemu.model.placement import PageTable
+from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import FTRACE_BPF, FTRACE_KLP, MODULE_FUNCS, SITES_PER_MODULE_FUNC, SiteTable
 from numaemu.model.timeline import Timeline, scale_for
+from numaemu.patching.data_protocol import DATA_STEP, step_name
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import STEPS, Locks
@@ -77,6 +79,7 @@ class StressNodeConfig:
     script: tuple[PatchOp, ...] = ()  # StressSpec.script: node 0 performs these instead of the source's
     int3_fix: str = "refcount"  # protocols.INT3_FIXES
     stop_at_first: bool = False  # end the run at the first violation any node sees
+    protocol_spec: ProtocolSpec | None = None  # protocol "data": its steps
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
         cfg.node, cfg.n_nodes, st, cfg.copies, master, mem, cfg.sites, cfg.locks,
         protocol=cfg.protocol, bug=cfg.bug, shared_core=cfg.shared_core,
         flush=lambda: reader.flush() if reader is not None else None,
-        check_alive=nc.poll, int3_fix=cfg.int3_fix, mark=nc.mark, fault=nc.fault.reached,
+        check_alive=nc.poll, int3_fix=cfg.int3_fix, data_protocol=cfg.protocol_spec, mark=nc.mark, fault=nc.fault.reached,
     )
     reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point,
                     refcount=cfg.int3_fix == "refcount", mark=nc.mark)
@@ -408,6 +411,9 @@ class ReaderTasks:
             self._stop_at(found[0].to_json() if found else self.examples[-1], t)
         return bad
 
+    def _step_name(self, index: int) -> str:
+        return STEPS[index] if index < DATA_STEP else step_name(self.cfg.protocol_spec, index - DATA_STEP)
+
     def _stop_at(self, example: dict[str, Any], task: int) -> None:
         """Record the first violation in full (where every node's patch call was, when on the
         timeline) and tell every node to stop (the header's ``first_at_ns``)."""
@@ -415,7 +421,7 @@ class ReaderTasks:
         self.first = {
             **example, "task": task,
             "emulated_us": round((now - self.start_ns) / self.scale / 1e3, 3),
-            "steps": {n: STEPS[int(st.nodes["step"][n])] for n in range(self.cfg.n_nodes)},
+            "steps": {n: self._step_name(int(st.nodes["step"][n])) for n in range(self.cfg.n_nodes)},
         }
         if not st.get("first_at_ns"):
             st.set("first_at_ns", now)

@@ -63,6 +63,9 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
         "schema": SCHEMA,
         "command": "stress",
         "protocol": spec.protocol,
+        "protocol_spec": None if spec.protocol_spec is None else {
+            "name": spec.protocol_spec.name, "arch": spec.protocol_spec.arch,
+            "steps": [st.describe(i) for i, st in enumerate(spec.protocol_spec.steps)]},
         "source": spec.source,
         "script": [{"kind": op.kind, "key": op.key, "functions": op.functions} for op in spec.script],
         "policy": spec.policy,
@@ -133,6 +136,19 @@ def _rates(doc: dict[str, Any]) -> str:
             f" {1e3 * doc['emulated_s']:,.3f} emulated ms at scale {tl['scale']:,.0f} wall ns per emulated ns)")
 
 
+# The invariant each kind of violation breaks, as the first violation's report names it.
+INVARIANTS = {
+    "torn": "every execution is one of the site's valid instructions",
+    "stale": "once a patch call has returned, every node runs what it committed",
+    "int3-after-return": "once a patch call has returned, no node runs its INT3",
+    "int3-no-descriptor": "an INT3 handler reads a live descriptor, never a released one",
+    "livepatch-mix": "a task runs one version of a livepatched set per request",
+    "key-off-while-held": "a static key is enabled wherever a node holding a reference runs its code",
+    "trampoline-freed": "a trampoline is freed only after every task has left it (RCU-tasks)",
+    "module-freed": "a module is freed only after every task has left its code",
+}
+
+
 def format_first(first: dict[str, Any]) -> str:
     """The first violation, in full (--stop-at-first): what, where, when, and where every
     node's patch call was."""
@@ -140,7 +156,9 @@ def format_first(first: dict[str, Any]) -> str:
     seen = f", executed {first['observed']}" if "observed" in first else ""
     want = f" (the last call that returned left {first['expected']})" if first.get("expected") else ""
     site = f" site {first['site']} at {first['address']}" if "site" in first else ""
-    return (f"FIRST VIOLATION at {first['emulated_us']:,.3f} emulated us: {first['kind']} on node {first['node']}, task {first['task']},"
+    rule = INVARIANTS.get(first["kind"])
+    return (f"FIRST VIOLATION at {first['emulated_us']:,.3f} emulated us: {first['kind']}"
+            + (f" (invariant: {rule})" if rule else "") + f" on node {first['node']}, task {first['task']},"
             f"{site}{seen}{want}: {first.get('detail', '')}\n  protocol steps then: {steps}")
 
 
