@@ -19,6 +19,7 @@ from numaemu.api.records import BenchResult, CalibrationResult, PolicyResult, Ru
 from numaemu.errors import NodeFailure, UsageError  # noqa: E402
 from numaemu.model.image import KernelImage, synthetic_image  # noqa: E402
 from numaemu.model.placement import POLICIES, Placement, place  # noqa: E402
+from numaemu.model.protocol_spec import ProtocolSpec, Step, load_protocol  # noqa: E402
 from numaemu.model.topology import Topology  # noqa: E402
 from numaemu.patching.sources import PATCH_OPS, PatchOp  # noqa: E402
 
@@ -34,6 +35,9 @@ __all__ = [
     "CalibrationResult",
     "PatchOp",
     "PATCH_OPS",
+    "ProtocolSpec",
+    "Step",
+    "load_protocol",
     "bench",
     "calibrate",
     "NodeFailure",

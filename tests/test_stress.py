@@ -112,6 +112,18 @@ def test_a_protocol_of_ones_own_runs_and_a_broken_one_is_caught(no_leaks, tmp_pa
     assert "write every replica, then one sync: step 1: write insn into all copies" in first["steps"].values()
 
 
+def test_a_protocol_written_in_a_script(no_leaks):
+    # King's replica order on arm64, as a script would write it (README "Scripting")
+    import numaemu
+
+    spec = numaemu.ProtocolSpec("King's order", "arm64", (numaemu.Step(write="word", copies="node0"), numaemu.Step(write="word", copies="others"),
+                                                          numaemu.Step(sync=True)))
+    with numaemu.Emulation(arch="arm64") as emu:
+        result = emu.stress("static_keys", duration=3, protocol_spec=spec)
+    assert result.ok and result.patches_applied > 0
+    assert result.document["protocol_spec"]["steps"][0] == "step 1: write word into node0 copies"
+
+
 def test_stress_json_fields(no_leaks, tmp_path):
     code, doc, _ = stress(tmp_path, "--duration", "2", "--source", "bpf")
     assert code == 0
