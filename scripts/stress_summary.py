@@ -12,5 +12,7 @@ for path in sys.argv[1:]:
         f"{d['source']:>11} {d['protocol']:>12} {d['arch']:>6} {d['policy']:>9} {d['duration_s']:>4g} s: "
         f"{d['executions_checked']:>11,} executions checked, {d['patches_applied']:>6,} patch calls, "
         f"{d['sites_patched']:>10,} sites patched, {d['int3_hits']:>7,} INT3 hits{extra}; "
-        f"violations {d['violations']}, replicas identical {d['replicas_identical']}"
+        + (f"{1e3 * d['emulated_s']:8.2f} emulated ms at scale {d['timeline']['scale']:5.0f}, {d['violations_per_emulated_s']:g} violations per emulated s; "
+           if d.get("timeline") else "(before the timeline) ")
+        + f"violations {d['violations']}, replicas identical {d['replicas_identical']}"
     )
