@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--out", default=str(ROOT / "results" / "stress-catch-times.json"))
-    ap.add_argument("--bugs", default=None, help="comma-separated bug names (default: every one)")
+    ap.add_argument("--bugs", default=None, help="comma-separated bug names (default: every one); 'none' for the clean runs alone")
+    ap.add_argument("--clean", action="store_true", help="also the clean runs when --bugs is given")
     a = ap.parse_args()
     rows = []
     for bug, protocol, arch in [b for b in BUGS if a.bugs is None or b[0] in a.bugs.split(",")]:
@@ -77,7 +78,7 @@ def main() -> None:
         rows.append({"bug": bug, "protocol": protocol, "arch": arch, "runs": runs, "caught": len(caught), "of": len(runs),
                      "median_wall_s": statistics.median(caught) if caught else None, "max_wall_s": max(caught) if caught else None})
     clean = []
-    for protocol, arch, extra in CLEAN if a.bugs is None else []:
+    for protocol, arch, extra in CLEAN if a.bugs is None or a.clean else []:
         took, code, doc = stress(["--protocol", protocol, "--arch", arch, *extra], 10.0)
         clean.append({"protocol": protocol, "arch": arch, "options": list(extra), "exit": code, "violations": doc["violations"],
                       "executions": doc["executions_checked"], "emulated_s": doc["emulated_s"], "patches": doc["patches_applied"]})

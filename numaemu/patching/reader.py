@@ -153,9 +153,14 @@ class Reader:
         miss = ~hit
         if np.any(miss):
             phys = self._phys(offsets[miss])
-            out[miss] = self.words[phys // 4].view(np.uint8).reshape(-1, 4)
+            words = self.words[phys // 4].view(np.uint8).reshape(-1, 4)
+            out[miss] = words
             self._through_buffer(offsets[miss], 1)  # the rest of each line comes in too
-            self.data[slot[miss][:, None], (offsets[miss] % LINE_SIZE)[:, None] + np.arange(4)] = out[miss]
+            # The buffered line holds the word executed (the line may have been read after a
+            # later store). Two missed lines of one slot: only the one the slot kept.
+            m_slot, m_line = slot[miss], lines[miss]
+            kept = self.tag[m_slot] == m_line
+            self.data[m_slot[kept][:, None], (offsets[miss][kept] % LINE_SIZE)[:, None] + np.arange(4)] = words[kept]
         return out
 
     def execute(self, sites: np.ndarray) -> Observation:
