@@ -61,10 +61,11 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--out", default=str(ROOT / "results" / "stress-catch-times.json"))
     ap.add_argument("--bugs", default=None, help="comma-separated bug names (default: every one); 'none' for the clean runs alone")
+    ap.add_argument("--arch", default=None, help="only the bugs of this arch")
     ap.add_argument("--clean", action="store_true", help="also the clean runs when --bugs is given")
     a = ap.parse_args()
     rows = []
-    for bug, protocol, arch in [b for b in BUGS if a.bugs is None or b[0] in a.bugs.split(",")]:
+    for bug, protocol, arch in [b for b in BUGS if (a.bugs is None or b[0] in a.bugs.split(",")) and a.arch in (None, b[2])]:
         runs = []
         for seed in range(a.seeds):
             took, code, doc = stress(["--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--seed", str(seed), "--stop-at-first"], a.duration)
