@@ -39,7 +39,7 @@ def step_name(spec: ProtocolSpec | None, index: int) -> str:
 def _poke_for(k: NodeKernel, copies: str) -> TextPoke:
     """The writer into `copies` (all, node0: the first copy, which is node 0's under replicate,
     others: every copy but that one)."""
-    cache = k.__dict__.setdefault("_data_pokes", {})
+    cache = k.data_pokes
     if copies not in cache:
         where = k.copies.where
         cols = {"all": slice(None), "node0": slice(0, 1), "others": slice(1, None)}[copies]

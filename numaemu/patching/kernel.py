@@ -114,6 +114,7 @@ class NodeKernel:
         self.count_rmw_ns = 0  # wall ns between reading and writing a shared count
         self.int3_fix = int3_fix  # which 2019 fix the INT3 handler's descriptor relies on
         self.data_protocol = data_protocol  # protocol "data": its steps (model/protocol_spec.py)
+        self.data_pokes: dict[str, TextPoke] = {}  # its writers into subsets of the copies (data_protocol._poke_for)
         self._due: dict[str, int] = {}  # when the pending sync / stop IPI reaches this node
 
     def step(self, name: str) -> None:

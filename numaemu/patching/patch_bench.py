@@ -29,7 +29,8 @@ from numaemu.patching.stress import StressSpec, default_timeline, run_stress
 from numaemu.patching.textmem import TextState
 
 if TYPE_CHECKING:
-    from numaemu.patching.stress_node import ReaderTasks, StressNodeConfig
+    from numaemu.patching.reader_tasks import ReaderTasks
+    from numaemu.patching.stress_node import StressNodeConfig
 
 __all__ = ["PatchBench", "run_patch_bench"]
 

@@ -44,9 +44,10 @@ from numaemu.model.sites import SiteTable, site_table
 from numaemu.model.timeline import Timeline, timeline_for
 from numaemu.model.topology import Topology
 from numaemu.patching.protocols import Locks
+from numaemu.patching.reader_tasks import READER_TASKS
 from numaemu.patching.recovery import repair_text
 from numaemu.patching.sources import PatchOp, SourcePlan, key_agreement, plan_sources
-from numaemu.patching.stress_node import READER_TASKS, StressNodeConfig, stress_worker_main
+from numaemu.patching.stress_node import StressNodeConfig, stress_worker_main
 from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
 from numaemu.runtime.supervisor import NodeSession
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from numaemu.patching.reader_tasks import MAX_REPORTED
 from numaemu.patching.stress import StressSpec
-from numaemu.patching.stress_node import MAX_REPORTED, StressNodeReport
+from numaemu.patching.stress_node import StressNodeReport
 from numaemu.runtime.results import SCHEMA
 
 __all__ = ["stress_document", "format_stress_summary", "format_first"]
