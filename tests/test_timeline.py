@@ -176,3 +176,16 @@ def test_word_fetches_keep_each_buffered_line_whole() -> None:
     kept = int(r.tag[slot[pair[0]]])
     words = kept * LINE_SIZE + np.arange(0, LINE_SIZE, 4)
     assert np.array_equal(r._words(words), mem[words[:, None] + np.arange(4)])
+
+
+def test_fence_is_a_full_barrier_instruction() -> None:
+    """host.fence compiles to the architecture's full barrier (smp_mb): a locked instruction or
+    mfence on x86, dmb ish on arm64."""
+    import platform
+
+    import numaemu.host.fence as f
+
+    f.fence()
+    asm = f._compiled.inspect_asm(f._compiled.signatures[0])
+    want = ("dmb",) if platform.machine() in ("aarch64", "arm64") else ("lock", "mfence")
+    assert any(w in asm for w in want), asm

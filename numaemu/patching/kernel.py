@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.host.fence import fence
 from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import SiteTable
 from numaemu.model.timeline import Timeline
@@ -238,6 +239,7 @@ class NodeKernel:
             if self.sync_core_ns:
                 spin(self.sync_core_ns)  # the IPI handler and sync_core(), then the acknowledgement
             self.flush()
+            fence()  # nothing fetched from before the request is used after the acknowledgement
             st.node_set(node, "sync_ack", seq)
         stop = st.get("stop_seq")
         if stop > st.node_get(node, "stop_ack") and self._delivered("stop_req_ns"):
@@ -263,6 +265,7 @@ class NodeKernel:
     def sync(self, wait: bool = True, point: str | None = None) -> None:
         """Ask every node to synchronise (the IPI); with `wait`, return once all have. `point`:
         the fault-hook point this sync is (``int3_sync``: the first sync of text_poke_bp)."""
+        fence()  # every text write before it is seen before the request
         self.st.set("sync_req_ns", time.perf_counter_ns())
         seq = self.st.add("sync_seq")
         self.flush()
@@ -344,11 +347,13 @@ class NodeKernel:
         if len(sites):
             st = self.st
             self._bump(sites)  # odd: in flight
+            fence()  # readers see the call in flight before any of its writes
             batch = _BATCH[protocol]
             for i in range(0, len(sites), MAX_BATCH):
                 part = sites[i : i + MAX_BATCH]
                 batch(self, part, self.sites.enc[part, new_states[i : i + MAX_BATCH]])  # [n, 8]
             st.site_state[sites] = new_states
+            fence()  # every write and the committed state before the sequence that says "returned"
             self._bump(sites)  # even: the call has returned
             st.add("patch_calls")
             self.step("checking every copy")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.host.fence import fence
 from numaemu.model.image import MODULE_SLOT_BYTES
 from numaemu.model.sites import (
     FTRACE_BPF,
@@ -347,6 +348,7 @@ class NodeSource:
         sites = self.k.sites.module_sites(slot)
         self.st.node_set(self.k.node, "module_op", slot + 1)
         self.st.site_live[sites] = 0  # MODULE_STATE_GOING: no task enters it from now on
+        fence()  # going before the tasks' references are read (pairs with try_module_get's fence)
         if self.k.bug != "module-unload-running":
             # delete_module waits for the module's references to drop (a task running its code
             # holds one: try_module_get), here: every task preempted inside it to leave.

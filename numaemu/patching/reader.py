@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.host.fence import fence
 from numaemu.model.engine import page_bases
 from numaemu.model.image import LINE_SIZE, PAGE_SIZE
 from numaemu.model.placement import PageTable
@@ -167,6 +168,7 @@ class Reader:
         st, t = self.st, self.sites
         s1 = st.site_seq[sites].copy()
         committed = st.site_state[sites].copy()
+        fence()  # the sequence numbers and states before the bytes (smp_rmb)
         offs = t.offset[sites]
         lens = t.length[sites].astype(np.int64)
         observed = np.zeros((len(sites), MAX_INSN), dtype=np.uint8)
@@ -198,6 +200,7 @@ class Reader:
                 out[probe] = t.enc[at[probe], KPROBE_ARMED]
                 ok |= probe & consistent
                 observed[via_int3], handler_ok[via_int3] = out, ok
+        fence()  # the bytes before the sequence numbers after
         s2 = st.site_seq[sites].copy()
         return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed)
 

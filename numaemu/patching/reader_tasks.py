@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.host.fence import fence
 from numaemu.model.sites import FTRACE_BPF, FTRACE_KLP, MODULE_FUNCS, SITES_PER_MODULE_FUNC, SiteTable
 from numaemu.patching.data_protocol import DATA_STEP, step_name
 from numaemu.patching.node_source import NodeSource
@@ -161,6 +162,7 @@ class ReaderTasks:
                 # try_module_get: take the reference, then check the module is not going (the
                 # unloader marks it going, then waits for the references), else drop it.
                 st.task_mod[t] = gen * 1024 + slot + 1
+                fence()  # the reference is seen before the module's state is read
                 if not st.site_live[obs.sites[in_mod[-1]]]:
                     st.task_mod[t] = 0
         if not st.task_tramp[t]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from numaemu.host.clock import Pacer
 from numaemu.host.cpus import pin_to
+from numaemu.host.fence import fence
 from numaemu.host.segments import MemoryLayout
 from numaemu.model.placement import PageTable
 from numaemu.model.protocol_spec import ProtocolSpec
@@ -146,6 +147,7 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
     source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")
     readers = ReaderTasks(cfg, st, reader, rng, source)
     kernel.idle = readers.run_batch  # a node waiting for a lock runs its readers meanwhile
+    fence()  # compiled (or loaded from numba's cache) before the readers are timed
     if not cfg.timeline.scale:
         st.node_set(cfg.node, "site_wall_ns", readers.measure())
     start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))

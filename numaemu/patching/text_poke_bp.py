@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.host.fence import fence
 from numaemu.model.sites import INT3, MAX_INSN, SiteTable
 from numaemu.patching.protocols import SMALL_SITES, W_INT3
 from numaemu.patching.textmem import TextState, byte_ranges
@@ -43,11 +44,13 @@ def publish_descriptor(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> Non
     take the patcher's reference (``desc_live``)."""
     st = k.st
     st.add("desc_gen")  # odd: being written
+    fence()
     n = len(sites)
     st.desc_offset[:n] = k.sites.offset[sites]
     st.desc_site[:n] = sites
     st.desc_new[:n] = new
     st.set("desc_count", n)
+    fence()  # the entries before the generation that says they are complete
     st.add("desc_gen")  # even: complete
     st.set("desc_live", 1)
 
@@ -101,6 +104,7 @@ def release_descriptor(k: NodeKernel) -> None:
     before both fixes)."""
     st, nodes = k.st, range(k.n_nodes)
     st.set("desc_live", 0)
+    fence()  # dropped before the handlers' references are read (their fence pairs with this one)
     if k.int3_fix == "refcount":
         if k.bug != "descriptor-reuse":
             k.wait_for(lambda: not any(st.node_get(n, "in_int3") for n in nodes), "INT3 handlers to drop the descriptor")
@@ -142,6 +146,7 @@ def poke_int3_handler(
     the bsearch does. With `refcount` (Zijlstra's fix) it first takes a reference
     (``try_get_desc``: none if the patcher has dropped its own, then the INT3 is not ours)."""
     st.node_set(node, "in_int3", st.node_get(node, "in_int3") + 1)
+    fence()  # the reference is seen before the handler looks at the descriptor (try_get_desc)
     prev = mark(W_INT3) if mark is not None else 0
     try:
         live = st.get("desc_live") == 1
