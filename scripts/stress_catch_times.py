@@ -38,6 +38,8 @@ BUGS = [
     ("trampoline-no-rcu", "nosync", "arm64"),
     ("module-unload-running", "text_poke_bp", "x86_64"),
     ("module-unload-running", "nosync", "arm64"),
+    ("ipmodify-shared", "text_poke_bp", "x86_64"),
+    ("ipmodify-shared", "nosync", "arm64"),
 ]
 CLEAN = [("text_poke_bp", "x86_64", ()), ("text_poke_bp", "x86_64", ("--source", "kprobes", "--int3-fix", "extra-sync")),
          ("stop_machine", "x86_64", ()), ("nosync", "arm64", ())]

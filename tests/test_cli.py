@@ -72,7 +72,7 @@ BAD = [
     (["stress", "--protocol", "text_poke_bp", "--arch", "arm64"], "--protocol: text_poke_bp is the x86 INT3 protocol"),
     (["stress", "--protocol", "bogus"], "--protocol: 'bogus' is not one of stop_machine, text_poke_bp, nosync"),
     (["stress", "--arch", "riscv"], "--arch: 'riscv' is not one of x86_64, arm64"),
-    (["stress", "--source", "uprobes"], "--source: 'uprobes' is not one of static_keys, ftrace, module, bpf, livepatch, kprobes, mixed"),
+    (["stress", "--source", "uprobes"], "--source: 'uprobes' is not one of static_keys, ftrace, module, bpf, livepatch, kprobes, shared, mixed"),
     (["stress", "--policy", "mirror"], "--policy"),
     (["stress", "--inject-bug", "typo"], "--inject-bug: 'typo' is not one of early-master"),
     (["stress", "--inject-bug", "early-master"], "--inject-bug: early-master is a bug of stop_machine, not of text_poke_bp"),

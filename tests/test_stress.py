@@ -60,6 +60,7 @@ BUGGY = [
     ("late-replica", "nosync", "arm64"),
     ("trampoline-no-rcu", "text_poke_bp", "x86_64"),
     ("module-unload-running", "stop_machine", "x86_64"),
+    ("ipmodify-shared", "text_poke_bp", "x86_64"),
 ]
 KINDS = {
     "early-master": {"torn"},
@@ -71,6 +72,7 @@ KINDS = {
     "late-replica": {"stale", "int3-after-return", "replica-differs"},
     "trampoline-no-rcu": {"trampoline-freed"},
     "module-unload-running": {"module-freed"},
+    "ipmodify-shared": {"ipmodify-twice", "sharing-mismatch"},
 }
 
 

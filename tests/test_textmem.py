@@ -217,7 +217,7 @@ def test_segment_size() -> None:
     size = -(-size // 8) * 8 + 8 * N_KEYS
     size += MAX_BATCH * 8 * 2 + MAX_BATCH * 8  # desc
     size += N_TASKS
-    size = -(-size // 8) * 8 + 8 * N_TASKS * 3 + 8 * 64  # task_tramp, task_qs, task_mod, slot_gen
+    size = -(-size // 8) * 8 + 8 * N_TASKS * 3 + 8 * 64 + 8 * 16  # task_tramp, task_qs, task_mod, slot_gen, share_users
     size = -(-size // 8) * 8 + 64 * (8 + 8 + 8 + 8)
     size += 8 * 7  # lock_owner
     size += N_NODES * N_SITES  # pend

@@ -189,3 +189,28 @@ def test_fence_is_a_full_barrier_instruction() -> None:
     asm = f._compiled.inspect_asm(f._compiled.signatures[0])
     want = ("dmb",) if platform.machine() in ("aarch64", "arm64") else ("lock", "mfence")
     assert any(w in asm for w in want), asm
+
+
+# -- ftrace users sharing a function -------------------------------------------------------------
+
+
+def test_shared_functions_call_their_users() -> None:
+    from numaemu.model.sites import FTRACE_BPF, FTRACE_CALLER, FTRACE_KLP, FTRACE_OFF
+    from numaemu.patching.sources import USER_BPF, USER_FTRACE, USER_KLP, USER_KLP2, plan_sources, shared_state, sharing_agreement
+
+    assert shared_state(0) == FTRACE_OFF
+    assert shared_state(USER_FTRACE) == FTRACE_CALLER and shared_state(USER_BPF) == FTRACE_BPF
+    assert shared_state(USER_KLP) == shared_state(USER_KLP2) == FTRACE_KLP
+    assert shared_state(USER_BPF | USER_KLP) == FTRACE_CALLER  # several: ftrace_caller's ops list
+    t = site_table(synthetic_image(scale=0.1))
+    plan = plan_sources("shared", t, 64)
+    users = np.zeros(16, np.int64)
+    state = np.zeros(len(t), np.int8)
+    assert sharing_agreement(plan, users, state) == []
+    users[0] = USER_BPF
+    assert "need 2" in sharing_agreement(plan, users, state)[0]  # the code does not call the BPF trampoline
+    state[plan.shared_sites[0]] = FTRACE_BPF
+    assert sharing_agreement(plan, users, state) == []
+    users[1] = USER_KLP | USER_KLP2
+    assert "two IPMODIFY users" in sharing_agreement(plan, users, state)[0]
+    assert not set(plan.shared_sites) & (set(plan.ftrace_sites) | set(plan.klp_sites) | {plan.bpf_site})

@@ -44,12 +44,13 @@ BUG_PROTOCOLS = {
     "late-replica": PROTOCOLS,
     "trampoline-no-rcu": PROTOCOLS,
     "module-unload-running": PROTOCOLS,
+    "ipmodify-shared": PROTOCOLS,
 }
 # The source a bug needs when --source is left out: INT3s that outlive a text_poke_bp batch
 # (kprobes'), a trampoline tasks can be preempted in (BPF's).
-BUG_SOURCE = {"descriptor-reuse": "kprobes", "no-int3-fix": "kprobes", "trampoline-no-rcu": "bpf", "module-unload-running": "module"}
+BUG_SOURCE = {"descriptor-reuse": "kprobes", "no-int3-fix": "kprobes", "trampoline-no-rcu": "bpf", "module-unload-running": "module", "ipmodify-shared": "shared"}
 # The bugs that are not a protocol's steps, so that they can be planted under a protocol of one's own.
-DATA_BUGS = ("key-race", "late-replica", "trampoline-no-rcu", "module-unload-running")
+DATA_BUGS = ("key-race", "late-replica", "trampoline-no-rcu", "module-unload-running", "ipmodify-shared")
 # Which INT3 fix each INT3 bug breaks (protocols.INT3_FIXES).
 BUG_FIX = {"descriptor-reuse": "refcount", "no-int3-fix": "extra-sync"}
 
@@ -215,6 +216,8 @@ class StressConfig(MachineConfig):
                 raise UsageError("--inject-bug", f"trampoline-no-rcu is a bug of BPF trampolines: use --source bpf or mixed, not {self.source_name}")
             if self.bug == "module-unload-running" and self.source_name not in ("module", "mixed"):
                 raise UsageError("--inject-bug", f"module-unload-running is a bug of module unload: use --source module or mixed, not {self.source_name}")
+            if self.bug == "ipmodify-shared" and self.source_name not in ("shared", "mixed"):
+                raise UsageError("--inject-bug", f"ipmodify-shared is a bug of functions shared by ftrace users: use --source shared or mixed, not {self.source_name}")
             if self.bug == "late-replica" and self.policy != "replicate":
                 raise UsageError("--inject-bug", f"late-replica is a bug of replicas: use --policy replicate, not {self.policy}")
             fix = BUG_FIX.get(self.bug)

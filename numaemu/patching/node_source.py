@@ -32,7 +32,20 @@ from numaemu.model.sites import (
 )
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.protocols import WAIT_TIMEOUT_S, PatchTimeout
-from numaemu.patching.sources import FTRACE_ALL_EVERY, FTRACE_FILTER, MAX_HELD, PatchOp, SourcePlan, slot_fill
+from numaemu.patching.sources import (
+    FTRACE_ALL_EVERY,
+    FTRACE_FILTER,
+    IPMODIFY,
+    MAX_HELD,
+    USER_BPF,
+    USER_FTRACE,
+    USER_KLP,
+    USER_KLP2,
+    PatchOp,
+    SourcePlan,
+    shared_state,
+    slot_fill,
+)
 from numaemu.patching.textmem import TextState
 
 __all__ = ["NodeSource"]
@@ -56,6 +69,7 @@ class NodeSource:
         self.ftrace_all_enables = 0  # enables that traced every function at once
         self.module_loads = 0
         self.module_unloads = 0
+        self.ipmodify_refused = 0  # ``shared``: second IPMODIFY users refused
         self.deadline_ns = 0  # when the run ends (perf_counter_ns; 0: no end), see `_fits`
 
     def step(self) -> None:
@@ -256,6 +270,33 @@ class NodeSource:
                 self._patch_all(s, KPROBE_ARMED, KPROBE_OPTIMIZED)
             else:
                 self.k.patch(s, np.array([KPROBE_ARMED]), np.array([KPROBE_ORIG]), protocol="text_poke")
+
+    # -- ftrace users sharing a function ----------------------------------------------------
+
+    def _shared(self) -> None:
+        """Attach or detach one user of one shared function (`sources` ``shared``): the site is
+        patched when the users' state changes; a second IPMODIFY user is refused, unless the
+        ``ipmodify-shared`` bug lets it through."""
+        sites = self.plan.shared_sites
+        i = int(self.rng.integers(len(sites)))
+        user = int(self.rng.choice([USER_FTRACE, USER_BPF, USER_KLP, USER_KLP2]))
+        with self.k.holding(self.k.locks.ftrace):
+            mask = int(self.st.share_users[i])
+            new = mask & ~user if mask & user else mask | user
+            if not mask & user and user & IPMODIFY and mask & IPMODIFY and self.k.bug != "ipmodify-shared":
+                self.ipmodify_refused += 1  # -EBUSY: the function already has an IPMODIFY user
+                return
+            old_state, new_state = shared_state(mask), shared_state(new)
+
+            def commit() -> None:
+                self.k.begin_op()
+                self.st.share_users[i] = new
+
+            if old_state != new_state:
+                self._patch_all(sites[i : i + 1], old_state, new_state, commit)
+            else:
+                commit()
+                self.k.end_op()
 
     # -- livepatch ---------------------------------------------------------------------------
 

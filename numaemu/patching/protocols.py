@@ -48,7 +48,8 @@ bug: Kuzin's __text_poke loops over every replica before returning, King's nosyn
 copy and then every other before the kick); ``trampoline-no-rcu`` a detached BPF trampoline is freed
 without the RCU-tasks wait, under a task preempted inside it (see sources.py);
 ``module-unload-running`` a module is freed without waiting for the tasks inside its code to leave
-(delete_module's refcount wait skipped); ``no-sync`` a sync between phases is skipped
+(delete_module's refcount wait skipped); ``ipmodify-shared`` a second IPMODIFY ftrace user is
+attached to a function instead of refused (ftrace_hash_ipmodify_enable's -EBUSY skipped); ``no-sync`` a sync between phases is skipped
 (stop_machine: the released nodes do not resynchronise); ``no-final-sync`` the call returns
 before every node has synchronised; ``key-race`` a static key's count is updated outside its
 lock (see sources.py).
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
 __all__ = ["PROTOCOLS", "BUGS", "INT3_FIXES", "STEPS", "Locks", "PatchStats", "PatchTimeout"]
 
 PROTOCOLS = ("stop_machine", "text_poke_bp", "nosync")
-BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix", "late-replica", "trampoline-no-rcu", "module-unload-running")
+BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix", "late-replica", "trampoline-no-rcu", "module-unload-running", "ipmodify-shared")
 SPIN_TRIES = 200  # polls before yielding; ~50 us of spinning
 YIELD_TRIES = 200  # sched_yield polls before sleeping
 WAIT_TIMEOUT_S = 30.0

@@ -18,6 +18,7 @@ from numaemu.patching.data_protocol import DATA_STEP, step_name
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import STEPS
 from numaemu.patching.reader import Observation, Reader, check_batch
+from numaemu.patching.sources import IPMODIFY
 from numaemu.patching.textmem import TextState
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class ReaderTasks:
             self.key_of[plan.module_sites[jumps]] = plan.module_jump_key[jumps]
         self.hot = cfg.plan.hot_sites()
         self.bpf_site = int(cfg.plan.bpf_site) if "bpf" in cfg.plan.names else -1
+        self.shared = cfg.plan.shared_sites if "shared" in cfg.plan.names else np.zeros(0, np.int64)
         self.klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
         self.mod_sites = cfg.plan.module_sites if "module" in cfg.plan.names else np.zeros(0, np.int64)
         self.task = 0
@@ -98,6 +100,8 @@ class ReaderTasks:
         obs = self.reader.execute(batch)
         self.violations += self._judge(obs, t)
         self.violations += self._inside(obs, t)
+        if len(self.shared):
+            self.violations += self._ipmodify(obs, t)
         self.executions += len(batch)
         self.batches += 1
         # Published as they grow: a node killed before its report still counts (recovery.py).
@@ -168,6 +172,25 @@ class ReaderTasks:
         if not st.task_tramp[t]:
             st.task_qs[t] += 1
         return bad
+
+    def _ipmodify(self, obs: Observation, t: int) -> int:
+        """A shared function this task ran must not have two IPMODIFY users attached (its ftrace
+        ops list as the task's call went through it)."""
+        ran = np.flatnonzero(np.isin(self.shared, obs.sites))
+        if not len(ran):
+            return 0
+        masks = self.st.share_users[ran] & IPMODIFY
+        two = ran[(masks & (masks - 1)) != 0]
+        if not len(two):
+            return 0
+        site = int(self.shared[two[0]])
+        example = {"kind": "ipmodify-twice", "node": self.cfg.node, "task": t, "site": site, "address": hex(int(self.cfg.sites.offset[site])),
+                   "detail": "the function this task ran has two IPMODIFY ftrace users attached: the second must be refused"}
+        if len(self.examples) < MAX_REPORTED:
+            self.examples.append(example)
+        if self.cfg.stop_at_first and self.first is None:
+            self._stop_at(example, t)
+        return 1
 
     def _freed(self, t: int, kind: str, site: int, what: str) -> int:
         example = {"kind": kind, "node": self.cfg.node, "task": t, "site": site, "address": hex(int(self.cfg.sites.offset[site])),

@@ -24,6 +24,11 @@ between nodes lives in the ``txt`` segment (site states, key counts, livepatch t
   entries: an INT3 over the first byte (text_poke, then text_poke_sync), a JMP32 over the INT3
   through text_poke_bp. Readers that hit an armed probe go through poke_int3_handler first, which
   looks at the text_poke_bp descriptor of whatever batch is in flight: the race of the 2019 fixes.
+- ``shared``: ftrace, a BPF trampoline and two livepatches on the same few functions, as the kernel
+  lets ftrace_ops share a function: one user calls its own trampoline directly, several go through
+  ``ftrace_caller``'s list; a second IPMODIFY user (livepatches modify the return address) is
+  refused (-EBUSY, ftrace_hash_ipmodify_enable). The end checks that every function's code fits
+  its users and that no function has two IPMODIFY users (the ``ipmodify-shared`` bug allows them).
 - ``mixed``: all of these in turn (without ``static_keys`` on an image with no static keys, such
   as a real kernel whose ``__jump_table`` was not found).
 
@@ -41,15 +46,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from numaemu.model.sites import (
+    FTRACE_BPF,
+    FTRACE_CALLER,
+    FTRACE_KLP,
+    FTRACE_OFF,
     INT3,
     KIND_JUMP,
     SiteTable,
 )
 from numaemu.patching.textmem import MAX_KEYS
 
-__all__ = ["SOURCES", "PATCH_OPS", "PatchOp", "SourcePlan", "hot_keys", "plan_sources", "key_agreement", "slot_fill"]
+__all__ = ["SOURCES", "PATCH_OPS", "PatchOp", "SourcePlan", "hot_keys", "plan_sources", "key_agreement", "slot_fill", "shared_state", "sharing_agreement"]
 
-SOURCES = ("static_keys", "ftrace", "module", "bpf", "livepatch", "kprobes", "mixed")
+SOURCES = ("static_keys", "ftrace", "module", "bpf", "livepatch", "kprobes", "shared", "mixed")
 # What a script may ask for, one operation at a time (`PatchOp`), each as the kernel does it:
 # static_key_enable/disable (static_key_slow_inc/dec, kernel/jump_label.c), ftrace_enable on N
 # functions or all of them and ftrace_disable (ftrace_replace_code, kernel/trace/ftrace.c),
@@ -60,6 +69,12 @@ MAX_KEY_SITES = 300
 FTRACE_FILTER = 400  # functions in one random filter
 FTRACE_ALL_EVERY = 8  # every n-th enable traces every function
 LIVEPATCH_FUNCS = 8
+SHARED_FUNCS = 4  # functions the ``shared`` source lets several ftrace users share
+MAX_SHARED = 16  # the users masks the txt segment keeps
+# The ``shared`` source's users, as bits of a function's mask: tracing, a BPF trampoline, and two
+# livepatches (both IPMODIFY: at most one may be attached to a function).
+USER_FTRACE, USER_BPF, USER_KLP, USER_KLP2 = 1, 2, 4, 8
+IPMODIFY = USER_KLP | USER_KLP2
 RESERVED_FUNCS = 4  # functions 1..3 are the trampolines; keep them untraced
 MAX_HELD = 3
 assert HOT_KEYS <= MAX_KEYS
@@ -99,6 +114,7 @@ class SourcePlan:
     module_sites: np.ndarray  # every site of every module slot
     module_jump_key: np.ndarray  # per module site: index into `keys` of its static key (-1: none)
     kprobe_sites: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # x86 only
+    shared_sites: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ``shared``'s functions' ftrace sites
 
     def hot_sites(self) -> np.ndarray:
         parts = []
@@ -112,6 +128,8 @@ class SourcePlan:
             parts.append(self.klp_sites)
         if "kprobes" in self.names:
             parts.append(self.kprobe_sites)
+        if "shared" in self.names:
+            parts.append(self.shared_sites)
         parts.append(np.zeros(0, dtype=np.int64))
         return np.unique(np.concatenate(parts)).astype(np.int64)
 
@@ -125,7 +143,7 @@ def hot_keys(jump_keys: np.ndarray, n_keys: int) -> np.ndarray:
 
 def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
     keys = hot_keys(sites.key[: sites.n_jump], n_keys)
-    names: tuple[str, ...] = ("static_keys", "ftrace", "module", "bpf", "livepatch", "kprobes") if source == "mixed" else (source,)
+    names: tuple[str, ...] = ("static_keys", "ftrace", "module", "bpf", "livepatch", "kprobes", "shared") if source == "mixed" else (source,)
     if source == "mixed" and len(keys) == 0:
         names = names[1:]  # nothing to flip: the other sources take the turns
     if source == "mixed" and not sites.n_kprobe:
@@ -133,7 +151,8 @@ def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
     n_funcs = sites.n_ftrace
     bpf_func = min(100, n_funcs - 1)
     klp_funcs = np.arange(200, 200 + LIVEPATCH_FUNCS) % n_funcs
-    excluded = set(range(RESERVED_FUNCS)) | {bpf_func} | set(klp_funcs.tolist())
+    shared_funcs = np.arange(220, 220 + SHARED_FUNCS) % n_funcs
+    excluded = set(range(RESERVED_FUNCS)) | {bpf_func} | set(klp_funcs.tolist()) | set(shared_funcs.tolist())
     ftrace_funcs = np.array([f for f in range(n_funcs) if f not in excluded], dtype=np.int64)
     module_sites = np.concatenate([sites.module_sites(slot) for slot in range(sites.module_slots)] or [np.zeros(0, np.int64)])
     jump_rank = np.cumsum(sites.kind[module_sites] == KIND_JUMP) - 1
@@ -150,7 +169,28 @@ def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
         module_sites=module_sites.astype(np.int64),
         module_jump_key=module_jump_key.astype(np.int64),
         kprobe_sites=sites.kprobe_sites().astype(np.int64),
+        shared_sites=(sites.n_jump + shared_funcs).astype(np.int64),
     )
+
+
+def shared_state(mask: int) -> int:
+    """The ftrace site's state for a function's users: none, NOP; one, a call of its own
+    trampoline; several, ``ftrace_caller``, whose ops list calls each (kernel/trace/ftrace.c)."""
+    one = {0: FTRACE_OFF, USER_FTRACE: FTRACE_CALLER, USER_BPF: FTRACE_BPF, USER_KLP: FTRACE_KLP, USER_KLP2: FTRACE_KLP}
+    return one.get(mask, FTRACE_CALLER)
+
+
+def sharing_agreement(plan: SourcePlan, users: np.ndarray, site_state: np.ndarray) -> list[str]:
+    """Once the run is over: every shared function's code fits its users, and none has two
+    IPMODIFY users."""
+    problems = []
+    for i, site in enumerate(plan.shared_sites.tolist()):
+        mask = int(users[i])
+        if bin(mask & IPMODIFY).count("1") > 1:
+            problems.append(f"function at site {site}: two IPMODIFY users attached (users mask {mask:#x}); the second must be refused")
+        elif int(site_state[site]) != shared_state(mask):
+            problems.append(f"function at site {site}: state {int(site_state[site])} but its users (mask {mask:#x}) need {shared_state(mask)}")
+    return problems
 
 
 def slot_fill(arch: str) -> int:

@@ -46,7 +46,7 @@ from numaemu.model.topology import Topology
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader_tasks import READER_TASKS
 from numaemu.patching.recovery import repair_text
-from numaemu.patching.sources import PatchOp, SourcePlan, key_agreement, plan_sources
+from numaemu.patching.sources import PatchOp, SourcePlan, key_agreement, plan_sources, sharing_agreement
 from numaemu.patching.stress_node import StressNodeConfig, stress_worker_main
 from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
 from numaemu.runtime.supervisor import NodeSession
@@ -224,7 +224,8 @@ def _end_checks(st: TextState, s: _Setup, m: np.ndarray, mm: np.ndarray, started
         "replica_mismatches": TextCopies.mismatches_seen(m, mm, bases, np.flatnonzero(s.copies.where[:, 0] >= 0)),
         "failures": [_failure_json(rec, sites) for rec in st.failure_log[: min(st.get("failures"), 10)]],
         "n_failures": st.get("failures"),
-        "key_problems": key_agreement(plan, st.key_count, st.site_state, st.site_live) if "static_keys" in plan.names else [],
+        "key_problems": (key_agreement(plan, st.key_count, st.site_state, st.site_live) if "static_keys" in plan.names else [])
+        + (sharing_agreement(plan, st.share_users, st.site_state) if "shared" in plan.names else []),
         # The master's bytes agree with the committed state of every site.
         "state_drift": _state_drift(m, sites, st.site_state, st.site_live),
     }

@@ -105,6 +105,7 @@ class StressNodeReport:
     module_unloads: int
     latencies_us: tuple[float, ...]  # of each patch call
     scale: float  # the run's time scale (wall ns per emulated ns)
+    ipmodify_refused: int  # ``shared``: second IPMODIFY users refused
     first_violation: dict[str, Any] | None  # --stop-at-first: the first this node saw, in full
 
     # The fields of the JSON's ``per_node`` entries, in their order there.
@@ -195,7 +196,7 @@ def _report(nc: NodeContext, kernel: NodeKernel, source: NodeSource, readers: Re
         syncs=stats.syncs, stop_rounds=stats.stop_rounds, unexpected_ops=kernel.unexpected, source_ops=source.ops,
         module_loads=source.module_loads, ftrace_all_enables=source.ftrace_all_enables, module_unloads=source.module_unloads,
         latencies_us=tuple((np.array(stats.latencies_ns, dtype=np.float64) / 1e3).tolist()),
-        scale=readers.scale, first_violation=readers.first,
+        scale=readers.scale, first_violation=readers.first, ipmodify_refused=source.ipmodify_refused,
     )
 
 

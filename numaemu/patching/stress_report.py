@@ -36,7 +36,7 @@ def _violations(result: dict[str, Any], reports: list[StressNodeReport], lost: l
     for problem in result["key_problems"]:
         violations += 1
         if len(examples) < MAX_REPORTED:
-            examples.append({"kind": "key-mismatch", "detail": problem})
+            examples.append({"kind": "sharing-mismatch" if problem.startswith("function") else "key-mismatch", "detail": problem})
     if result["state_drift"]:
         violations += result["state_drift"]
         examples.append({"kind": "state-drift", "detail": f"{result['state_drift']} sites hold bytes other than their committed state in the master"})
@@ -115,6 +115,7 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
         "module_loads": sum(r.module_loads for r in reports),
         "ftrace_all_enables": sum(r.ftrace_all_enables for r in reports),
         "module_unloads": sum(r.module_unloads for r in reports),
+        "ipmodify_refused": sum(r.ipmodify_refused for r in reports),
         # Failures at run time (see the README's Errors): set by the command when the run stopped
         # early (`failure`: the node that died; `interrupted`: Ctrl-C or SIGTERM).
         "failure": None,
@@ -147,6 +148,7 @@ INVARIANTS = {
     "key-off-while-held": "a static key is enabled wherever a node holding a reference runs its code",
     "trampoline-freed": "a trampoline is freed only after every task has left it (RCU-tasks)",
     "module-freed": "a module is freed only after every task has left its code",
+    "ipmodify-twice": "at most one IPMODIFY ftrace user per function",
 }
 
 

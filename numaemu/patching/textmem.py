@@ -20,6 +20,7 @@ Byte layout of the ``txt`` segment (numpy dtypes below; all integers little-endi
     ...                   task_qs    int64 [n_tasks]  voluntary context switches of each task (RCU-tasks' quiescent states)
     ...                   task_mod   int64 [n_tasks]  module a task is preempted inside: load generation x 1024 + slot + 1 (0: none)
     ...                   slot_gen   int64 [MAX_SLOTS] the load generation of the module in each slot (0: empty)
+    ...                   share_users int64 [MAX_SHARED] each shared function's ftrace users (sources.USER_*)
     ...                   failures   TXT_FAILURE [64] unexpected ops seen by patchers
     ...                   lock_owner int64 [N_LOCKS]  node + 1 holding each of `patching.Locks` (0: none)
     ...                   pend       int8  [n_nodes, n_sites]  each node's patch call in intent:
@@ -55,6 +56,7 @@ MAX_KEYS = 8  # static keys a source flips (sources.HOT_KEYS), each node's refer
 PUBLISHED = ("executions", "violations", "patch_calls", "sites_patched", "source_ops")
 N_LOCKS = 7  # patching.Locks
 MAX_SLOTS = 64  # module slots a segment keeps a generation for
+MAX_SHARED = 16  # sources.MAX_SHARED: the users masks of the ``shared`` source's functions
 
 TXT_HEADER = np.dtype(
     [
@@ -144,6 +146,7 @@ def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> list[tup
         ("task_qs", np.dtype("<i8"), n_tasks),
         ("task_mod", np.dtype("<i8"), n_tasks),
         ("slot_gen", np.dtype("<i8"), MAX_SLOTS),
+        ("share_users", np.dtype("<i8"), MAX_SHARED),
         ("failure_log", TXT_FAILURE, MAX_FAILURES),
         ("lock_owner", np.dtype("<i8"), N_LOCKS),
         ("pend", np.dtype("i1"), n_nodes * n_sites),
@@ -185,6 +188,7 @@ class TextState:
         self.task_qs = views["task_qs"]
         self.task_mod = views["task_mod"]
         self.slot_gen = views["slot_gen"]
+        self.share_users = views["share_users"]
         self.failure_log = views["failure_log"]
         self.lock_owner = views["lock_owner"]
         self.pend = views["pend"].reshape(n_nodes, n_sites)
