@@ -1,7 +1,7 @@
 """How long ``numaemu stress --stop-at-first --inject-bug B`` takes to catch each planted bug, at
 default settings, over several seeds; and that the same runs without the bug pass.
 
-    python scripts/stress_catch_times.py [--seeds 5] [--duration 60] [--out results/stress-catch-times.json]
+    python scripts/stress_catch_times.py [--seeds 5] [--duration 60] [--out results/catch-times.json]
 
 For each bug (with the protocol and arch it belongs to) and seed: the wall seconds from the start
 of the command to its exit (startup included), the emulated microseconds at which the first
@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--duration", type=float, default=60.0)
-    ap.add_argument("--out", default=str(ROOT / "results" / "stress-catch-times.json"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "catch-times.json"))
     ap.add_argument("--bugs", default=None, help="comma-separated bug names (default: every one); 'none' for the clean runs alone")
     ap.add_argument("--arch", default=None, help="only the bugs of this arch")
     ap.add_argument("--clean", action="store_true", help="also the clean runs when --bugs is given")

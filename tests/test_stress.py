@@ -80,7 +80,7 @@ KINDS = {
 def test_each_planted_bug_is_caught(no_leaks, tmp_path, bug, protocol, arch):
     # Default settings, one emulated timeline: no per-bug rate or window. --stop-at-first ends
     # the run at the first violation; the catch times over 5 seeds are a benchmark's
-    # (results/stress-catch-times.json). A catch is a race won at random: the slowest bug here
+    # (results/catch-times.json). A catch is a race won at random: the slowest bug here
     # (no-final-sync on text_poke_bp) took 10-36 s over 5 seeds, roughly exponentially, so the
     # run may last 180 s to keep a slow catch from failing the test (a run stops at its catch).
     code, doc, out = stress(tmp_path, "--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--duration", "180", "--stop-at-first", timeout=400)
