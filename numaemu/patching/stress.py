@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from numaemu.errors import NodeFailure
+from numaemu.host.fence import fence
 from numaemu.host.fit import SegmentNeed, segment_need
 from numaemu.host.segments import MemoryLayout, Segment
 from numaemu.model.binding import HostBinding
@@ -152,6 +153,7 @@ def run_stress(spec: StressSpec) -> dict[str, Any]:
     the exception as ``partial`` (a dict like the one returned, with ``checked`` False when the
     run had not started), then it propagates."""
     s = _setup(spec)
+    fence()  # compiled here, so that forked nodes inherit it
     n, image, sites = spec.topology.n_nodes, s.image, s.sites
     ctx = mp.get_context(spec.start_method)
     locks = Locks(*(ctx.Lock() for _ in range(len(dataclasses.fields(Locks)))))
