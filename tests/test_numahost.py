@@ -408,4 +408,6 @@ def test_delays_none_runs_unpaced_and_says_so(no_leaks, tmp_path: Path) -> None:
         assert r["requests"] > 0 and r["pacing_lost_pct"] == 0.0
         assert r["emulated_us_per_request"] > 0  # the model's figures are still there
         assert r["numa_maps"] is not None
-    assert by["replicate"]["predicted_speedup_vs_single"] > 1.0
+    # A number, about 1 or more: with hot caches the profile's LLC holds the text (issue 15), so
+    # the model predicts ~1.0 (once 0.999997, which a strict > 1.0 failed on).
+    assert by["replicate"]["predicted_speedup_vs_single"] > 0.99

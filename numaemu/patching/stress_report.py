@@ -134,6 +134,8 @@ def _rates(doc: dict[str, Any]) -> str:
     if not tl or not doc.get("emulated_s"):
         return ""
     per_s, per_m = doc["violations_per_emulated_s"], doc["violations_per_million_executions"]
+    if per_s is None or per_m is None:  # a run stopped before any execution was checked
+        return f" ({1e3 * doc['emulated_s']:,.3f} emulated ms at scale {tl['scale']:,.0f} wall ns per emulated ns)"
     return (f" ({per_s:,.0f} per emulated second, {per_m:,.2f} per million executions;"
             f" {1e3 * doc['emulated_s']:,.3f} emulated ms at scale {tl['scale']:,.0f} wall ns per emulated ns)")
 
