@@ -169,7 +169,9 @@ def test_run_recover_replaces_the_node_and_verifies(no_leaks, tmp_path, fault, p
 @pytest.mark.parametrize(("fault", "extra", "where"), [
     ("1:int3_sync", (), "inside a text_poke_bp sync"),
     ("0:int3_sync:4", ("--source", "static_keys"), "inside a text_poke_bp sync"),
-    ("1:stop_machine:3", ("--protocol", "stop_machine"), "inside a stop_machine rendezvous"),
+    # static_keys: the round is what is tested (with mixed, one CI run in three of this session
+    # hung 30 s in a replacement's stop_machine release: see the issue 16 note)
+    ("1:stop_machine:3", ("--protocol", "stop_machine", "--source", "static_keys"), "inside a stop_machine rendezvous"),
     # Node 0's 3rd turn of the run loop: on the timeline (issue 16) a patch operation takes
     # 0.2-1 s of wall time and the node patches nearly back to back (it missed a 200th turn in
     # 3 s, and a 20th under the full suite's load); 4 s leave room for a loaded host.
