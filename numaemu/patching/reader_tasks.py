@@ -184,17 +184,15 @@ class ReaderTasks:
         if not len(two):
             return 0
         site = int(self.shared[two[0]])
-        example = {"kind": "ipmodify-twice", "node": self.cfg.node, "task": t, "site": site, "address": hex(int(self.cfg.sites.offset[site])),
-                   "detail": "the function this task ran has two IPMODIFY ftrace users attached: the second must be refused"}
-        if len(self.examples) < MAX_REPORTED:
-            self.examples.append(example)
-        if self.cfg.stop_at_first and self.first is None:
-            self._stop_at(example, t)
-        return 1
+        return self._seen(t, "ipmodify-twice", site, "the function this task ran has two IPMODIFY ftrace users attached: the second must be refused")
 
     def _freed(self, t: int, kind: str, site: int, what: str) -> int:
-        example = {"kind": kind, "node": self.cfg.node, "task": t, "site": site, "address": hex(int(self.cfg.sites.offset[site])),
-                   "detail": f"a task preempted inside {what} came back to it after it was freed"}
+        return self._seen(t, kind, site, f"a task preempted inside {what} came back to it after it was freed")
+
+    def _seen(self, t: int, kind: str, site: int, detail: str) -> int:
+        """One violation of task `t` at `site`: kept as an example, and the first of the run
+        under --stop-at-first. Returns 1 (the count to add)."""
+        example = {"kind": kind, "node": self.cfg.node, "task": t, "site": site, "address": hex(int(self.cfg.sites.offset[site])), "detail": detail}
         if len(self.examples) < MAX_REPORTED:
             self.examples.append(example)
         if self.cfg.stop_at_first and self.first is None:
