@@ -213,7 +213,8 @@ def test_profiles_cite_their_parameters_and_describe_every_level() -> None:
     for p in PROFILES.values():
         if p.simple:
             continue
-        for field in ("ghz", "l1i", "l1d", "l2", "llc", "itlb", "dtlb", "stlb_i", "stlb_d", "pwc_entries", "dram_local_ns", "memory_gbs", "link_gbs", "mlp", "store_mlp", "page_alloc_cycles"):
+        for field in ("ghz", "l1i", "l1d", "l2", "llc", "itlb", "dtlb", "stlb_i", "stlb_d", "pwc_entries", "dram_local_ns", "memory_gbs", "link_gbs",
+                      "mlp", "store_mlp", "page_alloc_cycles", "rob_entries"):
             assert p.sources.get(field), (p.name, field)
         text = "\n".join(describe(p))
         for label in ("L1i", "L1d", "L2", "LLC", "iTLB", "dTLB", "STLB", "PWC"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -170,12 +171,80 @@ def test_word_fetches_keep_each_buffered_line_whole() -> None:
     pair = next((a, b) for a in range(len(lines)) for b in np.flatnonzero(slot == slot[a]) if lines[b] != lines[a] and (t.offset[a] - t.offset[b]) % LINE_SIZE)
     n_pages = len(mem) // PAGE_SIZE
     table = SimpleNamespace(home=np.zeros(n_pages, np.int64), frame=np.arange(n_pages))
-    st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8))
+    st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8), line_gen=np.zeros(len(mem) // LINE_SIZE, np.int32))
     r = Reader(0, mem, table, (0,), t, st, lambda: None)  # type: ignore[arg-type]
     r.execute(np.array(pair))
     kept = int(r.tag[slot[pair[0]]])
     words = kept * LINE_SIZE + np.arange(0, LINE_SIZE, 4)
     assert np.array_equal(r._words(words), mem[words[:, None] + np.arange(4)])
+
+
+def _two_copies(arch: str, ifetch: str = "coherent") -> tuple[Any, ...]:
+    """A replicated image in a ``mem`` of two copies (node 0's, then node 1's), each node's
+    Reader through its own page table, and their shared state (line generations included)."""
+    from types import SimpleNamespace
+
+    from numaemu.model.image import LINE_SIZE
+    from numaemu.patching.reader import Reader
+    from numaemu.patching.textmem import TextCopies
+
+    image = synthetic_image(scale=0.2, arch=arch)
+    t = site_table(image)
+    size = len(image.data)
+    n_pages = size // PAGE_SIZE
+    mem = np.concatenate([image.data, image.data])
+    where = np.stack([np.arange(n_pages) * PAGE_SIZE, size + np.arange(n_pages) * PAGE_SIZE], axis=1).astype(np.int64)
+    st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8), line_gen=np.zeros(len(mem) // LINE_SIZE, np.int32))
+    readers = [Reader(n, mem, SimpleNamespace(home=np.full(n_pages, n, np.int64), frame=np.arange(n_pages)), (0, size), t, st,  # type: ignore[arg-type]
+                      lambda: None, ifetch=ifetch) for n in range(2)]
+    return t, image.data.copy(), mem, TextCopies(where), st, readers
+
+
+def _site_write(t: Any, site: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bytes of `site`'s other state (state 1), at its image offsets."""
+    L = int(t.length[site])
+    return int(t.offset[site]) + np.arange(L), t.enc[site, 1, :L].copy()
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_stores_reach_buffered_lines_without_a_sync(arch: str) -> None:
+    """--ifetch coherent: a store to a line a node has buffered is fetched at the node's next
+    execution, with no sync (x86's snoop, arm64's IC IVAU after the store); under until-sync the
+    node runs the old bytes until it takes part in a sync (the checker's stale)."""
+    for ifetch, fresh_before_sync in (("coherent", True), ("until-sync", False)):
+        t, master, mem, copies, st, readers = _two_copies(arch, ifetch)
+        site = int(t.n_core // 2)
+        r = readers[1]
+        before = r.execute(np.array([site])).observed[0, : t.length[site]].copy()
+        offs, vals = _site_write(t, site)
+        copies.write(master, mem, offs, vals, st.line_gen)
+        after = r.execute(np.array([site])).observed[0, : t.length[site]]
+        assert np.array_equal(after, vals) == fresh_before_sync, ifetch
+        assert not np.array_equal(before, vals)
+        r.flush()
+        assert np.array_equal(r.execute(np.array([site])).observed[0, : t.length[site]], vals)
+
+
+def test_ivau_by_the_kernel_va_leaves_the_other_replica_stale() -> None:
+    """The ivau-local bug: node 0's patcher writes both replicas but invalidates only the lines
+    its own page table maps; node 1 keeps its buffered old line through any number of syncs
+    (an ISB does not invalidate an I-cache), node 0 runs the new bytes."""
+    from numaemu.patching.text_poke import TextPoke
+
+    t, master, mem, copies, st, readers = _two_copies("arm64")
+    site = int(t.n_core // 2)
+    for r in readers:
+        r.execute(np.array([site]))
+    poke = TextPoke(copies, master, mem, 0, lambda: None, st.line_gen, readers[0].page_base)  # node 0's frames
+    word = t.enc[site, 1, :4].tobytes()
+    poke.write_word(int(t.offset[site]), word)
+    assert np.array_equal(mem[poke.copies.targets_of(int(t.offset[site]))[1] + np.arange(4)], np.frombuffer(word, np.uint8))
+    readers[1].flush()  # the kick's ISB
+    assert readers[0].execute(np.array([site])).observed[0, :4].tobytes() == word
+    assert readers[1].execute(np.array([site])).observed[0, :4].tobytes() != word
+    # The same write with every replica's lines invalidated reaches node 1.
+    TextPoke(copies, master, mem, 0, lambda: None, st.line_gen).write_word(int(t.offset[site]), word)
+    assert readers[1].execute(np.array([site])).observed[0, :4].tobytes() == word
 
 
 def test_fence_is_a_full_barrier_instruction() -> None:

@@ -24,8 +24,10 @@ from numaemu.model.image import ARCHES
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
 from numaemu.model.protocol_spec import ProtocolSpec, load_protocol
+from numaemu.model.timeline import TIMELINE_PARAMETERS
 from numaemu.model.workloads import check_workload
 from numaemu.patching.protocols import BUGS, INT3_FIXES, PROTOCOLS
+from numaemu.patching.reader import IFETCH
 from numaemu.patching.sources import SOURCES, PatchOp
 from numaemu.runtime.policy_run import DELAYS, START_METHODS
 
@@ -45,12 +47,13 @@ BUG_PROTOCOLS = {
     "trampoline-no-rcu": PROTOCOLS,
     "module-unload-running": PROTOCOLS,
     "ipmodify-shared": PROTOCOLS,
+    "ivau-local": ("nosync", "stop_machine"),
 }
 # The source a bug needs when --source is left out: INT3s that outlive a text_poke_bp batch
 # (kprobes'), a trampoline tasks can be preempted in (BPF's).
 BUG_SOURCE = {"descriptor-reuse": "kprobes", "no-int3-fix": "kprobes", "trampoline-no-rcu": "bpf", "module-unload-running": "module", "ipmodify-shared": "shared"}
 # The bugs that are not a protocol's steps, so that they can be planted under a protocol of one's own.
-DATA_BUGS = ("key-race", "late-replica", "trampoline-no-rcu", "module-unload-running", "ipmodify-shared")
+DATA_BUGS = ("key-race", "late-replica", "trampoline-no-rcu", "module-unload-running", "ipmodify-shared", "ivau-local")
 # Which INT3 fix each INT3 bug breaks (protocols.INT3_FIXES).
 BUG_FIX = {"descriptor-reuse": "refcount", "no-int3-fix": "extra-sync"}
 
@@ -187,9 +190,16 @@ class StressConfig(MachineConfig):
     protocol_spec: ProtocolSpec | None = None
     int3_fix: str | None = None  # protocols.INT3_FIXES (default refcount; an INT3 bug picks the fix it breaks)
     stop_at_first: bool = False  # end at the first violation and report it in full
+    ifetch: str = "coherent"  # reader.IFETCH: how stores reach what nodes have fetched
+    timeline: tuple[tuple[str, float], ...] = ()  # (parameter, emulated ns) set over the default timeline
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        params.choice(self.ifetch, IFETCH, "--ifetch")
+        for name, value in self.timeline:
+            params.choice(name, TIMELINE_PARAMETERS, "--timeline")
+            if not (isinstance(value, int | float) and value >= 0) or (name == "site_ns" and not value > 0):
+                raise UsageError("--timeline", f"{name} must be a number of ns >= 0{' (> 0 for site_ns)' if name == 'site_ns' else ''}, got {value!r}")
         if not all(isinstance(op, PatchOp) for op in self.script):
             raise UsageError("ops", "each operation must be a numaemu.PatchOp")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -218,8 +228,8 @@ class StressConfig(MachineConfig):
                 raise UsageError("--inject-bug", f"module-unload-running is a bug of module unload: use --source module or mixed, not {self.source_name}")
             if self.bug == "ipmodify-shared" and self.source_name not in ("shared", "mixed"):
                 raise UsageError("--inject-bug", f"ipmodify-shared is a bug of functions shared by ftrace users: use --source shared or mixed, not {self.source_name}")
-            if self.bug == "late-replica" and self.policy != "replicate":
-                raise UsageError("--inject-bug", f"late-replica is a bug of replicas: use --policy replicate, not {self.policy}")
+            if self.bug in ("late-replica", "ivau-local") and self.policy != "replicate":
+                raise UsageError("--inject-bug", f"{self.bug} is a bug of replicas: use --policy replicate, not {self.policy}")
             fix = BUG_FIX.get(self.bug)
             if fix and self.int3_fix not in (None, fix):
                 raise UsageError("--inject-bug", f"{self.bug} breaks the {fix} fix: use --int3-fix {fix} (or leave it out), not {self.int3_fix}")
@@ -238,6 +248,8 @@ class StressConfig(MachineConfig):
     def protocol_for(self, arch: str) -> str:
         """The protocol on an image of `arch`, checked against it and against `bug`."""
         arm = arch == "arm64"
+        if self.bug == "ivau-local" and not arm:
+            raise UsageError("--inject-bug", "ivau-local is an arm64 bug (x86 fetch snoops stores by physical address): add --arch arm64")
         if self.protocol_spec is not None:
             if self.protocol_spec.arch != arch:
                 raise UsageError("--protocol", f"protocol '{self.protocol_spec.name}' patches the {self.protocol_spec.arch} image, and this image is {arch}; add --arch {self.protocol_spec.arch}")

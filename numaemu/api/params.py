@@ -21,7 +21,7 @@ from numaemu.model.topology import MAX_NODES
 __all__ = [
     "Rule", "check", "choice", "comma_list", "positive_float", "integer", "one_of", "probability", "image_scale",
     "file_path", "POSITIVE_INT", "SEED", "REQUESTS", "REPLICAS_EVERY", "REPEAT", "WARMUP", "DURATION", "LOCAL_NS",
-    "TIME_SCALE", "PATCH_RATE", "KILL_RATE", "MAX_REQUESTS", "MIN_IMAGE_SCALE",
+    "TIME_SCALE", "PATCH_RATE", "KILL_RATE", "MAX_REQUESTS", "MIN_IMAGE_SCALE", "timeline_settings",
 ]
 
 T = TypeVar("T")
@@ -152,3 +152,19 @@ def comma_list(text: str, param: str, choices: Sequence[str] | None = None, spli
         if choices is not None:
             choice(x, choices, param)
     return raw
+
+
+def timeline_settings(items: Sequence[str]) -> tuple[tuple[str, float], ...]:
+    """``--timeline NAME=NS`` items as (name, ns) pairs (the names and values are checked by
+    `StressConfig`, which scripts reach too)."""
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            ns = float(value)
+        except ValueError:
+            ns = math.nan
+        if not sep or not name or not math.isfinite(ns):
+            raise UsageError("--timeline", f"'{item}' is not NAME=NS (a timeline parameter and a number of emulated ns)")
+        out.append((name.strip(), ns))
+    return tuple(out)

@@ -36,6 +36,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--inject-bug", default=None, metavar="NAME", help=f"plant one of the kernel's historical bugs: {', '.join(BUGS)}")
     p.add_argument("--int3-fix", default=None, choices=None, metavar="FIX",
                    help=f"which 2019 fix the INT3 handler's descriptor relies on: {', '.join(INT3_FIXES)} (default refcount)")
+    p.add_argument("--ifetch", default="coherent", metavar="RULES",
+                   help="how stores reach what nodes fetched: coherent (default: the architectures' rules, x86 snoop and arm64 IC IVAU, "
+                        "stale only in the pipeline) or until-sync (lines kept until the node syncs: no real core, the widest windows)")
+    p.add_argument("--timeline", action="append", default=[], metavar="NAME=NS",
+                   help="set one emulated cost of the timeline, in ns (repeatable; the names are the README's timeline table: "
+                        "site_ns, ipi_ns, text_poke_ns, int3_ns, sync_core_ns, stop_switch_ns, fetch_gap_ns, count_rmw_ns, prefetch_ns)")
     p.add_argument("--stop-at-first", action="store_true",
                    help="stop at the first violation, print it in full (node, task, site, bytes, protocol step, emulated time) and exit 1")
     p.add_argument("--recover", action="store_true",
@@ -51,7 +57,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
     config = StressConfig(
         **machine_options(args), source=args.source, protocol=args.protocol, policy=args.policy, duration_s=args.duration,
         rate=args.rate, bug=args.inject_bug, recover=args.recover, kill_rate=args.kill_workers,
-        int3_fix=args.int3_fix, stop_at_first=args.stop_at_first,
+        int3_fix=args.int3_fix, stop_at_first=args.stop_at_first, ifetch=args.ifetch,
+        timeline=params.timeline_settings(args.timeline),
     )
     emu = Emulation.from_config(config.machine())
     config.protocol_for(emu.image.arch)  # the image decides the arch: check before the output path

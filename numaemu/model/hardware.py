@@ -98,6 +98,9 @@ class HardwareProfile:
     store_mlp: float  # line writes in flight when the kernel streams stores (one per fill buffer)
     page_alloc_cycles: float  # one order-0 page allocated and freed (the page allocator's fast path)
     pti: bool = False  # the kernel runs with page-table isolation (Meltdown-affected cores): PGDs are order-1 pairs
+    # Reorder-buffer entries: how far fetch runs ahead of retirement, so how long a fetched
+    # instruction can wait before it executes (the timeline's prefetch_ns).
+    rob_entries: int = 128
     sources: Mapping[str, str] = field(default_factory=dict)
     simple: bool = False  # the old model: one direct-mapped cache, no TLBs, no queueing
 
@@ -242,7 +245,7 @@ def check_profile(p: HardwareProfile) -> None:
             raise UsageError("--topology", f"hardware.{name}: size_bytes must be a positive multiple of ways x 64")
         if c.latency_cycles < 0 or c.cores < 1 or c.nodes < 1:
             raise UsageError("--topology", f"hardware.{name}: latency_cycles must be >= 0, cores and nodes >= 1")
-    for name in ("ghz", "fetch_cycles_per_line", "mlp", "store_mlp"):
+    for name in ("ghz", "fetch_cycles_per_line", "mlp", "store_mlp", "rob_entries"):
         if not getattr(p, name) > 0:
             raise UsageError("--topology", f"hardware.{name} must be > 0")
     for name in ("memory_gbs", "link_gbs", "nodes_per_socket", "cores_per_node"):

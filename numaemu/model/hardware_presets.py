@@ -33,6 +33,8 @@ Short names of the sources (full titles and addresses):
 * [PAGEBENCH] Kemi Wang, "[PATCH v4] mm, sysctl: make NUMA stats configurable", 2017-10-17:
   Jesper Brouer's page_bench01, order-0 alloc+free, 185 cycles on a 2-socket Broadwell.
 * [ZEN2-PDC] AMD Zen 2's optimization guide: a 64-entry page directory cache (as C&C-N1 quotes).
+* [AT-A76] AnandTech, "Arm's Cortex-A76 CPU Unveiled", 2018-05-31, p.2: a 128-entry instruction
+  window (reorder buffer); Neoverse N1 is the A76's server derivative ([WC-N1]: 128-entry ROB).
 
 Where no source gave a number, the field says what stands in, and why ("stand-in").
 """
@@ -60,10 +62,11 @@ E5_2690 = HardwareProfile(
     llc=Cache(20 * _MIB, 20, 30.0, cores=8, policy="inclusive, adaptive (simulated as LRU)"),
     itlb=Tlb(64, 4, 8, 8), dtlb=Tlb(64, 4, 32, 4), stlb_i=_SNB_STLB, stlb_d=_SNB_STLB, pwc_entries=64,
     dram_local_ns=78.3, memory_gbs=51.2, link_gbs=32.0, nodes_per_socket=1, cores_per_node=8,
-    mlp=1.5, store_mlp=10.0, page_alloc_cycles=185.0, pti=True,
+    mlp=1.5, store_mlp=10.0, page_alloc_cycles=185.0, pti=True, rob_entries=168,
     sources={
         "ghz": "Intel ARK, E5-2690: 2.9 GHz base (3.8 GHz turbo not assumed)",
         "fetch_cycles_per_line": "[INTEL-OPT] 16 bytes fetched a cycle: 4 cycles a 64-byte line",
+        "rob_entries": "[INTEL-OPT] s.2.3.3: the Sandy Bridge reorder buffer's 168 entries",
         "l1i": "[ILX-SNBEP] CPUID leaf 4: 32 KB, 8-way, 64-byte line (AnandTech's table says 4-way; CPUID wins). Hit latency not found: a hit costs only the fetch",
         "l1d": "[ILX-SNBEP] 32 KB 8-way; 'L1D latency 1.530ns (4 clks)'",
         "l2": "[ILX-SNBEP] '256KB ... 8 way ... non-inclusive', 'L2 latency 4.667ns (12 clks)'; [C&C-SNB] '12 cycle L2 latency'",
@@ -86,7 +89,7 @@ E5_2690 = HardwareProfile(
 )
 
 _ZEN3 = dict(
-    arch="x86_64", ghz=2.0, fetch_cycles_per_line=2.0,
+    arch="x86_64", ghz=2.0, fetch_cycles_per_line=2.0, rob_entries=256,
     l1i=Cache(32 * _KIB, 8, 0.0), l1d=Cache(32 * _KIB, 8, 4.0), l2=Cache(512 * _KIB, 8, 12.0),
     itlb=Tlb(64, 64, 64, 64), dtlb=Tlb(64, 64, 64, 64), stlb_i=Tlb(512, 4, 512, 2, 7.0), stlb_d=Tlb(2048, 8, 2048, 4, 7.0), pwc_entries=64,
     mlp=1.5, store_mlp=10.0, page_alloc_cycles=185.0,
@@ -94,6 +97,7 @@ _ZEN3 = dict(
 _ZEN3_SOURCES = {
     "ghz": "[ILX-MILAN] 'CPU Clock (TSC): 2000 MHz' (base; 3.675 GHz boost not assumed)",
     "fetch_cycles_per_line": "[AMD-SOG19] the fetch unit delivers 32 bytes a cycle: 2 cycles a line",
+    "rob_entries": "[AMD-SOG19] the retire control unit's 256-entry retire queue",
     "l1i": "[ILX-MILAN] '32 KB, 8-way Associative, 64-byte Line'; hit latency not found: a hit costs only the fetch",
     "l1d": "[ILX-MILAN] 32 KB 8-way; [ILX-ZEN3] 'L1D 1.084 nsec 4.002 clks'",
     "l2": "[ILX-MILAN] '512 KB, 8-way'; [ILX-ZEN3] 'L2 3.413 nsec 12.604 clks'",
@@ -132,7 +136,7 @@ EPYC_7713_NPS4 = replace(
 _KP_STLB = Tlb(1024, 4, 1024, 4, 11.0)
 KUNPENG_920 = HardwareProfile(
     name="kunpeng-920", description="HiSilicon Kunpeng 920 (TaiShan v110, 2.6 GHz), 2 sockets x 2 dies: one node a die of 24 cores",
-    arch="arm64", ghz=2.6, fetch_cycles_per_line=4.0,
+    arch="arm64", ghz=2.6, fetch_cycles_per_line=4.0, rob_entries=128,
     l1i=Cache(64 * _KIB, 4, 0.0), l1d=Cache(64 * _KIB, 4, 4.0), l2=Cache(512 * _KIB, 8, 10.0),
     llc=Cache(24 * _MIB, 16, 90.0, cores=24),
     itlb=Tlb(32, 32, 32, 32), dtlb=Tlb(32, 32, 32, 32), stlb_i=_KP_STLB, stlb_d=_KP_STLB, pwc_entries=64,
@@ -140,6 +144,7 @@ KUNPENG_920 = HardwareProfile(
     mlp=1.5, store_mlp=10.0, page_alloc_cycles=185.0,
     sources={
         "ghz": "lscpu of a Kunpeng 920 5250, 'CPU max MHz: 2600'",
+        "rob_entries": "stand-in: not found for TaiShan v110; the Cortex-A76's 128-entry window [AT-A76], a core of the same generation",
         "fetch_cycles_per_line": "[C&C-KP] the L1i 'can supply the core with four instructions per cycle': 16 bytes, 4 cycles a line",
         "l1i": "[C&C-KP] 64 KB; ways not found (4, as the other Arm cores here); hit latency not found",
         "l1d": "[C&C-KP] '64 KB data cache is 4-way set associative', '4 cycle load-to-use latency'",
@@ -161,13 +166,14 @@ KUNPENG_920 = HardwareProfile(
 
 _N1_STLB = Tlb(1280, 5, 1280, 5, 5.0)
 _ALTRA = dict(
-    arch="arm64", ghz=3.0, fetch_cycles_per_line=4.0,
+    arch="arm64", ghz=3.0, fetch_cycles_per_line=4.0, rob_entries=128,
     l1i=Cache(64 * _KIB, 4, 0.0), l1d=Cache(64 * _KIB, 4, 4.0), l2=Cache(1 * _MIB, 8, 11.0),
     itlb=Tlb(48, 48, 48, 48), dtlb=Tlb(48, 48, 48, 48), stlb_i=_N1_STLB, stlb_d=_N1_STLB, pwc_entries=64,
     dram_local_ns=85.0, link_gbs=100.0, mlp=1.5, store_mlp=20.0, page_alloc_cycles=185.0,
 )
 _ALTRA_SOURCES = {
     "ghz": "Oracle OCI shapes: 'Ampere Altra Q80-30. Max frequency 3.0 GHz'",
+    "rob_entries": "[WC-N1] and [AT-A76]: a 128-entry reorder buffer",
     "fetch_cycles_per_line": "not found for N1: 4 instructions (16 bytes) a cycle, as Kunpeng's",
     "l1i": "[WC-N1] '64 KiB, 4-way set associative'; hit latency not found",
     "l1d": "[WC-N1] '64 KiB, 4-way', '4-cycle fastest load-to-use latency'",

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Timeline", "timeline_for", "site_ns", "scale_for", "SCALE_MARGIN", "IPI_NS", "TEXT_POKE_NS"]
+__all__ = ["TIMELINE_PARAMETERS", "Timeline", "timeline_for", "site_ns", "scale_for", "SCALE_MARGIN", "IPI_NS", "TEXT_POKE_NS"]
 
 # Mean instruction length: arm64's are all 4 bytes; for x86-64 kernel code 4 bytes is an
 # estimate (x86 instructions are 1-15 bytes; compiled code averages 3-4).
@@ -54,7 +55,15 @@ _SOURCES = {
                     "atomic_set) whose line was last written by another CPU, the window the key-race bug leaves open",
     "fetch_gap_ns": "the profile's cycles for one instruction fetch (fetch_cycles_per_line / GHz): between the "
                     "fetch that decides an x86 instruction's first byte and the fetch of the rest",
+    "prefetch_ns": "the profile's reorder-buffer entries at IPC 1 (rob_entries / GHz): how long a fetched "
+                   "instruction waits in the pipeline before it executes, the one window in which a core runs "
+                   "bytes that a store or an IC IVAU has since replaced (x86 fetch snoops stores, SDM vol. 3 "
+                   "s.11.6; arm64's patcher invalidates the I-cache, and only an ISB discards what was already "
+                   "fetched, Deacon's 'IPI each CPU after invalidating the I-cache', v4.19)",
 }
+
+
+TIMELINE_PARAMETERS = tuple(_SOURCES)  # what --timeline NAME=NS can set
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Timeline:
     stop_switch_ns: float
     fetch_gap_ns: float
     count_rmw_ns: float
+    prefetch_ns: float = 0.0
     scale: float = 0.0
 
     def __post_init__(self) -> None:
@@ -84,6 +94,11 @@ class Timeline:
     def wall_ns(self, emulated_ns: float) -> int:
         """The wall time of an emulated duration at this timeline's scale."""
         return int(emulated_ns * self.scale)
+
+    def with_settings(self, settings: tuple[tuple[str, float], ...]) -> Timeline:
+        """This timeline with the costs `settings` names set (``--timeline NAME=NS``)."""
+        changes: dict[str, Any] = {name: float(v) for name, v in settings}
+        return dataclasses.replace(self, **changes) if settings else self
 
     def with_scale(self, scale: float) -> Timeline:
         return dataclasses.replace(self, scale=float(scale))
@@ -105,7 +120,7 @@ def site_ns(arch: str, text_bytes: int, n_sites: int, ghz: float) -> float:
     return text_bytes / max(n_sites, 1) / _INSN_BYTES[arch] / (_KERNEL_IPC * ghz)
 
 
-def timeline_for(arch: str, ghz: float, fetch_cycles_per_line: float, dram_ns: float, text_bytes: int, n_sites: int) -> Timeline:
+def timeline_for(arch: str, ghz: float, fetch_cycles_per_line: float, dram_ns: float, text_bytes: int, n_sites: int, rob_entries: int = 128) -> Timeline:
     """The default timeline of an image (its arch, text and sites) on a hardware profile."""
     return Timeline(
         arch=arch,
@@ -117,6 +132,7 @@ def timeline_for(arch: str, ghz: float, fetch_cycles_per_line: float, dram_ns: f
         stop_switch_ns=2_000.0,
         fetch_gap_ns=fetch_cycles_per_line / ghz,
         count_rmw_ns=dram_ns,
+        prefetch_ns=rob_entries / (_KERNEL_IPC * ghz),
     )
 
 

@@ -81,6 +81,7 @@ class NodeKernel:
         data_protocol: ProtocolSpec | None = None,
         mark: Callable[[int], int] = lambda where: 0,
         fault: Callable[[str], None] = lambda point: None,
+        local_base: np.ndarray | None = None,
     ) -> None:
         self.node = node
         self.n_nodes = n_nodes
@@ -103,7 +104,10 @@ class NodeKernel:
         # late-replica: the protocol writes every copy but the last node's, which is written
         # only after the call has returned (`_write_late`).
         late = bug == "late-replica" and copies.where.shape[1] > 1
-        self.text = TextPoke(TextCopies(copies.where[:, :-1]) if late else copies, master, mem, text_poke_ns, check_alive)
+        # ivau-local: the I-cache maintenance reaches only the copy `local_base` (this node's
+        # page table's frames) maps (text_poke.py).
+        self.text = TextPoke(TextCopies(copies.where[:, :-1]) if late else copies, master, mem, text_poke_ns, check_alive,
+                             state.line_gen, local_base if bug == "ivau-local" else None)
         self._late = TextCopies(copies.where[:, -1:]) if late else None
         self.stats = PatchStats()
         self.unexpected = 0
@@ -332,7 +336,7 @@ class NodeKernel:
         lens = t.length[sites].astype(np.int64)
         offs = np.repeat(t.offset[sites], lens) + byte_ranges(lens)
         t0 = time.perf_counter_ns()
-        late.write(self.master, self.mem, offs, self.master[offs])
+        late.write(self.master, self.mem, offs, self.master[offs], self.st.line_gen)
         if self.text.text_poke_ns:
             spin(max(0, len(sites) * self.text.text_poke_ns - (time.perf_counter_ns() - t0)))
 

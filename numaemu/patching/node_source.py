@@ -406,7 +406,7 @@ class NodeSource:
         k = self.k
         with k.holding(k.locks.text_mutex):
             k.sync()  # nobody is mid-way through a batch that chose the slot's sites
-            k.copies.write(k.master, k.mem, self._slot_range(slot), body)
+            k.copies.write(k.master, k.mem, self._slot_range(slot), body, k.st.line_gen)
             k.sync()  # and nobody holds its old lines
 
     def finish(self) -> None:

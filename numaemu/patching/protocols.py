@@ -49,7 +49,11 @@ copy and then every other before the kick); ``trampoline-no-rcu`` a detached BPF
 without the RCU-tasks wait, under a task preempted inside it (see sources.py);
 ``module-unload-running`` a module is freed without waiting for the tasks inside its code to leave
 (delete_module's refcount wait skipped); ``ipmodify-shared`` a second IPMODIFY ftrace user is
-attached to a function instead of refused (ftrace_hash_ipmodify_enable's -EBUSY skipped); ``no-sync`` a sync between phases is skipped
+attached to a function instead of refused (ftrace_hash_ipmodify_enable's -EBUSY skipped);
+``ivau-local`` (arm64, replicas) the I-cache maintenance after each store is issued by the kernel VA
+on the patching CPU, so it reaches only that node's replica (mainline's ``caches_clean_inval_pou``
+on the VA, kept by a replicated kernel that writes each replica through its own alias), and the
+other nodes keep stale lines that no ISB or kick discards; ``no-sync`` a sync between phases is skipped
 (stop_machine: the released nodes do not resynchronise); ``no-final-sync`` the call returns
 before every node has synchronised; ``key-race`` a static key's count is updated outside its
 lock (see sources.py).
@@ -68,7 +72,7 @@ if TYPE_CHECKING:
 __all__ = ["PROTOCOLS", "BUGS", "INT3_FIXES", "STEPS", "Locks", "PatchStats", "PatchTimeout"]
 
 PROTOCOLS = ("stop_machine", "text_poke_bp", "nosync")
-BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix", "late-replica", "trampoline-no-rcu", "module-unload-running", "ipmodify-shared")
+BUGS = ("early-master", "descriptor-reuse", "no-sync", "key-race", "no-final-sync", "no-int3-fix", "late-replica", "trampoline-no-rcu", "module-unload-running", "ipmodify-shared", "ivau-local")
 SPIN_TRIES = 200  # polls before yielding; ~50 us of spinning
 YIELD_TRIES = 200  # sched_yield polls before sleeping
 WAIT_TIMEOUT_S = 30.0

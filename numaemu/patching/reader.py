@@ -1,26 +1,40 @@
 """How a node executes patch sites, and the checker that judges what it observed.
 
-Real cores may run bytes they fetched before a patch until a serialising event (x86 ``sync_core``
-after the IPI, arm64 ISB): that is what the protocols' syncs are for. So a node here keeps the
-64-byte lines it fetched in an *instruction buffer* (direct-mapped, `IBUF_LINES` lines) that is
-only flushed when the node takes part in a sync or a stop_machine round, and it fetches each x86
-instruction in two steps: the first byte decides (through the buffer), the rest is read from its
-copy in memory the timeline's ``fetch_gap_ns`` later. A skipped or early sync can then really
-produce a torn or stale execution. (Stores do not invalidate the buffer: x86 fetch snoops them and
-arm64's patcher issues IC IVAU, so real stale windows are shorter; numaemu/model/timeline.py and
-the README say what that changes.) An arm64 instruction is one aligned 4-byte load, single-copy
-atomic.
+A node keeps the 64-byte lines it fetched in an *instruction buffer* (its L1i: direct-mapped,
+`IBUF_LINES` lines), and the architecture's rules decide when a store reaches it (``--ifetch``):
 
-`execute` runs a batch of sites: step 1 for all, the gap, step 2 for all, then the INT3 handler for
-sites whose first byte was INT3 (`text_poke_bp.poke_int3_handler`: interrupts off, so it answers no
-sync; it bsearches the descriptor and emulates the new instruction; a site it does not find is a
-kprobe's, whose handler runs the probed instruction). The node reads each site's sequence number
-before and after, and the state the last returned call committed.
+- ``coherent`` (the default): every store to kernel text is made visible to instruction fetch
+  right after it, by physical line (textmem.invalidate): x86 fetch snoops stores (Intel SDM vol.
+  3, s.11.6, "based on the physical address of the instruction"), arm64's patcher cleans and
+  invalidates the line it wrote (``caches_clean_inval_pou``: DC CVAU, IC IVAU, broadcast to the
+  inner-shareable domain). A buffered line whose generation moved is fetched again. What stays
+  stale is what the core had already fetched and not yet executed: the pipeline, which only a
+  serialising event discards (x86 ``sync_core``, arm64 ISB: SDM s.8.1.3's cross-modifying-code
+  algorithm; Deacon's "arm64: IPI each CPU after invalidating the I-cache for kernel mappings",
+  v4.19). A node's batch is fetched, then waits the timeline's ``prefetch_ns`` (the reorder
+  buffer's depth at IPC 1) before it executes; a node acknowledges a sync only between batches,
+  so a protocol that waits for its syncs never returns while a node still holds old bytes.
+- ``until-sync``: a buffered line is kept until the node takes part in a sync or a stop_machine
+  round (or is evicted), however many stores land meanwhile: numaemu's model before issue 16,
+  a core whose instruction fetch neither snoops nor is invalidated (no real one), which widens
+  every stale window to what the protocols' syncs alone must cover.
+
+An x86 instruction is fetched in two steps: the first byte decides (through the buffer), the rest
+is read from its copy in memory the timeline's ``fetch_gap_ns`` later, so a store landing between
+the two can produce a torn execution. An arm64 instruction is one aligned 4-byte load, single-copy
+atomic (ARM ARM B2.2.1): stale, never torn.
+
+`execute` runs a batch of sites: the fetch (step 1 for all, the gap, step 2 for all), the wait in
+the pipeline, then execution: the sequence numbers and committed states are read, and the INT3
+handler runs for sites whose first byte was INT3 (`text_poke_bp.poke_int3_handler`: interrupts
+off, so it answers no sync; it bsearches the descriptor and emulates the new instruction; a site
+it does not find is a kprobe's, whose handler runs the probed instruction). The node reads each
+site's sequence number at execution and after, and the state the last returned call committed.
 
 `check_batch` is the checker. It is told nothing about bugs; it judges only the observations:
-- a *stable* site (sequence even and unchanged across the batch: no call in flight) must hold
-  exactly its committed encoding: anything else is ``stale`` (old code after the call returned)
-  or ``int3-after-return``;
+- a *stable* site (sequence even and unchanged from execution to the batch's end: no call in
+  flight) must hold exactly its committed encoding: anything else is ``stale`` (old code after
+  the call returned) or ``int3-after-return``;
 - any site must hold one of its valid encodings (after INT3 emulation): anything else is
   ``torn``; an INT3 with no live descriptor, or a descriptor that changed or was poisoned under
   the handler, is ``int3-no-descriptor`` (a kprobe's armed INT3 is a state of its own).
@@ -28,6 +42,7 @@ before and after, and the state the last returned call committed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,9 +59,10 @@ from numaemu.model.timeline import Timeline
 from numaemu.patching.text_poke_bp import poke_int3_handler
 from numaemu.patching.textmem import TextState
 
-__all__ = ["IBUF_LINES", "Observation", "Reader", "check_batch", "Violation"]
+__all__ = ["IBUF_LINES", "IFETCH", "Observation", "Reader", "check_batch", "Violation"]
 
 IBUF_LINES = 512  # 32 KiB, an L1i
+IFETCH = ("coherent", "until-sync")  # how stores reach what a node has fetched (module docstring)
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,7 @@ class Reader:
         handler_ns: int = 0,
         refcount: bool = True,
         mark: Callable[[int], int] | None = None,
+        ifetch: str = "coherent",
     ) -> None:
         self.node = node
         self.mark = mark  # records "inside an INT3 handler" for a failure message (memory.WHERE)
@@ -102,6 +119,11 @@ class Reader:
         self.arm = sites.arch == "arm64"
         self.fetch_gap_ns = fetch_gap_ns
         self.handler_ns = handler_ns
+        self.prefetch_ns = 0  # wall ns a fetched batch waits before it executes (the timeline's prefetch_ns)
+        self.coherent = ifetch == "coherent"
+        # Each line's generation (textmem.invalidate), and the one each buffered line was read at.
+        self.line_gen = state.line_gen if self.coherent and len(state.line_gen) else None
+        self.gen = np.zeros(IBUF_LINES, dtype=np.int32)
         self.refcount = refcount  # the INT3 handler takes a reference (the refcount fix)
         self.words = mem[: len(mem) // 4 * 4].view(np.uint32)  # aligned 4-byte loads (arm64)
         self.page_base = page_bases(table, part_offset)
@@ -111,8 +133,35 @@ class Reader:
         self.int3_hits = 0
 
     def flush(self) -> None:
-        self.tag.fill(-1)
+        """A serialising event (the sync's sync_core or ISB, leaving a stop_machine round): what
+        the pipeline held is gone (it holds nothing between batches). Under ``until-sync`` the
+        buffered lines go too; under ``coherent`` they are already as fresh as stores made them."""
+        if not self.coherent:
+            self.tag.fill(-1)
         self.flushes += 1
+
+    def _lookup(self, lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(buffer slot, hit) of each of `lines`: a line is a hit if the slot holds it and (under
+        ``coherent``) no store has invalidated it since it was read."""
+        slot = lines % IBUF_LINES
+        hit = self.tag[slot] == lines
+        if self.line_gen is not None and hit.any():
+            h = np.flatnonzero(hit)
+            phys_line = self._phys(lines[h] * LINE_SIZE) // LINE_SIZE
+            hit[h] = self.gen[slot[h]] == self.line_gen[phys_line]
+        return slot, hit
+
+    def _fill(self, lines: np.ndarray, slot: np.ndarray) -> np.ndarray:
+        """Read `lines` from this node's copy into the buffer at `slot`; returns them."""
+        line_start = self._phys(lines * LINE_SIZE)
+        if self.line_gen is not None:
+            gen = self.line_gen[line_start // LINE_SIZE]
+            fence()  # the generation before the bytes: a store after it moves it (smp_rmb)
+            self.gen[slot] = gen
+        fresh: np.ndarray = self.mem[line_start[:, None] + np.arange(LINE_SIZE)]
+        self.data[slot] = fresh
+        self.tag[slot] = lines
+        return fresh
 
     def _phys(self, offsets: np.ndarray) -> np.ndarray:
         phys: np.ndarray = self.page_base[offsets // PAGE_SIZE] + offsets % PAGE_SIZE
@@ -121,32 +170,29 @@ class Reader:
     def _through_buffer(self, offsets: np.ndarray, width: int) -> np.ndarray:
         """Bytes [offset, offset+width) from the buffered line (fetching it on a miss)."""
         lines = offsets // LINE_SIZE
-        slot = lines % IBUF_LINES
+        slot, hit = self._lookup(lines)
         col = offsets % LINE_SIZE
-        hit = self.tag[slot] == lines
         out = np.empty((len(offsets), width), dtype=np.uint8)
         if np.any(hit):
             out[hit] = self.data[slot[hit][:, None], col[hit][:, None] + np.arange(width)]
         miss = ~hit
         if np.any(miss):
-            line_start = self._phys(lines[miss] * LINE_SIZE)
-            fresh = self.mem[line_start[:, None] + np.arange(LINE_SIZE)]
-            out[miss] = fresh[np.arange(len(line_start))[:, None], col[miss][:, None] + np.arange(width)]
-            self.data[slot[miss]] = fresh
-            self.tag[slot[miss]] = lines[miss]
+            fresh = self._fill(lines[miss], slot[miss])
+            out[miss] = fresh[np.arange(len(fresh))[:, None], col[miss][:, None] + np.arange(width)]
         return out
 
     def set_timeline(self, tl: Timeline) -> None:
-        """Take the fetch gap and the INT3 handler's time from the run's timeline (wall ns)."""
+        """Take the fetch gap, the wait in the pipeline and the INT3 handler's time from the run's
+        timeline (wall ns)."""
         self.fetch_gap_ns = tl.wall_ns(tl.fetch_gap_ns)
+        self.prefetch_ns = tl.wall_ns(tl.prefetch_ns)
         self.handler_ns = tl.wall_ns(tl.int3_ns)
 
     def _words(self, offsets: np.ndarray) -> np.ndarray:
         """Aligned 4-byte instructions at `offsets`: from the buffered line on a hit, else one
         4-byte load each from memory (which fills the line)."""
         lines = offsets // LINE_SIZE
-        slot = lines % IBUF_LINES
-        hit = self.tag[slot] == lines
+        slot, hit = self._lookup(lines)
         out = np.empty((len(offsets), 4), dtype=np.uint8)
         if np.any(hit):
             col = offsets[hit] % LINE_SIZE
@@ -154,6 +200,9 @@ class Reader:
         miss = ~hit
         if np.any(miss):
             phys = self._phys(offsets[miss])
+            # The generation before the word: if a store lands after it, the line is refetched.
+            gen0 = self.line_gen[phys // LINE_SIZE].copy() if self.line_gen is not None else None
+            fence()
             words = self.words[phys // 4].view(np.uint8).reshape(-1, 4)
             out[miss] = words
             self._through_buffer(offsets[miss], 1)  # the rest of each line comes in too
@@ -162,13 +211,13 @@ class Reader:
             m_slot, m_line = slot[miss], lines[miss]
             kept = self.tag[m_slot] == m_line
             self.data[m_slot[kept][:, None], (offsets[miss][kept] % LINE_SIZE)[:, None] + np.arange(4)] = words[kept]
+            if gen0 is not None:
+                self.gen[m_slot[kept]] = gen0[kept]
         return out
 
     def execute(self, sites: np.ndarray) -> Observation:
         st, t = self.st, self.sites
-        s1 = st.site_seq[sites].copy()
-        committed = st.site_state[sites].copy()
-        fence()  # the sequence numbers and states before the bytes (smp_rmb)
+        t0 = time.perf_counter_ns()
         offs = t.offset[sites]
         lens = t.length[sites].astype(np.int64)
         observed = np.zeros((len(sites), MAX_INSN), dtype=np.uint8)
@@ -189,17 +238,23 @@ class Reader:
                 tail = self.mem[self._phys(np.minimum(idx, offs[rest][:, None] + lens[rest][:, None] - 1))]
                 observed[rest, 1:width] = tail
                 observed[rest] *= np.arange(MAX_INSN) < lens[rest][:, None]
-            if np.any(via_int3):
-                self.int3_hits += int(via_int3.sum())
-                at = sites[via_int3]
-                out, ok, consistent = poke_int3_handler(self.st, self.node, t, at, self.handler_ns, self.mark, self.refcount)
-                # Not in the descriptor: a kprobe's INT3, whose handler runs the probed
-                # instruction from its own copy (kprobe_int3_handler): sound if the descriptor
-                # the handler looked at first was not freed under it.
-                probe = ~ok & (t.kind[at] == KIND_KPROBE)
-                out[probe] = t.enc[at[probe], KPROBE_ARMED]
-                ok |= probe & consistent
-                observed[via_int3], handler_ok[via_int3] = out, ok
+        # In the pipeline until it executes: a call that returns meanwhile must have waited
+        # for this node (its syncs), or it leaves this node running what it replaced.
+        spin(t0 + self.prefetch_ns - time.perf_counter_ns())
+        fence()  # the bytes before the sequence numbers and states (smp_rmb)
+        s1 = st.site_seq[sites].copy()
+        committed = st.site_state[sites].copy()
+        if np.any(via_int3):  # (x86 only)
+            self.int3_hits += int(via_int3.sum())
+            at = sites[via_int3]
+            out, ok, consistent = poke_int3_handler(self.st, self.node, t, at, self.handler_ns, self.mark, self.refcount)
+            # Not in the descriptor: a kprobe's INT3, whose handler runs the probed
+            # instruction from its own copy (kprobe_int3_handler): sound if the descriptor
+            # the handler looked at first was not freed under it.
+            probe = ~ok & (t.kind[at] == KIND_KPROBE)
+            out[probe] = t.enc[at[probe], KPROBE_ARMED]
+            ok |= probe & consistent
+            observed[via_int3], handler_ok[via_int3] = out, ok
         fence()  # the bytes before the sequence numbers after
         s2 = st.site_seq[sites].copy()
         return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed)

@@ -89,7 +89,7 @@ def _write_sites(st: TextState, sites: SiteTable, copies: TextCopies, master: np
     offs = np.repeat(sites.offset[which], lens) + byte_ranges(lens)
     owner = np.repeat(np.arange(len(which)), lens)
     vals = sites.enc[which[owner], states[owner], byte_ranges(lens)]
-    copies.write(master, mem, offs, vals)
+    copies.write(master, mem, offs, vals, st.line_gen)
 
 
 def finish_operation(st: TextState, sites: SiteTable, copies: TextCopies, master: np.ndarray, mem: np.ndarray, plan: SourcePlan, node: int) -> dict[str, int]:
@@ -139,7 +139,7 @@ def finish_operation(st: TextState, sites: SiteTable, copies: TextCopies, master
         st.slot_gen[slot - 1] = 0  # freed: a task still inside it would find it gone
         first = int(sites.offset[ms[0]])
         span = np.arange(first, first + MODULE_SLOT_BYTES, dtype=np.int64)
-        copies.write(master, mem, span, np.full(len(span), slot_fill(sites.arch), dtype=np.uint8))
+        copies.write(master, mem, span, np.full(len(span), slot_fill(sites.arch), dtype=np.uint8), st.line_gen)
         st.node_set(node, "module_op", 0)
         out["module_slot_emptied"] = slot - 1
     return out
@@ -156,7 +156,7 @@ def reset_protocols(st: TextState, sites: SiteTable, copies: TextCopies, master:
             lens = sites.length[st.desc_site[:n].astype(np.int64)].astype(np.int64)
             offs = np.repeat(st.desc_offset[:n], lens) + byte_ranges(lens)
             vals = st.desc_new[:n][np.repeat(np.arange(n), lens), byte_ranges(lens)]
-            copies.write(master, mem, offs, vals)
+            copies.write(master, mem, offs, vals, st.line_gen)
         st.set("stop_released", stop_seq)
         out["stop_machine_round_completed"] = int(stop_seq)
     st.set("stop_arrived", 0)

@@ -85,6 +85,8 @@ class StressSpec:
     int3_fix: str = "refcount"  # protocols.INT3_FIXES: what the INT3 handler's descriptor relies on
     stop_at_first: bool = False  # end the run at the first violation (--stop-at-first)
     protocol_spec: ProtocolSpec | None = None  # protocol "data": its steps
+    ifetch: str = "coherent"  # reader.IFETCH: how stores reach what nodes have fetched
+    timeline_settings: tuple[tuple[str, float], ...] = ()  # --timeline NAME=NS over the timeline
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,14 +121,14 @@ def _setup(spec: StressSpec) -> _Setup:
         "page_tables": tables.to_json() if tables else None,
     }
     copies = TextCopies.build(placement, layout, image.n_pages)
-    timeline = spec.timeline or default_timeline(topo, image, sites)
+    timeline = (spec.timeline or default_timeline(topo, image, sites)).with_settings(spec.timeline_settings)
     return _Setup(image, placement, layout, sites, plan, copies, READER_TASKS * n, timeline, facts)
 
 
 def default_timeline(topo: Topology, image: KernelImage, sites: SiteTable) -> Timeline:
     """The image's timeline on the topology's hardware profile (scale to be measured)."""
     hw = resolve_hardware(None, topo.hardware)
-    return timeline_for(image.arch, hw.ghz, hw.fetch_cycles_per_line, hw.dram_local_ns, int(image.function_sizes.sum()), len(sites))
+    return timeline_for(image.arch, hw.ghz, hw.fetch_cycles_per_line, hw.dram_local_ns, int(image.function_sizes.sum()), len(sites), hw.rob_entries)
 
 
 def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[str, Segment], locks: Locks) -> list[StressNodeConfig]:
@@ -139,6 +141,7 @@ def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[
             sites=s.sites, plan=s.plan, n_keys=s.image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
             rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
             bench=spec.bench, timeline=s.timeline, script=spec.script, int3_fix=spec.int3_fix, stop_at_first=spec.stop_at_first, protocol_spec=spec.protocol_spec,
+            ifetch=spec.ifetch,
         )
         for node in range(n)
     ]
@@ -170,10 +173,10 @@ def run_stress(spec: StressSpec) -> dict[str, Any]:
         segs = {
             "master": session.create("master", len(image.data)),
             "mem": session.create("mem", s.layout.size),
-            "txt": session.create("txt", text_segment_size(n, len(sites), image.n_keys, s.n_tasks)),
+            "txt": session.create("txt", text_segment_size(n, len(sites), image.n_keys, s.n_tasks, s.layout.size)),
         }
         segs["master"].array(np.uint8)[:] = image.data
-        st = views["st"] = TextState(segs["txt"], n, len(sites), image.n_keys, s.n_tasks)
+        st = views["st"] = TextState(segs["txt"], n, len(sites), image.n_keys, s.n_tasks, s.layout.size)
         views["master"], views["mem"] = segs["master"].array(np.uint8), segs["mem"].array(np.uint8)
         try:
             return _run_nodes(spec, s, session, _node_configs(spec, s, session, segs, locks), st, views)
@@ -264,5 +267,6 @@ def stress_need(topo: Topology, image: KernelImage, policy: str, *, replicas_eve
     placement, _ = place_for(topo, image, policy, replicas_every=replicas_every)
     check_reachable(topo, placement)
     n, n_tasks = topo.n_nodes, READER_TASKS * topo.n_nodes
-    txt = text_segment_size(n, len(site_table(image)), image.n_keys, n_tasks)
+    mem = MemoryLayout.for_nodes(tuple(placement.image_bytes(i) for i in range(n)), user_bytes=PAGE_SIZE).size
+    txt = text_segment_size(n, len(site_table(image)), image.n_keys, n_tasks, mem)
     return segment_need(placement, image, label=policy, n_tasks=n_tasks, user_bytes=PAGE_SIZE, txt=txt)

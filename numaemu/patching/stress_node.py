@@ -25,6 +25,7 @@ from numaemu.host.clock import Pacer
 from numaemu.host.cpus import pin_to
 from numaemu.host.fence import fence
 from numaemu.host.segments import MemoryLayout
+from numaemu.model.engine import page_bases
 from numaemu.model.placement import PageTable
 from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import SiteTable
@@ -76,6 +77,7 @@ class StressNodeConfig:
     int3_fix: str = "refcount"  # protocols.INT3_FIXES
     stop_at_first: bool = False  # end the run at the first violation any node sees
     protocol_spec: ProtocolSpec | None = None  # protocol "data": its steps
+    ifetch: str = "coherent"  # reader.IFETCH
 
 
 @dataclass(frozen=True)
@@ -133,16 +135,17 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
     nc.phase("fill")
     mem, master = mem_seg.array(np.uint8), master_seg.array(np.uint8)
     fill_partition(mem, master, cfg.layout, cfg.node, cfg.hosted, cfg.seed)
-    st = TextState(txt_seg, cfg.n_nodes, len(cfg.sites), cfg.n_keys, cfg.n_tasks)
+    st = TextState(txt_seg, cfg.n_nodes, len(cfg.sites), cfg.n_keys, cfg.n_tasks, cfg.layout.size)
     reader: Reader | None = None
     kernel = NodeKernel(
         cfg.node, cfg.n_nodes, st, cfg.copies, master, mem, cfg.sites, cfg.locks,
         protocol=cfg.protocol, bug=cfg.bug, shared_core=cfg.shared_core,
         flush=lambda: reader.flush() if reader is not None else None,
         check_alive=nc.poll, int3_fix=cfg.int3_fix, data_protocol=cfg.protocol_spec, mark=nc.mark, fault=nc.fault.reached,
+        local_base=page_bases(cfg.table, cfg.layout.part_offset),
     )
     reader = Reader(cfg.node, mem, cfg.table, cfg.layout.part_offset, cfg.sites, st, kernel.safe_point,
-                    refcount=cfg.int3_fix == "refcount", mark=nc.mark)
+                    refcount=cfg.int3_fix == "refcount", mark=nc.mark, ifetch=cfg.ifetch)
     incarnation = nc.launch.incarnation  # a replacement (--recover) draws its own choices
     rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273] + ([incarnation] if incarnation else []))  # "strs"
     source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")

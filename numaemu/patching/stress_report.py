@@ -89,6 +89,7 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
         "violations_per_emulated_s": violations / emulated_s if emulated_s else None,
         "violations_per_million_executions": 1e6 * violations / executions if executions else None,
         "int3_fix": spec.int3_fix,
+        "ifetch": spec.ifetch,
         "stop_at_first": spec.stop_at_first,
         "first_violation": firsts[0] if firsts else None,
         "violation_examples": examples,

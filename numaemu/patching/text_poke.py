@@ -6,6 +6,14 @@ that holds the page, as Kuzin's ``__text_poke()`` loops over the replicas and Ki
 written into each copy is charged the timeline's ``text_poke_ns`` at the run's scale (text_poke() maps the page through poking_mm,
 writes, unmaps and flushes the TLB entry, arch/x86/kernel/alternative.c), so other nodes see the
 sites change one after another, as they would.
+
+Each store is made visible to instruction fetch right after it (textmem.invalidate): x86 fetch
+snoops it; arm64's ``aarch64_insn_patch_text_nosync`` cleans and invalidates the line
+(``caches_clean_inval_pou``). That maintenance is by virtual address, and the VA maps the
+patching CPU's own replica: under the ``ivau-local`` bug only the lines of the copy the patching
+node's page table maps are invalidated (a replicated kernel that writes every replica through
+its alias but keeps mainline's one maintenance call on the kernel VA), so the other replicas'
+stale lines stay in their nodes' I-caches, where no ISB reaches them.
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.model.image import PAGE_SIZE
 from numaemu.patching.protocols import POKE_CHUNK, SMALL_WRITE
-from numaemu.patching.textmem import TextCopies
+from numaemu.patching.textmem import TextCopies, invalidate
 
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel
@@ -30,8 +39,11 @@ class TextPoke:
     """One node's writes of kernel text: `poke` (bytes, site by site), `write_site` (one site's
     bytes, scalar), `write_word` (one aligned 4-byte store per copy), each charging its cost."""
 
-    def __init__(self, copies: TextCopies, master: np.ndarray, mem: np.ndarray, text_poke_ns: int, check_alive: Callable[[], None]) -> None:
+    def __init__(self, copies: TextCopies, master: np.ndarray, mem: np.ndarray, text_poke_ns: int, check_alive: Callable[[], None],
+                 line_gen: np.ndarray | None = None, local_base: np.ndarray | None = None) -> None:
         self.copies = copies
+        self.line_gen = line_gen  # textmem.invalidate's generations (None: no instruction fetch to keep coherent)
+        self.local_base = local_base  # ivau-local: the patching node's frame of each page (engine.page_bases)
         self.master = master
         self.mem = mem
         self.master_mv = memoryview(master.data)
@@ -59,7 +71,7 @@ class TextPoke:
             self.charge(len(set(owner)), t0)
             return
         if not self.text_poke_ns:  # no modeled cost: one vectorised write
-            self.copies.write(self.master, self.mem, offsets, values)
+            self.copies.write(self.master, self.mem, offsets, values, self.line_gen, self._local(offsets))
             return
         bounds = np.flatnonzero(np.diff(site_of_byte)) + 1
         starts = np.concatenate([[0], bounds])
@@ -70,8 +82,19 @@ class TextPoke:
             lo = starts[i]
             hi = starts[i + POKE_CHUNK] if i + POKE_CHUNK < len(starts) else len(offsets)
             t0 = time.perf_counter_ns()
-            self.copies.write(self.master, self.mem, offsets[lo:hi], values[lo:hi])
+            self.copies.write(self.master, self.mem, offsets[lo:hi], values[lo:hi], self.line_gen, self._local(offsets[lo:hi]))
             self.charge(min(POKE_CHUNK, len(starts) - i), t0)
+
+    def _local(self, offsets: np.ndarray) -> np.ndarray | None:
+        """ivau-local: the ``mem`` offsets of `offsets` in the patching node's own copy (None:
+        every copy written is invalidated)."""
+        lb = self.local_base
+        if lb is None:
+            return None
+        offsets = np.asarray(offsets, dtype=np.int64)
+        base = lb[offsets // PAGE_SIZE]
+        out: np.ndarray = np.where(base >= 0, base + offsets % PAGE_SIZE, -1)
+        return out
 
     def write_site(self, offset: int, data: bytes) -> None:
         """Write one site's bytes (contiguous) into the master, then every copy."""
@@ -83,11 +106,17 @@ class TextPoke:
         self.master_mv[offset : offset + L] = data
         for t in self.copies.targets_of(offset):
             self.mem_mv[t : t + L] = data
+            if self.local_base is None:
+                invalidate(self.line_gen, np.array([t, t + L - 1]))
+        local = self._local(np.array([offset, offset + L - 1]))
+        if local is not None:
+            invalidate(self.line_gen, local)
 
     def write_word(self, offset: int, word: bytes) -> None:
         """One aligned 4-byte store per copy (single-copy atomic, as arm64 patching writes)."""
         t0 = time.perf_counter_ns()
-        self.copies.write_word(self.master, self.mem, offset, word)
+        local = self._local(np.array([offset]))
+        self.copies.write_word(self.master, self.mem, offset, word, self.line_gen, None if local is None else int(local[0]))
         self.charge(1, t0)
 
 

@@ -26,11 +26,20 @@ Byte layout of the ``txt`` segment (numpy dtypes below; all integers little-endi
     ...                   pend       int8  [n_nodes, n_sites]  each node's patch call in intent:
                                                       new state + 1 per site (0: none)
     ...                   key_refs   int64 [n_nodes, MAX_KEYS] static-key references each node holds
+    ...                   line_gen   int32 [n_lines]  each 64-byte line of ``mem``: +1 each time a store to it
+                                                      is made visible to instruction fetch (`invalidate`)
 
 Every field has one writer at a time: the holder of ``text_mutex`` for the header's sync and
 descriptor fields and for site_seq/site_state; each node for its own TXT_NODE slot, ``pend`` row
 and ``key_refs`` row; the holder of the static-key lock for key_count (unless the ``key-race`` bug
 is planted); the holder of a lock for its ``lock_owner`` entry.
+
+``line_gen`` is how stores reach what the nodes have fetched (reader.py's instruction buffers keep
+the generation of each line they hold, and refetch a line whose generation moved): x86 fetch
+snoops stores by physical address (Intel SDM vol. 3, s.11.6), and arm64's patcher cleans and
+invalidates the line it wrote (``caches_clean_inval_pou`` in arch/arm64/kernel/patching.c:
+DC CVAU, IC IVAU, broadcast to the inner-shareable domain), both right after the store. Any writer
+may bump it: an increment lost between two writers still moves the generation.
 
 The node's ``journal`` fields, its ``pend`` row and ``lock_owner`` exist for ``--recover``: they are
 the write-ahead record of what a node SIGKILLed half-way through an operation meant to do, so the
@@ -43,11 +52,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numaemu.host.fence import fence
 from numaemu.host.segments import MemoryLayout, Segment
-from numaemu.model.image import PAGE_SIZE
+from numaemu.model.image import LINE_SIZE, PAGE_SIZE
 from numaemu.model.placement import Placement
 
-__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "PUBLISHED", "TextState", "TextCopies", "text_segment_size", "byte_ranges"]
+__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "PUBLISHED", "TextState", "TextCopies", "text_segment_size", "byte_ranges", "invalidate"]
 
 MAX_BATCH = 256  # text_poke_bp batch limit (TP_VEC_MAX in arch/x86/kernel/alternative.c)
 MAX_FAILURES = 64
@@ -132,7 +142,20 @@ def byte_ranges(lens: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> list[tuple[str, np.dtype, int]]:
+def invalidate(line_gen: np.ndarray | None, targets: np.ndarray) -> None:
+    """Make stores at `targets` (offsets in ``mem``) visible to instruction fetch: every node that
+    buffered one of their lines fetches it again (the snoop on x86, the patcher's IC IVAU on
+    arm64; module docstring)."""
+    if line_gen is None or not len(line_gen):
+        return
+    t = np.asarray(targets, dtype=np.int64)
+    t = t[t >= 0]
+    if len(t):
+        fence()  # the stores before the new generation that says they are there
+        line_gen[np.unique(t // LINE_SIZE)] += 1
+
+
+def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int, n_lines: int = 0) -> list[tuple[str, np.dtype, int]]:
     return [
         ("header", TXT_HEADER, 1),
         ("nodes", TXT_NODE, n_nodes),
@@ -151,27 +174,29 @@ def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> list[tup
         ("lock_owner", np.dtype("<i8"), N_LOCKS),
         ("pend", np.dtype("i1"), n_nodes * n_sites),
         ("key_refs", np.dtype("<i8"), n_nodes * MAX_KEYS),
+        ("line_gen", np.dtype("<i4"), n_lines),
     ]
 
 
-def _layout(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> tuple[dict[str, tuple[int, np.dtype, int]], int]:
+def _layout(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int, n_lines: int = 0) -> tuple[dict[str, tuple[int, np.dtype, int]], int]:
     out, off = {}, 0
-    for name, dt, count in _sections(n_nodes, n_sites, n_keys, n_tasks):
+    for name, dt, count in _sections(n_nodes, n_sites, n_keys, n_tasks, n_lines):
         off = -(-off // 8) * 8
         out[name] = (off, dt, count)
         off += dt.itemsize * count
     return out, off
 
 
-def text_segment_size(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> int:
-    return _layout(n_nodes, n_sites, n_keys, n_tasks)[1]
+def text_segment_size(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int, mem_bytes: int = 0) -> int:
+    """The ``txt`` segment's size; `mem_bytes`: the ``mem`` segment its line generations cover."""
+    return _layout(n_nodes, n_sites, n_keys, n_tasks, mem_bytes // LINE_SIZE)[1]
 
 
 class TextState:
     """Typed views of the ``txt`` segment."""
 
-    def __init__(self, seg: Segment, n_nodes: int, n_sites: int, n_keys: int, n_tasks: int) -> None:
-        layout, _ = _layout(n_nodes, n_sites, n_keys, n_tasks)
+    def __init__(self, seg: Segment, n_nodes: int, n_sites: int, n_keys: int, n_tasks: int, mem_bytes: int = 0) -> None:
+        layout, _ = _layout(n_nodes, n_sites, n_keys, n_tasks, mem_bytes // LINE_SIZE)
         views = {name: seg.array(dt, off, count) for name, (off, dt, count) in layout.items()}
         self.header = views["header"]
         self.nodes = views["nodes"]
@@ -193,6 +218,7 @@ class TextState:
         self.lock_owner = views["lock_owner"]
         self.pend = views["pend"].reshape(n_nodes, n_sites)
         self.key_refs = views["key_refs"].reshape(n_nodes, MAX_KEYS)
+        self.line_gen = views["line_gen"]
         # Scalar access goes through memoryviews: an element of a memoryview costs ~50 ns, a
         # numpy scalar ~1 us, and safe points and small patches are all scalar accesses.
         assert seg.buf is not None
@@ -273,15 +299,25 @@ class TextCopies:
         base = self.where[offsets // PAGE_SIZE]  # [n, copies]
         return np.where(base >= 0, base + (offsets % PAGE_SIZE)[:, None], -1).T
 
-    def write(self, master: np.ndarray, mem: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> None:
-        """Write `values` at image `offsets` in the master, then in every copy, in node order."""
+    def write(self, master: np.ndarray, mem: np.ndarray, offsets: np.ndarray, values: np.ndarray,
+              line_gen: np.ndarray | None = None, inval: np.ndarray | None = None) -> None:
+        """Write `values` at image `offsets` in the master, then in every copy, in node order,
+        each copy's lines invalidated after its stores (`invalidate`; `inval`: the ``mem``
+        offsets to invalidate instead, the ``ivau-local`` bug's)."""
         master[offsets] = values
         for row in self.targets(offsets):
             ok = row >= 0
             mem[row[ok]] = values[ok]
+            if inval is None:
+                invalidate(line_gen, row[ok])
+        if inval is not None:
+            invalidate(line_gen, inval)
 
-    def write_word(self, master: np.ndarray, mem: np.ndarray, offset: int, word: bytes) -> None:
-        """One aligned 4-byte store per copy: a single-copy-atomic write, as arm64 patching uses."""
+    def write_word(self, master: np.ndarray, mem: np.ndarray, offset: int, word: bytes,
+                   line_gen: np.ndarray | None = None, inval: int | None = None) -> None:
+        """One aligned 4-byte store per copy: a single-copy-atomic write, as arm64 patching uses,
+        each followed by its line's invalidation (`inval`: the one ``mem`` offset to invalidate
+        instead)."""
         assert offset % 4 == 0 and len(word) == 4
         value = np.frombuffer(word, dtype="<u4")[0]
         master.view("<u4")[offset // 4] = value
@@ -289,6 +325,10 @@ class TextCopies:
         for t in self.targets(np.array([offset]))[:, 0]:
             if t >= 0:
                 mem32[t // 4] = value
+                if inval is None:
+                    invalidate(line_gen, np.array([t]))
+        if inval is not None:
+            invalidate(line_gen, np.array([inval]))
 
     @staticmethod
     def mismatches_seen(master: np.ndarray, mem: np.ndarray, bases: list[np.ndarray], pages: np.ndarray) -> list[tuple[int, int]]:
