@@ -3,7 +3,8 @@ default settings, over several seeds; and that the same runs without the bug pas
 
     python scripts/stress_catch_times.py [--seeds 5] [--duration 60] [--out results/catch-times.json]
 
-For each bug (with the protocol and arch it belongs to) and seed: the wall seconds from the start
+For each bug (with the protocol and arch it belongs to, under --ifetch coherent, the default; the
+bugs whose syncs guard only the pipeline again under until-sync) and seed: the wall seconds from the start
 of the command to its exit (startup included), the emulated microseconds at which the first
 violation was seen (the document's ``first_violation``), and its kind. A bug not caught within
 ``--duration`` is reported as such, with the same prominence. Then one clean run per protocol
@@ -40,9 +41,18 @@ BUGS = [
     ("module-unload-running", "nosync", "arm64"),
     ("ipmodify-shared", "text_poke_bp", "x86_64"),
     ("ipmodify-shared", "nosync", "arm64"),
+    ("ivau-local", "nosync", "arm64"),
+    ("ivau-local", "stop_machine", "arm64"),
+    # The bugs whose syncs guard only the pipeline, again with the widest windows (no real core).
+    ("no-sync", "text_poke_bp", "x86_64", "until-sync"),
+    ("no-sync", "stop_machine", "x86_64", "until-sync"),
+    ("no-sync", "nosync", "arm64", "until-sync"),
+    ("no-final-sync", "text_poke_bp", "x86_64", "until-sync"),
+    ("no-final-sync", "nosync", "arm64", "until-sync"),
 ]
 CLEAN = [("text_poke_bp", "x86_64", ()), ("text_poke_bp", "x86_64", ("--source", "kprobes", "--int3-fix", "extra-sync")),
-         ("stop_machine", "x86_64", ()), ("nosync", "arm64", ())]
+         ("stop_machine", "x86_64", ()), ("nosync", "arm64", ()), ("stop_machine", "arm64", ()),
+         ("text_poke_bp", "x86_64", ("--ifetch", "until-sync")), ("nosync", "arm64", ("--ifetch", "until-sync"))]
 
 
 def stress(args: list[str], duration: float) -> tuple[float, int, dict]:
@@ -67,18 +77,19 @@ def main() -> None:
     ap.add_argument("--clean", action="store_true", help="also the clean runs when --bugs is given")
     a = ap.parse_args()
     rows = []
-    for bug, protocol, arch in [b for b in BUGS if (a.bugs is None or b[0] in a.bugs.split(",")) and a.arch in (None, b[2])]:
+    for bug, protocol, arch, *more in [b for b in BUGS if (a.bugs is None or b[0] in a.bugs.split(",")) and a.arch in (None, b[2])]:
+        ifetch = more[0] if more else "coherent"
         runs = []
         for seed in range(a.seeds):
-            took, code, doc = stress(["--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--seed", str(seed), "--stop-at-first"], a.duration)
+            took, code, doc = stress(["--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--ifetch", ifetch, "--seed", str(seed), "--stop-at-first"], a.duration)
             first = doc.get("first_violation") or {}
             runs.append({"seed": seed, "caught": code == 1, "wall_s": round(took, 2), "first_emulated_us": first.get("emulated_us"),
                          "kind": first.get("kind") or (doc["violation_examples"][0]["kind"] if doc["violation_examples"] else None),
                          "scale": doc["timeline"]["scale"], "source": doc["source"]})
             verdict = f"caught in {took:5.1f} s ({runs[-1]['kind']}, at {first.get('emulated_us')} emulated us)" if code == 1 else f"NOT caught in {took:.1f} s"
-            print(f"{bug:17s} {protocol:13s} {arch:7s} seed {seed}: {verdict}", flush=True)
+            print(f"{bug:17s} {protocol:13s} {arch:7s} {ifetch:10s} seed {seed}: {verdict}", flush=True)
         caught = [r["wall_s"] for r in runs if r["caught"]]
-        rows.append({"bug": bug, "protocol": protocol, "arch": arch, "runs": runs, "caught": len(caught), "of": len(runs),
+        rows.append({"bug": bug, "protocol": protocol, "arch": arch, "ifetch": ifetch, "runs": runs, "caught": len(caught), "of": len(runs),
                      "median_wall_s": statistics.median(caught) if caught else None, "max_wall_s": max(caught) if caught else None})
     clean = []
     for protocol, arch, extra in CLEAN if a.bugs is None or a.clean else []:
@@ -87,7 +98,8 @@ def main() -> None:
                       "executions": doc["executions_checked"], "emulated_s": doc["emulated_s"], "patches": doc["patches_applied"]})
         print(f"clean {protocol} {arch} {' '.join(extra)}: exit {code}, {doc['violations']} violations in {doc['executions_checked']:,} executions, "
               f"{1e3 * doc['emulated_s']:.1f} emulated ms", flush=True)
-    doc = {"command": "python scripts/stress_catch_times.py " + " ".join(sys.argv[1:]), "duration_s": a.duration, "seeds": a.seeds,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    doc = {"command": "python scripts/stress_catch_times.py " + " ".join(sys.argv[1:]), "commit": commit, "duration_s": a.duration, "seeds": a.seeds,
            "bugs": rows, "clean": clean}
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.out}")
