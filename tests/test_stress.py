@@ -143,9 +143,10 @@ def test_a_protocol_written_in_a_script(no_leaks):
 
 
 def test_stress_json_fields(no_leaks, tmp_path):
-    code, doc, _ = stress(tmp_path, "--duration", "2", "--source", "bpf")
+    code, doc, _ = stress(tmp_path, "--duration", "2", "--source", "bpf", "--timeline", "prefetch_ns=100")
     assert code == 0
     assert doc["schema"] == 2 and doc["command"] == "stress"
+    assert doc["ifetch"] == "coherent" and doc["timeline"]["prefetch_ns"] == 100  # --timeline sets one cost
     for field in ("protocol", "source", "patches_applied", "sites_patched", "executions_checked", "violations",
                   "replicas_identical", "patch_latency_us", "sync_rounds", "int3_hits"):
         assert field in doc
