@@ -51,27 +51,32 @@ def test_every_source_at_once_runs_clean(no_leaks, tmp_path, protocol, arch, pol
     assert "OK: nothing violated" in out
 
 
-# (bug, protocol, arch, ifetch). The syncs that no-sync and no-final-sync skip guard the pipeline
-# only: under the architectures' rules (--ifetch coherent, the default) a store reaches every
-# buffered line at once, and what a node still runs stale is what it fetched within the
+# (bug, protocol, arch, options). The syncs that no-sync and no-final-sync skip guard the
+# pipeline only: under the architectures' rules (--ifetch coherent, the default) a store reaches
+# every buffered line at once, and what a node still runs stale is what it fetched within the
 # timeline's prefetch_ns (~50-60 emulated ns), against the microseconds of writes between a
-# site's steps, so at default settings those two are not caught (results/catch-times.json says
-# so, as the prediction it is). Here they run with --ifetch until-sync, the widest windows, to show
-# the checker catching them; the others run at default settings.
+# site's steps, so at default settings those two were caught in 0 of 5 seeds within 60 s
+# (results/catch-times.json; the prediction it is). Here they run with --ifetch until-sync, the
+# widest windows, to show the checker catching them. early-master at default settings (a write
+# inside the fetch gap) was caught in 4 of 5 seeds within 60 s, mean ~37 s, which would fail a
+# 180 s test about once in 130 runs; under until-sync it took 2-32 s. no-final-sync on
+# text_poke_bp under until-sync took 10-62 s (its window is the final sync's IPI delivery, 1.3
+# emulated us), so its test sets a 20 us IPI, which caught it in 12-20 s.
+UNTIL_SYNC = ("--ifetch", "until-sync")
 BUGGY = [
-    ("early-master", "stop_machine", "x86_64", "coherent"),
-    ("descriptor-reuse", "text_poke_bp", "x86_64", "coherent"),
-    ("no-int3-fix", "text_poke_bp", "x86_64", "coherent"),
-    ("no-sync", "stop_machine", "x86_64", "until-sync"),
-    ("no-sync", "nosync", "arm64", "until-sync"),
-    ("no-final-sync", "text_poke_bp", "x86_64", "until-sync"),
-    ("no-final-sync", "nosync", "arm64", "until-sync"),
-    ("key-race", "text_poke_bp", "x86_64", "coherent"),
-    ("late-replica", "nosync", "arm64", "coherent"),
-    ("trampoline-no-rcu", "text_poke_bp", "x86_64", "coherent"),
-    ("module-unload-running", "stop_machine", "x86_64", "coherent"),
-    ("ipmodify-shared", "text_poke_bp", "x86_64", "coherent"),
-    ("ivau-local", "nosync", "arm64", "coherent"),
+    ("early-master", "stop_machine", "x86_64", UNTIL_SYNC),
+    ("descriptor-reuse", "text_poke_bp", "x86_64", ()),
+    ("no-int3-fix", "text_poke_bp", "x86_64", ()),
+    ("no-sync", "stop_machine", "x86_64", UNTIL_SYNC),
+    ("no-sync", "nosync", "arm64", UNTIL_SYNC),
+    ("no-final-sync", "text_poke_bp", "x86_64", (*UNTIL_SYNC, "--timeline", "ipi_ns=20000")),
+    ("no-final-sync", "nosync", "arm64", UNTIL_SYNC),
+    ("key-race", "text_poke_bp", "x86_64", ()),
+    ("late-replica", "nosync", "arm64", ()),
+    ("trampoline-no-rcu", "text_poke_bp", "x86_64", ()),
+    ("module-unload-running", "stop_machine", "x86_64", ()),
+    ("ipmodify-shared", "text_poke_bp", "x86_64", ()),
+    ("ivau-local", "nosync", "arm64", ()),
 ]
 KINDS = {
     "early-master": {"torn"},
@@ -88,14 +93,14 @@ KINDS = {
 }
 
 
-@pytest.mark.parametrize(("bug", "protocol", "arch", "ifetch"), BUGGY, ids=["-".join(c) for c in BUGGY])
-def test_each_planted_bug_is_caught(no_leaks, tmp_path, bug, protocol, arch, ifetch):
+@pytest.mark.parametrize(("bug", "protocol", "arch", "options"), BUGGY, ids=["-".join(c[:3]) for c in BUGGY])
+def test_each_planted_bug_is_caught(no_leaks, tmp_path, bug, protocol, arch, options):
     # Default settings, one emulated timeline: no per-bug rate or window. --stop-at-first ends
     # the run at the first violation; the catch times over 5 seeds are a benchmark's
     # (results/catch-times.json). A catch is a race won at random: the slowest bug here
     # (no-final-sync on text_poke_bp) took 10-36 s over 5 seeds, roughly exponentially, so the
     # run may last 180 s to keep a slow catch from failing the test (a run stops at its catch).
-    code, doc, out = stress(tmp_path, "--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--ifetch", ifetch,
+    code, doc, out = stress(tmp_path, "--inject-bug", bug, "--protocol", protocol, "--arch", arch, *options,
                             "--duration", "180", "--stop-at-first", timeout=400)
     assert code == 1, out
     assert doc["inject_bug"] == bug
