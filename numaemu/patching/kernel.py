@@ -201,9 +201,9 @@ class NodeKernel:
             lock.release()
 
     def resync(self) -> None:
-        """After being parked through a recovery: forget every prefetched line and every pending
-        IPI (the coordinator acknowledged every sync and round on this node's behalf, which this
-        flush makes true), as a CPU coming back online starts with nothing cached."""
+        """After being parked through a recovery: resynchronise and forget every pending IPI (the
+        coordinator acknowledged every sync and round on this node's behalf, which this makes
+        true); the buffered lines are as fresh as the repair's stores made them (textmem.invalidate)."""
         self.flush()
         self._due.clear()
         self.resumes += 1

@@ -12,7 +12,7 @@ Each protocol's steps live in a module of their own, which the kernel delegates 
 ``stop_machine`` (kernel/stop_machine.c, arm64 ``aarch64_insn_patch_text``; stop_machine.py): the
 patching node raises a round; every node parks at a safe point and counts itself in under a lock;
 the LAST to arrive applies the patch to every copy, then releases the others, which resynchronise
-(flush their instruction buffers) before they run again.
+(a serialising event: nothing fetched before the patch runs after it) before they run again.
 
 ``text_poke_bp`` (arch/x86/kernel/alternative.c, ``text_poke_bp_batch``; text_poke_bp.py, with the
 INT3 handler): up to 256 sites sorted by address, published in a descriptor; (1) INT3 over the
@@ -27,8 +27,8 @@ returns.
 Every write goes through text_poke.py (the master, then every copy, at the timeline's text_poke_ns a site and copy: numaemu/model/timeline.py).
 
 A *sync* (``text_poke_sync`` / ``sync_core`` IPI, ``kick_all_cpus_sync``) completes when every
-node has acknowledged it at a safe point, after flushing its instruction buffer: so no node is
-still part-way through fetching what was there before. Waiting spins briefly, then yields, then
+node has acknowledged it at a safe point, between two of its batches (a serialising event: reader.py): so
+no node still holds in its pipeline what was there before. Waiting spins briefly, then yields, then
 sleeps, so it does not burn a core that another node needs (BACKGROUND.md s.5). Every wait, and
 every attempt on a lock, calls `check_alive` (time-gated by the worker: a clock read, the real
 check every ~20 ms), so a node never waits on a dead one: it learns of the abort (or parks for a

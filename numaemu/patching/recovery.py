@@ -25,8 +25,8 @@ nodes finished what they started, before their replacements fill their copies fr
 3. **The protocols' shared state** (`reset_protocols`): a stop_machine round in progress is
    completed (its descriptor applied, then released), a text_poke_bp descriptor of a dead patcher
    is dropped (its INT3s are gone: step 2 wrote the new bytes), every node's sync and round
-   acknowledgements are brought up to date (every living node flushes its instruction buffer
-   when it resumes, which makes that true), and a dead node's INT3-handler references and its
+   acknowledgements are brought up to date (every living node resynchronises when it resumes,
+   which makes that true), and a dead node's INT3-handler references and its
    ``done`` flag are cleared: its replacement starts from nothing, as a CPU brought online by
    kernel/cpu.c does.
 

@@ -4,7 +4,8 @@ The patching node publishes its batch in the descriptor (text_poke_bp.publish_de
 record) and raises a round; every node notices it at a safe point (after its IPI delay), parks and
 counts itself in under the ``stop_arrival`` lock; the LAST to arrive applies the descriptor to the
 master and every copy (multi_cpu_stop's patch function), then releases the others, which
-resynchronise (flush their instruction buffers) before they run again. With the ``early-master``
+resynchronise (a serialising event; under ``--ifetch until-sync`` their buffers are emptied too)
+before they run again. With the ``early-master``
 bug the FIRST to arrive patches, while others may still be executing; with ``no-sync`` the
 released nodes keep what they had prefetched.
 """
