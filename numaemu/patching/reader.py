@@ -140,6 +140,10 @@ class Reader:
             self.tag.fill(-1)
         self.flushes += 1
 
+    def reset(self) -> None:
+        """Empty the buffer: a CPU starting, whose lines may predate the copies' fill."""
+        self.tag.fill(-1)
+
     def _lookup(self, lines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(buffer slot, hit) of each of `lines`: a line is a hit if the slot holds it and (under
         ``coherent``) no store has invalidated it since it was read."""

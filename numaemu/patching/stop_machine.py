@@ -30,13 +30,14 @@ __all__ = ["stop_machine_batch", "stop_round", "apply_descriptor"]
 
 def stop_machine_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
     """Patch `sites` (sorted by address) to encodings `new` in one stop_machine round."""
-    publish_descriptor(k, sites, new)
+    # The batch for the round's patch function: no bp_desc, so an INT3 a node hits meanwhile (an
+    # armed kprobe's) is left to kprobes, as try_get_desc() fails when no text_poke_bp is on.
+    publish_descriptor(k, sites, new, live=False)
     k.step("stop_machine: waiting for the round")
     k.st.set("stop_req_ns", time.perf_counter_ns())
     seq = k.st.add("stop_seq")
     k.stats.stop_rounds += 1
     stop_round(k, seq)
-    k.st.set("desc_live", 0)
 
 
 def stop_round(k: NodeKernel, seq: int) -> None:

@@ -155,6 +155,9 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
     if not cfg.timeline.scale:
         st.node_set(cfg.node, "site_wall_ns", readers.measure())
     start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))
+    # Every node has filled its copy now; lines this node's readers read of another node's copy
+    # while timing them may predate that fill, and no store would invalidate them (textmem.invalidate).
+    reader.reset()
     tl = run_timeline(cfg.timeline, st)
     kernel.set_timeline(tl)
     reader.set_timeline(tl)

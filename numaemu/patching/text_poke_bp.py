@@ -39,9 +39,10 @@ __all__ = ["POISON_FREE", "publish_descriptor", "text_poke_bp_batch", "release_d
 POISON_FREE = 0x6B  # include/linux/poison.h
 
 
-def publish_descriptor(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
+def publish_descriptor(k: NodeKernel, sites: np.ndarray, new: np.ndarray, live: bool = True) -> None:
     """Write the batch into the descriptor (a seqlock: generation odd while being written) and
-    take the patcher's reference (``desc_live``)."""
+    take the patcher's reference (``desc_live``; not with `live` False: stop_machine's patch
+    function reads the same record, but sets no bp_desc for an INT3 handler to find)."""
     st = k.st
     st.add("desc_gen")  # odd: being written
     fence()
@@ -52,7 +53,8 @@ def publish_descriptor(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> Non
     st.set("desc_count", n)
     fence()  # the entries before the generation that says they are complete
     st.add("desc_gen")  # even: complete
-    st.set("desc_live", 1)
+    if live:
+        st.set("desc_live", 1)
 
 
 def text_poke_bp_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
