@@ -487,6 +487,13 @@ def test_a_lost_worker_s_run_is_retried_on_another(tmp_path, no_leaks):
                 lambda: [(w, c) for w in daemons[1:] for c in psutil.Process(w.pid).children() if "numaemu.measure.runner" in " ".join(c.cmdline())],
                 bench, "a task's process",
             )[0]
+            # The worker logged the task's start (cluster_task.ATTEMPTS) just before starting its
+            # process, but sends events to the scheduler in batches from its event loop, which a
+            # starting task starves on two cores: killed at once, the first start can be lost
+            # with the worker, and the retry then looks like a first start. Let it go out first
+            # (the task's process runs for its 1 s of requests and more).
+            time.sleep(0.5)
+            assert running([runner]), "the task ended before its worker could be killed"
             victim.kill()
             stdout, stderr = bench.communicate(timeout=120)
         assert bench.returncode == 0, stderr
