@@ -7,7 +7,8 @@ master and every copy (multi_cpu_stop's patch function), then releases the other
 resynchronise (a serialising event; under ``--ifetch until-sync`` their buffers are emptied too)
 before they run again. With the ``early-master``
 bug the FIRST to arrive patches, while others may still be executing; with ``no-sync`` the
-released nodes keep what they had prefetched.
+released nodes do not resynchronise (which matters only under ``until-sync``: under the default
+``coherent`` rules a parked node's pipeline holds none of the patched text).
 """
 
 from __future__ import annotations
