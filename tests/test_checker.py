@@ -1,4 +1,5 @@
-"""Tests for numaemu.patching.reader.check_batch: the checker judges hand-built observations."""
+"""Tests for numaemu.patching.reader.check_batch and check_order: the checkers judge hand-built
+observations."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from numaemu.model.sites import (
     SiteTable,
     site_table,
 )
-from numaemu.patching.reader import Observation, Violation, check_batch
+from numaemu.patching.reader import Observation, Violation, check_batch, check_order
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def sites_of(t: SiteTable) -> dict[str, int]:
 
 
 def make_obs(rows: list[tuple]) -> Observation:
-    """rows: (site, observed bytes, seq_before, seq_after, committed[, via_int3[, handler_ok]])."""
+    """rows: (site, observed bytes, seq_before, seq_after, committed[, via_int3[, handler_ok[, pending]]])
+    (pending: the state a call in flight moves the site to, + 1; 0: none)."""
     n = len(rows)
     observed = np.zeros((n, MAX_INSN), dtype=np.uint8)
     for i, r in enumerate(rows):
@@ -50,6 +52,7 @@ def make_obs(rows: list[tuple]) -> Observation:
         seq_before=np.array([r[2] for r in rows], dtype=np.int64),
         seq_after=np.array([r[3] for r in rows], dtype=np.int64),
         committed=np.array([r[4] for r in rows], dtype=np.int8),
+        pending=np.array([r[7] if len(r) > 7 else 0 for r in rows], dtype=np.int64),
     )
 
 
@@ -254,3 +257,45 @@ def test_arm64(arm) -> None:
     # a word that is neither (e.g. half-written) is torn even on arm64
     n, vs = check_batch(make_obs([(j, ARM64_NOP[:2] + b[2:], 1, 1, 0)]), arm, node=0)
     assert n == 1 and vs[0].kind == "torn"
+
+
+# -- a task's history: new-then-old within one call (check_order) ---------------------------------
+
+
+def test_new_then_old_within_one_call_is_found(x86) -> None:
+    s = sites_of(x86)["five"]
+    nop, jmp = x86.encoding(s, 0), x86.encoding(s, 1)
+    seen = np.zeros(len(x86), dtype=np.int32)
+    # call 3 (odd: in flight) moves the site 0 -> 1: the task runs the new JMP on one node ...
+    assert len(check_order(make_obs([(s, jmp, 3, 3, 0, False, True, 2)]), x86, seen)) == 0
+    assert seen[s] == 3
+    # ... then the old NOP on another, in the same call: found, at that execution
+    back = check_order(make_obs([(s, nop, 3, 3, 0, False, True, 2), (s, nop, 3, 3, 0, False, True, 2)]), x86, seen)
+    assert back.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        (5, 5, 1, 2),  # the next call (seq 5): old of that call is not old of call 3
+        (4, 4, 1, 0),  # returned (even): the stable checks judge it (check_batch)
+        (3, 4, 0, 2),  # the call returned during the execution: no safe "old"
+        (3, 3, 1, 0),  # the committed state already written, no target known: not classified
+    ],
+)
+def test_no_new_then_old_outside_one_call(x86, second) -> None:
+    s = sites_of(x86)["five"]
+    nop, jmp = x86.encoding(s, 0), x86.encoding(s, 1)
+    seen = np.zeros(len(x86), dtype=np.int32)
+    check_order(make_obs([(s, jmp, 3, 3, 0, False, True, 2)]), x86, seen)
+    s1, s2, committed, pending = second
+    assert len(check_order(make_obs([(s, nop, s1, s2, committed, False, True, pending)]), x86, seen)) == 0
+
+
+def test_new_seen_through_the_int3_handler_counts_as_new(x86) -> None:
+    # The handler emulates the new instruction (poke_int3_handler): new, then the old bytes.
+    s = sites_of(x86)["five"]
+    nop, jmp = x86.encoding(s, 0), x86.encoding(s, 1)
+    seen = np.zeros(len(x86), dtype=np.int32)
+    check_order(make_obs([(s, jmp, 7, 7, 0, True, True, 2)]), x86, seen)
+    assert check_order(make_obs([(s, nop, 7, 7, 0, False, True, 2)]), x86, seen).tolist() == [0]

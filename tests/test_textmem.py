@@ -10,6 +10,7 @@ from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_mo
 from numaemu.model.placement import Placement, place
 from numaemu.patching.textmem import (
     MAX_BATCH,
+    RECENT_SITES,
     TXT_HEADER,
     TXT_NODE,
     TextCopies,
@@ -222,6 +223,9 @@ def test_segment_size() -> None:
     size += 8 * 7  # lock_owner
     size += N_NODES * N_SITES  # pend
     size = -(-size // 8) * 8 + 8 * N_NODES * 8  # key_refs
+    size += 8 * N_TASKS + 8 * N_NODES * N_TASKS + 8 * N_NODES * 2  # task_node, inbox, inbox_ptr
+    size += 4 * N_TASKS * N_SITES  # task_seen
+    size = -(-size // 8) * 8 + 8 * N_TASKS * RECENT_SITES  # task_recent
     assert text_segment_size(N_NODES, N_SITES, N_KEYS, N_TASKS) == size
 
 

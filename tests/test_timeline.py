@@ -171,7 +171,8 @@ def test_word_fetches_keep_each_buffered_line_whole() -> None:
     pair = next((a, b) for a in range(len(lines)) for b in np.flatnonzero(slot == slot[a]) if lines[b] != lines[a] and (t.offset[a] - t.offset[b]) % LINE_SIZE)
     n_pages = len(mem) // PAGE_SIZE
     table = SimpleNamespace(home=np.zeros(n_pages, np.int64), frame=np.arange(n_pages))
-    st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8), line_gen=np.zeros(len(mem) // LINE_SIZE, np.int32))
+    st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8), line_gen=np.zeros(len(mem) // LINE_SIZE, np.int32),
+                         pend=np.zeros((2, len(t)), np.int8))
     r = Reader(0, mem, table, (0,), t, st, lambda: None)  # type: ignore[arg-type]
     r.execute(np.array(pair))
     kept = int(r.tag[slot[pair[0]]])
@@ -194,7 +195,8 @@ def _two_copies(arch: str, ifetch: str = "coherent") -> tuple[Any, ...]:
     n_pages = size // PAGE_SIZE
     mem = np.concatenate([image.data, image.data])
     where = np.stack([np.arange(n_pages) * PAGE_SIZE, size + np.arange(n_pages) * PAGE_SIZE], axis=1).astype(np.int64)
-    st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8), line_gen=np.zeros(len(mem) // LINE_SIZE, np.int32))
+    st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8), line_gen=np.zeros(len(mem) // LINE_SIZE, np.int32),
+                         pend=np.zeros((2, len(t)), np.int8))
     readers = [Reader(n, mem, SimpleNamespace(home=np.full(n_pages, n, np.int64), frame=np.arange(n_pages)), (0, size), t, st,  # type: ignore[arg-type]
                       lambda: None, ifetch=ifetch) for n in range(2)]
     return t, image.data.copy(), mem, TextCopies(where), st, readers
@@ -245,6 +247,34 @@ def test_ivau_by_the_kernel_va_leaves_the_other_replica_stale() -> None:
     # The same write with every replica's lines invalidated reaches node 1.
     TextPoke(copies, master, mem, 0, lambda: None, st.line_gen).write_word(int(t.offset[site]), word)
     assert readers[1].execute(np.array([site])).observed[0, :4].tobytes() == word
+
+
+def test_each_copy_takes_its_time_before_the_next_and_the_node_runs_meanwhile() -> None:
+    """Kuzin's __text_poke loops over the replicas for each site: while the patcher writes
+    node 0's copy, node 1's still holds the old bytes, for text_poke_ns; and the patching node's
+    other CPUs run its tasks in that time (TextPoke.meanwhile)."""
+    from numaemu.patching.text_poke import TextPoke
+
+    for arch in ("x86_64", "arm64"):
+        t, master, mem, copies, st, readers = _two_copies(arch)
+        site = int(t.n_core // 2)
+        off = int(t.offset[site])
+        where = copies.targets_of(off)
+        new = t.enc[site, 1, : t.length[site]].tobytes()
+        seen: list[tuple[bool, bool]] = []
+
+        def meanwhile(deadline: int, where=where, new=new, mem=mem, seen=seen) -> None:
+            seen.append(tuple(mem[w : w + len(new)].tobytes() == new for w in where))  # type: ignore[arg-type]
+
+        poke = TextPoke(copies, master, mem, 20_000, lambda: None, st.line_gen)
+        poke.meanwhile = meanwhile
+        t0 = time.perf_counter_ns()
+        if arch == "arm64":
+            poke.write_word(off, new)
+        else:
+            poke.poke(off + np.arange(len(new)), np.frombuffer(new, np.uint8), np.zeros(len(new), np.int64))
+        assert seen == [(True, False), (True, True)], (arch, seen)
+        assert time.perf_counter_ns() - t0 >= 2 * 20_000
 
 
 def test_fence_is_a_full_barrier_instruction() -> None:

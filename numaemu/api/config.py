@@ -192,6 +192,7 @@ class StressConfig(MachineConfig):
     stop_at_first: bool = False  # end at the first violation and report it in full
     ifetch: str = "coherent"  # reader.IFETCH: how stores reach what nodes have fetched
     timeline: tuple[tuple[str, float], ...] = ()  # (parameter, emulated ns) set over the default timeline
+    migrate: bool = True  # each node's travelling task moves to the next node after each request
 
     def __post_init__(self) -> None:
         super().__post_init__()

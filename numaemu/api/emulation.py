@@ -274,7 +274,8 @@ class Emulation:
                           config.method, replicas_every=config.replicas_every, pt_style=config.pt_style,
                           recover=MAX_RECOVERIES if config.recover else 0, kill_rate=config.kill_rate or 0.0, script=config.script,
                           int3_fix=config.int3_fix_for(), stop_at_first=config.stop_at_first,
-                          protocol_spec=config.protocol_spec, ifetch=config.ifetch, timeline_settings=config.timeline)
+                          protocol_spec=config.protocol_spec, ifetch=config.ifetch, timeline_settings=config.timeline,
+                          migrate=config.migrate)
 
         def result(raw: dict[str, Any], exc: BaseException | None = None) -> StressResult:
             doc = stress_document(spec, raw)

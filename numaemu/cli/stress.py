@@ -42,6 +42,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeline", action="append", default=[], metavar="NAME=NS",
                    help="set one emulated cost of the timeline, in ns (repeatable; the names are the README's timeline table: "
                         "site_ns, ipi_ns, text_poke_ns, int3_ns, sync_core_ns, stop_switch_ns, fetch_gap_ns, count_rmw_ns, prefetch_ns)")
+    p.add_argument("--no-migrate", dest="migrate", action="store_false",
+                   help="keep every task on its node (default: one task a node migrates to the next node after each of its requests, "
+                        "mid-call, and new-then-old within a call is counted)")
     p.add_argument("--stop-at-first", action="store_true",
                    help="stop at the first violation, print it in full (node, task, site, bytes, protocol step, emulated time) and exit 1")
     p.add_argument("--recover", action="store_true",
@@ -57,7 +60,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     config = StressConfig(
         **machine_options(args), source=args.source, protocol=args.protocol, policy=args.policy, duration_s=args.duration,
         rate=args.rate, bug=args.inject_bug, recover=args.recover, kill_rate=args.kill_workers,
-        int3_fix=args.int3_fix, stop_at_first=args.stop_at_first, ifetch=args.ifetch,
+        int3_fix=args.int3_fix, stop_at_first=args.stop_at_first, ifetch=args.ifetch, migrate=args.migrate,
         timeline=params.timeline_settings(args.timeline),
     )
     emu = Emulation.from_config(config.machine())

@@ -128,6 +128,12 @@ class SiteTable:
         match: Bool = np.all((found == want) | beyond, axis=1)
         return match
 
+    def matches(self, sites: Ints, found: U8) -> Bool:
+        """[n, states]: which of its states' encodings each site's bytes `found` are."""
+        m: Bool = np.stack([self.holds(sites, np.full(len(sites), st), found) for st in range(self.enc.shape[1])], axis=1)
+        m &= np.arange(self.enc.shape[1]) < self.n_states[sites][:, None]
+        return m
+
     def state_of(self, site: int, observed: bytes) -> int | None:
         """Which state `observed` encodes at `site`, or None (torn, foreign)."""
         for st in range(self.n_states[site]):

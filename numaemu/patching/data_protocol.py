@@ -46,7 +46,7 @@ def _poke_for(k: NodeKernel, copies: str) -> TextPoke:
         sub = TextCopies(np.ascontiguousarray(where[:, cols])) if where[:, cols].shape[1] else TextCopies(np.full((len(where), 1), -1, np.int64))
         cache[copies] = TextPoke(sub, k.master, k.mem, k.text.text_poke_ns, k.check_alive, k.text.line_gen, k.text.local_base)
     poke: TextPoke = cache[copies]
-    poke.text_poke_ns = k.text.text_poke_ns
+    poke.text_poke_ns, poke.meanwhile = k.text.text_poke_ns, k.text.meanwhile
     return poke
 
 

@@ -123,6 +123,9 @@ class NodeSource:
         self.held[i] = self.refs[i]
 
     def _key_dec(self, i: int) -> None:
+        # The reference being dropped is not held while it is: the node's other CPUs may run
+        # the key's sites mid-call (TextPoke.meanwhile), and see them go back to the NOP.
+        self.held[i] = self.refs[i] - 1
         self._key_change(i, -1)
         self.held[i] = self.refs[i]
 
@@ -234,12 +237,11 @@ class NodeSource:
 
     def _wait_tasks(self, done: Callable[[], np.ndarray], what: str) -> None:
         """Wait until `done()` is true of every task (an array over tasks), running this node's
-        own tasks meanwhile, as the waiting task would sleep and let them run. Tasks of a node
-        that has finished have left every trampoline and module."""
+        own tasks meanwhile, as the waiting task would sleep and let them run. Tasks a node that
+        has finished holds have left every trampoline and module (`ReaderTasks.drain`)."""
         st, k = self.st, self.k
-        per = len(st.task_qs) // k.n_nodes
         deadline = time.monotonic() + WAIT_TIMEOUT_S
-        while not np.all(done() | np.repeat(st.nodes["done"] == 1, per)):
+        while not np.all(done() | ((st.task_node >= 0) & (st.nodes["done"][np.maximum(st.task_node, 0)] == 1))):
             k.check_alive()
             if k.idle is not None:
                 k.idle()

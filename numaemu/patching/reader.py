@@ -59,7 +59,7 @@ from numaemu.model.timeline import Timeline
 from numaemu.patching.text_poke_bp import poke_int3_handler
 from numaemu.patching.textmem import TextState
 
-__all__ = ["IBUF_LINES", "IFETCH", "Observation", "Reader", "check_batch", "Violation"]
+__all__ = ["IBUF_LINES", "IFETCH", "Observation", "Reader", "check_batch", "check_order", "Violation"]
 
 IBUF_LINES = 512  # 32 KiB, an L1i
 IFETCH = ("coherent", "until-sync")  # how stores reach what a node has fetched (module docstring)
@@ -74,6 +74,9 @@ class Observation:
     seq_before: np.ndarray  # int64
     seq_after: np.ndarray  # int64
     committed: np.ndarray  # int8: the committed state at seq_before
+    # int64: the state a call in flight is moving the site to, + 1 (0: none), read between the
+    # two sequence numbers (textmem ``pend``): what "new" means while seq_before is odd.
+    pending: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ class Reader:
         fence()  # the bytes before the sequence numbers and states (smp_rmb)
         s1 = st.site_seq[sites].copy()
         committed = st.site_state[sites].copy()
+        pending = st.pend[:, sites].max(axis=0).astype(np.int64)  # one node at a time patches a site
         if np.any(via_int3):  # (x86 only)
             self.int3_hits += int(via_int3.sum())
             at = sites[via_int3]
@@ -261,16 +265,14 @@ class Reader:
             observed[via_int3], handler_ok[via_int3] = out, ok
         fence()  # the bytes before the sequence numbers after
         s2 = st.site_seq[sites].copy()
-        return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed)
+        return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed, pending)
 
 
 def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) -> tuple[int, list[Violation]]:
     """(number of violations, the first `limit` described). Pure: judges observations only."""
     s = obs.sites
     lens = sites.length[s].astype(np.int64)
-    # match[i, st]: execution i ran state st's encoding (a state the site has).
-    match = np.stack([sites.holds(s, np.full(len(s), st), obs.observed) for st in range(sites.enc.shape[1])], axis=1)
-    match &= np.arange(sites.enc.shape[1]) < sites.n_states[s][:, None]
+    match = sites.matches(s, obs.observed)  # [i, st]: execution i ran state st's encoding
     valid = match.any(axis=1)
     stable = (obs.seq_before == obs.seq_after) & (obs.seq_before % 2 == 0)
     exact = match[np.arange(len(s)), obs.committed.astype(np.int64)]
@@ -295,3 +297,31 @@ def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) 
         }[kinds[i]]
         out.append(Violation(str(kinds[i]), node, site, int(sites.offset[site]), got, detail, want))
     return len(bad), out
+
+
+def check_order(obs: Observation, sites: SiteTable, seen: np.ndarray) -> np.ndarray:
+    """One task's history: the executions of `obs` at which the task ran a site's old code after
+    it had run the site's new code in the same patch call (the same odd sequence number, in
+    `seen`, per site); then records in `seen` the calls whose new code `obs` ran. Pure but for
+    `seen`, which is the task's row of ``task_seen``.
+
+    One copy cannot show new-then-old: a migration is a full barrier (the runqueue locks; x86's
+    IRET serialises), after which the new bytes the task saw are visible to its new CPU. Replicas
+    can, when a node's copy gets a step after another node's (Kuzin's ``__text_poke`` loops over
+    the replicas, King writes node 0's first)."""
+    s1, pend = obs.seq_before, obs.pending
+    if pend is None:
+        return np.zeros(0, np.int64)
+    # In flight from before to after the execution, with the call's target known (``pend`` is
+    # set before the odd sequence number and cleared after the even one; the committed state is
+    # no safe "old": the call writes it just before its even number).
+    flight = np.flatnonzero((s1 == obs.seq_after) & (s1 % 2 == 1) & (pend > 0) & obs.handler_ok)
+    if not len(flight):
+        return flight
+    at, seq = obs.sites[flight], s1[flight]
+    match = sites.matches(at, obs.observed[flight])
+    new = match[np.arange(len(flight)), pend[flight] - 1]
+    old = match.any(axis=1) & ~new
+    back: np.ndarray = flight[old & (seen[at] == seq)]
+    seen[at[new]] = seq[new]
+    return back

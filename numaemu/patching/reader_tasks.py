@@ -17,7 +17,7 @@ from numaemu.model.sites import FTRACE_BPF, FTRACE_KLP, MODULE_FUNCS, SITES_PER_
 from numaemu.patching.data_protocol import DATA_STEP, step_name
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import STEPS
-from numaemu.patching.reader import Observation, Reader, check_batch
+from numaemu.patching.reader import Observation, Reader, check_batch, check_order
 from numaemu.patching.sources import IPMODIFY
 from numaemu.patching.textmem import TextState
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ReaderTasks", "READER_TASKS", "BATCH_SITES", "MAX_REPORTED"]
 
-READER_TASKS = 2  # per node, for livepatch's per-task consistency
+READER_TASKS = 4  # per node: READER_TASKS - 1 that stay, one that migrates (livepatch's per-task consistency, RCU-tasks)
 BATCH_SITES = 48  # sites executed per reader batch (between two safe points)
 HOT_SHARE = 0.75  # share of executions aimed at the sites the source patches
 MEASURE_BATCHES = 24  # reader batches timed before the start (the time scale)
@@ -37,7 +37,7 @@ class ReaderTasks:
     """The node's reader tasks: each batch is one task's request: its livepatch set first (one
     consistent version), then sites the source patches, then any site of the image."""
 
-    def __init__(self, cfg: StressNodeConfig, st: TextState, reader: Reader, rng: np.random.Generator, source: NodeSource) -> None:
+    def __init__(self, cfg: StressNodeConfig, st: TextState, reader: Reader, rng: np.random.Generator, source: NodeSource, adopt: bool = False) -> None:
         self.cfg, self.st, self.reader, self.rng, self.source = cfg, st, reader, rng, source
         # Which hot static key each site belongs to (-1: none), to check that a key this node
         # holds a reference on is enabled wherever the node runs its code.
@@ -53,11 +53,24 @@ class ReaderTasks:
         self.shared = cfg.plan.shared_sites if "shared" in cfg.plan.names else np.zeros(0, np.int64)
         self.klp = cfg.plan.klp_sites if "livepatch" in cfg.plan.names else None
         self.mod_sites = cfg.plan.module_sites if "module" in cfg.plan.names else np.zeros(0, np.int64)
-        self.task = 0
+        # Tasks: READER_TASKS - 1 stay on this node (its home tasks) and one travels: it moves to
+        # the next node after each of its requests, mid-call of whatever patch is in flight, as
+        # the scheduler's load balancing moves tasks between CPUs (kernel/sched/fair.c:
+        # load_balance -> detach_task/attach_task). The move is a ring in the txt segment
+        # (`_push`, `_pop`), and what a task saw travels with it (``task_seen``). Each request
+        # goes to a task drawn at random from those the node holds, so a task preempted inside
+        # a trampoline or module may stay there for several requests, as on a busy runqueue.
+        n_tasks = cfg.n_nodes * READER_TASKS
+        self.homes = list(range(cfg.node * READER_TASKS, (cfg.node + 1) * READER_TASKS - 1))
+        self.migrate = cfg.migrate and cfg.n_nodes > 1
+        self.held: list[int] = self._adopt(n_tasks) if adopt else [(cfg.node + 1) * READER_TASKS - 1]
+        self.migrations = 0
+        self._inside_run = False  # run_until: not again from inside one of its requests
+        self.new_then_old = 0  # a task ran a site's new code, then its old code, within one call
+        self.ordering: list[dict[str, Any]] = []  # the first of them, described
         self.pace_ns = 0  # wall ns each site executed takes at least (the timeline's site_ns)
         self.scale, self.start_ns = 1.0, 0  # the timeline's scale, and when the run started
         self.first: dict[str, Any] | None = None  # --stop-at-first: the first violation, in full
-        self.recent = [np.zeros(0, np.int64) for _ in range(READER_TASKS)]
         self.executions = self.violations = self.batches = 0
         self.examples: list[dict[str, Any]] = []
 
@@ -80,10 +93,13 @@ class ReaderTasks:
         times = []
         for i in range(batches):
             t0 = time.perf_counter_ns()
-            batch = self._pick(i % READER_TASKS)
-            check_batch(self.reader.execute(batch), self.cfg.sites, self.cfg.node, 0)
+            batch = self._pick(self.homes[i % len(self.homes)])
+            obs = self.reader.execute(batch)
+            check_batch(obs, self.cfg.sites, self.cfg.node, 0)
+            self._order(obs, self.homes[0])  # timed as in the run, counted nowhere
             times.append((time.perf_counter_ns() - t0) / len(batch))
-        self.recent = [np.zeros(0, np.int64) for _ in range(READER_TASKS)]
+        self.st.task_recent[self.homes[0] : self.homes[0] + READER_TASKS] = -1
+        self.new_then_old, self.ordering = 0, []
         return int(np.median(times)) + 1
 
     def run_batch(self) -> None:
@@ -92,8 +108,10 @@ class ReaderTasks:
         cfg, st = self.cfg, self.st
         t0 = time.perf_counter_ns()
         self.reader.safe_point()
-        t = cfg.node * READER_TASKS + self.task
-        self.task = (self.task + 1) % READER_TASKS
+        while self._pop():
+            pass
+        pick = int(self.rng.integers(len(self.homes) + len(self.held)))
+        t = self.homes[pick] if pick < len(self.homes) else self.held.pop(pick - len(self.homes))
         if self.klp is not None:
             st.task_klp[t] = st.get("klp_target")  # a task switches only here, between requests
         batch = self._pick(t)
@@ -102,6 +120,12 @@ class ReaderTasks:
         self.violations += self._inside(obs, t)
         if len(self.shared):
             self.violations += self._ipmodify(obs, t)
+        self._order(obs, t)
+        if t not in self.homes:
+            if self.migrate:
+                self._push(t)
+            else:
+                self.held.append(t)
         self.executions += len(batch)
         self.batches += 1
         # Published as they grow: a node killed before its report still counts (recovery.py).
@@ -113,6 +137,18 @@ class ReaderTasks:
         st.node_set(node, "source_ops", self.source.ops)
         if self.pace_ns:
             spin(t0 + len(batch) * self.pace_ns - time.perf_counter_ns())
+
+    def run_until(self, deadline_ns: int) -> None:
+        """Requests of this node's tasks while there is time for a whole one before
+        `deadline_ns`: the node's other CPUs, while one of its CPUs writes text (TextPoke.wait)."""
+        if self._inside_run or not self.pace_ns:
+            return
+        self._inside_run = True
+        try:
+            while time.perf_counter_ns() + BATCH_SITES * self.pace_ns <= deadline_ns:
+                self.run_batch()
+        finally:
+            self._inside_run = False
 
     def _pick(self, t: int) -> np.ndarray:
         """Task `t`'s request: its livepatch set, hot sites (half of them re-run from its previous
@@ -126,13 +162,16 @@ class ReaderTasks:
         picked = hot[rng.integers(0, len(hot), n_hot)] if n_hot else np.zeros(0, np.int64)
         # Locality, as in real code paths: a task re-executes half of the sites it ran in its
         # previous request (so its instruction buffer keeps serving them).
-        prev = self.recent[t % READER_TASKS]
+        # What it ran last travels with it, so a task that migrated re-executes, on its new
+        # node, code it ran on the last (which is where new-then-old shows).
+        prev = st.task_recent[t][st.task_recent[t] >= 0]
         if len(prev) and n_hot:
             keep = prev[rng.integers(0, len(prev), n_hot // 2)]
             if len(self.mod_sites):
                 keep = keep[(keep < cfg.sites.n_core) | (st.site_live[keep] == 1)]
             picked = np.concatenate([keep, picked[: n_hot - len(keep)]])
-        self.recent[t % READER_TASKS] = picked
+        st.task_recent[t] = -1
+        st.task_recent[t, : len(picked)] = picked
         return np.concatenate([
             self.klp if self.klp is not None else np.zeros(0, np.int64),
             picked,
@@ -200,11 +239,72 @@ class ReaderTasks:
         return 1
 
     def leave_all(self) -> None:
-        """The run is over for this node: its tasks leave whatever trampoline or module they are
-        in (each still checked) and pass a quiescent state."""
-        none = Observation(*(np.zeros(0, dt) for dt in (np.int64, np.uint8, bool, bool, np.int64, np.int64, np.int8)))
-        for t in range(self.cfg.node * READER_TASKS, (self.cfg.node + 1) * READER_TASKS):
-            self.violations += self._inside(none, t)
+        """The run is over for this node: the tasks it holds leave whatever trampoline or module
+        they are in (each still checked) and pass a quiescent state."""
+        for t in [*self.homes, *self.held]:
+            self.violations += self._inside(_NONE, t)
+
+    def drain(self) -> None:
+        """After the run, a task that migrated here leaves what it was in, as `leave_all`, and
+        stays: a finished node runs no more requests (node_source._wait_tasks counts a task a
+        finished node holds as having left)."""
+        while self._pop():
+            t = self.held[-1]
+            self.st.task_node[t] = -1  # not held by a finished node until it has left
+            self.violations += self._inside(_NONE, t)
+            fence()  # it has left before the node that holds it says so
+            self.st.task_node[t] = self.cfg.node
+
+    def _pop(self) -> bool:
+        """Take the next task that migrated to this node, if any (the ring's consumer)."""
+        st, node = self.st, self.cfg.node
+        head, tail = int(st.inbox_ptr[node, 0]), int(st.inbox_ptr[node, 1])
+        if head == tail:
+            return False
+        fence()  # the entry after the head that published it (smp_rmb)
+        t = int(st.inbox[node, tail % st.inbox.shape[1]])
+        st.task_node[t] = node
+        fence()
+        st.inbox_ptr[node, 1] = tail + 1
+        self.held.append(t)
+        return True
+
+    def _push(self, t: int) -> None:
+        """Migrate task `t` to the next node (the ring's one producer). The ring holds every task
+        there is, so it never fills."""
+        st = self.st
+        dest = (self.cfg.node + 1) % self.cfg.n_nodes
+        head = int(st.inbox_ptr[dest, 0])
+        st.task_node[t] = -1  # in no node's hands until `dest` takes it
+        st.inbox[dest, head % st.inbox.shape[1]] = t
+        fence()  # the entry before the head that publishes it (smp_wmb)
+        st.inbox_ptr[dest, 0] = head + 1
+        self.migrations += 1
+
+    def _adopt(self, n_tasks: int) -> list[int]:
+        """A replacement node (--recover; every other node is parked): the travelling tasks its
+        predecessor held, and any it was migrating when it died (in no ring, in no node's hands)."""
+        st, node = self.st, self.cfg.node
+        queued = {int(st.inbox[n, i % n_tasks]) for n in range(self.cfg.n_nodes) for i in range(int(st.inbox_ptr[n, 1]), int(st.inbox_ptr[n, 0]))}
+        mine = [t for t in range(n_tasks) if t % READER_TASKS == READER_TASKS - 1 and t not in queued and st.task_node[t] in (node, -1)]
+        st.task_node[mine] = node
+        return mine
+
+    def _order(self, obs: Observation, t: int) -> None:
+        """Task `t`'s history (``task_seen``): new-then-old within one call (`check_order`). The
+        kernel promises each execution old or new code, not an order, so this is counted and
+        described (``new_then_old``), not a violation."""
+        back = check_order(obs, self.cfg.sites, self.st.task_seen[t])
+        if not len(back):
+            return
+        self.new_then_old += len(back)
+        if len(self.ordering) < MAX_REPORTED:
+            i = int(back[0])
+            site = int(obs.sites[i])
+            L = int(self.cfg.sites.length[site])
+            self.ordering.append({"kind": "new-then-old", "node": self.cfg.node, "task": t, "site": site,
+                                  "address": hex(int(self.cfg.sites.offset[site])), "observed": bytes(obs.observed[i, :L]).hex(" "),
+                                  "detail": "the task ran this site's new code earlier in the same patch call (on another node's copy), then its old code here"})
 
     def _judge(self, obs: Observation, t: int) -> int:
         """The violations in task `t`'s request `obs` (the first few kept as examples)."""
@@ -239,6 +339,9 @@ class ReaderTasks:
         }
         if not st.get("first_at_ns"):
             st.set("first_at_ns", now)
+
+
+_NONE = Observation(*(np.zeros(0, dt) for dt in (np.int64, np.uint8, bool, bool, np.int64, np.int64, np.int8)))  # a task leaving
 
 
 def _jump_taken(obs: Observation, sites: SiteTable, which: np.ndarray) -> np.ndarray:

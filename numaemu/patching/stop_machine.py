@@ -75,7 +75,16 @@ def stop_round(k: NodeKernel, seq: int) -> None:
 
 
 def apply_descriptor(k: NodeKernel) -> None:
-    """Write every entry's whole new instruction (stop_machine's patch function)."""
+    """Write every entry's whole new instruction (stop_machine's patch function). Every CPU is
+    in the round meanwhile: no task of the patcher's node runs while it writes."""
+    meanwhile, k.text.meanwhile = k.text.meanwhile, None
+    try:
+        _apply(k)
+    finally:
+        k.text.meanwhile = meanwhile
+
+
+def _apply(k: NodeKernel) -> None:
     st = k.st
     n = st.get("desc_count")
     if n <= SMALL_SITES:

@@ -87,6 +87,7 @@ class StressSpec:
     protocol_spec: ProtocolSpec | None = None  # protocol "data": its steps
     ifetch: str = "coherent"  # reader.IFETCH: how stores reach what nodes have fetched
     timeline_settings: tuple[tuple[str, float], ...] = ()  # --timeline NAME=NS over the timeline
+    migrate: bool = True  # tasks migrate between nodes (--no-migrate: each stays on its node)
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,7 +142,7 @@ def _node_configs(spec: StressSpec, s: _Setup, session: NodeSession, segs: dict[
             sites=s.sites, plan=s.plan, n_keys=s.image.n_keys, locks=locks, protocol=spec.protocol, bug=spec.bug,
             rate=spec.rate, seed=spec.seed, shared_core=spec.host.oversubscribed, coordinator_pid=os.getpid(),
             bench=spec.bench, timeline=s.timeline, script=spec.script, int3_fix=spec.int3_fix, stop_at_first=spec.stop_at_first, protocol_spec=spec.protocol_spec,
-            ifetch=spec.ifetch,
+            ifetch=spec.ifetch, migrate=spec.migrate,
         )
         for node in range(n)
     ]
@@ -177,6 +178,8 @@ def run_stress(spec: StressSpec) -> dict[str, Any]:
         }
         segs["master"].array(np.uint8)[:] = image.data
         st = views["st"] = TextState(segs["txt"], n, len(sites), image.n_keys, s.n_tasks, s.layout.size)
+        st.task_node[:] = np.arange(s.n_tasks) // READER_TASKS  # each node starts with its own tasks
+        st.task_recent[:] = -1
         views["master"], views["mem"] = segs["master"].array(np.uint8), segs["mem"].array(np.uint8)
         try:
             return _run_nodes(spec, s, session, _node_configs(spec, s, session, segs, locks), st, views)

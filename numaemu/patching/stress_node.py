@@ -78,6 +78,7 @@ class StressNodeConfig:
     stop_at_first: bool = False  # end the run at the first violation any node sees
     protocol_spec: ProtocolSpec | None = None  # protocol "data": its steps
     ifetch: str = "coherent"  # reader.IFETCH
+    migrate: bool = True  # each node's travelling task moves to the next node after each request
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,14 @@ class StressNodeReport:
     scale: float  # the run's time scale (wall ns per emulated ns)
     ipmodify_refused: int  # ``shared``: second IPMODIFY users refused
     first_violation: dict[str, Any] | None  # --stop-at-first: the first this node saw, in full
+    migrations: int = 0  # tasks this node migrated to the next
+    new_then_old: int = 0  # a task ran a site's new code, then its old, within one call (reader_tasks._order)
+    ordering: tuple[dict[str, Any], ...] = ()  # the first of those, described
 
     # The fields of the JSON's ``per_node`` entries, in their order there.
     PER_NODE: ClassVar[tuple[str, ...]] = (
         "node", "pid", "incarnation", "cpus", "executions", "violations", "int3_hits", "flushes",
-        "patch_calls", "sites_patched", "syncs", "unexpected_ops", "source_ops", "parks", "aborted",
+        "patch_calls", "sites_patched", "syncs", "unexpected_ops", "source_ops", "parks", "aborted", "migrations", "new_then_old",
     )
 
     def per_node(self) -> dict[str, Any]:
@@ -149,7 +153,7 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
     incarnation = nc.launch.incarnation  # a replacement (--recover) draws its own choices
     rng = np.random.default_rng([cfg.seed, cfg.node, 0x73747273] + ([incarnation] if incarnation else []))  # "strs"
     source = NodeSource(cfg.plan, kernel, st, rng, key_race=cfg.bug == "key-race")
-    readers = ReaderTasks(cfg, st, reader, rng, source)
+    readers = ReaderTasks(cfg, st, reader, rng, source, adopt=incarnation > 0)
     kernel.idle = readers.run_batch  # a node waiting for a lock runs its readers meanwhile
     fence()  # compiled (or loaded from numba's cache) before the readers are timed
     if not cfg.timeline.scale:
@@ -168,6 +172,7 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
         return cfg.bench.on_node(cfg, st, kernel, readers, cpus)
 
     nc.phase("run")
+    kernel.text.meanwhile = readers.run_until  # the node's other CPUs run its tasks while one patches
     # From here on a recovery parks this node wherever it waits (or between two reader
     # batches), and it resynchronises before going on.
     nc.parkable = True
@@ -203,6 +208,7 @@ def _report(nc: NodeContext, kernel: NodeKernel, source: NodeSource, readers: Re
         module_loads=source.module_loads, ftrace_all_enables=source.ftrace_all_enables, module_unloads=source.module_unloads,
         latencies_us=tuple((np.array(stats.latencies_ns, dtype=np.float64) / 1e3).tolist()),
         scale=readers.scale, first_violation=readers.first, ipmodify_refused=source.ipmodify_refused,
+        migrations=readers.migrations, new_then_old=readers.new_then_old, ordering=tuple(readers.ordering),
     )
 
 
@@ -241,4 +247,10 @@ def _patch_and_read(nc: NodeContext, kernel: NodeKernel, source: NodeSource, rea
     readers.leave_all()
     kernel.idle = None
     st.nodes["done"][cfg.node] = 1
-    kernel.wait_for(lambda: bool(np.all(st.nodes["done"] == 1)), "the other nodes to finish")
+
+    def finished() -> bool:
+        readers.drain()  # tasks still migrating here leave what they were in, and stay
+        return bool(np.all(st.nodes["done"] == 1))
+
+    kernel.wait_for(finished, "the other nodes to finish")
+    readers.drain()

@@ -112,6 +112,13 @@ def stress_document(spec: StressSpec, result: dict[str, Any]) -> dict[str, Any]:
         "sync_rounds": sum(r.syncs for r in reports),
         "stop_rounds": sum(r.stop_rounds for r in reports),
         "int3_hits": sum(r.int3_hits for r in reports),
+        # Tasks migrating mid-call, and what replicas let them see (reader_tasks._order): counted
+        # and described, not violations (the kernel promises each execution old or new code).
+        "migrate": spec.migrate,
+        "migrations": sum(r.migrations for r in reports),
+        "new_then_old": sum(r.new_then_old for r in reports),
+        "new_then_old_per_million_executions": 1e6 * sum(r.new_then_old for r in reports) / executions if executions else None,
+        "new_then_old_examples": [e for r in reports for e in r.ordering][:MAX_REPORTED],
         "unexpected_ops": sum(r.unexpected_ops for r in reports),
         "module_loads": sum(r.module_loads for r in reports),
         "ftrace_all_enables": sum(r.ftrace_all_enables for r in reports),
@@ -184,6 +191,10 @@ def format_stress_summary(doc: dict[str, Any]) -> str:
         f" ({len(doc['copy_nodes'])} {'copy' if len(doc['copy_nodes']) == 1 else 'copies'}, on node{'s' if len(doc['copy_nodes']) > 1 else ''} {', '.join(map(str, doc['copy_nodes']))})",
         f"violations: {doc['violations']:,}" + _rates(doc),
     ]
+    if doc.get("migrate"):
+        nto = doc["new_then_old"]
+        lines.insert(-1, f"tasks migrated mid-call: {doc['migrations']:,}; new-then-old seen by a task within one call: {nto:,}"
+                     + (f" ({doc['new_then_old_per_million_executions']:,.2f} per million executions; the kernel allows it: not a violation)" if nto else ""))
     head = []
     if doc.get("kills"):
         head.append(f"killed by --kill-workers {doc['kill_workers']:g}/s: {len(doc['kills'])} (" + ", ".join(f"node {k['node']} at {k['at_s']:.2f} s" for k in doc["kills"]) + ")")

@@ -5,7 +5,10 @@ that holds the page, as Kuzin's ``__text_poke()`` loops over the replicas and Ki
 ``aarch64_insn_patch_text_nosync()`` writes node 0's copy, then every other node's. Each site
 written into each copy is charged the timeline's ``text_poke_ns`` at the run's scale (text_poke() maps the page through poking_mm,
 writes, unmaps and flushes the TLB entry, arch/x86/kernel/alternative.c), so other nodes see the
-sites change one after another, as they would.
+sites change one after another, as they would, and each copy of a site is written its time after
+the one before it (so a node's copy lags another's by ``text_poke_ns`` a site). While the patching
+CPU writes, the node's other CPUs run its tasks (`TextPoke.meanwhile`): a node is several CPUs,
+of which one patches.
 
 Each store is made visible to instruction fetch right after it (textmem.invalidate): x86 fetch
 snoops it; arm64's ``aarch64_insn_patch_text_nosync`` cleans and invalidates the line
@@ -51,39 +54,45 @@ class TextPoke:
         self.text_poke_ns = text_poke_ns
         self.check_alive = check_alive
         self.n_copies = copies.where.shape[1]
+        # While this CPU writes, the node's other CPUs run their tasks (stress_node sets it to
+        # ReaderTasks.run_until; None inside a stop_machine round, where every CPU is parked).
+        self.meanwhile: Callable[[int], None] | None = None
+
+    def wait(self, ns: int) -> None:
+        """`ns` wall ns of writing: the node's other tasks run meanwhile, if they may."""
+        if ns <= 0:
+            return
+        deadline = time.perf_counter_ns() + ns
+        if self.meanwhile is not None:
+            self.meanwhile(deadline)
+        spin(deadline - time.perf_counter_ns())
 
     def charge(self, n_sites: int, t0: int) -> None:
-        """Spin out what writing `n_sites` into every copy costs, less the time since `t0`."""
+        """Wait out what writing `n_sites` into every copy costs, less the time since `t0`."""
         if self.text_poke_ns:
-            spin(max(0, n_sites * self.n_copies * self.text_poke_ns - (time.perf_counter_ns() - t0)))
+            self.wait(n_sites * self.n_copies * self.text_poke_ns - (time.perf_counter_ns() - t0))
 
     def poke(self, offsets: np.ndarray, values: np.ndarray, site_of_byte: np.ndarray) -> None:
-        """Write bytes site by site (chunks of POKE_CHUNK sites), charging `text_poke_ns` (wall) per site
-        and copy: other nodes see the sites change one after another, as they would."""
-        if len(offsets) <= SMALL_WRITE:  # a few bytes: no numpy calls
-            t0 = time.perf_counter_ns()
-            offs, vals, owner = offsets.tolist(), values.tolist(), site_of_byte.tolist()
-            start = 0
-            for i in range(1, len(offs) + 1):
-                if i == len(offs) or owner[i] != owner[start]:
-                    self.write_site(offs[start], bytes(vals[start:i]))
-                    start = i
-            self.charge(len(set(owner)), t0)
-            return
-        if not self.text_poke_ns:  # no modeled cost: one vectorised write
+        """Write bytes site by site, each site into the master and then each copy in turn,
+        `text_poke_ns` (wall) a site and copy: other nodes see the sites change one after
+        another, and one node's copy of a site change one copy's time after another's, as
+        ``__text_poke`` loops over the replicas for each site. (Site by site in Python: each
+        costs a few us against the hundreds of us of modeled time it waits.)"""
+        if not self.text_poke_ns and len(offsets) > SMALL_WRITE:  # no modeled cost: one vectorised write
             self.copies.write(self.master, self.mem, offsets, values, self.line_gen, self._local(offsets))
             return
-        bounds = np.flatnonzero(np.diff(site_of_byte)) + 1
-        starts = np.concatenate([[0], bounds])
-        for i in range(0, len(starts), POKE_CHUNK):
-            # Tracing every function pokes ~35,000 sites into every copy (0.1-0.6 s): look for
-            # an abort (or park for a recovery) between chunks, each written whole everywhere.
-            self.check_alive()
-            lo = starts[i]
-            hi = starts[i + POKE_CHUNK] if i + POKE_CHUNK < len(starts) else len(offsets)
-            t0 = time.perf_counter_ns()
-            self.copies.write(self.master, self.mem, offsets[lo:hi], values[lo:hi], self.line_gen, self._local(offsets[lo:hi]))
-            self.charge(min(POKE_CHUNK, len(starts) - i), t0)
+        t0 = time.perf_counter_ns()
+        offs, vals, owner = offsets.tolist(), values.tolist(), site_of_byte.tolist()
+        start, n_sites = 0, 0
+        for i in range(1, len(offs) + 1):
+            if i == len(offs) or owner[i] != owner[start]:
+                self.write_site(offs[start], bytes(vals[start:i]))
+                start, n_sites = i, n_sites + 1
+                if n_sites % POKE_CHUNK == 0:
+                    # Tracing every function pokes ~35,000 sites into every copy: look for an
+                    # abort (or park for a recovery) now and then, between whole sites.
+                    self.check_alive()
+        self.charge(n_sites, t0)
 
     def _local(self, offsets: np.ndarray) -> np.ndarray | None:
         """ivau-local: the ``mem`` offsets of `offsets` in the patching node's own copy (None:
@@ -96,28 +105,29 @@ class TextPoke:
         out: np.ndarray = np.where(base >= 0, base + offsets % PAGE_SIZE, -1)
         return out
 
-    def write_site(self, offset: int, data: bytes) -> None:
-        """Write one site's bytes (contiguous) into the master, then every copy."""
+    def write_site(self, offset: int, data: bytes, timed: bool = True) -> None:
+        """Write one site's bytes (contiguous) into the master, then every copy, each copy
+        `text_poke_ns` after the one before (unless not `timed`)."""
         L = len(data)
         if offset % 4096 + L > 4096:  # crosses a page: the copies' frames are not adjacent
             for i, b in enumerate(data):
-                self.write_site(offset + i, bytes([b]))
+                self.write_site(offset + i, bytes([b]), timed=False)
+            if timed:
+                self.wait(self.n_copies * self.text_poke_ns)
             return
         self.master_mv[offset : offset + L] = data
+        local = self._local(np.array([offset, offset + L - 1]))
         for t in self.copies.targets_of(offset):
             self.mem_mv[t : t + L] = data
-            if self.local_base is None:
-                invalidate(self.line_gen, np.array([t, t + L - 1]))
-        local = self._local(np.array([offset, offset + L - 1]))
-        if local is not None:
-            invalidate(self.line_gen, local)
+            invalidate(self.line_gen, np.array([t, t + L - 1]) if local is None else local)
+            if timed:
+                self.wait(self.text_poke_ns)  # this copy's time, before the next copy is written
 
     def write_word(self, offset: int, word: bytes) -> None:
         """One aligned 4-byte store per copy (single-copy atomic, as arm64 patching writes)."""
-        t0 = time.perf_counter_ns()
         local = self._local(np.array([offset]))
-        self.copies.write_word(self.master, self.mem, offset, word, self.line_gen, None if local is None else int(local[0]))
-        self.charge(1, t0)
+        self.copies.write_word(self.master, self.mem, offset, word, self.line_gen, None if local is None else int(local[0]),
+                               between=lambda: self.wait(self.text_poke_ns))
 
 
 def text_poke_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:

@@ -28,11 +28,18 @@ Byte layout of the ``txt`` segment (numpy dtypes below; all integers little-endi
     ...                   key_refs   int64 [n_nodes, MAX_KEYS] static-key references each node holds
     ...                   line_gen   int32 [n_lines]  each 64-byte line of ``mem``: +1 each time a store to it
                                                       is made visible to instruction fetch (`invalidate`)
+    ...                   task_node  int64 [n_tasks]  the node holding each task (-1: migrating, in no node's hands)
+    ...                   inbox      int64 [n_nodes, n_tasks]  each node's ring of tasks migrated to it
+    ...                   inbox_ptr  int64 [n_nodes, 2]  each ring's head (its producer's) and tail (its node's)
+    ...                   task_seen  int32 [n_tasks, n_sites]  the in-flight call (site_seq, odd) whose new
+                                                      code each task ran at each site (0: none): its history
+    ...                   task_recent int64 [n_tasks, RECENT_SITES]  the hot sites of each task's last request (-1: none)
 
 Every field has one writer at a time: the holder of ``text_mutex`` for the header's sync and
 descriptor fields and for site_seq/site_state; each node for its own TXT_NODE slot, ``pend`` row
 and ``key_refs`` row; the holder of the static-key lock for key_count (unless the ``key-race`` bug
-is planted); the holder of a lock for its ``lock_owner`` entry.
+is planted); the holder of a lock for its ``lock_owner`` entry; the node holding a task for its ``task_*``
+entries; a ring's producer (the node before it) for its head, its node for its tail.
 
 ``line_gen`` is how stores reach what the nodes have fetched (reader.py's instruction buffers keep
 the generation of each line they hold, and refetch a line whose generation moved): x86 fetch
@@ -48,6 +55,7 @@ coordinator can finish it for the dead node (`recovery.repair_text`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +65,7 @@ from numaemu.host.segments import MemoryLayout, Segment
 from numaemu.model.image import LINE_SIZE, PAGE_SIZE
 from numaemu.model.placement import Placement
 
-__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "PUBLISHED", "TextState", "TextCopies", "text_segment_size", "byte_ranges", "invalidate"]
+__all__ = ["TXT_HEADER", "TXT_NODE", "TXT_DESC", "MAX_BATCH", "MAX_KEYS", "N_LOCKS", "RECENT_SITES", "PUBLISHED", "TextState", "TextCopies", "text_segment_size", "byte_ranges", "invalidate"]
 
 MAX_BATCH = 256  # text_poke_bp batch limit (TP_VEC_MAX in arch/x86/kernel/alternative.c)
 MAX_FAILURES = 64
@@ -66,6 +74,7 @@ MAX_KEYS = 8  # static keys a source flips (sources.HOT_KEYS), each node's refer
 PUBLISHED = ("executions", "violations", "patch_calls", "sites_patched", "source_ops")
 N_LOCKS = 7  # patching.Locks
 MAX_SLOTS = 64  # module slots a segment keeps a generation for
+RECENT_SITES = 48  # a task's hot sites remembered from one request to the next (reader_tasks.HOT_SHARE of a batch)
 MAX_SHARED = 16  # sources.MAX_SHARED: the users masks of the ``shared`` source's functions
 
 TXT_HEADER = np.dtype(
@@ -175,6 +184,11 @@ def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int, n_lines: in
         ("pend", np.dtype("i1"), n_nodes * n_sites),
         ("key_refs", np.dtype("<i8"), n_nodes * MAX_KEYS),
         ("line_gen", np.dtype("<i4"), n_lines),
+        ("task_node", np.dtype("<i8"), n_tasks),
+        ("inbox", np.dtype("<i8"), n_nodes * n_tasks),
+        ("inbox_ptr", np.dtype("<i8"), n_nodes * 2),
+        ("task_seen", np.dtype("<i4"), n_tasks * n_sites),
+        ("task_recent", np.dtype("<i8"), n_tasks * RECENT_SITES),
     ]
 
 
@@ -219,6 +233,11 @@ class TextState:
         self.pend = views["pend"].reshape(n_nodes, n_sites)
         self.key_refs = views["key_refs"].reshape(n_nodes, MAX_KEYS)
         self.line_gen = views["line_gen"]
+        self.task_node = views["task_node"]
+        self.inbox = views["inbox"].reshape(n_nodes, n_tasks)
+        self.inbox_ptr = views["inbox_ptr"].reshape(n_nodes, 2)
+        self.task_seen = views["task_seen"].reshape(n_tasks, n_sites)
+        self.task_recent = views["task_recent"].reshape(n_tasks, RECENT_SITES)
         # Scalar access goes through memoryviews: an element of a memoryview costs ~50 ns, a
         # numpy scalar ~1 us, and safe points and small patches are all scalar accesses.
         assert seg.buf is not None
@@ -300,24 +319,26 @@ class TextCopies:
         return np.where(base >= 0, base + (offsets % PAGE_SIZE)[:, None], -1).T
 
     def write(self, master: np.ndarray, mem: np.ndarray, offsets: np.ndarray, values: np.ndarray,
-              line_gen: np.ndarray | None = None, inval: np.ndarray | None = None) -> None:
+              line_gen: np.ndarray | None = None, inval: np.ndarray | None = None,
+              between: Callable[[], None] | None = None) -> None:
         """Write `values` at image `offsets` in the master, then in every copy, in node order,
         each copy's lines invalidated after its stores (`invalidate`; `inval`: the ``mem``
-        offsets to invalidate instead, the ``ivau-local`` bug's)."""
+        offsets to invalidate instead, the ``ivau-local`` bug's). `between` runs after each
+        copy's stores: the time writing that copy takes (TextPoke)."""
         master[offsets] = values
         for row in self.targets(offsets):
             ok = row >= 0
             mem[row[ok]] = values[ok]
-            if inval is None:
-                invalidate(line_gen, row[ok])
-        if inval is not None:
-            invalidate(line_gen, inval)
+            invalidate(line_gen, row[ok] if inval is None else inval)
+            if between is not None:
+                between()
 
     def write_word(self, master: np.ndarray, mem: np.ndarray, offset: int, word: bytes,
-                   line_gen: np.ndarray | None = None, inval: int | None = None) -> None:
+                   line_gen: np.ndarray | None = None, inval: int | None = None,
+                   between: Callable[[], None] | None = None) -> None:
         """One aligned 4-byte store per copy: a single-copy-atomic write, as arm64 patching uses,
         each followed by its line's invalidation (`inval`: the one ``mem`` offset to invalidate
-        instead)."""
+        instead) and by `between`."""
         assert offset % 4 == 0 and len(word) == 4
         value = np.frombuffer(word, dtype="<u4")[0]
         master.view("<u4")[offset // 4] = value
@@ -325,10 +346,9 @@ class TextCopies:
         for t in self.targets(np.array([offset]))[:, 0]:
             if t >= 0:
                 mem32[t // 4] = value
-                if inval is None:
-                    invalidate(line_gen, np.array([t]))
-        if inval is not None:
-            invalidate(line_gen, np.array([inval]))
+                invalidate(line_gen, np.array([t if inval is None else inval]))
+                if between is not None:
+                    between()
 
     @staticmethod
     def mismatches_seen(master: np.ndarray, mem: np.ndarray, bases: list[np.ndarray], pages: np.ndarray) -> list[tuple[int, int]]:
