@@ -159,6 +159,32 @@ def test_stress_json_fields(no_leaks, tmp_path):
     assert doc["patch_latency_us"]["median"] > 0
     assert doc["int3_hits"] > 0  # the readers really ran into sites mid-patch
     assert len(doc["per_node"]) == 2
+    # Tasks migrated (one a node travels), each move counted once by the node it left.
+    assert doc["migrate"] is True and doc["migrations"] > 0
+    assert doc["migrations"] == sum(p["migrations"] for p in doc["per_node"])
+    assert doc["new_then_old"] == sum(p["new_then_old"] for p in doc["per_node"])
+
+
+@pytest.mark.parametrize(
+    ("args", "backwards"),
+    [
+        ((), True),  # text_poke_bp, replicate: node 0's copy gets each INT3 a write before node 1's
+        (("--arch", "arm64"), True),  # nosync: each word into node 0's copy first
+        (("--policy", "single"), False),  # one copy: a migration's barrier shows the new bytes
+        (("--arch", "arm64", "--policy", "single"), False),
+        (("--protocol", "stop_machine"), False),  # every CPU parked while the copies are written
+        (("--no-migrate",), False),  # replicas, but no task changes node
+    ],
+)
+def test_new_then_old_is_what_replicas_add_for_a_migrating_task(no_leaks, tmp_path, args, backwards):
+    # A per-copy write of 20 us (not the 1 us default, at which a 3 s run sees it about never)
+    # and the one BPF site most executions aim at, so a migrating task meets the lag often.
+    code, doc, out = stress(tmp_path, "--duration", "3", "--source", "bpf", "--timeline", "text_poke_ns=20000", *args)
+    assert code == 0 and doc["violations"] == 0, out  # counted, not a violation
+    assert (doc["new_then_old"] > 0) is backwards, out
+    if backwards:
+        e = doc["new_then_old_examples"][0]
+        assert e["kind"] == "new-then-old" and e["task"] % 4 == 3  # the travelling task
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
