@@ -31,7 +31,9 @@ off, so it answers no sync; it bsearches the descriptor and emulates the new ins
 it does not find is a kprobe's, whose handler runs the probed instruction). The node reads each
 site's sequence number at execution and after, and the state the last returned call committed.
 
-`check_batch` is the checker. It is told nothing about bugs; it judges only the observations:
+`check_order` judges one task's executions against its history (new-then-old within one call, an
+observation that replicas add, not a violation); `check_batch` is the checker. It is told nothing
+about bugs; it judges only the observations:
 - a *stable* site (sequence even and unchanged from execution to the batch's end: no call in
   flight) must hold exactly its committed encoding: anything else is ``stale`` (old code after
   the call returned) or ``int3-after-return``;

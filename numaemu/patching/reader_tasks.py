@@ -1,7 +1,10 @@
 """A stress node's reader tasks (`ReaderTasks`): each batch is one task's request, executed by
 the node's `Reader`, checked at once (`reader.check_batch`, and the checks that need a task's
 history: livepatch's one version per request, a static key held on, code freed under a task
-preempted inside it), published, and paced to the run's timeline. stress_node.py runs them.
+preempted inside it, new-then-old within one call), published, and paced to the run's timeline.
+One task a node migrates to the next node after each of its requests, through a ring in the txt
+segment, and its history goes with it. stress_node.py runs them, between its own operations and,
+while it writes text, from inside the write (`run_until`: the node's other CPUs).
 """
 
 from __future__ import annotations
@@ -91,15 +94,15 @@ class ReaderTasks:
         """Wall ns per site of this node's requests, executed and checked as in the run (the
         median of `batches`), before the start: what the run's time scale is set from."""
         times = []
+        scratch = np.zeros(len(self.cfg.sites), dtype=self.st.task_seen.dtype)
         for i in range(batches):
             t0 = time.perf_counter_ns()
             batch = self._pick(self.homes[i % len(self.homes)])
             obs = self.reader.execute(batch)
             check_batch(obs, self.cfg.sites, self.cfg.node, 0)
-            self._order(obs, self.homes[0])  # timed as in the run, counted nowhere
+            check_order(obs, self.cfg.sites, scratch)  # timed as in the run, recorded nowhere
             times.append((time.perf_counter_ns() - t0) / len(batch))
-        self.st.task_recent[self.homes[0] : self.homes[0] + READER_TASKS] = -1
-        self.new_then_old, self.ordering = 0, []
+        self.st.task_recent[self.homes] = -1
         return int(np.median(times)) + 1
 
     def run_batch(self) -> None:

@@ -21,6 +21,7 @@ stale lines stay in their nodes' I-caches, where no ISB reaches them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -35,7 +36,9 @@ from numaemu.patching.textmem import TextCopies, invalidate
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel
 
-__all__ = ["TextPoke", "text_poke_batch"]
+__all__ = ["TextPoke", "text_poke_batch", "PER_SITE_MIN_NS"]
+
+PER_SITE_MIN_NS = 50_000  # wall ns a site and copy from which `TextPoke.poke` writes site by site
 
 
 class TextPoke:
@@ -76,10 +79,12 @@ class TextPoke:
         """Write bytes site by site, each site into the master and then each copy in turn,
         `text_poke_ns` (wall) a site and copy: other nodes see the sites change one after
         another, and one node's copy of a site change one copy's time after another's, as
-        ``__text_poke`` loops over the replicas for each site. (Site by site in Python: each
-        costs a few us against the hundreds of us of modeled time it waits.)"""
-        if not self.text_poke_ns and len(offsets) > SMALL_WRITE:  # no modeled cost: one vectorised write
-            self.copies.write(self.master, self.mem, offsets, values, self.line_gen, self._local(offsets))
+        ``__text_poke`` loops over the replicas for each site. Site by site costs some 10 us of
+        Python a site and copy: below PER_SITE_MIN_NS a site (a bench at scale 1) that would be
+        more than the time modeled, so many sites are written by chunks instead, each copy's
+        chunk its time after the one before."""
+        if len(offsets) > SMALL_WRITE and self.text_poke_ns < PER_SITE_MIN_NS:
+            self._poke_chunks(offsets, values, site_of_byte)
             return
         t0 = time.perf_counter_ns()
         offs, vals, owner = offsets.tolist(), values.tolist(), site_of_byte.tolist()
@@ -93,6 +98,19 @@ class TextPoke:
                     # abort (or park for a recovery) now and then, between whole sites.
                     self.check_alive()
         self.charge(n_sites, t0)
+
+    def _poke_chunks(self, offsets: np.ndarray, values: np.ndarray, site_of_byte: np.ndarray) -> None:
+        if not self.text_poke_ns:  # no modeled cost: one vectorised write
+            self.copies.write(self.master, self.mem, offsets, values, self.line_gen, self._local(offsets))
+            return
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(site_of_byte)) + 1])
+        for i in range(0, len(starts), POKE_CHUNK):
+            self.check_alive()  # an abort, or a park for a recovery, between whole chunks
+            lo = starts[i]
+            hi = starts[i + POKE_CHUNK] if i + POKE_CHUNK < len(starts) else len(offsets)
+            chunk_ns = min(POKE_CHUNK, len(starts) - i) * self.text_poke_ns
+            self.copies.write(self.master, self.mem, offsets[lo:hi], values[lo:hi], self.line_gen, self._local(offsets[lo:hi]),
+                              between=functools.partial(self.wait, chunk_ns))
 
     def _local(self, offsets: np.ndarray) -> np.ndarray | None:
         """ivau-local: the ``mem`` offsets of `offsets` in the patching node's own copy (None:
