@@ -4,6 +4,7 @@
 #   bash scripts/stress_matrix.sh [SECONDS] [SOURCES] [PROTOCOLS]
 # SECONDS per run (default 120); SOURCES a space-separated list (default "mixed": every source at
 # once), e.g. "static_keys ftrace module bpf livepatch kprobes" for one run per source.
+# PYTHON: the interpreter that has numaemu installed (default: python on PATH).
 set -u
 secs=${1:-120}
 sources=${2:-mixed}
@@ -16,7 +17,7 @@ for policy in replicate single; do
       arch=${pa##*:}
       if [ "$source" = kprobes ] && [ "$arch" != x86_64 ]; then continue; fi  # INT3 kprobes: x86 only
       out="results/stress/$source-$proto-$arch-$policy.json"
-      python -m numaemu stress --source "$source" --protocol "$proto" --arch "$arch" --policy "$policy" --duration "$secs" --json "$out" > /dev/null
+      "${PYTHON:-python}" -m numaemu stress --source "$source" --protocol "$proto" --arch "$arch" --policy "$policy" --duration "$secs" --json "$out" > /dev/null
       echo "$out: exit $?"
     done
   done

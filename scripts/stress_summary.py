@@ -14,5 +14,6 @@ for path in sys.argv[1:]:
         f"{d['sites_patched']:>10,} sites patched, {d['int3_hits']:>7,} INT3 hits{extra}; "
         + (f"{1e3 * d['emulated_s']:8.2f} emulated ms at scale {d['timeline']['scale']:5.0f}, {d['violations_per_emulated_s']:g} violations per emulated s; "
            if d.get("timeline") else "(before the timeline) ")
+        + (f"{d['migrations']:,} migrations, {d['new_then_old']:,} new-then-old; " if "migrations" in d else "")
         + f"violations {d['violations']}, replicas identical {d['replicas_identical']}"
     )
