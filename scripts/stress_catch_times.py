@@ -49,6 +49,11 @@ BUGS = [
     ("no-sync", "nosync", "arm64", "until-sync"),
     ("no-final-sync", "text_poke_bp", "x86_64", "until-sync"),
     ("no-final-sync", "nosync", "arm64", "until-sync"),
+    # early-master with a slow rendezvous: the other nodes run on for as long as they take to reach
+    # the stopper. At the cited 1.3 us IPI the first arriver writes only ~3 sites meanwhile; a CPU
+    # in a long preempt- or IRQ-off section arrives 100 us late or more.
+    ("early-master", "stop_machine", "x86_64", "coherent", "--timeline", "ipi_ns=100000"),
+    ("no-final-sync", "text_poke_bp", "x86_64", "until-sync", "--timeline", "ipi_ns=20000"),
 ]
 CLEAN = [("text_poke_bp", "x86_64", ()), ("text_poke_bp", "x86_64", ("--source", "kprobes", "--int3-fix", "extra-sync")),
          ("stop_machine", "x86_64", ()), ("nosync", "arm64", ()), ("stop_machine", "arm64", ()),
@@ -75,21 +80,23 @@ def main() -> None:
     ap.add_argument("--bugs", default=None, help="comma-separated bug names (default: every one); 'none' for the clean runs alone")
     ap.add_argument("--arch", default=None, help="only the bugs of this arch")
     ap.add_argument("--clean", action="store_true", help="also the clean runs when --bugs is given")
+    ap.add_argument("--widened", action="store_true", help="only the rows that set a --timeline window")
+    ap.add_argument("--update", action="store_true", help="replace only the rows run now in an existing --out")
     a = ap.parse_args()
     rows = []
-    for bug, protocol, arch, *more in [b for b in BUGS if (a.bugs is None or b[0] in a.bugs.split(",")) and a.arch in (None, b[2])]:
-        ifetch = more[0] if more else "coherent"
+    for bug, protocol, arch, *more in [b for b in BUGS if (a.bugs is None or b[0] in a.bugs.split(",")) and a.arch in (None, b[2]) and (len(b) > 4 or not a.widened)]:
+        ifetch, options = (more[0], more[1:]) if more else ("coherent", [])
         runs = []
         for seed in range(a.seeds):
-            took, code, doc = stress(["--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--ifetch", ifetch, "--seed", str(seed), "--stop-at-first"], a.duration)
+            took, code, doc = stress(["--inject-bug", bug, "--protocol", protocol, "--arch", arch, "--ifetch", ifetch, *options, "--seed", str(seed), "--stop-at-first"], a.duration)
             first = doc.get("first_violation") or {}
             runs.append({"seed": seed, "caught": code == 1, "wall_s": round(took, 2), "first_emulated_us": first.get("emulated_us"),
                          "kind": first.get("kind") or (doc["violation_examples"][0]["kind"] if doc["violation_examples"] else None),
                          "scale": doc["timeline"]["scale"], "source": doc["source"]})
             verdict = f"caught in {took:5.1f} s ({runs[-1]['kind']}, at {first.get('emulated_us')} emulated us)" if code == 1 else f"NOT caught in {took:.1f} s"
-            print(f"{bug:17s} {protocol:13s} {arch:7s} {ifetch:10s} seed {seed}: {verdict}", flush=True)
+            print(f"{bug:17s} {protocol:13s} {arch:7s} {ifetch:10s} {' '.join(options)} seed {seed}: {verdict}", flush=True)
         caught = [r["wall_s"] for r in runs if r["caught"]]
-        rows.append({"bug": bug, "protocol": protocol, "arch": arch, "ifetch": ifetch, "runs": runs, "caught": len(caught), "of": len(runs),
+        rows.append({"bug": bug, "protocol": protocol, "arch": arch, "ifetch": ifetch, "options": list(options), "runs": runs, "caught": len(caught), "of": len(runs),
                      "median_wall_s": statistics.median(caught) if caught else None, "max_wall_s": max(caught) if caught else None})
     clean = []
     for protocol, arch, extra in CLEAN if a.bugs is None or a.clean else []:
@@ -99,8 +106,17 @@ def main() -> None:
         print(f"clean {protocol} {arch} {' '.join(extra)}: exit {code}, {doc['violations']} violations in {doc['executions_checked']:,} executions, "
               f"{1e3 * doc['emulated_s']:.1f} emulated ms", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    doc = {"command": "python scripts/stress_catch_times.py " + " ".join(sys.argv[1:]), "commit": commit, "duration_s": a.duration, "seeds": a.seeds,
-           "bugs": rows, "clean": clean}
+    command = "python scripts/stress_catch_times.py " + " ".join(sys.argv[1:])
+    doc = {"command": command, "commit": commit, "duration_s": a.duration, "seeds": a.seeds, "bugs": rows, "clean": clean}
+    if a.update:  # this run's rows replace the same rows of the last one; the commands say which came from where
+        old = json.loads(Path(a.out).read_text())
+        key = lambda r: (r["bug"], r["protocol"], r["arch"], r["ifetch"], tuple(r.get("options", ())))  # noqa: E731
+        new = {key(r): r for r in rows}
+        for r in rows:
+            r["commit"] = commit
+        kept = [new.pop(key(r), r) for r in old["bugs"]]
+        doc = {**old, "bugs": kept + list(new.values()), "clean": clean or old["clean"],
+               "updates": [*old.get("updates", []), {"command": command, "commit": commit}]}
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.out}")
 

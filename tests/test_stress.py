@@ -57,14 +57,16 @@ def test_every_source_at_once_runs_clean(no_leaks, tmp_path, protocol, arch, pol
 # timeline's prefetch_ns (~50-60 emulated ns), against the microseconds of writes between a
 # site's steps, so at default settings those two were caught in 0 of 5 seeds within 60 s
 # (results/catch-times.json; the prediction it is). Here they run with --ifetch until-sync, the
-# widest windows, to show the checker catching them. early-master at default settings (a write
-# inside the fetch gap) was caught in 4 of 5 seeds within 60 s, mean ~37 s, which would fail a
-# 180 s test about once in 130 runs; under until-sync it took 2-32 s. no-final-sync on
+# widest windows, to show the checker catching them. early-master's window is how long the other
+# nodes run on after the first arriver starts writing, one site a copy each text_poke_ns: at the
+# cited 1.3 us IPI that is ~3 sites, and it was caught in 0 of 5 seeds within 60 s (nor in 180 s
+# under until-sync, in CI). Its test sets a 100 us IPI, a rendezvous slowed by a CPU in a long
+# preempt- or IRQ-off section, which caught it in 4.7-10.3 s over 5 seeds. no-final-sync on
 # text_poke_bp under until-sync took 10-62 s (its window is the final sync's IPI delivery, 1.3
 # emulated us), so its test sets a 20 us IPI, which caught it in 12-20 s.
 UNTIL_SYNC = ("--ifetch", "until-sync")
 BUGGY = [
-    ("early-master", "stop_machine", "x86_64", UNTIL_SYNC),
+    ("early-master", "stop_machine", "x86_64", ("--timeline", "ipi_ns=100000")),
     ("descriptor-reuse", "text_poke_bp", "x86_64", ()),
     ("no-int3-fix", "text_poke_bp", "x86_64", ()),
     ("no-sync", "stop_machine", "x86_64", UNTIL_SYNC),
