@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BUGS = [
     ("early-master", "stop_machine", "x86_64"),
+    ("early-master", "stop_machine", "arm64", "coherent", "--source", "kprobes"),
     ("descriptor-reuse", "text_poke_bp", "x86_64"),
     ("no-int3-fix", "text_poke_bp", "x86_64"),
     ("no-sync", "text_poke_bp", "x86_64"),
@@ -49,15 +50,12 @@ BUGS = [
     ("no-sync", "nosync", "arm64", "until-sync"),
     ("no-final-sync", "text_poke_bp", "x86_64", "until-sync"),
     ("no-final-sync", "nosync", "arm64", "until-sync"),
-    # early-master with a slow rendezvous: the other nodes run on for as long as they take to reach
-    # the stopper. At the cited 1.3 us IPI the first arriver writes only ~3 sites meanwhile; a CPU
-    # in a long preempt- or IRQ-off section arrives 100 us late or more.
-    ("early-master", "stop_machine", "x86_64", "coherent", "--timeline", "ipi_ns=100000"),
     ("no-final-sync", "text_poke_bp", "x86_64", "until-sync", "--timeline", "ipi_ns=20000"),
 ]
 CLEAN = [("text_poke_bp", "x86_64", ()), ("text_poke_bp", "x86_64", ("--source", "kprobes", "--int3-fix", "extra-sync")),
          ("stop_machine", "x86_64", ()), ("nosync", "arm64", ()), ("stop_machine", "arm64", ()),
-         ("text_poke_bp", "x86_64", ("--ifetch", "until-sync")), ("nosync", "arm64", ("--ifetch", "until-sync"))]
+         ("text_poke_bp", "x86_64", ("--ifetch", "until-sync")), ("nosync", "arm64", ("--ifetch", "until-sync")),
+         ("stop_machine", "arm64", ("--source", "kprobes")), ("nosync", "arm64", ("--source", "kprobes"))]
 
 
 def stress(args: list[str], duration: float) -> tuple[float, int, dict]:
@@ -84,7 +82,7 @@ def main() -> None:
     ap.add_argument("--update", action="store_true", help="replace only the rows run now in an existing --out")
     a = ap.parse_args()
     rows = []
-    for bug, protocol, arch, *more in [b for b in BUGS if (a.bugs is None or b[0] in a.bugs.split(",")) and a.arch in (None, b[2]) and (len(b) > 4 or not a.widened)]:
+    for bug, protocol, arch, *more in [b for b in BUGS if (a.bugs is None or b[0] in a.bugs.split(",")) and a.arch in (None, b[2]) and ("--timeline" in b or not a.widened)]:
         ifetch, options = (more[0], more[1:]) if more else ("coherent", [])
         runs = []
         for seed in range(a.seeds):
@@ -114,7 +112,8 @@ def main() -> None:
         new = {key(r): r for r in rows}
         for r in rows:
             r["commit"] = commit
-        kept = [new.pop(key(r), r) for r in old["bugs"]]
+        known = {(b[0], b[1], b[2], b[3] if len(b) > 3 else "coherent", tuple(b[4:])) for b in BUGS}  # rows no longer run go
+        kept = [new.pop(key(r), r) for r in old["bugs"] if key(r) in known]
         doc = {**old, "bugs": kept + list(new.values()), "clean": clean or old["clean"],
                "updates": [*old.get("updates", []), {"command": command, "commit": commit}]}
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")

@@ -531,7 +531,6 @@ STRESS = [
     (["--arch", ""], "--arch: '' is not one of x86_64, arm64"),
     (["--arch", "arm64", "--image", "{d}/img-ok"], "--arch: arm64 does not match --image"),
     (["--source", "uprobes"], "--source: 'uprobes' is not one of static_keys, ftrace, module, bpf, livepatch, kprobes, shared, mixed"),
-    (["--source", "kprobes", "--arch", "arm64"], "--source: kprobes are INT3 probes of the x86 image here"),
     (["--protocol", "examples/protocol_king_nosync.toml"], "--protocol: protocol 'nosync, King's replica order' patches the arm64 image, and this image is x86_64"),
     (["--protocol", "{d}/none.toml"], "--protocol: cannot read"),
     (["--protocol", "examples/protocol_text_poke_bp.toml", "--inject-bug", "no-sync"], "--inject-bug: no-sync is planted in the kernel's own protocols"),

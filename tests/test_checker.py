@@ -3,6 +3,8 @@ observations."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,8 @@ from numaemu.model.sites import (
     FTRACE_BPF,
     FTRACE_CALLER,
     FTRACE_OFF,
+    KIND_ALT,
+    KIND_JUMP,
     MAX_INSN,
     SiteTable,
     site_table,
@@ -299,3 +303,32 @@ def test_new_seen_through_the_int3_handler_counts_as_new(x86) -> None:
     seen = np.zeros(len(x86), dtype=np.int32)
     check_order(make_obs([(s, jmp, 7, 7, 0, True, True, 2)]), x86, seen)
     assert check_order(make_obs([(s, nop, 7, 7, 0, False, True, 2)]), x86, seen).tolist() == [0]
+
+
+# -- a stop_machine round's writes (Observation.round_write) --------------------------------------
+
+
+def _during_round(t: SiteTable, site: int, observed: bytes, committed: int, new: int, round_write: bool) -> tuple[int, list[Violation]]:
+    obs = make_obs([(site, observed, 3, 3, committed, False, True, new + 1)])
+    return check_batch(dataclasses.replace(obs, round_write=round_write), t, node=1)
+
+
+def test_a_site_executed_while_a_round_writes_it_is_unsynchronized_on_x86(x86) -> None:
+    s = sites_of(x86)["five"]
+    n, out = _during_round(x86, s, NOP5, 0, 1, round_write=True)
+    assert n == 1 and out[0].kind == "unsynchronized" and out[0].site == s
+    # The same execution while the call was in flight but no round wrote: nothing to say.
+    assert _during_round(x86, s, NOP5, 0, 1, round_write=False) == (0, [])
+    # Nor for a site the call does not move (pending 0): another call's round.
+    obs = dataclasses.replace(make_obs([(s, NOP5, 2, 2, 0)]), round_write=True)
+    assert check_batch(obs, x86, node=1) == (0, [])
+
+
+def test_arm64_lets_nop_and_branches_change_under_execution_but_not_other_instructions(arm) -> None:
+    jump = int(np.flatnonzero(arm.kind[: arm.n_jump] == KIND_JUMP)[0])  # NOP <-> B
+    assert _during_round(arm, jump, ARM64_NOP, 0, 1, round_write=True) == (0, [])
+    ftrace = arm.ftrace_site(7)  # NOP <-> BL
+    assert _during_round(arm, ftrace, ARM64_NOP, 0, FTRACE_BPF, round_write=True) == (0, [])
+    alt = int(np.flatnonzero(arm.kind == KIND_ALT)[0])  # a module's NOP <-> DMB ISH
+    n, out = _during_round(arm, alt, ARM64_NOP, 0, 1, round_write=True)
+    assert n == 1 and out[0].kind == "unsynchronized"

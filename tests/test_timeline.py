@@ -172,7 +172,7 @@ def test_word_fetches_keep_each_buffered_line_whole() -> None:
     n_pages = len(mem) // PAGE_SIZE
     table = SimpleNamespace(home=np.zeros(n_pages, np.int64), frame=np.arange(n_pages))
     st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8), line_gen=np.zeros(len(mem) // LINE_SIZE, np.int32),
-                         pend=np.zeros((2, len(t)), np.int8))
+                         pend=np.zeros((2, len(t)), np.int8), get=lambda field: 0)
     r = Reader(0, mem, table, (0,), t, st, lambda: None)  # type: ignore[arg-type]
     r.execute(np.array(pair))
     kept = int(r.tag[slot[pair[0]]])
@@ -196,7 +196,7 @@ def _two_copies(arch: str, ifetch: str = "coherent") -> tuple[Any, ...]:
     mem = np.concatenate([image.data, image.data])
     where = np.stack([np.arange(n_pages) * PAGE_SIZE, size + np.arange(n_pages) * PAGE_SIZE], axis=1).astype(np.int64)
     st = SimpleNamespace(site_seq=np.zeros(len(t), np.int64), site_state=np.zeros(len(t), np.int8), line_gen=np.zeros(len(mem) // LINE_SIZE, np.int32),
-                         pend=np.zeros((2, len(t)), np.int8))
+                         pend=np.zeros((2, len(t)), np.int8), get=lambda field: 0)
     readers = [Reader(n, mem, SimpleNamespace(home=np.full(n_pages, n, np.int64), frame=np.arange(n_pages)), (0, size), t, st,  # type: ignore[arg-type]
                       lambda: None, ifetch=ifetch) for n in range(2)]
     return t, image.data.copy(), mem, TextCopies(where), st, readers

@@ -249,8 +249,6 @@ class Emulation:
         image = self.image
         protocol = config.protocol_for(image.arch)
         keys = len(hot_keys(image.jump_keys, image.n_keys))
-        if config.source == "kprobes" and image.arch != "x86_64":
-            raise UsageError("--source", "kprobes are INT3 probes of the x86 image here; arm64's BRK probes are not modelled: use --arch x86_64")
         if config.source == "static_keys" and not keys:
             raise UsageError("--source", f"static_keys needs static keys, and image {image.name} has no jump-label sites numaemu can flip "
                                          "(no __jump_table found); use ftrace, module, bpf, livepatch or mixed")

@@ -11,7 +11,8 @@ x86-64 (arch/x86/include/asm/text-patching.h, arch/x86/kernel/jump_label.c, ftra
     ftrace entry, 5 bytes: state 0 NOP5; 1 ``call ftrace_caller``; 2 ``call`` a BPF trampoline;
                            3 ``call`` the livepatch trampoline (all ``e8 rel32``)
 arm64 (arch/arm64/kernel/patching.c, jump_label.c, ftrace.c): every site one aligned 4-byte
-instruction: NOP ``d503201f``, ``B`` for jump labels, ``BL`` for the ftrace states.
+instruction: NOP ``d503201f``, ``B`` for jump labels, ``BL`` for the ftrace states, ``BRK`` over
+an armed kprobe's instruction.
 
 Jump-label targets: the image's own (`KernelImage.jump_targets`, from the ``__jump_table`` of a
 real kernel); for the synthetic image, the end of the enclosing function (within rel8 reach for
@@ -36,6 +37,7 @@ __all__ = [
     "KIND_ALT",
     "KIND_KPROBE",
     "KPROBE_ORIG",
+    "ARM64_KPROBE_BRK",
     "KPROBE_ARMED",
     "KPROBE_OPTIMIZED",
     "KPROBE_FUNCS",
@@ -55,6 +57,8 @@ KIND_JUMP, KIND_FTRACE, KIND_ALT, KIND_KPROBE = 0, 1, 2, 3
 # kprobes (x86): an instruction after a function's ftrace entry, probed by arming an INT3 over
 # its first byte (arch_arm_kprobe: text_poke + text_poke_sync) and optimized into a JMP32 to a
 # detour buffer (arch_optimize_kprobes: text_poke_bp over the INT3), arch/x86/kernel/kprobes/.
+# arm64: a BRK over the instruction, armed and disarmed through stop_machine
+# (arch/arm64/kernel/probes/kprobes.c: patch_text -> aarch64_insn_patch_text), no optimized state.
 KPROBE_ORIG, KPROBE_ARMED, KPROBE_OPTIMIZED = 0, 1, 2
 KPROBE_FUNCS = 32  # probed functions
 RESERVED_KPROBE_FUNCS = 300  # functions 0..299 hold the trampolines, the BPF and livepatch targets
@@ -64,6 +68,7 @@ SITES_PER_MODULE_FUNC = 3  # ftrace entry, a jump label, an alternative
 NOP3 = bytes.fromhex("0f1f00")
 LFENCE = bytes.fromhex("0faee8")  # the alternative applied on load (X86_FEATURE_LFENCE_RDTSC)
 ARM64_DMB_ISH = bytes.fromhex("bf3b03d5")
+ARM64_KPROBE_BRK = bytes.fromhex("800020d4")  # BRK #0x004 (KPROBES_BRK_IMM), little-endian
 FTRACE_OFF, FTRACE_CALLER, FTRACE_BPF, FTRACE_KLP = 0, 1, 2, 3
 N_STATES = 4
 
@@ -83,7 +88,7 @@ class SiteTable:
     n_jump: int  # sites [0, n_jump) are jump labels, then ftrace entries in function order
     n_core: int  # sites [n_core, len) belong to module slots (SITES_PER_MODULE_FUNC per function)
     module_slots: int
-    n_kprobe: int = 0  # sites [n_core - n_kprobe, n_core) are kprobe sites (x86), after the ftrace entries
+    n_kprobe: int = 0  # sites [n_core - n_kprobe, n_core) are kprobe sites, after the ftrace entries
 
     @property
     def n_ftrace(self) -> int:
@@ -178,10 +183,9 @@ def site_table(image: KernelImage) -> SiteTable:
     the sites of its module slots (if it has a ``.modules`` area)."""
     trampolines = image.functions[[1, 2, 3]]
     rows = _core_rows(image, trampolines)
-    kp = _kprobe_rows(image, rows, trampolines[1]) if image.arch == "x86_64" else None
-    n_kprobe = len(kp.offset) if kp is not None else 0
-    if kp is not None:
-        rows = rows + kp
+    kp = _kprobe_rows(image, rows, trampolines[1])
+    n_kprobe = len(kp.offset)
+    rows = rows + kp
     n_core = len(rows.offset)
     mod = [sec for sec in image.sections if sec.name == ".modules"]
     slots = mod[0].size // MODULE_SLOT_BYTES if mod else 0
@@ -192,30 +196,38 @@ def site_table(image: KernelImage) -> SiteTable:
 
 
 def _kprobe_rows(image: KernelImage, core: _Rows, detour: int) -> _Rows:
-    """KPROBE_FUNCS kprobe sites: the 5 bytes after the ftrace entry of functions spread over the
-    image, where no other site lies (kprobes refuse jump-label sites, jump_label_text_reserved).
-    States: the original bytes, INT3 over the first, a JMP32 to the detour buffer (`detour`)."""
+    """KPROBE_FUNCS kprobe sites: the instruction after the ftrace entry of functions spread over
+    the image, where no other site lies (kprobes refuse jump-label sites, jump_label_text_reserved).
+    x86, 5 bytes: the original bytes, INT3 over the first, a JMP32 to the detour buffer
+    (`detour`; arch/x86/kernel/kprobes/opt.c). arm64, one instruction: the original, or
+    ``BRK #KPROBES_BRK_IMM`` (arch/arm64/include/asm/brk-imm.h); arm64 has no optprobes."""
+    arm = image.arch == "arm64"
+    L = 4 if arm else 5
     funcs, sizes = image.functions, image.function_sizes
     taken = np.zeros(len(image.data) + 8, dtype=bool)
-    for o, L in zip(core.offset.tolist(), core.length.tolist(), strict=True):
-        taken[o : o + L] = True
-    start = image.ftrace_sites + 5
-    fits = (start + 5 <= funcs + sizes) & ~np.array([taken[o : o + 5].any() for o in start.tolist()])
-    fits &= image.data[np.minimum(start, len(image.data) - 1)] != INT3  # arming must change the byte
+    for o, n_bytes in zip(core.offset.tolist(), core.length.tolist(), strict=True):
+        taken[o : o + n_bytes] = True
+    start = image.ftrace_sites + L
+    fits = (start + L <= funcs + sizes) & ~np.array([taken[o : o + L].any() for o in start.tolist()])
+    first = image.data[np.minimum(start[:, None] + np.arange(L if arm else 1), len(image.data) - 1)]
+    fits &= ~np.all(first == (np.frombuffer(ARM64_KPROBE_BRK, np.uint8) if arm else INT3), axis=1)  # arming must change it
     fits[:RESERVED_KPROBE_FUNCS] = False
     chosen = np.flatnonzero(fits)
     chosen = chosen[np.linspace(0, len(chosen) - 1, min(KPROBE_FUNCS, len(chosen))).astype(np.int64)] if len(chosen) else chosen
     offset = start[chosen].astype(np.int64)
     n = len(offset)
     enc = np.zeros((n, N_STATES, MAX_INSN), dtype=np.uint8)
-    orig = image.data[offset[:, None] + np.arange(5)]
-    enc[:, KPROBE_ORIG, :5] = orig
-    enc[:, KPROBE_ARMED, :5] = orig
-    enc[:, KPROBE_ARMED, 0] = INT3
-    enc[:, KPROBE_OPTIMIZED, 0] = 0xE9
-    enc[:, KPROBE_OPTIMIZED, 1:5] = _le(detour - (offset + 5), 4)
-    return _Rows(offset, np.full(n, 5, np.int8), np.full(n, KIND_KPROBE, np.int8), np.full(n, -1, np.int32),
-                 chosen.astype(np.int32), np.full(n, 3, np.int8), enc)
+    orig = image.data[offset[:, None] + np.arange(L)]
+    enc[:, KPROBE_ORIG, :L] = orig
+    if arm:
+        enc[:, KPROBE_ARMED, :4] = np.frombuffer(ARM64_KPROBE_BRK, np.uint8)
+    else:
+        enc[:, KPROBE_ARMED, :5] = orig
+        enc[:, KPROBE_ARMED, 0] = INT3
+        enc[:, KPROBE_OPTIMIZED, 0] = 0xE9
+        enc[:, KPROBE_OPTIMIZED, 1:5] = _le(detour - (offset + 5), 4)
+    return _Rows(offset, np.full(n, L, np.int8), np.full(n, KIND_KPROBE, np.int8), np.full(n, -1, np.int32),
+                 chosen.astype(np.int32), np.full(n, 2 if arm else 3, np.int8), enc)
 
 
 def _core_rows(image: KernelImage, trampolines: I64) -> _Rows:

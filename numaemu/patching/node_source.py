@@ -257,14 +257,20 @@ class NodeSource:
         """One step of a random kprobe (kernel/kprobes.c, arch/x86/kernel/kprobes/): arm it (an
         INT3 over its first byte, text_poke + text_poke_sync), optimize it (a JMP32 to its
         detour buffer over the INT3, through the run's protocol: text_poke_bp on x86),
-        unoptimize it, or disarm it."""
+        unoptimize it, or disarm it. On arm64 a BRK replaces the whole instruction, and arming
+        and disarming go through stop_machine whatever the run's protocol: the instruction under
+        the probe may be one the architecture does not let change under execution
+        (arch/arm64/kernel/probes/kprobes.c, aarch64_insn_patch_text; since 693350a79980)."""
         sites = self.plan.kprobe_sites
         if not len(sites):
             return
         s = np.array([sites[int(self.rng.integers(len(sites)))]])
         with self.k.holding(self.k.locks.kprobe):
             state = int(self.st.site_state[s[0]])
-            if state == KPROBE_ORIG:
+            if self.k.sites.arch == "arm64":
+                new = KPROBE_ARMED if state == KPROBE_ORIG else KPROBE_ORIG
+                self.k.patch(s, np.array([state]), np.array([new]), protocol="stop_machine")
+            elif state == KPROBE_ORIG:
                 self.k.patch(s, np.array([KPROBE_ORIG]), np.array([KPROBE_ARMED]), protocol="text_poke")
             elif state == KPROBE_OPTIMIZED:
                 self._patch_all(s, KPROBE_OPTIMIZED, KPROBE_ARMED)

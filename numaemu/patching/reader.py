@@ -39,7 +39,10 @@ about bugs; it judges only the observations:
   the call returned) or ``int3-after-return``;
 - any site must hold one of its valid encodings (after INT3 emulation): anything else is
   ``torn``; an INT3 with no live descriptor, or a descriptor that changed or was poisoned under
-  the handler, is ``int3-no-descriptor`` (a kprobe's armed INT3 is a state of its own).
+  the handler, is ``int3-no-descriptor`` (a kprobe's armed INT3 is a state of its own);
+- a site of a stop_machine round, executed while the round's patch function wrote (unless, on
+  arm64, both instructions are ones the architecture lets change under execution), is
+  ``unsynchronized``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ class Observation:
     # int64: the state a call in flight is moving the site to, + 1 (0: none), read between the
     # two sequence numbers (textmem ``pend``): what "new" means while seq_before is odd.
     pending: np.ndarray | None = None
+    # A stop_machine round's patch function wrote text while this batch was fetched or executed
+    # (textmem ``stop_writes`` odd at the start, or moved by the end).
+    round_write: bool = False
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,8 @@ class Reader:
         observed = np.zeros((len(sites), MAX_INSN), dtype=np.uint8)
         via_int3 = np.zeros(len(sites), dtype=bool)
         handler_ok = np.ones(len(sites), dtype=bool)
+        w1 = st.get("stop_writes")
+        fence()  # the count before the bytes
         if self.arm:
             # One aligned 4-byte fetch: single-copy atomic (ARM ARM B2.2.1), never torn, but
             # it may be stale (the buffered line).
@@ -267,7 +275,8 @@ class Reader:
             observed[via_int3], handler_ok[via_int3] = out, ok
         fence()  # the bytes before the sequence numbers after
         s2 = st.site_seq[sites].copy()
-        return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed, pending)
+        round_write = w1 % 2 == 1 or st.get("stop_writes") != w1
+        return Observation(sites, observed, via_int3, handler_ok, s1, s2, committed, pending, round_write)
 
 
 def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) -> tuple[int, list[Violation]]:
@@ -281,6 +290,17 @@ def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) 
     kinds = np.full(len(s), "", dtype=object)
     kinds[~obs.handler_ok] = "int3-no-descriptor"
     kinds[(kinds == "") & ~valid] = "torn"
+    if obs.round_write and obs.pending is not None:
+        # Executed while a stop_machine round wrote its batch: the round's exclusion is what
+        # makes these stores safe. Intel allows no instruction to be stored while another CPU
+        # may execute it, but through the cross-modifying-code algorithm (SDM vol. 3 s.8.1.3,
+        # "unsynchronized cross-modifying code"); arm64 only between B, BL, NOP, BRK, SVC, HVC
+        # and SMC (ARM ARM B2.2.5, the kernel's former aarch64_insn_hotpatch_safe). A torn
+        # fetch is one outcome; the architectures promise nothing at all.
+        flight = (obs.seq_before == obs.seq_after) & (obs.seq_before % 2 == 1) & (obs.pending > 0)
+        if sites.arch == "arm64":
+            flight &= ~_hotpatch_safe(sites, s, obs.committed, obs.pending)
+        kinds[(kinds == "") & flight] = "unsynchronized"
     # A kprobe's INT3 is a state of its own (armed), not a patch left half-way.
     kinds[(kinds == "") & stable & obs.via_int3 & (sites.kind[s] != KIND_KPROBE)] = "int3-after-return"
     kinds[(kinds == "") & stable & ~exact] = "stale"
@@ -293,12 +313,26 @@ def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) 
         want = sites.encoding(site, int(obs.committed[i])).hex(" ")
         detail = {
             "torn": "not any valid instruction of this site",
+            "unsynchronized": "executed while a stop_machine round wrote it (the round excludes every CPU)",
             "stale": f"the last call that returned left {want}",
             "int3-after-return": "INT3 executed after the patch call returned",
             "int3-no-descriptor": "INT3 handler found no live descriptor entry (or it changed under the handler)",
         }[kinds[i]]
         out.append(Violation(str(kinds[i]), node, site, int(sites.offset[site]), got, detail, want))
     return len(bad), out
+
+
+def _hotpatch_safe(sites: SiteTable, s: np.ndarray, old: np.ndarray, pending: np.ndarray) -> np.ndarray:
+    """Per execution: may an arm64 CPU execute the site while it changes from state `old` to
+    state `pending` - 1 (both instructions B, BL, NOP, BRK, SVC, HVC or SMC; ARM ARM B2.2.5)?"""
+    def safe(state: np.ndarray) -> np.ndarray:
+        w = sites.enc[s, state.astype(np.int64), :4].astype(np.uint32) @ (np.uint32(1) << np.arange(0, 32, 8, dtype=np.uint32))
+        branch = (w & 0x7C000000) == 0x14000000  # B 0x14.., BL 0x94..
+        exc = ((w & 0xFFE00000) == 0xD4000000) & np.isin(w & 0x1F, (1, 2, 3))  # SVC, HVC, SMC
+        brk = (w & 0xFFE0001F) == 0xD4200000
+        ok: np.ndarray = branch | exc | brk | (w == 0xD503201F)
+        return ok
+    return safe(old) & safe(np.maximum(pending - 1, 0))
 
 
 def check_order(obs: Observation, sites: SiteTable, seen: np.ndarray) -> np.ndarray:

@@ -20,10 +20,11 @@ between nodes lives in the ``txt`` segment (site states, key counts, livepatch t
 - ``livepatch``: redirect a set of functions through the livepatch handler; each reader task
   switches to the new version only at a safe point between its requests, and only once every
   site of the set is patched (kernel/livepatch/transition.c), so it never runs a mix.
-- ``kprobes`` (x86): arm, optimize, unoptimize and disarm kprobes on instructions after function
+- ``kprobes``: arm, optimize, unoptimize and disarm kprobes on instructions after function
   entries: an INT3 over the first byte (text_poke, then text_poke_sync), a JMP32 over the INT3
   through text_poke_bp. Readers that hit an armed probe go through poke_int3_handler first, which
   looks at the text_poke_bp descriptor of whatever batch is in flight: the race of the 2019 fixes.
+  arm64: arm and disarm only, a BRK over the whole instruction through stop_machine.
 - ``shared``: ftrace, a BPF trampoline and two livepatches on the same few functions, as the kernel
   lets ftrace_ops share a function: one user calls its own trampoline directly, several go through
   ``ftrace_caller``'s list; a second IPMODIFY user (livepatches modify the return address) is
@@ -150,7 +151,7 @@ def plan_sources(source: str, sites: SiteTable, n_keys: int) -> SourcePlan:
     if source == "mixed" and len(keys) == 0:
         names = names[1:]  # nothing to flip: the other sources take the turns
     if source == "mixed" and not sites.n_kprobe:
-        names = tuple(n for n in names if n != "kprobes")  # arm64: no INT3 kprobes here
+        names = tuple(n for n in names if n != "kprobes")  # an image with no instruction to probe
     n_funcs = sites.n_ftrace
     bpf_func = min(100, n_funcs - 1)
     klp_funcs = np.arange(200, 200 + LIVEPATCH_FUNCS) % n_funcs

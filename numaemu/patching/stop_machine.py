@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from numaemu.host.clock import spin
+from numaemu.host.fence import fence
 from numaemu.patching.protocols import SMALL_SITES, W_STOP
 from numaemu.patching.text_poke_bp import publish_descriptor
 from numaemu.patching.textmem import byte_ranges
@@ -76,11 +77,17 @@ def stop_round(k: NodeKernel, seq: int) -> None:
 
 def apply_descriptor(k: NodeKernel) -> None:
     """Write every entry's whole new instruction (stop_machine's patch function). Every CPU is
-    in the round meanwhile: no task of the patcher's node runs while it writes."""
+    in the round meanwhile: no task of the patcher's node runs while it writes. ``stop_writes``
+    is odd while it writes, so that a node executing then is seen to (reader.check_batch's
+    ``unsynchronized``: the exclusion this protocol exists for, which early-master breaks)."""
     meanwhile, k.text.meanwhile = k.text.meanwhile, None
+    k.st.add("stop_writes")
+    fence()  # the count before the stores (smp_wmb)
     try:
         _apply(k)
     finally:
+        fence()
+        k.st.add("stop_writes")
         k.text.meanwhile = meanwhile
 
 

@@ -96,7 +96,8 @@ TXT_HEADER = np.dtype(
         ("scale_ppm", "<i8"),  # the run's time scale x 10^6, once the run has started (timeline.py)
         ("first_at_ns", "<i8"),  # --stop-at-first: when a node saw the first violation (0: none yet)
         ("tramp_gen", "<i8"),  # the BPF trampoline's instance: +1 each time one is freed
-        ("pad", "V56"),
+        ("stop_writes", "<i8"),  # odd while a stop_machine round's patch function writes text
+        ("pad", "V48"),
     ]
 )
 TXT_NODE = np.dtype(
