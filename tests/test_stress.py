@@ -99,11 +99,13 @@ KINDS = {
 def test_each_planted_bug_is_caught(no_leaks, tmp_path, bug, protocol, arch, options):
     # Default settings, one emulated timeline: no per-bug rate or window. --stop-at-first ends
     # the run at the first violation; the catch times over 5 seeds are a benchmark's
-    # (results/catch-times.json). A catch is a race won at random: the slowest bug here
-    # (no-final-sync on text_poke_bp) took 10-36 s over 5 seeds, roughly exponentially, so the
-    # run may last 180 s to keep a slow catch from failing the test (a run stops at its catch).
+    # (results/catch-times.json). A catch is a race won at random, with a long tail: no-int3-fix
+    # took 2.2-5.3 s over 5 seeds in the benchmark, but 22, 44, 65 and 68 s in other runs of the
+    # same seed, and one was not caught in 60 s (the race is a kprobe's INT3 handler overlapping a
+    # descriptor's release, which the host's timing decides). So the run may last 300 s, to keep
+    # a slow catch from failing the test; a run stops at its catch.
     code, doc, out = stress(tmp_path, "--inject-bug", bug, "--protocol", protocol, "--arch", arch, *options,
-                            "--duration", "180", "--stop-at-first", timeout=400)
+                            "--duration", "300", "--stop-at-first", timeout=600)
     assert code == 1, out
     assert doc["inject_bug"] == bug
     assert doc["violations"] > 0 and doc["violation_examples"]
