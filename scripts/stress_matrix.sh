@@ -15,7 +15,6 @@ for policy in replicate single; do
     for source in $sources; do
       proto=${pa%%:*}
       arch=${pa##*:}
-      if [ "$source" = kprobes ] && [ "$arch" != x86_64 ]; then continue; fi  # INT3 kprobes: x86 only
       out="results/stress/$source-$proto-$arch-$policy.json"
       "${PYTHON:-python}" -m numaemu stress --source "$source" --protocol "$proto" --arch "$arch" --policy "$policy" --duration "$secs" --json "$out" > /dev/null
       echo "$out: exit $?"
