@@ -332,7 +332,8 @@ def _hotpatch_safe(sites: SiteTable, s: np.ndarray, old: np.ndarray, pending: np
         brk = (w & 0xFFE0001F) == 0xD4200000
         ok: np.ndarray = branch | exc | brk | (w == 0xD503201F)
         return ok
-    return safe(old) & safe(np.maximum(pending - 1, 0))
+    both: np.ndarray = safe(old) & safe(np.maximum(pending - 1, 0))
+    return both
 
 
 def check_order(obs: Observation, sites: SiteTable, seen: np.ndarray) -> np.ndarray:

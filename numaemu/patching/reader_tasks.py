@@ -344,7 +344,8 @@ class ReaderTasks:
             st.set("first_at_ns", now)
 
 
-_NONE = Observation(*(np.zeros(0, dt) for dt in (np.int64, np.uint8, bool, bool, np.int64, np.int64, np.int8)))  # a task leaving
+_NONE = Observation(sites=np.zeros(0, np.int64), observed=np.zeros(0, np.uint8), via_int3=np.zeros(0, bool), handler_ok=np.zeros(0, bool),
+                    seq_before=np.zeros(0, np.int64), seq_after=np.zeros(0, np.int64), committed=np.zeros(0, np.int8))  # a task leaving
 
 
 def _jump_taken(obs: Observation, sites: SiteTable, which: np.ndarray) -> np.ndarray:
