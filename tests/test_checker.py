@@ -332,3 +332,9 @@ def test_arm64_lets_nop_and_branches_change_under_execution_but_not_other_instru
     alt = int(np.flatnonzero(arm.kind == KIND_ALT)[0])  # a module's NOP <-> DMB ISH
     n, out = _during_round(arm, alt, ARM64_NOP, 0, 1, round_write=True)
     assert n == 1 and out[0].kind == "unsynchronized"
+
+
+def test_every_kind_the_checker_gives_names_its_invariant() -> None:
+    from numaemu.patching.stress_report import INVARIANTS
+
+    assert {"torn", "stale", "int3-after-return", "int3-no-descriptor", "unsynchronized"} <= set(INVARIANTS)

@@ -154,6 +154,7 @@ INVARIANTS = {
     "stale": "once a patch call has returned, every node runs what it committed",
     "int3-after-return": "once a patch call has returned, no node runs its INT3",
     "int3-no-descriptor": "an INT3 handler reads a live descriptor, never a released one",
+    "unsynchronized": "no CPU executes the text a stop_machine round is writing",
     "livepatch-mix": "a task runs one version of a livepatched set per request",
     "key-off-while-held": "a static key is enabled wherever a node holding a reference runs its code",
     "trampoline-freed": "a trampoline is freed only after every task has left it (RCU-tasks)",
