@@ -297,7 +297,7 @@ def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) 
         # "unsynchronized cross-modifying code"); arm64 only between B, BL, NOP, BRK, SVC, HVC
         # and SMC (ARM ARM B2.2.5, the kernel's former aarch64_insn_hotpatch_safe). A torn
         # fetch is one outcome; the architectures promise nothing at all.
-        flight = (obs.seq_before == obs.seq_after) & (obs.seq_before % 2 == 1) & (obs.pending > 0)
+        flight = _in_flight(obs, obs.pending)
         if sites.arch == "arm64":
             flight &= ~_hotpatch_safe(sites, s, obs.committed, obs.pending)
         kinds[(kinds == "") & flight] = "unsynchronized"
@@ -320,6 +320,14 @@ def check_batch(obs: Observation, sites: SiteTable, node: int, limit: int = 10) 
         }[kinds[i]]
         out.append(Violation(str(kinds[i]), node, site, int(sites.offset[site]), got, detail, want))
     return len(bad), out
+
+
+def _in_flight(obs: Observation, pending: np.ndarray) -> np.ndarray:
+    """Per execution: one patch call of the site was in flight from before the execution to after
+    it, with its target state known (``pend`` is set before the odd sequence number and cleared
+    after the even one)."""
+    flight: np.ndarray = (obs.seq_before == obs.seq_after) & (obs.seq_before % 2 == 1) & (pending > 0)
+    return flight
 
 
 def _hotpatch_safe(sites: SiteTable, s: np.ndarray, old: np.ndarray, pending: np.ndarray) -> np.ndarray:
@@ -352,7 +360,7 @@ def check_order(obs: Observation, sites: SiteTable, seen: np.ndarray) -> np.ndar
     # In flight from before to after the execution, with the call's target known (``pend`` is
     # set before the odd sequence number and cleared after the even one; the committed state is
     # no safe "old": the call writes it just before its even number).
-    flight = np.flatnonzero((s1 == obs.seq_after) & (s1 % 2 == 1) & (pend > 0) & obs.handler_ok)
+    flight = np.flatnonzero(_in_flight(obs, pend) & obs.handler_ok)
     if not len(flight):
         return flight
     at, seq = obs.sites[flight], s1[flight]
