@@ -33,11 +33,14 @@ from numaemu.host.segments import (
 from numaemu.model.image import MODULE_SLOT_BYTES, synthetic_image, with_module_area
 from numaemu.model.placement import place
 from numaemu.model.sites import INT3, site_table
+from numaemu.patching import module_source
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
 from numaemu.patching.recovery import release_locks, repair_text
 from numaemu.patching.sources import plan_sources
+from numaemu.patching.stop_machine import stop_round
+from numaemu.patching.text_poke_bp import publish_descriptor
 from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, text_segment_size
 from numaemu.runtime.faults import (
     Fault,
@@ -366,7 +369,7 @@ def test_a_module_load_half_done_is_undone(rigs) -> None:
     ms = r.t.module_sites(slot)
     first = int(r.t.offset[ms[0]])
     r.k.lock(r.locks.module)  # held (owner recorded) when it died
-    source._load(slot)
+    module_source.load(source, slot)
     assert r.st.site_live[ms].all()
     r.st.node_set(0, "module_op", slot + 1)  # as if it died before the journal was cleared
     r.copies.write(r.master, r.mem, np.arange(first, first + 8), np.arange(8, dtype=np.uint8))
@@ -389,3 +392,42 @@ def test_locks_of_the_living_are_left_alone(rigs) -> None:
     locks.ftrace.release()
     st.lock_owner[:] = 0
     assert r.all_free()
+
+
+def test_a_round_a_living_node_is_applying_is_left_to_it(rigs) -> None:
+    # A CI hang (issue 16): node 1, the round's patcher, counted in and died; node 0, its last
+    # arrival, was parked half-way through the patch function. The repair completed the round,
+    # so the replacement raised the next one and counted in, and node 0, resuming, zeroed that
+    # count on its way out: both then waited 30 s for a release. Now the round is left to node 0.
+    r = rigs("stop_machine")
+    t = r.t
+    seg = Segment.create(segment_name("txt", new_token()), text_segment_size(2, len(t), r.image.n_keys, 2))
+    st = TextState(seg, 2, len(t), r.image.n_keys, 2)
+    plan = plan_sources("static_keys", t, r.image.n_keys)
+    repairs: list[dict] = []
+    next_patcher_would_wait: list[bool] = []
+
+    def parked() -> None:  # node 0, parked mid-write: the coordinator repairs for node 1
+        if not repairs:
+            repairs.append(repair_text(st, t, r.copies, r.master, r.mem, plan, r.locks, [1])[1])
+            next_patcher_would_wait.append(st.get("stop_released") < st.get("stop_seq"))
+
+    try:
+        kernels = [NodeKernel(n, 2, st, r.copies, r.master, r.mem, t, r.locks, protocol="stop_machine", bug=None,
+                              shared_core=False, flush=lambda: None, check_alive=parked if n == 0 else lambda: None)
+                   for n in range(2)]
+        kernels[0].text.text_poke_ns = 1  # written chunk by chunk, with a check (a park) between
+        sites = np.flatnonzero(t.length[: t.n_jump] == 5)[:64]
+        publish_descriptor(kernels[1], sites, t.enc[sites, 1], live=False)
+        seq = st.add("stop_seq")
+        st.add("stop_arrived")  # node 1 counted in, then died
+        stop_round(kernels[0], seq)  # node 0: the last arrival, so the one that patches
+        (rep,) = repairs
+        assert rep["stop_machine_round_left_to_node"] == 0 and "stop_machine_round_completed" not in rep
+        assert rep["copies_equal_master"] and next_patcher_would_wait == [True]
+        assert st.get("stop_released") == seq and st.get("stop_arrived") == 0 and st.node_get(0, "stop_ack") == seq
+        assert r.holds(sites, 1) and r.all_equal()
+    finally:
+        st.release()
+        seg.close()
+        seg.unlink()

@@ -168,9 +168,12 @@ def test_run_recover_replaces_the_node_and_verifies(no_leaks, tmp_path, fault, p
 
 @pytest.mark.parametrize(("fault", "extra", "where"), [
     ("1:int3_sync", (), "inside a text_poke_bp sync"),
-    ("0:int3_sync:4", ("--source", "static_keys"), "inside a text_poke_bp sync"),
-    # static_keys: the round is what is tested (with mixed, one CI run in three of this session
-    # hung 30 s in a replacement's stop_machine release: see the issue 16 note)
+    # Node 0's 2nd patch call: on the timeline a static-key call takes 0.1-0.3 s of wall time,
+    # and in 1 s node 0 made 3 calls in 2 runs of 15 (its 4th, once asked for, never came).
+    ("0:int3_sync:2", ("--source", "static_keys", "--duration", "3"), "inside a text_poke_bp sync"),
+    # static_keys: the round is what is tested. A replacement's round once hung 30 s here, one
+    # run in ten: the repair released a round a living node was still applying
+    # (test_recovery.test_a_round_a_living_node_is_applying_is_left_to_it).
     ("1:stop_machine:3", ("--protocol", "stop_machine", "--source", "static_keys"), "inside a stop_machine rendezvous"),
     # Node 0's 3rd turn of the run loop: on the timeline (issue 16) a patch operation takes
     # 0.2-1 s of wall time and the node patches nearly back to back (it missed a 200th turn in
@@ -189,7 +192,8 @@ def test_stress_recover_finishes_the_dead_nodes_patch(no_leaks, tmp_path, fault,
     if where == "inside a text_poke_bp sync":  # the patcher died mid-patch: its patch was finished for it
         assert r["repair"]["sites_rolled_forward"] > 0 and "text_mutex" in r["repair"]["locks_released"]
     if where == "inside a stop_machine rendezvous":  # counted in, then died: the round was completed
-        assert "stop_machine_round_completed" in r["repair"] or r["repair"].get("sites_rolled_forward")
+        repair = r["repair"]
+        assert {"stop_machine_round_completed", "stop_machine_round_left_to_node"} & set(repair) or repair.get("sites_rolled_forward")
     assert "OK: nothing violated (1 node(s) recovered" in proc.stdout
 
 

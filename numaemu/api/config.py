@@ -24,7 +24,7 @@ from numaemu.model.image import ARCHES
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
 from numaemu.model.protocol_spec import ProtocolSpec, load_protocol
-from numaemu.model.timeline import TIMELINE_PARAMETERS
+from numaemu.model.timeline import TIMELINE_PARAMETERS, setting_error
 from numaemu.model.workloads import check_workload
 from numaemu.patching.protocols import BUGS, INT3_FIXES, PROTOCOLS
 from numaemu.patching.reader import IFETCH
@@ -199,8 +199,8 @@ class StressConfig(MachineConfig):
         params.choice(self.ifetch, IFETCH, "--ifetch")
         for name, value in self.timeline:
             params.choice(name, TIMELINE_PARAMETERS, "--timeline")
-            if not (isinstance(value, int | float) and value >= 0) or (name == "site_ns" and not value > 0):
-                raise UsageError("--timeline", f"{name} must be a number of ns >= 0{' (> 0 for site_ns)' if name == 'site_ns' else ''}, got {value!r}")
+            if why := setting_error(name, value):
+                raise UsageError("--timeline", why)
         if not all(isinstance(op, PatchOp) for op in self.script):
             raise UsageError("ops", "each operation must be a numaemu.PatchOp")
         if self.protocol is not None and self.protocol not in PROTOCOLS:

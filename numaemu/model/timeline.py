@@ -66,6 +66,16 @@ _SOURCES = {
 TIMELINE_PARAMETERS = tuple(_SOURCES)  # what --timeline NAME=NS can set
 
 
+def setting_error(name: str, value: object) -> str | None:
+    """Why `value` cannot be the timeline cost `name` (None: it can). A cost is a number of
+    emulated ns >= 0; the site step must be > 0, as every other cost is counted against it."""
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0):
+        return f"{name} must be a number of ns >= 0, got {value!r}"
+    if name == "site_ns" and not value > 0:
+        return f"site_ns must be > 0, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class Timeline:
     """Every actor's step in emulated ns, and the scale (wall ns per emulated ns; 0: not yet
@@ -85,11 +95,8 @@ class Timeline:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name != "arch" and not (isinstance(v, int | float) and v >= 0):
-                raise ValueError(f"timeline {f.name} must be a number >= 0, got {v!r}")
-        if self.site_ns <= 0:
-            raise ValueError("timeline site_ns must be > 0")
+            if f.name != "arch" and (why := setting_error(f.name, getattr(self, f.name))):
+                raise ValueError(f"timeline {why}")
 
     def wall_ns(self, emulated_ns: float) -> int:
         """The wall time of an emulated duration at this timeline's scale."""

@@ -24,7 +24,7 @@ from numaemu.host.fence import fence
 from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import SiteTable
 from numaemu.model.timeline import Timeline
-from numaemu.patching import data_protocol, nosync, stop_machine, text_poke, text_poke_bp
+from numaemu.patching import copy_check, data_protocol, nosync, stop_machine, text_poke, text_poke_bp
 from numaemu.patching.protocols import (
     SMALL_SITES,
     SPIN_TRIES,
@@ -344,7 +344,7 @@ class NodeKernel:
         """The call under text_mutex: verify, patch batch by batch, commit; return the sites
         patched (those whose old bytes were as expected)."""
         self.step("verifying the old bytes")
-        ok = self._verify_old(sites, old_states)
+        ok = copy_check.verify_old(self, sites, old_states)
         if not ok.all():
             self._intend(sites[~ok], None)  # not patched: nothing for a recovery to finish
         sites, new_states = sites[ok], new_states[ok]
@@ -361,7 +361,7 @@ class NodeKernel:
             self._bump(sites)  # even: the call has returned
             st.add("patch_calls")
             self.step("checking every copy")
-            self._check_copies(sites)
+            copy_check.check_copies(self, sites)
         self.step("none")
         return sites
 
@@ -372,48 +372,3 @@ class NodeKernel:
                 q[s] += 1
         else:
             self.st.site_seq[sites] += 1
-
-    def _check_copies(self, sites: np.ndarray) -> None:
-        """After the call: every copy of the patched sites equals the master."""
-        t, st, mv = self.sites, self.st, self.text
-        if len(sites) <= SMALL_SITES:  # compare just the sites' bytes
-            for s in sites.tolist():
-                o, L = int(t.offset[s]), int(t.length[s])
-                ref = mv.master_mv[o : o + L]
-                for copy, tgt in enumerate(self.copies.targets_of(o)):
-                    if mv.mem_mv[tgt : tgt + L] != ref:
-                        st.record_failure(self.node, -1 - o // 4096, b"", bytes([copy]))
-            return
-        # Every byte of every patched site, in every copy (the whole copies are compared with
-        # the master at the end of a run).
-        lens = t.length[sites].astype(np.int64)
-        offs = np.repeat(t.offset[sites], lens) + byte_ranges(lens)
-        ref = self.master[offs]
-        for copy, row in enumerate(self.copies.targets(offs)):
-            held = row >= 0
-            for o in offs[held][self.mem[row[held]] != ref[held]][:1]:
-                st.record_failure(self.node, -1 - int(o) // 4096, b"", bytes([copy]))
-
-    def _verify_old(self, sites: np.ndarray, old_states: np.ndarray) -> np.ndarray:
-        t = self.sites
-        if len(sites) <= SMALL_SITES:
-            ok = np.ones(len(sites), dtype=bool)
-            for i, (s, old) in enumerate(zip(sites.tolist(), old_states.tolist(), strict=True)):
-                o, L = int(t.offset[s]), int(t.length[s])
-                want = t.enc[s, old, :L].tobytes()
-                found = self.text.master_mv[o : o + L].tobytes()
-                if found != want:  # "unexpected op": the kernel BUG()s here
-                    ok[i] = False
-                    self.st.record_failure(self.node, s, want, found)
-                    self.unexpected += 1
-            return ok
-        cur = t.read(self.master, sites)
-        ok = t.holds(sites, old_states, cur)
-        bad = np.flatnonzero(~ok)
-        for i in bad[:8]:  # "unexpected op": the kernel BUG()s here; log the first few
-            s, L = int(sites[i]), int(t.length[sites[i]])
-            self.st.record_failure(self.node, s, t.encoding(s, int(old_states[i])), bytes(cur[i, :L]))
-        if len(bad) > 8:
-            self.st.add("failures", len(bad) - 8)  # counted, not logged
-        self.unexpected += int(np.count_nonzero(~ok))
-        return ok

@@ -16,20 +16,17 @@ from collections.abc import Callable
 import numpy as np
 
 from numaemu.host.clock import spin
-from numaemu.host.fence import fence
-from numaemu.model.image import MODULE_SLOT_BYTES
 from numaemu.model.sites import (
     FTRACE_BPF,
     FTRACE_CALLER,
     FTRACE_KLP,
     FTRACE_OFF,
-    KIND_ALT,
     KIND_FTRACE,
-    KIND_JUMP,
     KPROBE_ARMED,
     KPROBE_OPTIMIZED,
     KPROBE_ORIG,
 )
+from numaemu.patching import module_source
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.protocols import WAIT_TIMEOUT_S, PatchTimeout
 from numaemu.patching.sources import (
@@ -44,7 +41,6 @@ from numaemu.patching.sources import (
     PatchOp,
     SourcePlan,
     shared_state,
-    slot_fill,
 )
 from numaemu.patching.textmem import TextState
 
@@ -233,9 +229,9 @@ class NodeSource:
         """synchronize_rcu_tasks(): wait until every task has passed a voluntary context switch
         (a request boundary not spent preempted inside a trampoline, ``task_qs``)."""
         snap = self.st.task_qs.copy()
-        self._wait_tasks(lambda: self.st.task_qs > snap, "an RCU-tasks grace period")
+        self.wait_tasks(lambda: self.st.task_qs > snap, "an RCU-tasks grace period")
 
-    def _wait_tasks(self, done: Callable[[], np.ndarray], what: str) -> None:
+    def wait_tasks(self, done: Callable[[], np.ndarray], what: str) -> None:
         """Wait until `done()` is true of every task (an array over tasks), running this node's
         own tasks meanwhile, as the waiting task would sleep and let them run. Tasks a node that
         has finished holds have left every trampoline and module (`ReaderTasks.drain`)."""
@@ -328,94 +324,13 @@ class NodeSource:
                 with self.k.holding(self.k.locks.ftrace):
                     self._patch_all(sites, FTRACE_KLP, FTRACE_OFF)
 
-    # -- modules -----------------------------------------------------------------------------
+    # -- modules (module_source.py) ---------------------------------------------------------
 
     def _module(self) -> None:
-        """Load a module into a free slot, or unload a loaded one (kernel/module/main.c)."""
-        t = self.k.sites
-        if t.module_slots == 0:
-            return
-        locks = self.k.locks
-        # Lock order: module -> jump_label -> ftrace (-> text_mutex inside a patch).
-        with self.k.holding(locks.module), self.k.holding(locks.jump_label), self.k.holding(locks.ftrace):
-            live = [bool(self.st.site_live[t.module_sites(s)[0]]) for s in range(t.module_slots)]
-            free = [s for s in range(t.module_slots) if not live[s]]
-            loaded = [s for s in range(t.module_slots) if live[s]]
-            if free and (not loaded or self.rng.random() < 0.5):
-                self._load(free[int(self.rng.integers(len(free)))])
-            else:
-                self._unload(loaded[int(self.rng.integers(len(loaded)))])
+        module_source.step(self)
 
     def _module_op(self, load: bool) -> None:
-        """Load a module into the first free slot, or unload the first loaded one."""
-        t, locks = self.k.sites, self.k.locks
-        with self.k.holding(locks.module), self.k.holding(locks.jump_label), self.k.holding(locks.ftrace):
-            live = [bool(self.st.site_live[t.module_sites(s)[0]]) for s in range(t.module_slots)]
-            slots = [s for s in range(t.module_slots) if live[s] != load]
-            if slots:
-                (self._load if load else self._unload)(slots[0])
-
-    def _slot_range(self, slot: int) -> np.ndarray:
-        first = int(self.k.sites.offset[self.k.sites.module_sites(slot)[0]])
-        return np.arange(first, first + MODULE_SLOT_BYTES, dtype=np.int64)
-
-    def _load(self, slot: int) -> None:
-        t, st = self.k.sites, self.st
-        # Journaled: a node killed half-way through a load or an unload leaves the slot for a
-        # recovery to unload cleanly (recovery.repair_text), as a failed load_module() frees it.
-        st.node_set(self.k.node, "module_op", slot + 1)
-        gen = st.add("module_gen")
-        sites = t.module_sites(slot)
-        body = np.random.default_rng([gen, slot, 0x6D6F64]).integers(0, 256, MODULE_SLOT_BYTES, dtype=np.uint8)
-        base = int(t.offset[sites[0]])
-        # Its sites start as the rest of the kernel is now: traced if every function is traced,
-        # jump labels as their keys are (ftrace_module_enable, jump_label_add_module).
-        states = np.zeros(len(sites), dtype=np.int64)
-        kinds = t.kind[sites]
-        if st.get("ftrace_all") == 1:
-            states[kinds == KIND_FTRACE] = FTRACE_CALLER
-        keys = self.plan.module_jump_key[self.plan.module_sites.searchsorted(sites)]
-        jump = kinds == KIND_JUMP
-        counts = st.key_count[self.plan.keys[np.maximum(keys, 0)]] if len(self.plan.keys) else np.zeros(len(sites))
-        states[jump & (keys >= 0)] = (counts[jump & (keys >= 0)] > 0).astype(np.int64)
-        for s, state in zip(sites, states, strict=True):  # alternatives are still their NOP placeholder here
-            o, L = int(t.offset[s]) - base, int(t.length[s])
-            body[o : o + L] = t.enc[s, state, :L]
-        # Alternatives are applied to the new text before it is live (apply_alternatives()).
-        for s in sites[kinds == KIND_ALT]:
-            o, L = int(t.offset[s]) - base, int(t.length[s])
-            body[o : o + L] = t.enc[s, 1, :L]
-        states[kinds == KIND_ALT] = 1
-        self._write_slot(slot, body)
-        self.module_loads += 1
-        st.site_state[sites] = states
-        st.slot_gen[slot] = gen
-        st.site_live[sites] = 1
-        st.node_set(self.k.node, "module_op", 0)
-
-    def _unload(self, slot: int) -> None:
-        sites = self.k.sites.module_sites(slot)
-        self.st.node_set(self.k.node, "module_op", slot + 1)
-        self.st.site_live[sites] = 0  # MODULE_STATE_GOING: no task enters it from now on
-        fence()  # going before the tasks' references are read (pairs with try_module_get's fence)
-        if self.k.bug != "module-unload-running":
-            # delete_module waits for the module's references to drop (a task running its code
-            # holds one: try_module_get), here: every task preempted inside it to leave.
-            code = int(self.st.slot_gen[slot]) * 1024 + slot + 1
-            self._wait_tasks(lambda: self.st.task_mod != code, f"the tasks inside module slot {slot} to leave")
-        self.st.slot_gen[slot] = 0
-        self._write_slot(slot, np.full(MODULE_SLOT_BYTES, slot_fill(self.k.sites.arch), dtype=np.uint8))
-        self.module_unloads += 1
-        self.st.node_set(self.k.node, "module_op", 0)
-
-    def _write_slot(self, slot: int, body: np.ndarray) -> None:
-        """Write a module slot in the master and every copy, then sync, so that no node still
-        runs (or holds prefetched) the slot's old contents."""
-        k = self.k
-        with k.holding(k.locks.text_mutex):
-            k.sync()  # nobody is mid-way through a batch that chose the slot's sites
-            k.copies.write(k.master, k.mem, self._slot_range(slot), body, k.st.line_gen)
-            k.sync()  # and nobody holds its old lines
+        module_source.op(self, load)
 
     def finish(self) -> None:
         """Drop every static-key reference this node holds (its predecessor's too, if it

@@ -249,7 +249,7 @@ class ReaderTasks:
 
     def drain(self) -> None:
         """After the run, a task that migrated here leaves what it was in, as `leave_all`, and
-        stays: a finished node runs no more requests (node_source._wait_tasks counts a task a
+        stays: a finished node runs no more requests (node_source.wait_tasks counts a task a
         finished node holds as having left)."""
         while self._pop():
             t = self.held[-1]

@@ -23,7 +23,9 @@ nodes finished what they started, before their replacements fill their copies fr
    (kernel/stop_machine.c). An operation not yet committed is dropped: it had changed nothing.
    A module load or unload in progress is undone: the slot is emptied and not live.
 3. **The protocols' shared state** (`reset_protocols`): a stop_machine round in progress is
-   completed (its descriptor applied, then released), a text_poke_bp descriptor of a dead patcher
+   completed (its descriptor applied, then released; if a living node was half-way through
+   applying it, the round is left to that node to release, and the next patcher waits for
+   that in `text_poke_bp.publish_descriptor`), a text_poke_bp descriptor of a dead patcher
    is dropped (its INT3s are gone: step 2 wrote the new bytes), every node's sync and round
    acknowledgements are brought up to date (every living node resynchronises when it resumes,
    which makes that true), and a dead node's INT3-handler references and its
@@ -52,7 +54,7 @@ import numpy as np
 
 from numaemu.model.image import MODULE_SLOT_BYTES
 from numaemu.model.sites import SiteTable
-from numaemu.patching.protocols import Locks
+from numaemu.patching.protocols import STEPS, Locks
 from numaemu.patching.sources import SourcePlan, slot_fill
 from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, byte_ranges
 
@@ -149,17 +151,31 @@ def reset_protocols(st: TextState, sites: SiteTable, copies: TextCopies, master:
     """Step 3 of the module docstring; returns what was done."""
     out: dict[str, int] = {}
     stop_seq = st.get("stop_seq")
+    applying = STEPS.index("stop_machine: patching every copy")
+    applier = [n for n in range(n_nodes) if n not in dead and st.node_get(n, "step") == applying]
     if st.get("stop_released") < stop_seq:
-        # A round in progress: do what its last arrival does, then release it.
+        # A round in progress: do what its last arrival does (apply the descriptor)...
         n = st.get("desc_count")
         if n:
             lens = sites.length[st.desc_site[:n].astype(np.int64)].astype(np.int64)
             offs = np.repeat(st.desc_offset[:n], lens) + byte_ranges(lens)
             vals = st.desc_new[:n][np.repeat(np.arange(n), lens), byte_ranges(lens)]
             copies.write(master, mem, offs, vals, st.line_gen)
-        st.set("stop_released", stop_seq)
-        out["stop_machine_round_completed"] = int(stop_seq)
-    st.set("stop_arrived", 0)
+        if applier:
+            # ...but a living node is half-way through the round's patch function: it finishes
+            # and releases the round when it resumes, writing the same bytes again. Released
+            # here, that node would, resuming, reset the count of the next round (and read a
+            # descriptor the next patcher had rewritten). Every node that takes part has
+            # counted in by now (under early-master the applier waits for that).
+            st.set("stop_arrived", n_nodes)
+            out["stop_machine_round_left_to_node"] = applier[0]
+        else:
+            # ...and release it.
+            st.set("stop_released", stop_seq)
+            st.set("stop_arrived", 0)
+            out["stop_machine_round_completed"] = int(stop_seq)
+    else:
+        st.set("stop_arrived", 0)
     if dead_held_text_mutex:
         st.set("desc_live", 0)
         if st.get("desc_gen") % 2:

@@ -20,7 +20,7 @@ import numpy as np
 
 from numaemu.host.clock import spin
 from numaemu.host.fence import fence
-from numaemu.patching.protocols import SMALL_SITES, W_STOP
+from numaemu.patching.protocols import SMALL_SITES, STEPS, W_STOP, PatchTimeout
 from numaemu.patching.text_poke_bp import publish_descriptor
 from numaemu.patching.textmem import byte_ranges
 
@@ -66,13 +66,27 @@ def stop_round(k: NodeKernel, seq: int) -> None:
                 st.set("stop_arrived", 0)
                 st.set("stop_released", seq)
             else:
-                k.wait_for(lambda: st.get("stop_released") >= seq, "stop_machine release", service=False)
+                try:
+                    k.wait_for(lambda: st.get("stop_released") >= seq, "stop_machine release", service=False)
+                except PatchTimeout as exc:
+                    raise PatchTimeout(f"{exc} of round {seq} ({_round_state(k)})") from None
         if k.bug != "no-sync":
             k.flush()  # resynchronise: nothing prefetched before the patch survives
         st.node_set(k.node, "stop_ack", seq)
     finally:
         st.node_set(k.node, "step", prev_step)
         k.mark(prev)
+
+
+def _round_state(k: NodeKernel) -> str:
+    """The rendezvous as the header holds it, and each node's step: what a timed-out wait names."""
+    st = k.st
+    def step(n: int) -> str:
+        i = st.node_get(n, "step")
+        return STEPS[i] if i < len(STEPS) else f"protocol step {i}"
+
+    nodes = "; ".join(f"node {n}: left round {st.node_get(n, 'stop_ack')}, at '{step(n)}'" for n in range(k.n_nodes))
+    return f"rounds requested {st.get('stop_seq')}, released {st.get('stop_released')}, {st.get('stop_arrived')} of {k.n_nodes} counted in; {nodes}"
 
 
 def apply_descriptor(k: NodeKernel) -> None:

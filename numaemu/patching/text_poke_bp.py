@@ -44,6 +44,11 @@ def publish_descriptor(k: NodeKernel, sites: np.ndarray, new: np.ndarray, live: 
     take the patcher's reference (``desc_live``; not with `live` False: stop_machine's patch
     function reads the same record, but sets no bp_desc for an INT3 handler to find)."""
     st = k.st
+    # One record, one round at a time. text_mutex, held through every round, makes this wait
+    # empty, except after a recovery that left a round to the living node applying it (the
+    # dead node was its patcher: recovery.reset_protocols): the next patcher, free to take the
+    # dead one's text_mutex, must not rewrite the record that node still reads.
+    k.wait_for(lambda: st.get("stop_released") >= st.get("stop_seq"), "the previous stop_machine round")
     st.add("desc_gen")  # odd: being written
     fence()
     n = len(sites)
