@@ -62,7 +62,7 @@ class _State:
     """The header, node and descriptor fields poke_int3_handler uses, in process memory."""
 
     def __init__(self) -> None:
-        self.h = {"desc_gen": 0, "desc_live": 0, "desc_count": 0}
+        self.h = {"desc_gen": 0, "desc_live": 0, "desc_count": 0, "stop_seq": 0, "stop_released": 0}
         self.in_int3 = [0, 0]
         self.desc_offset = np.zeros(256, np.int64)
         self.desc_site = np.zeros(256, np.int64)
@@ -88,6 +88,9 @@ class _State:
 class _Kernel:
     def __init__(self, st: _State, sites) -> None:
         self.st, self.sites = st, sites
+
+    def wait_for(self, cond, what: str, service: bool = True) -> None:
+        assert cond(), what  # one process: nothing to wait for (no stop_machine round is open)
 
 
 @pytest.fixture(scope="module")
