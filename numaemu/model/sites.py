@@ -112,6 +112,11 @@ class SiteTable:
         idx = np.arange(self.n_core + slot * per, self.n_core + (slot + 1) * per)
         return idx if kind is None else idx[self.kind[idx] == kind]
 
+    def module_span(self, slot: int) -> Intp:
+        """The text offsets of module slot `slot`'s bytes (its sites start at its first byte)."""
+        first = int(self.offset[self.module_sites(slot)[0]])
+        return np.arange(first, first + MODULE_SLOT_BYTES, dtype=np.int64)
+
     def encoding(self, site: int, state: int) -> bytes:
         return bytes(self.enc[site, state, : self.length[site]])
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from numaemu.model.protocol_spec import ProtocolSpec, Step
 from numaemu.model.sites import INT3
+from numaemu.patching.protocols import STEPS
 from numaemu.patching.text_poke import TextPoke
 from numaemu.patching.text_poke_bp import publish_descriptor, release_descriptor
 from numaemu.patching.textmem import TextCopies, byte_ranges
@@ -24,7 +25,7 @@ from numaemu.patching.textmem import TextCopies, byte_ranges
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel
 
-__all__ = ["DATA_STEP", "data_protocol_batch", "step_name"]
+__all__ = ["DATA_STEP", "data_protocol_batch", "node_step_name", "step_name"]
 
 DATA_STEP = 100  # a node's ``step`` at or above this is a data protocol's step (index - DATA_STEP)
 
@@ -34,6 +35,12 @@ def step_name(spec: ProtocolSpec | None, index: int) -> str:
     if spec is None or not 0 <= index < len(spec.steps):
         return f"data protocol step {index + 1}"
     return f"{spec.name}: {spec.steps[index].describe(index)}"
+
+
+def node_step_name(spec: ProtocolSpec | None, index: int) -> str:
+    """A node's published ``step`` by name: a kernel protocol's (protocols.STEPS), or from
+    DATA_STEP on, a data protocol's."""
+    return STEPS[index] if index < DATA_STEP else step_name(spec, index - DATA_STEP)
 
 
 def _poke_for(k: NodeKernel, copies: str) -> TextPoke:

@@ -52,11 +52,6 @@ def op(src: NodeSource, loading: bool) -> None:
             (load if loading else unload)(src, slots[0])
 
 
-def _slot_range(k: NodeKernel, slot: int) -> np.ndarray:
-    first = int(k.sites.offset[k.sites.module_sites(slot)[0]])
-    return np.arange(first, first + MODULE_SLOT_BYTES, dtype=np.int64)
-
-
 def load(src: NodeSource, slot: int) -> None:
     t, st = src.k.sites, src.st
     # Journaled: a node killed half-way through a load or an unload leaves the slot for a
@@ -113,5 +108,5 @@ def _write_slot(k: NodeKernel, slot: int, body: np.ndarray) -> None:
     runs (or holds prefetched) the slot's old contents."""
     with k.holding(k.locks.text_mutex):
         k.sync()  # nobody is mid-way through a batch that chose the slot's sites
-        k.copies.write(k.master, k.mem, _slot_range(k, slot), body, k.st.line_gen)
+        k.copies.write(k.master, k.mem, k.sites.module_span(slot), body, k.st.line_gen)
         k.sync()  # and nobody holds its old lines

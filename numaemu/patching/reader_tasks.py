@@ -17,9 +17,8 @@ import numpy as np
 from numaemu.host.clock import spin
 from numaemu.host.fence import fence
 from numaemu.model.sites import FTRACE_BPF, FTRACE_KLP, MODULE_FUNCS, SITES_PER_MODULE_FUNC, SiteTable
-from numaemu.patching.data_protocol import DATA_STEP, step_name
+from numaemu.patching.data_protocol import node_step_name
 from numaemu.patching.node_source import NodeSource
-from numaemu.patching.protocols import STEPS
 from numaemu.patching.reader import Observation, Reader, check_batch, check_order
 from numaemu.patching.sources import IPMODIFY
 from numaemu.patching.textmem import TextState
@@ -328,9 +327,6 @@ class ReaderTasks:
             self._stop_at(found[0].to_json() if found else self.examples[-1], t)
         return bad
 
-    def _step_name(self, index: int) -> str:
-        return STEPS[index] if index < DATA_STEP else step_name(self.cfg.protocol_spec, index - DATA_STEP)
-
     def _stop_at(self, example: dict[str, Any], task: int) -> None:
         """Record the first violation in full (where every node's patch call was, when on the
         timeline) and tell every node to stop (the header's ``first_at_ns``)."""
@@ -338,7 +334,7 @@ class ReaderTasks:
         self.first = {
             **example, "task": task,
             "emulated_us": round((now - self.start_ns) / self.scale / 1e3, 3),
-            "steps": {n: self._step_name(int(st.nodes["step"][n])) for n in range(self.cfg.n_nodes)},
+            "steps": {n: node_step_name(self.cfg.protocol_spec, int(st.nodes["step"][n])) for n in range(self.cfg.n_nodes)},
         }
         if not st.get("first_at_ns"):
             st.set("first_at_ns", now)

@@ -52,10 +52,10 @@ from typing import Any
 
 import numpy as np
 
-from numaemu.model.image import MODULE_SLOT_BYTES
 from numaemu.model.sites import SiteTable
 from numaemu.patching.protocols import STEPS, Locks
 from numaemu.patching.sources import SourcePlan, slot_fill
+from numaemu.patching.text_poke_bp import descriptor_bytes
 from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, byte_ranges
 
 __all__ = ["repair_text", "release_locks", "finish_operation", "reset_protocols"]
@@ -139,8 +139,7 @@ def finish_operation(st: TextState, sites: SiteTable, copies: TextCopies, master
         ms = sites.module_sites(slot - 1)
         st.site_live[ms] = 0
         st.slot_gen[slot - 1] = 0  # freed: a task still inside it would find it gone
-        first = int(sites.offset[ms[0]])
-        span = np.arange(first, first + MODULE_SLOT_BYTES, dtype=np.int64)
+        span = sites.module_span(slot - 1)
         copies.write(master, mem, span, np.full(len(span), slot_fill(sites.arch), dtype=np.uint8), st.line_gen)
         st.node_set(node, "module_op", 0)
         out["module_slot_emptied"] = slot - 1
@@ -151,31 +150,27 @@ def reset_protocols(st: TextState, sites: SiteTable, copies: TextCopies, master:
     """Step 3 of the module docstring; returns what was done."""
     out: dict[str, int] = {}
     stop_seq = st.get("stop_seq")
-    applying = STEPS.index("stop_machine: patching every copy")
-    applier = [n for n in range(n_nodes) if n not in dead and st.node_get(n, "step") == applying]
+    applier = None
     if st.get("stop_released") < stop_seq:
         # A round in progress: do what its last arrival does (apply the descriptor)...
-        n = st.get("desc_count")
-        if n:
-            lens = sites.length[st.desc_site[:n].astype(np.int64)].astype(np.int64)
-            offs = np.repeat(st.desc_offset[:n], lens) + byte_ranges(lens)
-            vals = st.desc_new[:n][np.repeat(np.arange(n), lens), byte_ranges(lens)]
+        if st.get("desc_count"):
+            offs, vals, _ = descriptor_bytes(st, sites)
             copies.write(master, mem, offs, vals, st.line_gen)
-        if applier:
-            # ...but a living node is half-way through the round's patch function: it finishes
-            # and releases the round when it resumes, writing the same bytes again. Released
-            # here, that node would, resuming, reset the count of the next round (and read a
-            # descriptor the next patcher had rewritten). Every node that takes part has
-            # counted in by now (under early-master the applier waits for that).
-            st.set("stop_arrived", n_nodes)
-            out["stop_machine_round_left_to_node"] = applier[0]
-        else:
-            # ...and release it.
+        applying = STEPS.index("stop_machine: patching every copy")
+        applier = next((n for n in range(n_nodes) if n not in dead and st.node_get(n, "step") == applying), None)
+        if applier is None:  # ...and release it
             st.set("stop_released", stop_seq)
-            st.set("stop_arrived", 0)
             out["stop_machine_round_completed"] = int(stop_seq)
-    else:
+    if applier is None:
         st.set("stop_arrived", 0)
+    else:
+        # ...unless a living node is half-way through the round's patch function: it finishes
+        # and releases the round when it resumes, writing the same bytes again. Released here,
+        # that node would, resuming, reset the count of the next round (and read a descriptor
+        # the next patcher had rewritten). Every node that takes part has counted in by now
+        # (under early-master the applier waits for that).
+        st.set("stop_arrived", n_nodes)
+        out["stop_machine_round_left_to_node"] = applier
     if dead_held_text_mutex:
         st.set("desc_live", 0)
         if st.get("desc_gen") % 2:

@@ -20,9 +20,9 @@ import numpy as np
 
 from numaemu.host.clock import spin
 from numaemu.host.fence import fence
-from numaemu.patching.protocols import SMALL_SITES, STEPS, W_STOP, PatchTimeout
-from numaemu.patching.text_poke_bp import publish_descriptor
-from numaemu.patching.textmem import byte_ranges
+from numaemu.patching.data_protocol import node_step_name
+from numaemu.patching.protocols import SMALL_SITES, W_STOP, PatchTimeout
+from numaemu.patching.text_poke_bp import descriptor_bytes, publish_descriptor
 
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel
@@ -81,11 +81,8 @@ def stop_round(k: NodeKernel, seq: int) -> None:
 def _round_state(k: NodeKernel) -> str:
     """The rendezvous as the header holds it, and each node's step: what a timed-out wait names."""
     st = k.st
-    def step(n: int) -> str:
-        i = st.node_get(n, "step")
-        return STEPS[i] if i < len(STEPS) else f"protocol step {i}"
-
-    nodes = "; ".join(f"node {n}: left round {st.node_get(n, 'stop_ack')}, at '{step(n)}'" for n in range(k.n_nodes))
+    nodes = "; ".join(f"node {n}: left round {st.node_get(n, 'stop_ack')}, at '{node_step_name(k.data_protocol, st.node_get(n, 'step'))}'"
+                      for n in range(k.n_nodes))
     return f"rounds requested {st.get('stop_seq')}, released {st.get('stop_released')}, {st.get('stop_arrived')} of {k.n_nodes} counted in; {nodes}"
 
 
@@ -115,9 +112,4 @@ def _apply(k: NodeKernel) -> None:
             k.text.write_site(o, st.desc_new[i, : k.sites.length[s]].tobytes())
         k.text.charge(n, t0)
         return
-    sites = st.desc_site[:n]
-    lens = k.sites.length[sites].astype(np.int64)
-    owner = np.repeat(np.arange(n), lens)
-    offs = np.repeat(st.desc_offset[:n], lens) + byte_ranges(lens)
-    vals = st.desc_new[:n][owner, byte_ranges(lens)]
-    k.text.poke(offs, vals, owner)
+    k.text.poke(*descriptor_bytes(st, k.sites))

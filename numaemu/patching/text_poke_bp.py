@@ -34,7 +34,7 @@ from numaemu.patching.textmem import TextState, byte_ranges
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel
 
-__all__ = ["POISON_FREE", "publish_descriptor", "text_poke_bp_batch", "release_descriptor", "poison_descriptor", "poke_int3_handler"]
+__all__ = ["POISON_FREE", "descriptor_bytes", "publish_descriptor", "text_poke_bp_batch", "release_descriptor", "poison_descriptor", "poke_int3_handler"]
 
 POISON_FREE = 0x6B  # include/linux/poison.h
 
@@ -60,6 +60,16 @@ def publish_descriptor(k: NodeKernel, sites: np.ndarray, new: np.ndarray, live: 
     st.add("desc_gen")  # even: complete
     if live:
         st.set("desc_live", 1)
+
+
+def descriptor_bytes(st: TextState, sites: SiteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every byte of every entry's whole new instruction: (text offsets, values, entry of each
+    byte), what stop_machine's patch function writes (and a recovery, for a round left open)."""
+    n = st.get("desc_count")
+    lens = sites.length[st.desc_site[:n].astype(np.int64)].astype(np.int64)
+    owner = np.repeat(np.arange(n), lens)
+    offs = np.repeat(st.desc_offset[:n], lens) + byte_ranges(lens)
+    return offs, st.desc_new[:n][owner, byte_ranges(lens)], owner
 
 
 def text_poke_bp_batch(k: NodeKernel, sites: np.ndarray, new: np.ndarray) -> None:
