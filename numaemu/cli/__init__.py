@@ -1,4 +1,4 @@
-"""The command line: ``numaemu topology|image|run|stress|bench|plot|compare|calibrate|record``.
+"""The command line: ``numaemu topology|image|run|stress|bench|plot|compare|calibrate|record|check``.
 
 Each command's module parses its options and maps them onto the API (`numaemu.api`), which
 validates them and runs. Bad input raises `UsageError`, which `main` prints as one line
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from numaemu import __version__
-from numaemu.cli import bench, calibrate, inspect, record, run, stress
+from numaemu.cli import bench, calibrate, check, inspect, record, run, stress
 from numaemu.cli.options import Parser
 from numaemu.errors import NodeFailure, UsageError
 from numaemu.measure.baselines import BaselineFailure
@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "topology": inspect.cmd_topology, "image": inspect.cmd_image, "run": run.cmd_run, "stress": stress.cmd_stress,
     "bench": bench.cmd_bench, "compare": bench.cmd_compare, "plot": bench.cmd_plot, "calibrate": calibrate.cmd_calibrate,
-    "record": record.cmd_record,
+    "record": record.cmd_record, "check": check.cmd_check,
 }
 
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_parser(sub)
     bench.add_parsers(sub)
     record.add_parser(sub)
+    check.add_parser(sub)
     return parser
 
 

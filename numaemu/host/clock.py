@@ -37,8 +37,17 @@ SHARED_BUSY_SHARE = 0.25
 SPIN_ONLY_NS = 200_000  # below this remaining wait, spin rather than sleep
 
 
+# ``numaemu check`` (explore/scheduler.py) sets this: every deliberate window (`spin`) is then a
+# point where its scheduler chooses which node runs next, instead of time passing.
+point: Callable[[], None] | None = None
+
+
 def spin(ns: int, clock: Callable[[], int] = time.perf_counter_ns) -> None:
-    """Busy-wait `ns` nanoseconds (for short, deliberate windows; `Pacer` for pacing)."""
+    """Busy-wait `ns` nanoseconds (for short, deliberate windows; `Pacer` for pacing). Under
+    ``numaemu check`` the window is a scheduling point instead (`point`)."""
+    if point is not None:
+        point()
+        return
     end = clock() + ns
     while clock() < end:
         pass

@@ -63,6 +63,13 @@ class ProtocolSpec:
     def uses_int3(self) -> bool:
         return any(s.write == "int3" for s in self.steps)
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The document `protocol_from_mapping` reads back (a counterexample file keeps it)."""
+        steps: list[dict[str, Any]] = [
+            {"write": st.write, "copies": st.copies} if st.write is not None else {"sync": "all", "wait": st.wait} for st in self.steps
+        ]
+        return {"name": self.name, "arch": self.arch, "step": steps}
+
     def check_complete(self) -> str | None:
         """Why the steps cannot patch a site whole (None: they can): the last write of every
         byte must leave the new instruction."""

@@ -121,6 +121,9 @@ class NodeKernel:
         self.data_protocol = data_protocol  # protocol "data": its steps (model/protocol_spec.py)
         self.data_pokes: dict[str, TextPoke] = {}  # its writers into subsets of the copies (data_protocol._poke_for)
         self._due: dict[str, int] = {}  # when the pending sync / stop IPI reaches this node
+        # How long one wait may last (numaemu check: forever, its waits are scheduling points
+        # while it explores other interleavings; a deadlock is found there by its states).
+        self.wait_timeout_s = WAIT_TIMEOUT_S
 
     def step(self, name: str) -> None:
         """Publish the protocol step this node's patch call is at (protocols.STEPS)."""
@@ -162,9 +165,9 @@ class NodeKernel:
             if resumes != self.resumes:  # parked through a recovery: that time was not waiting
                 resumes, deadline = self.resumes, 0.0
             if not deadline:
-                deadline = time.monotonic() + WAIT_TIMEOUT_S
+                deadline = time.monotonic() + self.wait_timeout_s
             elif time.monotonic() > deadline:
-                raise PatchTimeout(f"node {self.node}: waited {WAIT_TIMEOUT_S:.0f} s for {what}")
+                raise PatchTimeout(f"node {self.node}: waited {self.wait_timeout_s:.0f} s for {what}")
             time.sleep(20e-6)
 
     def lock(self, lock: Lock, service: bool = True) -> None:
@@ -173,7 +176,7 @@ class NodeKernel:
         stop_machine round, it only yields). Records itself as the owner (``lock_owner``), so
         a recovery can tell the locks a dead node held from those of the living."""
         if not lock.acquire(False):
-            deadline = time.monotonic() + WAIT_TIMEOUT_S
+            deadline = time.monotonic() + self.wait_timeout_s
             resumes = self.resumes
             while not lock.acquire(False):
                 self.check_alive()
@@ -184,9 +187,9 @@ class NodeKernel:
                         self.safe_point()
                     os.sched_yield()
                 if resumes != self.resumes:
-                    resumes, deadline = self.resumes, time.monotonic() + WAIT_TIMEOUT_S
+                    resumes, deadline = self.resumes, time.monotonic() + self.wait_timeout_s
                 if time.monotonic() > deadline:
-                    raise PatchTimeout(f"node {self.node}: waited {WAIT_TIMEOUT_S:.0f} s for a lock")
+                    raise PatchTimeout(f"node {self.node}: waited {self.wait_timeout_s:.0f} s for a lock")
         # No wait between the acquire and this store (nor between the next two in `holding`):
         # a node is never parked there, which `recovery.release_locks` relies on.
         self.st.owner_q[self._lock_index[id(lock)]] = self.node + 1
