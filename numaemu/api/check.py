@@ -232,7 +232,7 @@ def describe(result: CheckResult) -> str:
         where = ", ".join(f"{k} {d[k]}" for k in ("node", "task", "site", "address") if k in d)
         lines.append(f"violation: {o.failure.kind}" + (f" ({where})" if where else "") + f": {d.get('detail', '')}")
         if "observed" in d and o.failure.kind in ("stale", "torn", "unsynchronized"):
-            lines.append(f"  executed {d['observed']}; the last call that returned left {d.get('expected', '')}")
+            lines.append(f"  executed {d['observed']}" + (f"; the last call that returned left {d['expected']}" if o.failure.kind != "stale" else ""))
         kind = "replayed" if result.replayed else "the shortest counterexample"
         lines.append(f"{kind}: {len(result.steps)} steps ({len(o.choices)} scheduling points)")
         for i, s in enumerate(result.steps, 1):

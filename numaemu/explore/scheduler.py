@@ -118,7 +118,8 @@ class _Run:
             self.system.finish()
 
     def frames(self) -> list[Any]:
-        return [None if g.dead else g.gr_frame for g in self.actors]
+        # A greenlet not yet started has no frame either: it is not one that has finished.
+        return [None if g.dead else g.gr_frame if g else "not started" for g in self.actors]
 
     def digest(self) -> bytes:
         return self.system.digest(self.frames())

@@ -175,7 +175,7 @@ class PatchSystem:
             k = NodeKernel(n, cfg.nodes, st, self.copies, self.master, self.mem, self.t, locks, protocol=cfg.protocol, bug=cfg.bug,
                            shared_core=False, flush=lambda r=reader: r[0].flush(), check_alive=_wait_point, ipi_delay_ns=0, text_poke_ns=1,
                            int3_fix=cfg.int3_fix, data_protocol=cfg.protocol_spec, local_base=local)
-            k.wait_timeout_s = float("inf")
+            k.wait_timeout_s, k.spin_tries = float("inf"), 1 << 62
             r = Reader(n, self.mem, self.tables[n], self.layout.part_offset, self.t, st, k.safe_point, fetch_gap_ns=1, handler_ns=1,
                        refcount=cfg.int3_fix == "refcount", ifetch=cfg.ifetch)
             reader.append(r)
@@ -219,7 +219,7 @@ class PatchSystem:
             copy = int(np.flatnonzero(differ.any(axis=1))[0])
             raise Failure("copies-differ", {"copy": copy, "detail": f"copy {copy} differs from the master after every call returned"})
         if st.get("failures"):
-            raise Failure("unexpected-op", {"detail": f"{st.get('failures')} failure(s) logged by a patch call (old bytes not as expected, or a copy unlike the master)"})
+            raise _logged(st, None)
 
     def describe(self, actor: int) -> str:
         n = self.cfg.nodes
@@ -279,7 +279,7 @@ class PatchSystem:
         k.patch(s, np.full(len(s), old, np.int64), np.full(len(s), 1 - old, np.int64))
         self.calls_done += 1
         if self.st.get("failures"):
-            raise Failure("unexpected-op", {"node": n, "detail": "the call logged a failure: old bytes not as expected, or a copy unlike the master"})
+            raise _logged(self.st, n)
 
     def _request(self, n: int) -> None:
         """One request of node `n`'s next task: every site of the batch, executed and judged."""
@@ -311,6 +311,17 @@ class PatchSystem:
         self.st.release()
 
 
+def _logged(st: TextState, node: int | None) -> Failure:
+    """The first failure a patch call logged (copy_check.py): a copy unlike the master after the
+    call, or old bytes not as the call expected (an unexpected op)."""
+    rec = st.failure_log[0]
+    site = int(rec["site"])
+    if site < 0:  # check_copies: -1 - page, and the copy in `found`
+        copy = int(rec["found"][0])
+        return Failure("copy-differs", {"node": int(rec["node"]), "detail": f"after the call, copy {copy} of page {-1 - site} differs from the master"})
+    return Failure("unexpected-op", {"node": int(rec["node"]), "site": site, "detail": "the old bytes were not the state the call expected"})
+
+
 def _wait_point() -> None:
     """`NodeKernel.check_alive` under check: every iteration of a wait is a scheduling point."""
     if clock.point is not None:
@@ -327,8 +338,8 @@ def _frames_digest(h: Any, frame: Any) -> None:
     """An actor's stack into the digest: each frame's code position and its local values (numbers,
     strings, bytes, arrays and tuples or lists of them; objects are state only through the memory
     and buffers hashed beside)."""
-    if frame is None:
-        h.update(b"done")
+    if frame is None or isinstance(frame, str):
+        h.update(b"done" if frame is None else frame.encode())
         return
     parts: list[Any] = []
     f = frame
@@ -342,7 +353,7 @@ def _frames_digest(h: Any, frame: Any) -> None:
             if kind in _SIMPLE:
                 parts.append(name)
                 parts.append(value)
-            elif kind is np.ndarray:
+            elif kind is np.ndarray and value.nbytes <= _LOCAL_ARRAY_BYTES:  # larger: a view of a memory hashed beside
                 parts.append(name)
                 parts.append(value.tobytes())
             elif (kind is list or kind is tuple) and len(value) <= 64 and all(type(v) in _SIMPLE for v in value):
@@ -352,5 +363,6 @@ def _frames_digest(h: Any, frame: Any) -> None:
     h.update(repr([id(p) if type(p) is _CODE else p for p in parts]).encode())
 
 
+_LOCAL_ARRAY_BYTES = 4096
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), np.int64, np.int8, np.uint8, np.bool_})
 _CODE = type(_frames_digest.__code__)

@@ -124,6 +124,7 @@ class NodeKernel:
         # How long one wait may last (numaemu check: forever, its waits are scheduling points
         # while it explores other interleavings; a deadlock is found there by its states).
         self.wait_timeout_s = WAIT_TIMEOUT_S
+        self.spin_tries = 10 if shared_core else SPIN_TRIES  # polls before a wait yields, then sleeps (check: never)
 
     def step(self, name: str) -> None:
         """Publish the protocol step this node's patch call is at (protocols.STEPS)."""
@@ -152,12 +153,13 @@ class NodeKernel:
         deadline = 0.0
         resumes = self.resumes
         check = self.check_alive
+        spin_tries = self.spin_tries
         while not cond():
             check()
             if service:
                 self.safe_point()
             tries += 1
-            if tries < (10 if self.shared_core else SPIN_TRIES):
+            if tries < spin_tries:
                 continue
             if tries < SPIN_TRIES + YIELD_TRIES:
                 os.sched_yield()
