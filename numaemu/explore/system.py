@@ -32,6 +32,7 @@ position and local values, except wall-clock stamps and spin counters (``t0``, `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import linecache
 import mmap
@@ -42,6 +43,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from numaemu.explore.scheduler import Failure
 from numaemu.host import clock
 from numaemu.host.segments import MemoryLayout, Segment
 from numaemu.model.engine import page_bases
@@ -54,7 +56,6 @@ from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader import IBUF_LINES, Reader, check_batch, check_order
 from numaemu.patching.textmem import TXT_HEADER, TextCopies, TextState, text_segment_size
-from numaemu.explore.scheduler import Failure
 from numaemu.runtime.worker import fill_partition
 
 __all__ = ["CheckConfig", "PatchSystem", "LIMITS"]
@@ -169,11 +170,11 @@ class PatchSystem:
         locks = Locks(*(cast(Any, threading.Lock()) for _ in range(7)))
         self.kernels, self.readers = [], []
         for n in range(cfg.nodes):
-            reader: list[Reader] = []
+            reader: list[Reader] = []  # the flush hook's: the reader is built after its kernel
             # ivau-local: the I-cache maintenance reaches only the copy this node's page table maps.
             local = page_bases(self.tables[n], self.layout.part_offset) if cfg.bug == "ivau-local" else None
             k = NodeKernel(n, cfg.nodes, st, self.copies, self.master, self.mem, self.t, locks, protocol=cfg.protocol, bug=cfg.bug,
-                           shared_core=False, flush=lambda r=reader: r[0].flush(), check_alive=_wait_point, ipi_delay_ns=0, text_poke_ns=1,
+                           shared_core=False, flush=functools.partial(_flush, reader), check_alive=_wait_point, ipi_delay_ns=0, text_poke_ns=1,
                            int3_fix=cfg.int3_fix, data_protocol=cfg.protocol_spec, local_base=local)
             k.wait_timeout_s, k.spin_tries = float("inf"), 1 << 62
             r = Reader(n, self.mem, self.tables[n], self.layout.part_offset, self.t, st, k.safe_point, fetch_gap_ns=1, handler_ns=1,
@@ -185,7 +186,8 @@ class PatchSystem:
         self.held = [list(range(n * cfg.tasks, (n + 1) * cfg.tasks)) for n in range(cfg.nodes)]
         self.calls_done = 0
         self.busy = [False] * cfg.nodes
-        return [lambda n=n: self._node(n) for n in range(cfg.nodes)] + [lambda n=n: self._safe_points(n) for n in range(cfg.nodes)]
+        nodes: list[Callable[[], None]] = [functools.partial(self._node, n) for n in range(cfg.nodes)]
+        return nodes + [functools.partial(self._safe_points, n) for n in range(cfg.nodes)]
 
     def digest(self, frames: list[Any]) -> bytes:
         st, h = self.st, hashlib.blake2b(digest_size=16)
@@ -309,6 +311,10 @@ class PatchSystem:
     def close(self) -> None:
         self.kernels, self.readers = [], []
         self.st.release()
+
+
+def _flush(reader: list[Reader]) -> None:
+    reader[0].flush()
 
 
 def _logged(st: TextState, node: int | None) -> Failure:
