@@ -1,4 +1,4 @@
-"""The layers' import direction, read from the source: cli -> api -> measure -> patching ->
+"""The layers' import direction, read from the source: cli -> api -> measure -> explore -> patching ->
 runtime -> host -> model, each importing only its own layer or lower ones (errors.py is the
 leaf every layer may use). A wrong arrow fails here, before it becomes a tangle."""
 
@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "numaemu"
 # Lowest first. A module may import from its own rank or a lower one.
-ORDER = ("errors", "model", "host", "runtime", "patching", "measure", "api", "cli")
+ORDER = ("errors", "model", "host", "runtime", "patching", "explore", "measure", "api", "cli")
 RANK = {name: i for i, name in enumerate(ORDER)}
 TOP = {"__init__", "__main__"}  # the package's face: may import anything
 

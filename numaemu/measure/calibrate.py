@@ -44,6 +44,7 @@ from numaemu.measure.baselines import barrier_round_ns, flag_round_trip_ns
 from numaemu.measure.calibration_report import (
     DELAY_ERROR_GOAL_PCT,
     Goal,
+    batch_goal,
     copy_figure,
     delay_goal,
     fetch_goal,
@@ -120,6 +121,8 @@ class Calibration:
     hardware: str = "simple"  # the profile whose caches and TLBs were simulated
     simulation_rate_per_s: float = 0.0  # hierarchy.Hierarchy alone, hot caches (0: not measured)
     simulation_cold_rate_per_s: float = 0.0  # ... every request starting with empty caches
+    bp_one_site_us: float = 0.0  # text_poke_bp, one site, 2 nodes, modeled delays off (0: not measured)
+    bp_batch_us: float = 0.0  # ... BP_BATCH sites in one call
 
     @property
     def min_emulable_delay_ns(self) -> int | None:
@@ -140,6 +143,7 @@ class Calibration:
             patch_flag_goal(self.patch_round_us, self.flag_round_us),
             patch_barrier_goal(self.patch_round_us, self.barrier_round_us),
             copy_figure(self.replicate_gbps, self.memcpy_gbps),
+            batch_goal(self.bp_batch_us, self.bp_one_site_us, BP_BATCH),
         )
 
     @classmethod
@@ -365,6 +369,16 @@ def measure_patch_round_us(topology: Topology, repeats: int, start_method: str) 
     return float(statistics.median(report["one_site_ns"])) / 1e3
 
 
+BP_BATCH = 256  # text_poke_bp's batch (TP_VEC_MAX)
+
+
+def measure_bp_batch_us(topology: Topology, repeats: int, start_method: str) -> tuple[float, float]:
+    """Median text_poke_bp call of one site and of BP_BATCH sites, in one run (as
+    ``scripts/patch_speed.py`` times them), modeled delays off."""
+    report = run_patch_bench(topology, PatchBench(repeats, batch=BP_BATCH), protocol="text_poke_bp", modeled=False, start_method=start_method)
+    return float(statistics.median(report["one_site_ns"])) / 1e3, float(statistics.median(report["batch_ns"])) / 1e3
+
+
 def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharing: float, effort: Effort, start_method: str = "fork", progress: Callable[[str], None] | None = None,
               hardware: HardwareProfile = SIMPLE) -> Calibration:
     """Measure every figure, in the order of the output."""
@@ -385,7 +399,11 @@ def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharin
     barrier = barrier_round_ns(effort.barrier_rounds, start_method) / 1e3
     say("stop_machine patch round")
     patch = measure_patch_round_us(topology, effort.patch_repeats, start_method)
+    say("text_poke_bp: one site and a batch")
+    bp_one, bp_batch = measure_bp_batch_us(topology, effort.patch_repeats, start_method)
     return Calibration(
+        bp_one_site_us=bp_one,
+        bp_batch_us=bp_batch,
         clock_read_ns=clock_ns,
         delay_error_pct=delays,
         memcpy_gbps=memcpy,
