@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from numaemu.host.clock import spin
-from numaemu.model.image import PAGE_SIZE
+from numaemu.host.fence import fence
+from numaemu.model.image import LINE_SIZE, PAGE_SIZE
 from numaemu.patching.protocols import POKE_CHUNK, SMALL_WRITE
 from numaemu.patching.textmem import TextCopies, invalidate
 
@@ -49,6 +50,8 @@ class TextPoke:
                  line_gen: np.ndarray | None = None, local_base: np.ndarray | None = None) -> None:
         self.copies = copies
         self.line_gen = line_gen  # textmem.invalidate's generations (None: no instruction fetch to keep coherent)
+        # The same, for scalar updates (a memoryview element costs ~50 ns, a numpy one ~1 us).
+        self.gen_mv = memoryview(line_gen.data).cast("B").cast("i") if line_gen is not None and len(line_gen) else None
         self.local_base = local_base  # ivau-local: the patching node's frame of each page (engine.page_bases)
         self.master = master
         self.mem = mem
@@ -134,10 +137,21 @@ class TextPoke:
                 self.wait(self.n_copies * self.text_poke_ns)
             return
         self.master_mv[offset : offset + L] = data
-        local = self._local(np.array([offset, offset + L - 1]))
+        if self.local_base is not None:  # ivau-local: the maintenance reaches the local copy only
+            local = self._local(np.array([offset, offset + L - 1]))
+            for t in self.copies.targets_of(offset):
+                self.mem_mv[t : t + L] = data
+                invalidate(self.line_gen, local)
+                if timed:
+                    self.wait(self.text_poke_ns)
+            return
+        gen = self.gen_mv
         for t in self.copies.targets_of(offset):
             self.mem_mv[t : t + L] = data
-            invalidate(self.line_gen, np.array([t, t + L - 1]) if local is None else local)
+            if gen is not None:  # textmem.invalidate, scalar: the lines of [t, t + L)
+                fence()
+                for line in range(t // LINE_SIZE, (t + L - 1) // LINE_SIZE + 1):
+                    gen[line] += 1
             if timed:
                 self.wait(self.text_poke_ns)  # this copy's time, before the next copy is written
 
