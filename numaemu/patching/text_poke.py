@@ -139,6 +139,7 @@ class TextPoke:
         self.master_mv[offset : offset + L] = data
         if self.local_base is not None:  # ivau-local: the maintenance reaches the local copy only
             local = self._local(np.array([offset, offset + L - 1]))
+            assert local is not None
             for t in self.copies.targets_of(offset):
                 self.mem_mv[t : t + L] = data
                 invalidate(self.line_gen, local)
