@@ -109,12 +109,14 @@ FAST = [
     ({"protocol": "nosync", "bug": "late-replica"}, "copy-differs"),
     ({"protocol": "nosync", "bug": "ivau-local"}, "stale"),
     ({"protocol": "stop_machine", "bug": "no-sync", "ifetch": "until-sync"}, "torn"),
+    ({"protocol": "stop_machine", "bug": "key-race"}, "unexpected-op"),  # both read 0: a lost update, both patch
 ]
 SLOW = [
     ({"protocol": "text_poke_bp", "bug": "descriptor-reuse"}, "int3-no-descriptor"),
     ({"protocol": "text_poke_bp", "bug": "no-int3-fix", "int3_fix": "extra-sync"}, "int3-no-descriptor"),
     ({"protocol": "text_poke_bp", "bug": "no-sync"}, "torn"),
     ({"protocol": "text_poke_bp", "bug": "no-final-sync"}, "int3-no-descriptor"),
+    ({"protocol": "text_poke_bp", "bug": "key-race"}, "key-off-while-held"),
 ]
 
 
@@ -150,6 +152,12 @@ def test_text_poke_bp_is_clean() -> None:
     assert result.verdict == "clean"
 
 
+def test_static_keys_on_every_node_at_once_are_clean() -> None:
+    # Both nodes enable the key at once: jump_label_mutex orders them (key-race removes that).
+    result = check(check_config(protocol="stop_machine", source="static_keys"))
+    assert result.verdict == "clean" and result.outcome.states > 100
+
+
 def test_the_broken_example_protocol_fails(capsys) -> None:
     code = main(["check", "--quiet", "--protocol", "examples/protocol_write_then_sync.toml"])
     out = capsys.readouterr().out
@@ -173,7 +181,9 @@ def test_a_saved_counterexample_replays(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--nodes", "4"], "error: --nodes: 4 is more than the search can hold"),
     (["--sites", "0"], "error: --sites: must be an integer >= 1"),
-    (["--inject-bug", "key-race"], "error: --inject-bug: key-race is a bug of a patch source"),
+    (["--inject-bug", "module-unload-running"], "error: --inject-bug: module-unload-running is a bug of a patch source"),
+    (["--inject-bug", "key-race", "--source", "calls"], "error: --inject-bug: key-race is a bug of the static_keys source"),
+    (["--source", "ftrace"], "error: --source: must be one of calls, static_keys"),
     (["--inject-bug", "early-master"], "error: --inject-bug: early-master is planted in stop_machine"),
     (["--protocol", "nosync", "--arch", "x86_64"], "error: --protocol: nosync patches arm64 text"),
     (["--max-states", "0"], "error: --max-states: must be >= 1"),

@@ -28,7 +28,8 @@ __all__ = ["CheckResult", "Step", "check", "check_config", "replay", "MAX_STATES
 
 MAX_STATES = 1_000_000  # the default state bound (--max-states)
 # Bugs of the patch sources (sources.py), not of a protocol's patch call: stress finds them.
-SOURCE_BUGS = ("key-race", "trampoline-no-rcu", "module-unload-running", "ipmodify-shared")
+SOURCE_BUGS = ("trampoline-no-rcu", "module-unload-running", "ipmodify-shared")
+SOURCES = ("calls", "static_keys")
 # Which protocols each protocol bug is planted in (protocols.py, the modules of each protocol).
 _BUG_PROTOCOLS = {
     "early-master": ("stop_machine",), "descriptor-reuse": ("text_poke_bp",), "no-int3-fix": ("text_poke_bp",),
@@ -88,7 +89,7 @@ class CheckResult:
 
 def check_config(*, protocol: str | None = None, arch: str | None = None, bug: str | None = None, nodes: int = 2, sites: int = 2,
                  tasks: int = 2, calls: int = 1, requests: int = 2, int3_fix: str = "refcount", ifetch: str = "coherent",
-                 kprobe: bool = True) -> CheckConfig:
+                 kprobe: bool = True, source: str | None = None) -> CheckConfig:
     """A validated configuration (bad input: `UsageError` naming the option and the rule)."""
     spec: ProtocolSpec | None = None
     if protocol is None:
@@ -108,7 +109,13 @@ def check_config(*, protocol: str | None = None, arch: str | None = None, bug: s
         raise UsageError("--protocol", "text_poke_bp patches x86 text (INT3); use --arch x86_64, or nosync or stop_machine on arm64")
     if protocol == "nosync" and arch != "arm64":
         raise UsageError("--protocol", "nosync patches arm64 text (one aligned word); use --arch arm64")
-    if bug is not None:
+    if source is None:
+        source = "static_keys" if bug == "key-race" else "calls"
+    if source not in SOURCES:
+        raise UsageError("--source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
+    if bug == "key-race" and source != "static_keys":
+        raise UsageError("--inject-bug", "key-race is a bug of the static_keys source; use --source static_keys")
+    if bug is not None and bug != "key-race":
         if bug in SOURCE_BUGS:
             raise UsageError("--inject-bug", f"{bug} is a bug of a patch source, not of a protocol's patch call, which is what check explores; "
                              f"numaemu stress --inject-bug {bug} finds it")
@@ -135,7 +142,7 @@ def check_config(*, protocol: str | None = None, arch: str | None = None, bug: s
             raise UsageError(f"--{name}", f"{value} is more than the search can hold: the states grow about tenfold with each one more; "
                              f"the largest that fits is {LIMITS[name]}")
     return CheckConfig(protocol=protocol, arch=arch, bug=bug, nodes=nodes, sites=sites, tasks=tasks, calls=calls, requests=requests,
-                       int3_fix=int3_fix, ifetch=ifetch, kprobe=kprobe, protocol_spec=spec)
+                       int3_fix=int3_fix, ifetch=ifetch, kprobe=kprobe, protocol_spec=spec, source=source)
 
 
 def check(cfg: CheckConfig, max_states: int = MAX_STATES, progress: Callable[[Outcome, int], None] | None = None) -> CheckResult:
@@ -225,7 +232,8 @@ def describe(result: CheckResult) -> str:
     """The text report."""
     cfg, o = result.config, result.outcome
     name = cfg.protocol if cfg.protocol_spec is None else f"protocol '{cfg.protocol_spec.name}'"
-    lines = [f"numaemu check: {name} on {cfg.arch}, {cfg.nodes} nodes x {cfg.sites} sites x {cfg.tasks} tasks, {cfg.calls} call(s), "
+    calls = f"{cfg.calls} call(s)" if cfg.source == "calls" else f"static_keys: {cfg.calls} op(s) a node"
+    lines = [f"numaemu check: {name} on {cfg.arch}, {cfg.nodes} nodes x {cfg.sites} sites x {cfg.tasks} tasks, {calls}, "
              f"{cfg.requests} requests a node, ifetch {cfg.ifetch}, int3 fix {cfg.int3_fix}" + (f", bug {cfg.bug}" if cfg.bug else "")]
     if o.failure is not None:
         d = o.failure.detail

@@ -25,6 +25,7 @@ def add_parser(sub: Any) -> None:
     for name, default, what in (("nodes", 2, "nodes"), ("sites", 2, "sites patched"), ("tasks", 2, "tasks a node (2: one travels)"),
                                 ("calls", 1, "patch calls, one after another, by node 0, 1, ..."), ("requests", 2, "reader requests a node")):
         p.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default}, at most {LIMITS[name]})")
+    p.add_argument("--source", default=None, help="calls (patch calls, one after another; default) or static_keys (each node enables, then disables, one key; key-race's default)")
     p.add_argument("--int3-fix", default="refcount", help="refcount or extra-sync (text_poke_bp's descriptor fix)")
     p.add_argument("--ifetch", default="coherent", help="coherent or until-sync (how stores reach fetched lines)")
     p.add_argument("--no-kprobe", dest="kprobe", action="store_false", help="x86: no armed kprobe in the requests")
@@ -40,7 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         result = replay(args.replay)
     else:
         cfg = check_config(protocol=args.protocol, arch=args.arch, bug=args.bug, nodes=args.nodes, sites=args.sites, tasks=args.tasks,
-                           calls=args.calls, requests=args.requests, int3_fix=args.int3_fix, ifetch=args.ifetch, kprobe=args.kprobe)
+                           calls=args.calls, requests=args.requests, int3_fix=args.int3_fix, ifetch=args.ifetch, kprobe=args.kprobe, source=args.source)
         show = None if args.quiet or args.json_path == "-" else progress_printer(sys.stderr)
         result = check(cfg, args.max_states, show)
         if show is not None:

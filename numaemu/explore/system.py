@@ -11,6 +11,11 @@ delivered at the target's next safe point (when that is, the schedule decides), 
 is a scheduling point (host.clock.spin), the node's other CPUs do not run its tasks while it writes
 (TextPoke.meanwhile; the other nodes' CPUs do), and waits never time out.
 
+With ``--source static_keys`` the calls are static-key operations instead: each node enables, then
+disables, ... one key whose use sites are the sites (`NodeSource.perform`, the code stress runs),
+all nodes at once, and a node holding a reference must see the key's sites jump (as
+reader_tasks._off_while_held checks); at the end the key's count equals the references held.
+
 The image is the synthetic one at scale 0.01 (643 sites, 32 of them kprobes). The sites patched are the first jump
 labels of the instruction length of the arch (x86 5-byte NOP <-> JMP, arm64 NOP <-> B): call c (of
 node c mod nodes, each after the one before has returned) moves them all from state c mod 2 to the
@@ -53,8 +58,10 @@ from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import KPROBE_ARMED, site_table
 from numaemu.patching.data_protocol import node_step_name
 from numaemu.patching.kernel import NodeKernel
+from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader import IBUF_LINES, Reader, check_batch, check_order
+from numaemu.patching.sources import PatchOp, SourcePlan
 from numaemu.patching.textmem import TXT_HEADER, TextCopies, TextState, text_segment_size
 from numaemu.runtime.worker import fill_partition
 
@@ -87,9 +94,16 @@ class CheckConfig:
     ifetch: str = "coherent"
     kprobe: bool = True  # x86: every request also runs an armed kprobe
     protocol_spec: ProtocolSpec | None = None
+    # "calls": patch calls, one after another; "static_keys": each node enables, then disables,
+    # ... one static key whose use sites are the sites (NodeSource, at once on every node).
+    source: str = "calls"
+
+    @property
+    def total_ops(self) -> int:
+        return self.calls * (self.nodes if self.source == "static_keys" else 1)
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("protocol", "arch", "bug", "nodes", "sites", "tasks", "calls", "requests", "int3_fix", "ifetch", "kprobe")}
+        out = {k: getattr(self, k) for k in ("protocol", "arch", "bug", "nodes", "sites", "tasks", "calls", "requests", "int3_fix", "ifetch", "kprobe", "source")}
         if self.protocol_spec is not None:
             out["protocol_spec"] = self.protocol_spec.to_mapping()
         return out
@@ -140,6 +154,10 @@ class PatchSystem:
         lo, n = self._lg_span
         self._pristine = (self.master[self.text_idx].copy(), self.mem[self.mem_idx[self.mem_idx >= 0]].copy(),
                           whole[:lo].copy(), whole[lo + n :].copy(), self.st.line_gen[self.lines].copy())
+        # The static_keys source's plan: one key, whose use sites are the sites patched.
+        none = np.zeros(0, np.int64)
+        self.plan = SourcePlan(("static_keys",), np.array([int(t.key[self.patched[0]])]), (self.patched,), none, -1, none, none, none)
+        self.sources: list[NodeSource] = []
         self.kernels: list[NodeKernel] = []
         self.readers: list[Reader] = []
         self.calls_done = 0
@@ -168,7 +186,7 @@ class PatchSystem:
         whole[lo + n :] = after
         st.line_gen[self.lines] = gens
         locks = Locks(*(cast(Any, threading.Lock()) for _ in range(7)))
-        self.kernels, self.readers = [], []
+        self.kernels, self.readers, self.sources = [], [], []
         for n in range(cfg.nodes):
             reader: list[Reader] = []  # the flush hook's: the reader is built after its kernel
             # ivau-local: the I-cache maintenance reaches only the copy this node's page table maps.
@@ -177,11 +195,14 @@ class PatchSystem:
                            shared_core=False, flush=functools.partial(_flush, reader), check_alive=_wait_point, ipi_delay_ns=0, text_poke_ns=1,
                            int3_fix=cfg.int3_fix, data_protocol=cfg.protocol_spec, local_base=local)
             k.wait_timeout_s, k.spin_tries = float("inf"), 1 << 62
+            k.count_rmw_ns = 1  # key-race's window between the count's read and write is a point
             r = Reader(n, self.mem, self.tables[n], self.layout.part_offset, self.t, st, k.safe_point, fetch_gap_ns=1, handler_ns=1,
                        refcount=cfg.int3_fix == "refcount", ifetch=cfg.ifetch)
             reader.append(r)
             self.kernels.append(k)
             self.readers.append(r)
+            if cfg.source == "static_keys":
+                self.sources.append(NodeSource(self.plan, k, st, np.random.default_rng(n), key_race=cfg.bug == "key-race"))
         # Task n * tasks stays on node n; with 2 tasks, n * tasks + 1 travels to the next node.
         self.held = [list(range(n * cfg.tasks, (n + 1) * cfg.tasks)) for n in range(cfg.nodes)]
         self.calls_done = 0
@@ -204,7 +225,9 @@ class PatchSystem:
             h.update(r.tag[self.slots].tobytes())
             h.update(r.gen[self.slots].tobytes())
             h.update(r.data[self.slots].tobytes())
-        h.update(repr((self.calls_done, self.held, self.busy)).encode())
+        h.update(repr((self.calls_done, self.held, self.busy, [src.held.tolist() for src in self.sources])).encode())
+        h.update(st.key_count.tobytes())
+        h.update(st.key_refs.tobytes())
         for f in frames:
             _frames_digest(h, f)
         return h.digest()
@@ -212,7 +235,14 @@ class PatchSystem:
     def finish(self) -> None:
         """The end: every copy of every site equals the master, which holds the last call's state."""
         t, st = self.t, self.st
-        want = self.cfg.calls % 2
+        if self.cfg.source == "static_keys":
+            key = int(self.plan.keys[0])
+            count, refs = int(st.key_count[key]), int(st.key_refs[:, 0].sum())
+            if count != refs:
+                raise Failure("key-count", {"detail": f"the key's count is {count}, and the nodes hold {refs} references"})
+            want = int(count > 0)
+        else:
+            want = self.cfg.calls % 2
         bad = [int(s) for s in self.patched if not t.holds(np.array([s]), want, t.read(self.master, np.array([s])))[0]]
         if bad:
             raise Failure("not-patched", {"site": bad[0], "detail": f"the master does not hold state {want} after every call returned"})
@@ -242,6 +272,10 @@ class PatchSystem:
                 out[f"site {s} copy {c}"] = bytes(self.mem[base]).hex(" ") if (base >= 0).all() else "-"
             out[f"site {s} seq"] = int(st.site_seq[s])
             out[f"site {s} state"] = int(st.site_state[s])
+        if self.sources:
+            out["key count"] = int(st.key_count[int(self.plan.keys[0])])
+            for n in range(len(self.sources)):
+                out[f"node {n} key references"] = int(st.key_refs[n, 0])
         out["calls returned"] = self.calls_done
         return out
 
@@ -250,14 +284,17 @@ class PatchSystem:
     def _node(self, n: int) -> None:
         """Node `n`'s CPU: its requests, and its patch calls when their turn comes (module docstring)."""
         cfg = self.cfg
-        mine = [c for c in range(cfg.calls) if c % cfg.nodes == n]
+        # static_keys: enable, disable, ... at once on every node; calls: call c by node c mod nodes.
+        mine = [c for c in range(cfg.calls) if cfg.source == "static_keys" or c % cfg.nodes == n]
         left = cfg.requests
         while mine or left:
             _wait_point()  # the start of this CPU's next request or call
             if self.busy[n]:  # inside a stop_machine round, from a safe point between two requests
                 continue
             self.busy[n] = True
-            if mine and self.calls_done == mine[0]:
+            if mine and cfg.source == "static_keys":
+                self._key_op(n, mine.pop(0))
+            elif mine and self.calls_done == mine[0]:
                 self._call(n, mine.pop(0))
             elif left:
                 left -= 1
@@ -268,7 +305,7 @@ class PatchSystem:
         """Node `n` between two requests (or with none left): it takes the IPIs of other nodes'
         syncs and stop_machine rounds at its safe points until the last call has returned."""
         k = self.kernels[n]
-        while self.calls_done < self.cfg.calls:
+        while self.calls_done < self.cfg.total_ops:
             _wait_point()
             if not self.busy[n]:
                 self.busy[n] = True
@@ -279,6 +316,13 @@ class PatchSystem:
         old = c % 2
         k, s = self.kernels[n], self.patched
         k.patch(s, np.full(len(s), old, np.int64), np.full(len(s), 1 - old, np.int64))
+        self.calls_done += 1
+        if self.st.get("failures"):
+            raise _logged(self.st, n)
+
+    def _key_op(self, n: int, c: int) -> None:
+        """static_key_enable (c even) or static_key_disable (c odd) through the node's source."""
+        self.sources[n].perform(PatchOp("static_key_enable" if c % 2 == 0 else "static_key_disable", key=0))
         self.calls_done += 1
         if self.st.get("failures"):
             raise _logged(self.st, n)
@@ -294,6 +338,15 @@ class PatchSystem:
             v = found[0]
             raise Failure(v.kind, {**v.to_json(), "task": task})
         self.new_then_old += len(check_order(obs, self.t, self.st.task_seen[task]))
+        if self.sources and self.sources[n].held[0] > 0:
+            # static_key_enabled() is true while a reference is held: the key's sites jump
+            # (reader_tasks._off_while_held, for one key).
+            at = np.isin(obs.sites, self.patched) & obs.handler_ok
+            off = at & ~self.t.holds(obs.sites, 1, obs.observed)
+            if off.any():
+                site = int(obs.sites[np.flatnonzero(off)[0]])
+                raise Failure("key-off-while-held", {"node": n, "task": task, "site": site, "address": hex(int(self.t.offset[site])),
+                                                     "detail": "this node holds a reference on the key, and the key's site ran its NOP"})
         travels = self.cfg.tasks > 1 and task % self.cfg.tasks == self.cfg.tasks - 1 and self.cfg.nodes > 1
         self.held[(n + 1) % self.cfg.nodes if travels else n].append(task)
 
