@@ -117,6 +117,7 @@ SLOW = [
     ({"protocol": "text_poke_bp", "bug": "no-sync"}, "torn"),
     ({"protocol": "text_poke_bp", "bug": "no-final-sync"}, "int3-no-descriptor"),
     ({"protocol": "text_poke_bp", "bug": "key-race"}, "key-off-while-held"),
+    ({"protocol": "text_poke_bp", "bug": "trampoline-no-rcu"}, "trampoline-freed"),
 ]
 
 
@@ -149,6 +150,12 @@ def test_the_kernel_protocols_are_clean(protocol) -> None:
 @pytest.mark.slow
 def test_text_poke_bp_is_clean() -> None:
     result = check(check_config(protocol="text_poke_bp"))
+    assert result.verdict == "clean"
+
+
+@pytest.mark.slow
+def test_the_bpf_trampoline_freed_after_rcu_tasks_is_clean() -> None:
+    result = check(check_config(protocol="stop_machine", source="bpf", requests=1))
     assert result.verdict == "clean"
 
 

@@ -27,9 +27,11 @@ from numaemu.patching.reader import IFETCH
 __all__ = ["CheckResult", "Step", "check", "check_config", "replay", "MAX_STATES", "SOURCE_BUGS"]
 
 MAX_STATES = 1_000_000  # the default state bound (--max-states)
+MINIMIZE_S = 20.0  # how long the search goes on for a shorter counterexample (--minimize-s)
 # Bugs of the patch sources (sources.py), not of a protocol's patch call: stress finds them.
-SOURCE_BUGS = ("trampoline-no-rcu", "module-unload-running", "ipmodify-shared")
-SOURCES = ("calls", "static_keys")
+SOURCE_BUGS = ("module-unload-running", "ipmodify-shared")
+SOURCES = ("calls", "static_keys", "bpf")
+_SOURCE_OF = {"key-race": "static_keys", "trampoline-no-rcu": "bpf"}
 # Which protocols each protocol bug is planted in (protocols.py, the modules of each protocol).
 _BUG_PROTOCOLS = {
     "early-master": ("stop_machine",), "descriptor-reuse": ("text_poke_bp",), "no-int3-fix": ("text_poke_bp",),
@@ -77,7 +79,7 @@ class CheckResult:
         doc: dict[str, Any] = {
             "verdict": self.verdict, "config": self.config.to_json(), "replayed": self.replayed,
             "states": o.states, "steps_run": o.steps, "replays": o.replays, "pruned": o.pruned, "end_states": o.interleavings,
-            "interleavings": self.interleavings, "max_depth": o.max_depth, "complete": o.complete, "seconds": round(o.seconds, 3),
+            "interleavings": self.interleavings, "max_depth": o.max_depth, "complete": o.complete, "shortest": o.shortest, "seconds": round(o.seconds, 3),
             "method": "stateful depth-first search, state hashing, shortest counterexample by branch and bound (explore/scheduler.py)",
         }
         if o.failure is not None:
@@ -88,7 +90,7 @@ class CheckResult:
 
 
 def check_config(*, protocol: str | None = None, arch: str | None = None, bug: str | None = None, nodes: int = 2, sites: int = 2,
-                 tasks: int = 2, calls: int = 1, requests: int = 2, int3_fix: str = "refcount", ifetch: str = "coherent",
+                 tasks: int = 2, calls: int | None = None, requests: int = 2, int3_fix: str = "refcount", ifetch: str = "coherent",
                  kprobe: bool = True, source: str | None = None) -> CheckConfig:
     """A validated configuration (bad input: `UsageError` naming the option and the rule)."""
     spec: ProtocolSpec | None = None
@@ -110,12 +112,16 @@ def check_config(*, protocol: str | None = None, arch: str | None = None, bug: s
     if protocol == "nosync" and arch != "arm64":
         raise UsageError("--protocol", "nosync patches arm64 text (one aligned word); use --arch arm64")
     if source is None:
-        source = "static_keys" if bug == "key-race" else "calls"
+        source = _SOURCE_OF.get(bug or "", "calls")
     if source not in SOURCES:
         raise UsageError("--source", f"must be one of {', '.join(SOURCES)}, got {source!r}")
-    if bug == "key-race" and source != "static_keys":
-        raise UsageError("--inject-bug", "key-race is a bug of the static_keys source; use --source static_keys")
-    if bug is not None and bug != "key-race":
+    if bug in _SOURCE_OF and source != _SOURCE_OF[bug]:
+        raise UsageError("--inject-bug", f"{bug} is a bug of the {_SOURCE_OF[bug]} source; use --source {_SOURCE_OF[bug]}")
+    if calls is None:
+        calls = 2 if source == "bpf" else 1
+    if source == "bpf" and isinstance(calls, int) and calls < 2:
+        raise UsageError("--calls", "the bpf source needs 2 (attach, then detach and free the trampoline)")
+    if bug is not None and bug not in _SOURCE_OF:
         if bug in SOURCE_BUGS:
             raise UsageError("--inject-bug", f"{bug} is a bug of a patch source, not of a protocol's patch call, which is what check explores; "
                              f"numaemu stress --inject-bug {bug} finds it")
@@ -145,13 +151,16 @@ def check_config(*, protocol: str | None = None, arch: str | None = None, bug: s
                        int3_fix=int3_fix, ifetch=ifetch, kprobe=kprobe, protocol_spec=spec, source=source)
 
 
-def check(cfg: CheckConfig, max_states: int = MAX_STATES, progress: Callable[[Outcome, int], None] | None = None) -> CheckResult:
+def check(cfg: CheckConfig, max_states: int = MAX_STATES, progress: Callable[[Outcome, int], None] | None = None,
+          minimize_s: float = MINIMIZE_S) -> CheckResult:
     """Explore `cfg` (module docstring)."""
     if max_states < 1:
         raise UsageError("--max-states", f"must be >= 1, got {max_states}")
+    if not minimize_s >= 0:
+        raise UsageError("--minimize-s", f"must be >= 0, got {minimize_s}")
     system = PatchSystem(cfg)
     try:
-        explorer = Explorer(system, max_states, progress)
+        explorer = Explorer(system, max_states, progress, minimize_s)
         out = explorer.explore()
         steps = _trace(explorer, system, out.choices, out.failure) if out.failure is not None else ()
         paths = explorer.paths if out.complete and out.failure is None else None
@@ -232,7 +241,8 @@ def describe(result: CheckResult) -> str:
     """The text report."""
     cfg, o = result.config, result.outcome
     name = cfg.protocol if cfg.protocol_spec is None else f"protocol '{cfg.protocol_spec.name}'"
-    calls = f"{cfg.calls} call(s)" if cfg.source == "calls" else f"static_keys: {cfg.calls} op(s) a node"
+    calls = {"calls": f"{cfg.calls} call(s)", "static_keys": f"static_keys: {cfg.calls} op(s) a node",
+             "bpf": f"bpf: {cfg.calls} attach/detach op(s)"}[cfg.source]
     lines = [f"numaemu check: {name} on {cfg.arch}, {cfg.nodes} nodes x {cfg.sites} sites x {cfg.tasks} tasks, {calls}, "
              f"{cfg.requests} requests a node, ifetch {cfg.ifetch}, int3 fix {cfg.int3_fix}" + (f", bug {cfg.bug}" if cfg.bug else "")]
     if o.failure is not None:
@@ -241,7 +251,8 @@ def describe(result: CheckResult) -> str:
         lines.append(f"violation: {o.failure.kind}" + (f" ({where})" if where else "") + f": {d.get('detail', '')}")
         if "observed" in d and o.failure.kind in ("stale", "torn", "unsynchronized"):
             lines.append(f"  executed {d['observed']}" + (f"; the last call that returned left {d['expected']}" if o.failure.kind != "stale" else ""))
-        kind = "replayed" if result.replayed else "the shortest counterexample"
+        kind = "replayed" if result.replayed else "the shortest counterexample" if o.shortest else \
+            "a counterexample (the search for a shorter one stopped at --minimize-s)"
         lines.append(f"{kind}: {len(result.steps)} steps ({len(o.choices)} scheduling points)")
         for i, s in enumerate(result.steps, 1):
             lines.append(f"  {i:2d}. {s.actor} [{s.protocol_step}], {s.points} point(s), stopped at {s.stopped_at}")

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from numaemu.api.check import MAX_STATES, check, check_config, describe, progress_printer, replay
+from numaemu.api.check import MAX_STATES, MINIMIZE_S, check, check_config, describe, progress_printer, replay
 from numaemu.explore.system import LIMITS
 
 __all__ = ["add_parser", "cmd_check"]
@@ -23,13 +23,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--arch", default=None, help="x86_64 or arm64 (default: the protocol's)")
     p.add_argument("--inject-bug", dest="bug", default=None, help="plant a protocol bug (early-master, descriptor-reuse, no-sync, ...)")
     for name, default, what in (("nodes", 2, "nodes"), ("sites", 2, "sites patched"), ("tasks", 2, "tasks a node (2: one travels)"),
-                                ("calls", 1, "patch calls, one after another, by node 0, 1, ..."), ("requests", 2, "reader requests a node")):
-        p.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default}, at most {LIMITS[name]})")
-    p.add_argument("--source", default=None, help="calls (patch calls, one after another; default) or static_keys (each node enables, then disables, one key; key-race's default)")
+                                ("calls", None, "patch calls, one after another, by node 0, 1, ... (bpf: 2)"), ("requests", 2, "reader requests a node")):
+        p.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default or 1}, at most {LIMITS[name]})")
+    p.add_argument("--source", default=None, help="calls (patch calls, one after another; default), static_keys (each node enables, then disables, one key; "
+                   "key-race's) or bpf (attach the BPF trampoline, then detach and free it: --calls 2; trampoline-no-rcu's)")
     p.add_argument("--int3-fix", default="refcount", help="refcount or extra-sync (text_poke_bp's descriptor fix)")
     p.add_argument("--ifetch", default="coherent", help="coherent or until-sync (how stores reach fetched lines)")
     p.add_argument("--no-kprobe", dest="kprobe", action="store_false", help="x86: no armed kprobe in the requests")
     p.add_argument("--max-states", type=int, default=MAX_STATES, help=f"the state bound (default {MAX_STATES:,})")
+    p.add_argument("--minimize-s", type=float, default=MINIMIZE_S, help=f"how long to go on for a shorter counterexample once one is found (default {MINIMIZE_S:g} s)")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write the result as JSON ('-': stdout)")
     p.add_argument("--save", metavar="PATH", help="save a counterexample to replay (numaemu check --replay PATH)")
     p.add_argument("--replay", metavar="FILE", help="replay a saved counterexample step by step")
@@ -43,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg = check_config(protocol=args.protocol, arch=args.arch, bug=args.bug, nodes=args.nodes, sites=args.sites, tasks=args.tasks,
                            calls=args.calls, requests=args.requests, int3_fix=args.int3_fix, ifetch=args.ifetch, kprobe=args.kprobe, source=args.source)
         show = None if args.quiet or args.json_path == "-" else progress_printer(sys.stderr)
-        result = check(cfg, args.max_states, show)
+        result = check(cfg, args.max_states, show, args.minimize_s)
         if show is not None:
             print(file=sys.stderr)
     doc = result.to_json()

@@ -79,6 +79,7 @@ class Outcome:
     replays: int = 0
     max_depth: int = 0
     complete: bool = True  # False: the state bound stopped the search
+    shortest: bool = True  # False: the search for a shorter counterexample ran out of time
     failure: Failure | None = None
     choices: list[int] = field(default_factory=list)  # the shortest counterexample's choices
     seconds: float = 0.0
@@ -128,8 +129,9 @@ class _Run:
 class Explorer:
     """Every interleaving of `system`'s actors, depth first, with state hashing (module docstring)."""
 
-    def __init__(self, system: System, max_states: int, progress: Progress | None = None) -> None:
+    def __init__(self, system: System, max_states: int, progress: Progress | None = None, minimize_s: float = float("inf")) -> None:
         self.system = system
+        self.minimize_s = minimize_s
         self.max_states = max_states
         self.progress = progress
         self._run: _Run | None = None
@@ -216,7 +218,14 @@ class Explorer:
         return out
 
     def _search(self, out: Outcome) -> None:
-        best = 1 << 30  # the depth bound: one less than the shortest counterexample so far
+        self._search_to(out, 1 << 30)
+
+    def _search_to(self, out: Outcome, limit: int) -> bool:
+        """The search, to depth `limit`; True if it left a state unexplored for the depth. Once a
+        counterexample is found, the search for a shorter one goes on for `minimize_s` seconds
+        at most (`Outcome.shortest` says whether it ended)."""
+        cut = False
+        best = limit  # the depth bound: then one less than the shortest counterexample so far
         seen: dict[bytes, int] = {}
         run = self._new_run()
         root = self._root = run.digest()
@@ -227,10 +236,13 @@ class Explorer:
         path: list[list[Any]] = [[root, run.alive(), 0, False]]
         live = True  # `run` is at the state at the end of `path`
         last_report = 0.0
+        found_at: float | None = None
         while path:
             top = path[-1]
             depth = len(path) - 1
             if top[2] >= len(top[1]) or depth >= best:
+                if depth >= best and out.failure is None:
+                    cut = True  # a state left unexplored for the depth
                 path.pop()
                 live = False
                 if not top[3] and top[1] and depth < best:
@@ -253,7 +265,12 @@ class Explorer:
                 out.steps += 1
                 self._found(out, exc, path, None)
                 best = len(out.choices) - 1
+                if found_at is None:
+                    found_at = time.perf_counter()
                 continue
+            if found_at is not None and time.perf_counter() - found_at > self.minimize_s:
+                out.shortest = False
+                return cut
             out.steps += 1
             h = run.digest()
             if h == top[0]:
@@ -264,7 +281,7 @@ class Explorer:
                 continue
             top[3] = True
             self._edges.setdefault(top[0], set()).add(h)
-            if seen.get(h, best + 1) <= depth + 1:
+            if seen.get(h, 1 << 62) <= depth + 1:
                 out.pruned += 1
                 continue
             if h not in seen:
@@ -280,10 +297,11 @@ class Explorer:
             out.max_depth = max(out.max_depth, len(path) - 1)
             if out.states >= self.max_states:
                 out.complete = False
-                return
+                return cut
             if self.progress is not None and time.perf_counter() - last_report > 0.5:
                 last_report = time.perf_counter()
                 self.progress(out, len(path) - 1)
+        return cut
 
     @staticmethod
     def _found(out: Outcome, failure: Failure, path: list[list[Any]], extra: list[Any] | None) -> None:

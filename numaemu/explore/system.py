@@ -55,13 +55,15 @@ from numaemu.model.engine import page_bases
 from numaemu.model.image import LINE_SIZE, PAGE_SIZE, synthetic_image
 from numaemu.model.placement import place
 from numaemu.model.protocol_spec import ProtocolSpec
-from numaemu.model.sites import KPROBE_ARMED, site_table
+from numaemu.model.sites import FTRACE_BPF, FTRACE_OFF, KPROBE_ARMED, site_table
 from numaemu.patching.data_protocol import node_step_name
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader import IBUF_LINES, Reader, check_batch, check_order
-from numaemu.patching.sources import PatchOp, SourcePlan
+from numaemu.patching.reader_tasks import _NONE, ReaderTasks
+from numaemu.patching.sources import PatchOp, SourcePlan, plan_sources
+from numaemu.patching.stress_node import StressNodeConfig
 from numaemu.patching.textmem import TXT_HEADER, TextCopies, TextState, text_segment_size
 from numaemu.runtime.worker import fill_partition
 
@@ -127,6 +129,9 @@ class PatchSystem:
         length = 5 if cfg.arch == "x86_64" else 4
         jumps = [s for s in range(t.n_jump) if t.length[s] == length and t.holds(np.array([s]), 0, t.read(self.master, np.array([s])))[0]]
         self.patched = np.array(jumps[: cfg.sites], dtype=np.int64)
+        bpf_plan = plan_sources("bpf", t, image.n_keys)
+        if cfg.source == "bpf":  # the BPF trampoline's function: its ftrace site, attached and detached
+            self.patched = np.array([bpf_plan.bpf_site], dtype=np.int64)
         extra = [int(t.kprobe_sites()[0])] if cfg.arch == "x86_64" and cfg.kprobe and t.n_kprobe else []
         self.kprobe = extra[0] if extra else -1
         self.batch = np.sort(np.concatenate([self.patched, np.array(extra, dtype=np.int64)]))
@@ -156,13 +161,18 @@ class PatchSystem:
                           whole[:lo].copy(), whole[lo + n :].copy(), self.st.line_gen[self.lines].copy())
         # The static_keys source's plan: one key, whose use sites are the sites patched.
         none = np.zeros(0, np.int64)
-        self.plan = SourcePlan(("static_keys",), np.array([int(t.key[self.patched[0]])]), (self.patched,), none, -1, none, none, none)
+        if cfg.source == "bpf":
+            self.plan = bpf_plan
+        else:
+            self.plan = SourcePlan(("static_keys",), np.array([int(t.key[self.patched[0]])]), (self.patched,), none, -1, none, none, none)
         self.sources: list[NodeSource] = []
+        self.tasks: list[ReaderTasks] = []  # stress's task checks (code freed under a task), per node
         self.kernels: list[NodeKernel] = []
         self.readers: list[Reader] = []
         self.calls_done = 0
         self.held: list[list[int]] = []
         self.busy: list[bool] = []  # a node's CPU is in a request, a call or a safe point
+        self.left: list[int] = []
         self.new_then_old = 0
 
     def _write(self, site: int, data: bytes) -> None:
@@ -186,7 +196,7 @@ class PatchSystem:
         whole[lo + n :] = after
         st.line_gen[self.lines] = gens
         locks = Locks(*(cast(Any, threading.Lock()) for _ in range(7)))
-        self.kernels, self.readers, self.sources = [], [], []
+        self.kernels, self.readers, self.sources, self.tasks = [], [], [], []
         for n in range(cfg.nodes):
             reader: list[Reader] = []  # the flush hook's: the reader is built after its kernel
             # ivau-local: the I-cache maintenance reaches only the copy this node's page table maps.
@@ -201,12 +211,17 @@ class PatchSystem:
             reader.append(r)
             self.kernels.append(k)
             self.readers.append(r)
-            if cfg.source == "static_keys":
+            if cfg.source != "calls":
                 self.sources.append(NodeSource(self.plan, k, st, np.random.default_rng(n), key_race=cfg.bug == "key-race"))
+                self.tasks.append(ReaderTasks(self._node_config(n, locks), st, r, np.random.default_rng(n), self.sources[-1]))
+                k.idle = functools.partial(self._idle, n)
         # Task n * tasks stays on node n; with 2 tasks, n * tasks + 1 travels to the next node.
         self.held = [list(range(n * cfg.tasks, (n + 1) * cfg.tasks)) for n in range(cfg.nodes)]
+        for n, tasks in enumerate(self.held):
+            st.task_node[tasks] = n
         self.calls_done = 0
         self.busy = [False] * cfg.nodes
+        self.left = [cfg.requests] * cfg.nodes  # reader requests each node has left
         nodes: list[Callable[[], None]] = [functools.partial(self._node, n) for n in range(cfg.nodes)]
         return nodes + [functools.partial(self._safe_points, n) for n in range(cfg.nodes)]
 
@@ -225,7 +240,7 @@ class PatchSystem:
             h.update(r.tag[self.slots].tobytes())
             h.update(r.gen[self.slots].tobytes())
             h.update(r.data[self.slots].tobytes())
-        h.update(repr((self.calls_done, self.held, self.busy, [src.held.tolist() for src in self.sources])).encode())
+        h.update(repr((self.calls_done, self.held, self.busy, self.left, [src.held.tolist() for src in self.sources])).encode())
         h.update(st.key_count.tobytes())
         h.update(st.key_refs.tobytes())
         for f in frames:
@@ -235,7 +250,9 @@ class PatchSystem:
     def finish(self) -> None:
         """The end: every copy of every site equals the master, which holds the last call's state."""
         t, st = self.t, self.st
-        if self.cfg.source == "static_keys":
+        if self.cfg.source == "bpf":
+            want = FTRACE_BPF if self.cfg.calls % 2 else FTRACE_OFF
+        elif self.cfg.source == "static_keys":
             key = int(self.plan.keys[0])
             count, refs = int(st.key_count[key]), int(st.key_refs[:, 0].sum())
             if count != refs:
@@ -286,20 +303,45 @@ class PatchSystem:
         cfg = self.cfg
         # static_keys: enable, disable, ... at once on every node; calls: call c by node c mod nodes.
         mine = [c for c in range(cfg.calls) if cfg.source == "static_keys" or c % cfg.nodes == n]
-        left = cfg.requests
-        while mine or left:
+        while mine or self.left[n]:
             _wait_point()  # the start of this CPU's next request or call
             if self.busy[n]:  # inside a stop_machine round, from a safe point between two requests
                 continue
             self.busy[n] = True
             if mine and cfg.source == "static_keys":
                 self._key_op(n, mine.pop(0))
+            elif mine and cfg.source == "bpf" and self.calls_done == mine[0]:
+                mine.pop(0)
+                self.sources[n].step()  # attach the trampoline, or detach and free it
+                self.calls_done += 1
             elif mine and self.calls_done == mine[0]:
                 self._call(n, mine.pop(0))
-            elif left:
-                left -= 1
+            elif self.left[n]:
+                self.left[n] -= 1
                 self._request(n)
             self.busy[n] = False
+        if self.tasks:  # its tasks leave what they were in (ReaderTasks.leave_all), and it is done
+            self._leave(n)
+            self.st.nodes["done"][n] = 1
+
+    def _idle(self, n: int) -> None:
+        """What node `n` runs while its call waits (NodeKernel.idle, stress's readers): a request
+        of its tasks while it has some left, else its tasks leave what they were in (they run
+        on, in stress, and a task preempted inside a trampoline leaves it at its next request)."""
+        if self.left[n]:
+            self.left[n] -= 1
+            self._request(n)
+        else:
+            self._leave(n)
+
+    def _leave(self, n: int) -> None:
+        for t in self.held[n]:
+            if self.tasks[n]._inside(_NONE, t):
+                raise self._task_failure(n)
+
+    def _task_failure(self, n: int) -> Failure:
+        example = dict(self.tasks[n].examples[-1])
+        return Failure(str(example.pop("kind")), example)
 
     def _safe_points(self, n: int) -> None:
         """Node `n` between two requests (or with none left): it takes the IPIs of other nodes'
@@ -338,6 +380,8 @@ class PatchSystem:
             v = found[0]
             raise Failure(v.kind, {**v.to_json(), "task": task})
         self.new_then_old += len(check_order(obs, self.t, self.st.task_seen[task]))
+        if self.tasks and self.tasks[n]._inside(obs, task):  # a task preempted inside code that was freed
+            raise self._task_failure(n)
         if self.sources and self.sources[n].held[0] > 0:
             # static_key_enabled() is true while a reference is held: the key's sites jump
             # (reader_tasks._off_while_held, for one key).
@@ -348,7 +392,18 @@ class PatchSystem:
                 raise Failure("key-off-while-held", {"node": n, "task": task, "site": site, "address": hex(int(self.t.offset[site])),
                                                      "detail": "this node holds a reference on the key, and the key's site ran its NOP"})
         travels = self.cfg.tasks > 1 and task % self.cfg.tasks == self.cfg.tasks - 1 and self.cfg.nodes > 1
-        self.held[(n + 1) % self.cfg.nodes if travels else n].append(task)
+        dest = (n + 1) % self.cfg.nodes if travels else n
+        self.held[dest].append(task)
+        self.st.task_node[task] = dest
+
+    def _node_config(self, n: int, locks: Locks) -> StressNodeConfig:
+        """What stress's task checks read of a node's config (ReaderTasks): the plan, the sites,
+        the node; the rest is stress's processes', unused here."""
+        cfg = self.cfg
+        return StressNodeConfig(node=n, n_nodes=cfg.nodes, n_tasks=cfg.nodes * cfg.tasks, ctl_name="", mem_name="", master_name="", txt_name="",
+                                host_cpus=(), hosted=np.zeros(0, np.int64), table=self.tables[n], layout=self.layout, copies=self.copies,
+                                sites=self.t, plan=self.plan, n_keys=len(self.st.key_count), locks=locks, protocol=cfg.protocol, bug=cfg.bug,
+                                rate=1.0, seed=0, shared_core=False, coordinator_pid=0, bench=None, timeline=cast(Any, None), migrate=False)
 
     def where(self, frame: Any) -> str:
         """Where an actor stopped: the innermost frame of numaemu's patching code, with its line."""

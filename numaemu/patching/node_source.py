@@ -28,7 +28,7 @@ from numaemu.model.sites import (
 )
 from numaemu.patching import module_source
 from numaemu.patching.kernel import NodeKernel
-from numaemu.patching.protocols import WAIT_TIMEOUT_S, PatchTimeout
+from numaemu.patching.protocols import PatchTimeout
 from numaemu.patching.sources import (
     FTRACE_ALL_EVERY,
     FTRACE_FILTER,
@@ -236,7 +236,7 @@ class NodeSource:
         own tasks meanwhile, as the waiting task would sleep and let them run. Tasks a node that
         has finished holds have left every trampoline and module (`ReaderTasks.drain`)."""
         st, k = self.st, self.k
-        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        deadline = time.monotonic() + k.wait_timeout_s
         while not np.all(done() | ((st.task_node >= 0) & (st.nodes["done"][np.maximum(st.task_node, 0)] == 1))):
             k.check_alive()
             if k.idle is not None:
@@ -245,7 +245,7 @@ class NodeSource:
                 k.safe_point()
                 os.sched_yield()
             if time.monotonic() > deadline:
-                raise PatchTimeout(f"node {k.node}: waited {WAIT_TIMEOUT_S:.0f} s for {what}")
+                raise PatchTimeout(f"node {k.node}: waited {k.wait_timeout_s:.0f} s for {what}")
 
     # -- kprobes -----------------------------------------------------------------------------
 
