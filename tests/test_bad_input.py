@@ -182,7 +182,7 @@ def test_no_command_prints_the_commands_and_one_error_line(capsys):
     code, out, err = run_cli(capsys)
     assert code == 2
     assert "COMMAND" in out and "topology" in out and "calibrate" in out  # the help, on stdout
-    assert err == "error: COMMAND: give a command: topology, image, run, stress, bench, compare, plot, calibrate, record (numaemu COMMAND --help for its options)\n"
+    assert err == "error: COMMAND: give a command: topology, image, run, stress, bench, compare, plot, calibrate, record, check (numaemu COMMAND --help for its options)\n"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["-h"], ["run", "--help"], ["bench", "-h"], ["calibrate", "--help"]])

@@ -134,6 +134,10 @@ TXT_FAILURE = np.dtype([("node", "<i8"), ("site", "<i8"), ("expected", "u1", (8,
 assert TXT_HEADER.itemsize == 192 and TXT_NODE.itemsize == 128
 
 
+_PLAN_FROM = 64  # bytes from which `TextCopies.targets` keeps its answer
+_PLANS = 16
+
+
 def _word_index(dt: np.dtype) -> dict[str, int]:
     """Field name -> index of its 8-byte word in a record of `dt` (every field but ``pad``)."""
     assert dt.fields is not None  # a structured dtype
@@ -162,7 +166,9 @@ def invalidate(line_gen: np.ndarray | None, targets: np.ndarray) -> None:
     t = t[t >= 0]
     if len(t):
         fence()  # the stores before the new generation that says they are there
-        line_gen[np.unique(t // LINE_SIZE)] += 1
+        # A fancy-indexed += bumps a line named twice once: it moves, which is all a reader
+        # asks (no np.unique, whose hashing cost most of a 256-site batch).
+        line_gen[t // LINE_SIZE] += 1
 
 
 def _sections(n_nodes: int, n_sites: int, n_keys: int, n_tasks: int, n_lines: int = 0) -> list[tuple[str, np.dtype, int]]:
@@ -314,10 +320,28 @@ class TextCopies:
         return [int(b) + rest for b in self.where[page] if b >= 0]
 
     def targets(self, offsets: np.ndarray) -> np.ndarray:
-        """Offsets in ``mem`` of each image byte in `offsets`, one row per copy (-1: none)."""
+        """Offsets in ``mem`` of each image byte in `offsets`, one row per copy (-1: none).
+
+        A batch asks for the same bytes in each of its phases and its check (and a stress
+        source for the same sites call after call), so large answers are kept, by the offsets'
+        bytes (a patch plan computed once: `_PLANS` of them, the most recent)."""
         offsets = np.asarray(offsets, dtype=np.int64)
+        if len(offsets) < _PLAN_FROM:
+            return self._targets(offsets)
+        plans: dict[bytes, np.ndarray] = self.__dict__.setdefault("_plans", {})
+        key = offsets.tobytes()
+        rows = plans.get(key)
+        if rows is None:
+            if len(plans) >= _PLANS:
+                del plans[next(iter(plans))]
+            rows = plans[key] = self._targets(offsets)
+            rows.flags.writeable = False
+        return rows
+
+    def _targets(self, offsets: np.ndarray) -> np.ndarray:
         base = self.where[offsets // PAGE_SIZE]  # [n, copies]
-        return np.where(base >= 0, base + (offsets % PAGE_SIZE)[:, None], -1).T
+        out: np.ndarray = np.where(base >= 0, base + (offsets % PAGE_SIZE)[:, None], -1).T
+        return out
 
     def write(self, master: np.ndarray, mem: np.ndarray, offsets: np.ndarray, values: np.ndarray,
               line_gen: np.ndarray | None = None, inval: np.ndarray | None = None,
