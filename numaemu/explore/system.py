@@ -330,8 +330,9 @@ class PatchSystem:
         on, in stress, and a task preempted inside a trampoline leaves it at its next request)."""
         if self.left[n]:
             self.left[n] -= 1
-            self._request(n)
+            self._request(n)  # which begins at a safe point
         else:
+            self.kernels[n].safe_point()  # as run_batch does before each request
             self._leave(n)
 
     def _leave(self, n: int) -> None:
