@@ -321,24 +321,3 @@ def test_both_ways_agree_batch_after_batch(image, db, cold, user_local) -> None:
             results[way] = (out, c.requests, c.cache_hits, c.text_fetches.tolist(), c.user_fetches.tolist(), c.kernel_ns, c.user_ns, engine.user_sink, engine.cache.tags.tolist())
     assert results["direct"] == results["paths"]
     assert results["direct"][1] == 11
-
-
-@pytest.mark.parametrize("policy", ["replicate", "interleave"])
-def test_fill_through_the_segment_file_writes_what_stores_write(image, policy) -> None:
-    """Segment.write_pages (pwritev, runs of consecutive pages) fills a partition byte for byte as
-    stores through the mapping do; interleave's hosted pages are not consecutive."""
-    from numaemu.host.segments import Segment, new_token, segment_name
-
-    p = place(image, 2, policy)
-    lay = MemoryLayout.for_nodes(tuple(p.image_bytes(h) for h in range(2)), user_bytes=4096)
-    seg = Segment.create(segment_name("test", new_token()), lay.size)
-    try:
-        via_file, via_stores = seg.array(np.uint8), np.zeros(lay.size, dtype=np.uint8)
-        for h in range(2):
-            fill_partition(via_file, image.data, lay, h, p.hosted[h], 5, seg)
-            fill_partition(via_stores, image.data, lay, h, p.hosted[h], 5)
-        assert np.array_equal(via_file, via_stores) and via_file[: lay.part_offset[1]].any()
-        del via_file
-    finally:
-        seg.close()
-        seg.unlink()

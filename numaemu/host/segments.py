@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 SHM_DIR = Path("/dev/shm")
-_IOV_MAX = 1024  # buffers one pwritev takes (Linux UIO_MAXIOV)
 PREFIX = "numaemu"
 PARTITION_ALIGN = 2 << 20
 USER_DATA_BYTES = 8 << 20  # each node's user data: larger than the emulated cache
@@ -164,30 +163,6 @@ class Segment:
     def array(self, dtype: np.dtype | type = np.uint8, offset: int = 0, count: int = -1) -> np.ndarray:
         assert self.buf is not None, "segment is closed"
         return np.frombuffer(self.buf, dtype=dtype, count=count, offset=offset)
-
-    def write_pages(self, offset: int, pieces: list[memoryview]) -> bool:
-        """Write `pieces`, one after another, into the segment from byte `offset` through its
-        file (``pwritev``), not through the mapping: tmpfs fills a page that a write covers whole
-        without zeroing it first (mm/shmem.c, shmem_get_folio with SGP_WRITE), so first touch
-        costs about a copy, where stores through the mapping pay a fault and a page clear each
-        (measured here: 0.77x numpy memcpy against 0.27x). The pages land where the writer's
-        memory policy puts them, as its stores would. False if the file cannot be opened (a
-        segment not in /dev/shm): the caller stores through the mapping instead."""
-        try:
-            fd = os.open(SHM_DIR / self.name, os.O_RDWR)
-        except OSError:
-            return False
-        try:
-            for i in range(0, len(pieces), _IOV_MAX):
-                chunk = pieces[i : i + _IOV_MAX]
-                want = sum(len(p) for p in chunk)
-                done = os.pwritev(fd, chunk, offset)
-                if done != want:  # tmpfs writes whole or fails (ENOSPC raises)
-                    raise OSError(f"short write into {self.name}: {done} of {want} bytes")
-                offset += want
-        finally:
-            os.close(fd)
-        return True
 
     def close(self) -> None:
         if self.buf is not None:

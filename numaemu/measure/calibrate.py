@@ -353,7 +353,7 @@ def measure_replicate_gbps(image: KernelImage, repeats: int) -> float:
         try:
             mem = seg.array(np.uint8)
             t0 = time.perf_counter_ns()
-            fill_partition(mem, image.data, layout, 0, placement.hosted[0], 0, seg)
+            fill_partition(mem, image.data, layout, 0, placement.hosted[0], 0)
             times.append(time.perf_counter_ns() - t0)
             del mem
         finally:

@@ -138,7 +138,7 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
     cpus = pin_to(cfg.host_cpus)
     nc.phase("fill")
     mem, master = mem_seg.array(np.uint8), master_seg.array(np.uint8)
-    fill_partition(mem, master, cfg.layout, cfg.node, cfg.hosted, cfg.seed, mem_seg)
+    fill_partition(mem, master, cfg.layout, cfg.node, cfg.hosted, cfg.seed)
     st = TextState(txt_seg, cfg.n_nodes, len(cfg.sites), cfg.n_keys, cfg.n_tasks, cfg.layout.size)
     reader: Reader | None = None
     kernel = NodeKernel(

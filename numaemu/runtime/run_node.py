@@ -175,7 +175,7 @@ def _run_body(nc: NodeContext) -> NodeReport:
     cpus = pin_to(cfg.host_cpus)
     nc.phase("fill")
     mem = mem_seg.array(np.uint8)
-    fill_partition(mem, master_seg.array(np.uint8), cfg.layout, cfg.node, cfg.hosted, cfg.seed, mem_seg)
+    fill_partition(mem, master_seg.array(np.uint8), cfg.layout, cfg.node, cfg.hosted, cfg.seed)
     engine = node_engine(cfg, mem)
     # --delays none: batches are not held to their emulated time, so the wall clock measures
     # this host's own memory (on a real NUMA host, remote frames are really remote).

@@ -204,30 +204,14 @@ def node_shell(cfg: Any, conn: Connection, body: Callable[[NodeContext], object]
         conn.close()
 
 
-def fill_partition(mem: np.ndarray, master: np.ndarray, layout: MemoryLayout, node: int, hosted: np.ndarray, seed: int,
-                   seg: Segment | None = None) -> None:
+def fill_partition(mem: np.ndarray, master: np.ndarray, layout: MemoryLayout, node: int, hosted: np.ndarray, seed: int) -> None:
     """Phase ``fill``: `node`'s frames of the image (the pages in `hosted`, from the master) and
-    its user data, written by the node itself (first touch). With `seg` (``mem``'s segment), the
-    frames go in through its file, run by run of consecutive pages (`Segment.write_pages`: about
-    a copy's cost, where stores into fresh pages also pay a fault and a clear each)."""
-    start = layout.part_offset[node]
-    hosted = np.asarray(hosted, dtype=np.int64)
-    if seg is None or not seg.write_pages(start, _page_runs(master, hosted)):
-        own = mem[start : start + layout.image_bytes[node]]
-        own.reshape(-1, PAGE_SIZE)[:] = master.reshape(-1, PAGE_SIZE)[hosted]
+    its user data, written by the node itself (first touch)."""
+    master_pages = master.reshape(-1, PAGE_SIZE)
+    own = mem[layout.part_offset[node] : layout.part_offset[node] + layout.image_bytes[node]]
+    own.reshape(-1, PAGE_SIZE)[:] = master_pages[hosted]
     user = mem[layout.user_offset(node) : layout.user_offset(node) + layout.user_bytes]
     user[:] = np.random.default_rng([seed, node, 0x64617461]).integers(0, 256, len(user), dtype=np.uint8)
-
-
-def _page_runs(master: np.ndarray, pages: np.ndarray) -> list[memoryview]:
-    """The master's bytes of `pages`, as one slice per run of consecutive pages."""
-    if not len(pages):
-        return []
-    breaks = np.flatnonzero(np.diff(pages) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [len(pages)]])
-    mv = memoryview(master.data).cast("B")
-    return [mv[int(pages[a]) * PAGE_SIZE : (int(pages[b - 1]) + 1) * PAGE_SIZE] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
 class Aborted(Exception):
