@@ -20,6 +20,7 @@ from typing import Any
 from numaemu.errors import UsageError
 from numaemu.explore.scheduler import Explorer, Failure, Outcome
 from numaemu.explore.system import LIMITS, CheckConfig, PatchSystem
+from numaemu.host.files import read_text
 from numaemu.model.protocol_spec import KERNEL_PROTOCOLS, ProtocolSpec, load_protocol, protocol_from_mapping
 from numaemu.patching.protocols import BUGS, INT3_FIXES, PROTOCOLS
 from numaemu.patching.reader import IFETCH
@@ -173,9 +174,7 @@ def replay(path: str | Path) -> CheckResult:
     """Run the counterexample saved at `path` (a ``--json`` document or ``--save`` file) again."""
     p = Path(path)
     try:
-        doc = json.loads(p.read_text())
-    except OSError as exc:
-        raise UsageError("--replay", f"cannot read {p}: {exc.strerror or exc}") from None
+        doc = json.loads(read_text(p, "--replay"))  # a regular file, or one line saying why not
     except json.JSONDecodeError as exc:
         raise UsageError("--replay", f"{p} is not JSON: {exc}") from None
     if not isinstance(doc, dict) or "config" not in doc or "choices" not in doc:

@@ -218,14 +218,9 @@ class Explorer:
         return out
 
     def _search(self, out: Outcome) -> None:
-        self._search_to(out, 1 << 30)
-
-    def _search_to(self, out: Outcome, limit: int) -> bool:
-        """The search, to depth `limit`; True if it left a state unexplored for the depth. Once a
-        counterexample is found, the search for a shorter one goes on for `minimize_s` seconds
-        at most (`Outcome.shortest` says whether it ended)."""
-        cut = False
-        best = limit  # the depth bound: then one less than the shortest counterexample so far
+        """The search. Once a counterexample is found, the search for a shorter one goes on for
+        `minimize_s` seconds at most (`Outcome.shortest` says whether it ended)."""
+        best = 1 << 30  # the depth bound: one less than the shortest counterexample so far
         seen: dict[bytes, int] = {}
         run = self._new_run()
         root = self._root = run.digest()
@@ -241,13 +236,11 @@ class Explorer:
             top = path[-1]
             depth = len(path) - 1
             if top[2] >= len(top[1]) or depth >= best:
-                if depth >= best and out.failure is None:
-                    cut = True  # a state left unexplored for the depth
                 path.pop()
                 live = False
                 if not top[3] and top[1] and depth < best:
                     # Every actor came back to this state: none can make progress.
-                    self._found(out, Failure("deadlock", {"detail": "every node waits for another: no step leads anywhere else"}), path, top)
+                    self._found(out, Failure("deadlock", {"detail": "every node waits for another: no step leads anywhere else"}), path)
                     best = len(out.choices) - 1
                 continue
             actor = top[1][top[2]]
@@ -263,14 +256,14 @@ class Explorer:
                 run.step(actor)
             except Failure as exc:
                 out.steps += 1
-                self._found(out, exc, path, None)
+                self._found(out, exc, path)
                 best = len(out.choices) - 1
                 if found_at is None:
                     found_at = time.perf_counter()
                 continue
             if found_at is not None and time.perf_counter() - found_at > self.minimize_s:
                 out.shortest = False
-                return cut
+                return
             out.steps += 1
             h = run.digest()
             if h == top[0]:
@@ -297,16 +290,14 @@ class Explorer:
             out.max_depth = max(out.max_depth, len(path) - 1)
             if out.states >= self.max_states:
                 out.complete = False
-                return cut
+                return
             if self.progress is not None and time.perf_counter() - last_report > 0.5:
                 last_report = time.perf_counter()
                 self.progress(out, len(path) - 1)
-        return cut
 
     @staticmethod
-    def _found(out: Outcome, failure: Failure, path: list[list[Any]], extra: list[Any] | None) -> None:
+    def _found(out: Outcome, failure: Failure, path: list[list[Any]]) -> None:
+        """Keep `failure` if it is the first or its path (the choices taken along `path`) is shorter."""
         choices = [entry[1][entry[2] - 1] for entry in path]
-        if extra is not None:  # a deadlock: the state itself (its path ends before it)
-            choices = [entry[1][entry[2] - 1] for entry in path]
         if out.failure is None or len(choices) < len(out.choices):
             out.failure, out.choices = failure, choices

@@ -49,6 +49,7 @@ from typing import Any, cast
 import numpy as np
 
 from numaemu.explore.scheduler import Failure
+from numaemu.explore.stacks import stack_digest
 from numaemu.host import clock
 from numaemu.host.segments import MemoryLayout, Segment
 from numaemu.model.engine import page_bases
@@ -73,8 +74,6 @@ IMAGE_SCALE = 0.01
 # The largest size of each dimension the search holds (api/check.py refuses more): measured on
 # the 2-core dev VM, the states grow about tenfold a step in any one of them (README).
 LIMITS = {"nodes": 3, "sites": 3, "tasks": 2, "calls": 2, "requests": 3}
-# Locals that hold wall-clock stamps or spin counters: they decide no outcome here (module docstring).
-_NOT_STATE = frozenset({"t0", "deadline", "now", "due", "end", "tries", "resumes", "ns", "delay", "check", "clock", "last_report"})
 _HEADER_CLOCKS = ("sync_req_ns", "stop_req_ns")
 _HEADER_SHOWN = ("sync_seq", "stop_seq", "stop_arrived", "stop_released", "stop_writes", "desc_gen", "desc_live", "desc_count", "failures")
 _NODE_SHOWN = ("sync_ack", "stop_ack", "in_int3", "step")
@@ -244,7 +243,7 @@ class PatchSystem:
         h.update(st.key_count.tobytes())
         h.update(st.key_refs.tobytes())
         for f in frames:
-            _frames_digest(h, f)
+            stack_digest(h, f)
         return h.digest()
 
     def finish(self) -> None:
@@ -447,37 +446,3 @@ def _header_index(name: str) -> int:
     fields = TXT_HEADER.fields
     assert fields is not None
     return int(fields[name][1]) // 8
-
-
-def _frames_digest(h: Any, frame: Any) -> None:
-    """An actor's stack into the digest: each frame's code position and its local values (numbers,
-    strings, bytes, arrays and tuples or lists of them; objects are state only through the memory
-    and buffers hashed beside)."""
-    if frame is None or isinstance(frame, str):
-        h.update(b"done" if frame is None else frame.encode())
-        return
-    parts: list[Any] = []
-    f = frame
-    while f is not None:
-        parts.append(f.f_code)
-        parts.append(f.f_lasti)
-        for name, value in f.f_locals.items():
-            if name in _NOT_STATE:
-                continue
-            kind = type(value)
-            if kind in _SIMPLE:
-                parts.append(name)
-                parts.append(value)
-            elif kind is np.ndarray and value.nbytes <= _LOCAL_ARRAY_BYTES:  # larger: a view of a memory hashed beside
-                parts.append(name)
-                parts.append(value.tobytes())
-            elif (kind is list or kind is tuple) and len(value) <= 64 and all(type(v) in _SIMPLE for v in value):
-                parts.append(name)
-                parts.append(tuple(value))
-        f = f.f_back
-    h.update(repr([id(p) if type(p) is _CODE else p for p in parts]).encode())
-
-
-_LOCAL_ARRAY_BYTES = 4096
-_SIMPLE = frozenset({int, float, str, bytes, bool, type(None), np.int64, np.int8, np.uint8, np.bool_})
-_CODE = type(_frames_digest.__code__)
