@@ -110,6 +110,8 @@ FAST = [
     ({"protocol": "nosync", "bug": "ivau-local"}, "stale"),
     ({"protocol": "stop_machine", "bug": "no-sync", "ifetch": "until-sync"}, "torn"),
     ({"protocol": "stop_machine", "bug": "key-race"}, "unexpected-op"),  # both read 0: a lost update, both patch
+    ({"protocol": "stop_machine", "bug": "module-unload-running"}, "module-freed"),
+    ({"protocol": "stop_machine", "bug": "ipmodify-shared"}, "ipmodify-twice"),
 ]
 SLOW = [
     ({"protocol": "text_poke_bp", "bug": "descriptor-reuse"}, "int3-no-descriptor"),
@@ -165,6 +167,14 @@ def test_static_keys_on_every_node_at_once_are_clean() -> None:
     assert result.verdict == "clean" and result.outcome.states > 100
 
 
+@pytest.mark.parametrize("source", ["module", "shared"])
+def test_module_unload_and_shared_functions_are_clean(source) -> None:
+    # The unload waits for the task inside the module; the second IPMODIFY user is refused.
+    result = check(check_config(protocol="stop_machine", source=source))
+    assert result.verdict == "clean", result.outcome.failure and result.outcome.failure.detail
+    assert result.outcome.states > 100
+
+
 def test_the_broken_example_protocol_fails(capsys) -> None:
     code = main(["check", "--quiet", "--protocol", "examples/protocol_write_then_sync.toml"])
     out = capsys.readouterr().out
@@ -188,7 +198,7 @@ def test_a_saved_counterexample_replays(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["--nodes", "4"], "error: --nodes: 4 is more than the search can hold"),
     (["--sites", "0"], "error: --sites: must be an integer >= 1"),
-    (["--inject-bug", "module-unload-running"], "error: --inject-bug: module-unload-running is a bug of a patch source"),
+    (["--inject-bug", "module-unload-running", "--source", "shared"], "error: --inject-bug: module-unload-running is a bug of the module source"),
     (["--inject-bug", "key-race", "--source", "calls"], "error: --inject-bug: key-race is a bug of the static_keys source"),
     (["--source", "ftrace"], "error: --source: must be one of calls, static_keys"),
     (["--inject-bug", "early-master"], "error: --inject-bug: early-master is planted in stop_machine"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from numaemu.errors import UsageError
+from numaemu.explore import views
 from numaemu.explore.scheduler import Explorer, Failure, Outcome
 from numaemu.explore.system import LIMITS, CheckConfig, PatchSystem
 from numaemu.host.files import read_text
@@ -25,14 +26,13 @@ from numaemu.model.protocol_spec import KERNEL_PROTOCOLS, ProtocolSpec, load_pro
 from numaemu.patching.protocols import BUGS, INT3_FIXES, PROTOCOLS
 from numaemu.patching.reader import IFETCH
 
-__all__ = ["CheckResult", "Step", "check", "check_config", "replay", "MAX_STATES", "SOURCE_BUGS"]
+__all__ = ["CheckResult", "Step", "check", "check_config", "replay", "MAX_STATES", "SOURCES"]
 
 MAX_STATES = 1_000_000  # the default state bound (--max-states)
 MINIMIZE_S = 20.0  # how long the search goes on for a shorter counterexample (--minimize-s)
-# Bugs of the patch sources (sources.py), not of a protocol's patch call: stress finds them.
-SOURCE_BUGS = ("module-unload-running", "ipmodify-shared")
-SOURCES = ("calls", "static_keys", "bpf")
-_SOURCE_OF = {"key-race": "static_keys", "trampoline-no-rcu": "bpf"}
+SOURCES = ("calls", "static_keys", "bpf", "module", "shared")
+# The bugs of a patch source (sources.py), not of a protocol's patch call: each is explored with its source.
+_SOURCE_OF = {"key-race": "static_keys", "trampoline-no-rcu": "bpf", "module-unload-running": "module", "ipmodify-shared": "shared"}
 # Which protocols each protocol bug is planted in (protocols.py, the modules of each protocol).
 _BUG_PROTOCOLS = {
     "early-master": ("stop_machine",), "descriptor-reuse": ("text_poke_bp",), "no-int3-fix": ("text_poke_bp",),
@@ -123,11 +123,8 @@ def check_config(*, protocol: str | None = None, arch: str | None = None, bug: s
     if source == "bpf" and isinstance(calls, int) and calls < 2:
         raise UsageError("--calls", "the bpf source needs 2 (attach, then detach and free the trampoline)")
     if bug is not None and bug not in _SOURCE_OF:
-        if bug in SOURCE_BUGS:
-            raise UsageError("--inject-bug", f"{bug} is a bug of a patch source, not of a protocol's patch call, which is what check explores; "
-                             f"numaemu stress --inject-bug {bug} finds it")
         if bug not in BUGS:
-            raise UsageError("--inject-bug", f"must be one of {', '.join(b for b in BUGS if b not in SOURCE_BUGS)}, got {bug!r}")
+            raise UsageError("--inject-bug", f"must be one of {', '.join(BUGS)}, got {bug!r}")
         if protocol not in _BUG_PROTOCOLS[bug]:
             raise UsageError("--inject-bug", f"{bug} is planted in {', '.join(_BUG_PROTOCOLS[bug])}, not in {protocol}")
         if bug == "ivau-local" and arch != "arm64":
@@ -215,8 +212,8 @@ def _run_trace(explorer: Explorer, system: PatchSystem, choices: list[int]) -> t
     def on_step(actor: int, run: Any) -> None:
         nonlocal last
         g = run.actors[actor]
-        where = "its end (or the check that failed)" if g.dead else system.where(g.gr_frame)
-        snap = system.snapshot()
+        where = "its end (or the check that failed)" if g.dead else views.where(g.gr_frame)
+        snap = views.snapshot(system)
         node = actor % system.cfg.nodes
         if merged and merged[-1][0] == actor:
             merged[-1][1] += 1
@@ -227,12 +224,12 @@ def _run_trace(explorer: Explorer, system: PatchSystem, choices: list[int]) -> t
 
     explorer_failure = None
     system.reset()
-    last = system.snapshot()
+    last = views.snapshot(system)
     explorer_failure = explorer.replay(choices, on_step)
     steps = []
     for actor, points, where, step, before, after in merged:
         changes = tuple(f"{k}: {before.get(k)} -> {v}" for k, v in after.items() if before.get(k) != v)
-        steps.append(Step(system.describe(actor), points, where, str(step), changes))
+        steps.append(Step(views.describe(system, actor), points, where, str(step), changes))
     return tuple(steps), explorer_failure
 
 
@@ -241,7 +238,8 @@ def describe(result: CheckResult) -> str:
     cfg, o = result.config, result.outcome
     name = cfg.protocol if cfg.protocol_spec is None else f"protocol '{cfg.protocol_spec.name}'"
     calls = {"calls": f"{cfg.calls} call(s)", "static_keys": f"static_keys: {cfg.calls} op(s) a node",
-             "bpf": f"bpf: {cfg.calls} attach/detach op(s)"}[cfg.source]
+             "bpf": f"bpf: {cfg.calls} attach/detach op(s)", "module": f"module: {cfg.calls} unload/load op(s)",
+             "shared": f"shared: {cfg.calls} attach/detach op(s) a node"}[cfg.source]
     lines = [f"numaemu check: {name} on {cfg.arch}, {cfg.nodes} nodes x {cfg.sites} sites x {cfg.tasks} tasks, {calls}, "
              f"{cfg.requests} requests a node, ifetch {cfg.ifetch}, int3 fix {cfg.int3_fix}" + (f", bug {cfg.bug}" if cfg.bug else "")]
     if o.failure is not None:

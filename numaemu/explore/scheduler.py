@@ -61,12 +61,6 @@ class System(Protocol):
     def finish(self) -> None:
         """Every actor has finished: raise `Failure` if the end state breaks an invariant."""
 
-    def describe(self, actor: int) -> str:
-        """What `actor` is (``node 1``)."""
-
-    def snapshot(self) -> dict[str, Any]:
-        """The readable state (for the steps of a counterexample: what each step changed)."""
-
 
 @dataclass
 class Outcome:

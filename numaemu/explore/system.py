@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import linecache
 import mmap
 import threading
 from collections.abc import Callable
@@ -53,17 +52,17 @@ from numaemu.explore.stacks import stack_digest
 from numaemu.host import clock
 from numaemu.host.segments import MemoryLayout, Segment
 from numaemu.model.engine import page_bases
-from numaemu.model.image import LINE_SIZE, PAGE_SIZE, synthetic_image
+from numaemu.model.image import LINE_SIZE, PAGE_SIZE, synthetic_image, with_module_area
 from numaemu.model.placement import place
 from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import FTRACE_BPF, FTRACE_OFF, KPROBE_ARMED, site_table
-from numaemu.patching.data_protocol import node_step_name
+from numaemu.patching import module_source
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader import IBUF_LINES, Reader, check_batch, check_order
-from numaemu.patching.reader_tasks import _NONE, ReaderTasks
-from numaemu.patching.sources import PatchOp, SourcePlan, plan_sources
+from numaemu.patching.reader_tasks import LEAVING, ReaderTasks
+from numaemu.patching.sources import USER_FTRACE, USER_KLP, USER_KLP2, PatchOp, SourcePlan, plan_sources, sharing_agreement
 from numaemu.patching.stress_node import StressNodeConfig
 from numaemu.patching.textmem import TXT_HEADER, TextCopies, TextState, text_segment_size
 from numaemu.runtime.worker import fill_partition
@@ -71,12 +70,13 @@ from numaemu.runtime.worker import fill_partition
 __all__ = ["CheckConfig", "PatchSystem", "LIMITS"]
 
 IMAGE_SCALE = 0.01
+AT_ONCE = ("static_keys", "shared")  # sources whose every node performs each of its ops at once
+# ``shared``: node n's ftrace user of the shared function (two IPMODIFY livepatches, then tracing).
+SHARED_USERS = (USER_KLP, USER_KLP2, USER_FTRACE)
 # The largest size of each dimension the search holds (api/check.py refuses more): measured on
 # the 2-core dev VM, the states grow about tenfold a step in any one of them (README).
 LIMITS = {"nodes": 3, "sites": 3, "tasks": 2, "calls": 2, "requests": 3}
 _HEADER_CLOCKS = ("sync_req_ns", "stop_req_ns")
-_HEADER_SHOWN = ("sync_seq", "stop_seq", "stop_arrived", "stop_released", "stop_writes", "desc_gen", "desc_live", "desc_count", "failures")
-_NODE_SHOWN = ("sync_ack", "stop_ack", "in_int3", "step")
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,15 @@ class CheckConfig:
     kprobe: bool = True  # x86: every request also runs an armed kprobe
     protocol_spec: ProtocolSpec | None = None
     # "calls": patch calls, one after another; "static_keys": each node enables, then disables,
-    # ... one static key whose use sites are the sites (NodeSource, at once on every node).
+    # ... one static key whose use sites are the sites (NodeSource, at once on every node);
+    # "bpf": attach, detach and free the BPF trampoline; "module": unload, load, ... a module
+    # (loaded at the start); "shared": each node attaches, detaches, ... its own ftrace user of
+    # one shared function, at once on every node (module docstring).
     source: str = "calls"
 
     @property
     def total_ops(self) -> int:
-        return self.calls * (self.nodes if self.source == "static_keys" else 1)
+        return self.calls * (self.nodes if self.source in AT_ONCE else 1)
 
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in ("protocol", "arch", "bug", "nodes", "sites", "tasks", "calls", "requests", "int3_fix", "ifetch", "kprobe", "source")}
@@ -116,6 +119,8 @@ class PatchSystem:
     def __init__(self, cfg: CheckConfig) -> None:
         self.cfg = cfg
         image = synthetic_image(IMAGE_SCALE, arch=cfg.arch)
+        if cfg.source == "module":
+            image = with_module_area(image, slots=1)
         self.t = t = site_table(image)
         pl = place(image, cfg.nodes, "replicate")
         self.layout = lay = MemoryLayout.for_nodes(tuple(pl.image_bytes(h) for h in range(cfg.nodes)), user_bytes=4096)
@@ -128,9 +133,13 @@ class PatchSystem:
         length = 5 if cfg.arch == "x86_64" else 4
         jumps = [s for s in range(t.n_jump) if t.length[s] == length and t.holds(np.array([s]), 0, t.read(self.master, np.array([s])))[0]]
         self.patched = np.array(jumps[: cfg.sites], dtype=np.int64)
-        bpf_plan = plan_sources("bpf", t, image.n_keys)
+        plan = plan_sources(cfg.source if cfg.source in ("bpf", "module", "shared") else "bpf", t, image.n_keys)
         if cfg.source == "bpf":  # the BPF trampoline's function: its ftrace site, attached and detached
-            self.patched = np.array([bpf_plan.bpf_site], dtype=np.int64)
+            self.patched = np.array([plan.bpf_site], dtype=np.int64)
+        elif cfg.source == "shared":  # the shared function's ftrace site
+            self.patched = plan.shared_sites[:1]
+        elif cfg.source == "module":  # the module's first sites (its first function's)
+            self.patched = t.module_sites(0)[: cfg.sites]
         extra = [int(t.kprobe_sites()[0])] if cfg.arch == "x86_64" and cfg.kprobe and t.n_kprobe else []
         self.kprobe = extra[0] if extra else -1
         self.batch = np.sort(np.concatenate([self.patched, np.array(extra, dtype=np.int64)]))
@@ -145,11 +154,20 @@ class PatchSystem:
         # the master and every copy, and the lines they are in.
         lens = t.length[self.batch].astype(np.int64)
         self.text_idx = np.concatenate([np.arange(o, o + L) for o, L in zip(t.offset[self.batch].tolist(), lens.tolist(), strict=True)])
+        if cfg.source == "module":  # its load and unload write the whole slot
+            self.text_idx = np.union1d(self.text_idx, t.module_span(0))
         self.mem_idx = self.copies.targets(self.text_idx)  # [copy, byte]
         self.lines = np.unique(self.mem_idx[self.mem_idx >= 0] // LINE_SIZE)
         self.text_lines = np.unique(self.text_idx // LINE_SIZE)
         self.slots = self.text_lines % IBUF_LINES
         self.pages = np.unique(self.text_idx // PAGE_SIZE)
+        none = np.zeros(0, np.int64)
+        if cfg.source in ("bpf", "module", "shared"):
+            self.plan = plan
+        else:  # static_keys: one key, whose use sites are the sites patched
+            self.plan = SourcePlan(("static_keys",), np.array([int(t.key[self.patched[0]])]), (self.patched,), none, -1, none, none, none)
+        if cfg.source == "module":  # loaded before the start (module_source.load, without the syncs)
+            module_source.load(NodeSource(self.plan, self._kernel(0, _locks()), self.st, np.random.default_rng(0), False), 0, running=False)
         # What `reset` puts back: the bytes a run can change (the sites' in the master and every
         # copy, the txt segment but for the line generations, and those of the sites' lines).
         assert self.seg.buf is not None
@@ -158,12 +176,6 @@ class PatchSystem:
         lo, n = self._lg_span
         self._pristine = (self.master[self.text_idx].copy(), self.mem[self.mem_idx[self.mem_idx >= 0]].copy(),
                           whole[:lo].copy(), whole[lo + n :].copy(), self.st.line_gen[self.lines].copy())
-        # The static_keys source's plan: one key, whose use sites are the sites patched.
-        none = np.zeros(0, np.int64)
-        if cfg.source == "bpf":
-            self.plan = bpf_plan
-        else:
-            self.plan = SourcePlan(("static_keys",), np.array([int(t.key[self.patched[0]])]), (self.patched,), none, -1, none, none, none)
         self.sources: list[NodeSource] = []
         self.tasks: list[ReaderTasks] = []  # stress's task checks (code freed under a task), per node
         self.kernels: list[NodeKernel] = []
@@ -194,17 +206,11 @@ class PatchSystem:
         whole[:lo] = before
         whole[lo + n :] = after
         st.line_gen[self.lines] = gens
-        locks = Locks(*(cast(Any, threading.Lock()) for _ in range(7)))
+        locks = _locks()
         self.kernels, self.readers, self.sources, self.tasks = [], [], [], []
         for n in range(cfg.nodes):
             reader: list[Reader] = []  # the flush hook's: the reader is built after its kernel
-            # ivau-local: the I-cache maintenance reaches only the copy this node's page table maps.
-            local = page_bases(self.tables[n], self.layout.part_offset) if cfg.bug == "ivau-local" else None
-            k = NodeKernel(n, cfg.nodes, st, self.copies, self.master, self.mem, self.t, locks, protocol=cfg.protocol, bug=cfg.bug,
-                           shared_core=False, flush=functools.partial(_flush, reader), check_alive=_wait_point, ipi_delay_ns=0, text_poke_ns=1,
-                           int3_fix=cfg.int3_fix, data_protocol=cfg.protocol_spec, local_base=local)
-            k.wait_timeout_s, k.spin_tries = float("inf"), 1 << 62
-            k.count_rmw_ns = 1  # key-race's window between the count's read and write is a point
+            k = self._kernel(n, locks, functools.partial(_flush, reader))
             r = Reader(n, self.mem, self.tables[n], self.layout.part_offset, self.t, st, k.safe_point, fetch_gap_ns=1, handler_ns=1,
                        refcount=cfg.int3_fix == "refcount", ifetch=cfg.ifetch)
             reader.append(r)
@@ -224,6 +230,19 @@ class PatchSystem:
         nodes: list[Callable[[], None]] = [functools.partial(self._node, n) for n in range(cfg.nodes)]
         return nodes + [functools.partial(self._safe_points, n) for n in range(cfg.nodes)]
 
+    def _kernel(self, n: int, locks: Locks, flush: Callable[[], None] = lambda: None) -> NodeKernel:
+        """Node `n`'s kernel, as a stress node's, but every wait is a scheduling point and never
+        times out, and every timed window is one point (module docstring)."""
+        cfg = self.cfg
+        # ivau-local: the I-cache maintenance reaches only the copy this node's page table maps.
+        local = page_bases(self.tables[n], self.layout.part_offset) if cfg.bug == "ivau-local" else None
+        k = NodeKernel(n, cfg.nodes, self.st, self.copies, self.master, self.mem, self.t, locks, protocol=cfg.protocol, bug=cfg.bug,
+                       shared_core=False, flush=flush, check_alive=_wait_point, ipi_delay_ns=0, text_poke_ns=1,
+                       int3_fix=cfg.int3_fix, data_protocol=cfg.protocol_spec, local_base=local)
+        k.wait_timeout_s, k.spin_tries = float("inf"), 1 << 62
+        k.count_rmw_ns = 1  # key-race's window between the count's read and write is a point
+        return k
+
     def digest(self, frames: list[Any]) -> bytes:
         st, h = self.st, hashlib.blake2b(digest_size=16)
         header = np.array(st.hq, dtype=np.int64)
@@ -242,6 +261,10 @@ class PatchSystem:
         h.update(repr((self.calls_done, self.held, self.busy, self.left, [src.held.tolist() for src in self.sources])).encode())
         h.update(st.key_count.tobytes())
         h.update(st.key_refs.tobytes())
+        # What the sources' task checks and waits read: trampolines and modules a task is inside,
+        # its quiescent states, the modules' generations and liveness, the shared functions' users.
+        for arr in (st.task_tramp, st.task_qs, st.task_mod, st.slot_gen, st.site_live[b], st.share_users):
+            h.update(arr.tobytes())
         for f in frames:
             stack_digest(h, f)
         return h.digest()
@@ -251,6 +274,8 @@ class PatchSystem:
         t, st = self.t, self.st
         if self.cfg.source == "bpf":
             want = FTRACE_BPF if self.cfg.calls % 2 else FTRACE_OFF
+        elif self.cfg.source in ("module", "shared"):
+            want = -1  # judged below: the module's liveness, the functions' users
         elif self.cfg.source == "static_keys":
             key = int(self.plan.keys[0])
             count, refs = int(st.key_count[key]), int(st.key_refs[:, 0].sum())
@@ -259,7 +284,11 @@ class PatchSystem:
             want = int(count > 0)
         else:
             want = self.cfg.calls % 2
-        bad = [int(s) for s in self.patched if not t.holds(np.array([s]), want, t.read(self.master, np.array([s])))[0]]
+        if self.cfg.source == "module" and int(st.site_live[self.patched[0]]) != self.cfg.calls % 2 ^ 1:
+            raise Failure("not-patched", {"detail": f"the module is {'not ' * (self.cfg.calls % 2 == 0)}loaded after every call returned"})
+        if self.cfg.source == "shared" and (problems := sharing_agreement(self.plan, st.share_users, st.site_state)):
+            raise Failure("sharing", {"site": int(self.patched[0]), "detail": problems[0]})
+        bad = [int(s) for s in self.patched if want >= 0 and not t.holds(np.array([s]), want, t.read(self.master, np.array([s])))[0]]
         if bad:
             raise Failure("not-patched", {"site": bad[0], "detail": f"the master does not hold state {want} after every call returned"})
         differ = self.master[self.text_idx][None, :] != np.where(self.mem_idx >= 0, self.mem[self.mem_idx], self.master[self.text_idx][None, :])
@@ -269,49 +298,26 @@ class PatchSystem:
         if st.get("failures"):
             raise _logged(st, None)
 
-    def describe(self, actor: int) -> str:
-        n = self.cfg.nodes
-        return f"node {actor}" if actor < n else f"node {actor - n} (safe point)"
-
-    def snapshot(self) -> dict[str, Any]:
-        """The readable state, for a counterexample's steps (what each changed)."""
-        st, t = self.st, self.t
-        out: dict[str, Any] = {name: st.get(name) for name in _HEADER_SHOWN}
-        for n in range(self.cfg.nodes):
-            for name in _NODE_SHOWN:
-                v = st.node_get(n, name)
-                out[f"node {n} {name}"] = node_step_name(self.cfg.protocol_spec, v) if name == "step" else v
-        for s in self.batch.tolist():
-            o, L = int(t.offset[s]), int(t.length[s])
-            out[f"site {s} master"] = bytes(self.master[o : o + L]).hex(" ")
-            for c, base in enumerate(self.copies.targets(np.arange(o, o + L))):
-                out[f"site {s} copy {c}"] = bytes(self.mem[base]).hex(" ") if (base >= 0).all() else "-"
-            out[f"site {s} seq"] = int(st.site_seq[s])
-            out[f"site {s} state"] = int(st.site_state[s])
-        if self.sources:
-            out["key count"] = int(st.key_count[int(self.plan.keys[0])])
-            for n in range(len(self.sources)):
-                out[f"node {n} key references"] = int(st.key_refs[n, 0])
-        out["calls returned"] = self.calls_done
-        return out
-
     # -- the actors ---------------------------------------------------------------------------
 
     def _node(self, n: int) -> None:
         """Node `n`'s CPU: its requests, and its patch calls when their turn comes (module docstring)."""
         cfg = self.cfg
-        # static_keys: enable, disable, ... at once on every node; calls: call c by node c mod nodes.
-        mine = [c for c in range(cfg.calls) if cfg.source == "static_keys" or c % cfg.nodes == n]
+        # static_keys, shared: every op at once on every node; else call c by node c mod nodes.
+        mine = [c for c in range(cfg.calls) if cfg.source in AT_ONCE or c % cfg.nodes == n]
         while mine or self.left[n]:
             _wait_point()  # the start of this CPU's next request or call
             if self.busy[n]:  # inside a stop_machine round, from a safe point between two requests
                 continue
             self.busy[n] = True
-            if mine and cfg.source == "static_keys":
-                self._key_op(n, mine.pop(0))
-            elif mine and cfg.source == "bpf" and self.calls_done == mine[0]:
-                mine.pop(0)
-                self.sources[n].step()  # attach the trampoline, or detach and free it
+            if mine and cfg.source in AT_ONCE:
+                self._source_op(n, mine.pop(0))
+            elif mine and cfg.source in ("bpf", "module") and self.calls_done == mine[0]:
+                c = mine.pop(0)
+                if cfg.source == "bpf":
+                    self.sources[n].step()  # attach the trampoline, or detach and free it
+                else:
+                    module_source.op(self.sources[n], loading=c % 2 == 1)  # unload first: loaded at the start
                 self.calls_done += 1
             elif mine and self.calls_done == mine[0]:
                 self._call(n, mine.pop(0))
@@ -319,9 +325,8 @@ class PatchSystem:
                 self.left[n] -= 1
                 self._request(n)
             self.busy[n] = False
-        if self.tasks:  # its tasks leave what they were in (ReaderTasks.leave_all), and it is done
+        if self.tasks:
             self._leave(n)
-            self.st.nodes["done"][n] = 1
 
     def _idle(self, n: int) -> None:
         """What node `n` runs while its call waits (NodeKernel.idle, stress's readers): a request
@@ -335,9 +340,20 @@ class PatchSystem:
             self._leave(n)
 
     def _leave(self, n: int) -> None:
+        """Node `n` has spent its requests: its tasks leave what they were in, once
+        (ReaderTasks.leave_all), and it is done: a task it holds, or that travels to it later
+        (and leaves at once, as ReaderTasks.drain), runs no more requests, so a wait for the
+        tasks counts it as having left (node_source.wait_tasks). Once only: another quiescent
+        state on every wait would make every turn of a wait a new state."""
+        if self.st.nodes["done"][n]:
+            return
         for t in self.held[n]:
-            if self.tasks[n]._inside(_NONE, t):
-                raise self._task_failure(n)
+            self._task_leaves(n, t)
+        self.st.nodes["done"][n] = 1
+
+    def _task_leaves(self, n: int, t: int) -> None:
+        if self.tasks[n].inside(LEAVING, t):
+            raise self._task_failure(n)
 
     def _task_failure(self, n: int) -> Failure:
         example = dict(self.tasks[n].examples[-1])
@@ -362,9 +378,13 @@ class PatchSystem:
         if self.st.get("failures"):
             raise _logged(self.st, n)
 
-    def _key_op(self, n: int, c: int) -> None:
-        """static_key_enable (c even) or static_key_disable (c odd) through the node's source."""
-        self.sources[n].perform(PatchOp("static_key_enable" if c % 2 == 0 else "static_key_disable", key=0))
+    def _source_op(self, n: int, c: int) -> None:
+        """static_keys: static_key_enable (c even) or static_key_disable (c odd) through the
+        node's source; shared: attach (c even) or detach (c odd) the node's ftrace user."""
+        if self.cfg.source == "shared":
+            self.sources[n].shared_op(0, SHARED_USERS[n % len(SHARED_USERS)])
+        else:
+            self.sources[n].perform(PatchOp("static_key_enable" if c % 2 == 0 else "static_key_disable", key=0))
         self.calls_done += 1
         if self.st.get("failures"):
             raise _logged(self.st, n)
@@ -374,13 +394,18 @@ class PatchSystem:
         k, r, held = self.kernels[n], self.readers[n], self.held[n]
         k.safe_point()
         task = held.pop(0)
-        obs = r.execute(self.batch)
+        # A module's sites only while it is loaded (as stress's picks); the unload's sync
+        # waits for a request that chose them to end.
+        live = self.batch[(self.batch < self.t.n_core) | (self.st.site_live[self.batch] == 1)]
+        obs = r.execute(live)
         bad, found = check_batch(obs, self.t, n, 1)
         if bad:
             v = found[0]
             raise Failure(v.kind, {**v.to_json(), "task": task})
         self.new_then_old += len(check_order(obs, self.t, self.st.task_seen[task]))
-        if self.tasks and self.tasks[n]._inside(obs, task):  # a task preempted inside code that was freed
+        if self.tasks and self.tasks[n].inside(obs, task):  # a task preempted inside code that was freed
+            raise self._task_failure(n)
+        if self.cfg.source == "shared" and self.tasks[n].ipmodify(obs, task):  # it ran a function with two IPMODIFY users
             raise self._task_failure(n)
         if self.sources and self.sources[n].held[0] > 0:
             # static_key_enabled() is true while a reference is held: the key's sites jump
@@ -395,6 +420,8 @@ class PatchSystem:
         dest = (n + 1) % self.cfg.nodes if travels else n
         self.held[dest].append(task)
         self.st.task_node[task] = dest
+        if self.tasks and self.st.nodes["done"][dest]:
+            self._task_leaves(dest, task)
 
     def _node_config(self, n: int, locks: Locks) -> StressNodeConfig:
         """What stress's task checks read of a node's config (ReaderTasks): the plan, the sites,
@@ -405,20 +432,13 @@ class PatchSystem:
                                 sites=self.t, plan=self.plan, n_keys=len(self.st.key_count), locks=locks, protocol=cfg.protocol, bug=cfg.bug,
                                 rate=1.0, seed=0, shared_core=False, coordinator_pid=0, bench=None, timeline=cast(Any, None), migrate=False)
 
-    def where(self, frame: Any) -> str:
-        """Where an actor stopped: the innermost frame of numaemu's patching code, with its line."""
-        f = frame
-        while f is not None:
-            name = f.f_code.co_filename
-            if "numaemu" in name and "/explore/" not in name and not name.endswith("clock.py"):
-                line = linecache.getline(name, f.f_lineno).strip()
-                return f"{name.rsplit('numaemu/', 1)[-1]}:{f.f_lineno} {f.f_code.co_qualname}: {line}"
-            f = f.f_back
-        return "the start of its next request or call"
-
     def close(self) -> None:
         self.kernels, self.readers = [], []
         self.st.release()
+
+
+def _locks() -> Locks:
+    return Locks(*(cast(Any, threading.Lock()) for _ in range(7)))
 
 
 def _flush(reader: list[Reader]) -> None:

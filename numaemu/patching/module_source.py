@@ -52,7 +52,9 @@ def op(src: NodeSource, loading: bool) -> None:
             (load if loading else unload)(src, slots[0])
 
 
-def load(src: NodeSource, slot: int) -> None:
+def load(src: NodeSource, slot: int, running: bool = True) -> None:
+    """Load a module into `slot`. `running=False`: before any node runs (numaemu check's start),
+    so its text is written without the syncs that keep running nodes off the slot."""
     t, st = src.k.sites, src.st
     # Journaled: a node killed half-way through a load or an unload leaves the slot for a
     # recovery to unload cleanly (recovery.repair_text), as a failed load_module() frees it.
@@ -79,7 +81,10 @@ def load(src: NodeSource, slot: int) -> None:
         o, L = int(t.offset[s]) - base, int(t.length[s])
         body[o : o + L] = t.enc[s, 1, :L]
     states[kinds == KIND_ALT] = 1
-    _write_slot(src.k, slot, body)
+    if running:
+        _write_slot(src.k, slot, body)
+    else:
+        src.k.copies.write(src.k.master, src.k.mem, t.module_span(slot), body, st.line_gen)
     src.module_loads += 1
     st.site_state[sites] = states
     st.slot_gen[slot] = gen

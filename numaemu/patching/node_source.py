@@ -281,9 +281,12 @@ class NodeSource:
         """Attach or detach one user of one shared function (`sources` ``shared``): the site is
         patched when the users' state changes; a second IPMODIFY user is refused, unless the
         ``ipmodify-shared`` bug lets it through."""
+        i = int(self.rng.integers(len(self.plan.shared_sites)))
+        self.shared_op(i, int(self.rng.choice([USER_FTRACE, USER_BPF, USER_KLP, USER_KLP2])))
+
+    def shared_op(self, i: int, user: int) -> None:
+        """Attach `user` (a sources.USER_* bit) to shared function `i`, or detach it if attached."""
         sites = self.plan.shared_sites
-        i = int(self.rng.integers(len(sites)))
-        user = int(self.rng.choice([USER_FTRACE, USER_BPF, USER_KLP, USER_KLP2]))
         with self.k.holding(self.k.locks.ftrace):
             mask = int(self.st.share_users[i])
             new = mask & ~user if mask & user else mask | user

@@ -26,7 +26,7 @@ from numaemu.patching.textmem import TextState
 if TYPE_CHECKING:
     from numaemu.patching.stress_node import StressNodeConfig
 
-__all__ = ["ReaderTasks", "READER_TASKS", "BATCH_SITES", "MAX_REPORTED"]
+__all__ = ["ReaderTasks", "LEAVING", "READER_TASKS", "BATCH_SITES", "MAX_REPORTED"]
 
 READER_TASKS = 4  # per node: READER_TASKS - 1 that stay, one that migrates (livepatch's per-task consistency, RCU-tasks)
 BATCH_SITES = 48  # sites executed per reader batch (between two safe points)
@@ -119,9 +119,9 @@ class ReaderTasks:
         batch = self._pick(t)
         obs = self.reader.execute(batch)
         self.violations += self._judge(obs, t)
-        self.violations += self._inside(obs, t)
+        self.violations += self.inside(obs, t)
         if len(self.shared):
-            self.violations += self._ipmodify(obs, t)
+            self.violations += self.ipmodify(obs, t)
         self._order(obs, t)
         if t not in self.homes:
             if self.migrate:
@@ -180,7 +180,7 @@ class ReaderTasks:
             rng.integers(0, cfg.sites.n_core, BATCH_SITES - len(picked)),
         ])
 
-    def _inside(self, obs: Observation, t: int) -> int:
+    def inside(self, obs: Observation, t: int) -> int:
         """Task `t` and the code that can be freed under it: the BPF trampoline and modules. A
         task whose request called into one is preempted inside it and leaves it at the end of
         its next request; what it entered must not have been freed meanwhile
@@ -214,7 +214,7 @@ class ReaderTasks:
             st.task_qs[t] += 1
         return bad
 
-    def _ipmodify(self, obs: Observation, t: int) -> int:
+    def ipmodify(self, obs: Observation, t: int) -> int:
         """A shared function this task ran must not have two IPMODIFY users attached (its ftrace
         ops list as the task's call went through it)."""
         ran = np.flatnonzero(np.isin(self.shared, obs.sites))
@@ -244,7 +244,7 @@ class ReaderTasks:
         """The run is over for this node: the tasks it holds leave whatever trampoline or module
         they are in (each still checked) and pass a quiescent state."""
         for t in [*self.homes, *self.held]:
-            self.violations += self._inside(_NONE, t)
+            self.violations += self.inside(LEAVING, t)
 
     def drain(self) -> None:
         """After the run, a task that migrated here leaves what it was in, as `leave_all`, and
@@ -253,7 +253,7 @@ class ReaderTasks:
         while self._pop():
             t = self.held[-1]
             self.st.task_node[t] = -1  # not held by a finished node until it has left
-            self.violations += self._inside(_NONE, t)
+            self.violations += self.inside(LEAVING, t)
             fence()  # it has left before the node that holds it says so
             self.st.task_node[t] = self.cfg.node
 
@@ -340,7 +340,7 @@ class ReaderTasks:
             st.set("first_at_ns", now)
 
 
-_NONE = Observation(sites=np.zeros(0, np.int64), observed=np.zeros(0, np.uint8), via_int3=np.zeros(0, bool), handler_ok=np.zeros(0, bool),
+LEAVING = Observation(sites=np.zeros(0, np.int64), observed=np.zeros(0, np.uint8), via_int3=np.zeros(0, bool), handler_ok=np.zeros(0, bool),
                     seq_before=np.zeros(0, np.int64), seq_after=np.zeros(0, np.int64), committed=np.zeros(0, np.int8))  # a task leaving
 
 
