@@ -17,9 +17,10 @@ from numaemu.api.config import MachineConfig, RunConfig, StressConfig  # noqa: E
 from numaemu.api.emulation import Emulation  # noqa: E402
 from numaemu.api.records import BenchResult, CalibrationResult, PolicyResult, RunResult, StressResult  # noqa: E402
 from numaemu.errors import NodeFailure, UsageError  # noqa: E402
+from numaemu.host.files import load_protocol  # noqa: E402
 from numaemu.model.image import KernelImage, synthetic_image  # noqa: E402
 from numaemu.model.placement import POLICIES, Placement, place  # noqa: E402
-from numaemu.model.protocol_spec import ProtocolSpec, Step, load_protocol  # noqa: E402
+from numaemu.model.protocol_spec import ProtocolSpec, Step  # noqa: E402
 from numaemu.model.topology import Topology  # noqa: E402
 from numaemu.patching.sources import PATCH_OPS, PatchOp  # noqa: E402
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from numaemu.errors import UsageError
-from numaemu.model.protocol_spec import KERNEL_PROTOCOLS, Step, load_protocol, protocol_from_mapping
+from numaemu.host.files import load_protocol
+from numaemu.model.protocol_spec import KERNEL_PROTOCOLS, Step, protocol_from_mapping
 
 from .conftest import ROOT
 

@@ -21,8 +21,8 @@ from numaemu.errors import UsageError
 from numaemu.explore import views
 from numaemu.explore.scheduler import Explorer, Failure, Outcome
 from numaemu.explore.system import LIMITS, CheckConfig, PatchSystem
-from numaemu.host.files import read_text
-from numaemu.model.protocol_spec import KERNEL_PROTOCOLS, ProtocolSpec, load_protocol, protocol_from_mapping
+from numaemu.host.files import load_protocol, read_text
+from numaemu.model.protocol_spec import KERNEL_PROTOCOLS, ProtocolSpec, protocol_from_mapping
 from numaemu.patching.protocols import BUGS, INT3_FIXES, PROTOCOLS
 from numaemu.patching.reader import IFETCH
 

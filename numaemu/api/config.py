@@ -19,11 +19,12 @@ from pathlib import Path
 
 from numaemu.api import params
 from numaemu.errors import UsageError
+from numaemu.host.files import load_protocol
 from numaemu.model.hardware_presets import PROFILES
 from numaemu.model.image import ARCHES
 from numaemu.model.pagetables import PT_STYLES
 from numaemu.model.placement import POLICIES, REPLICATE_SCOPES
-from numaemu.model.protocol_spec import ProtocolSpec, load_protocol
+from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.timeline import TIMELINE_PARAMETERS, setting_error
 from numaemu.model.workloads import check_workload
 from numaemu.patching.protocols import BUGS, INT3_FIXES, PROTOCOLS

@@ -26,7 +26,9 @@ def add_parser(sub: Any) -> None:
                                 ("calls", None, "patch calls, one after another, by node 0, 1, ... (bpf: 2)"), ("requests", 2, "reader requests a node")):
         p.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default or 1}, at most {LIMITS[name]})")
     p.add_argument("--source", default=None, help="calls (patch calls, one after another; default), static_keys (each node enables, then disables, one key; "
-                   "key-race's) or bpf (attach the BPF trampoline, then detach and free it: --calls 2; trampoline-no-rcu's)")
+                   "key-race's), bpf (attach the BPF trampoline, then detach and free it: --calls 2; trampoline-no-rcu's), "
+                   "module (unload, then load, a module loaded at the start; module-unload-running's) or shared (each node attaches, "
+                   "then detaches, its own ftrace user of one function; ipmodify-shared's)")
     p.add_argument("--int3-fix", default="refcount", help="refcount or extra-sync (text_poke_bp's descriptor fix)")
     p.add_argument("--ifetch", default="coherent", help="coherent or until-sync (how stores reach fetched lines)")
     p.add_argument("--no-kprobe", dest="kprobe", action="store_false", help="x86: no armed kprobe in the requests")

@@ -1,6 +1,6 @@
 """A deterministic scheduler that explores every interleaving of a few actors, to a bound.
 
-Each actor (a node's CPU, in `system.py`) runs ordinary code in a greenlet of its own, so only
+Each actor (a node's CPU, in `actors.py`) runs ordinary code in a greenlet of its own, so only
 one runs at a time. It gives the scheduler control back at every *scheduling point*: where the
 patching code already marks a window (`numaemu.host.clock.spin`: the fetch gap, the pipeline, the
 INT3 handler's bsearch, the time one copy's write takes) and every iteration of a wait

@@ -15,6 +15,13 @@ With ``--source static_keys`` the calls are static-key operations instead: each 
 disables, ... one key whose use sites are the sites (`NodeSource.perform`, the code stress runs),
 all nodes at once, and a node holding a reference must see the key's sites jump (as
 reader_tasks._off_while_held checks); at the end the key's count equals the references held.
+With ``--source bpf`` call c attaches (c even) or detaches and frees (c odd) the BPF trampoline
+(`NodeSource.step`); with ``--source module`` a module of one slot is loaded before the start and
+call c unloads it (c even) or loads it again (`module_source.op`); with ``--source shared`` each
+node attaches, then detaches, ... its own ftrace user of one shared function, all nodes at once
+(`NodeSource.shared_op`: SHARED_USERS). Stress's own task checks judge them
+(`ReaderTasks.inside`: code freed under a task preempted inside it; `ReaderTasks.ipmodify`: a
+function run with two IPMODIFY users), and `finish` the end (`sharing_agreement`).
 
 The image is the synthetic one at scale 0.01 (643 sites, 32 of them kprobes). The sites patched are the first jump
 labels of the instruction length of the arch (x86 5-byte NOP <-> JMP, arm64 NOP <-> B): call c (of
@@ -47,9 +54,10 @@ from typing import Any, cast
 
 import numpy as np
 
+from numaemu.explore import actors
+from numaemu.explore.actors import AT_ONCE, logged, wait_point
 from numaemu.explore.scheduler import Failure
 from numaemu.explore.stacks import stack_digest
-from numaemu.host import clock
 from numaemu.host.segments import MemoryLayout, Segment
 from numaemu.model.engine import page_bases
 from numaemu.model.image import LINE_SIZE, PAGE_SIZE, synthetic_image, with_module_area
@@ -60,9 +68,9 @@ from numaemu.patching import module_source
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
-from numaemu.patching.reader import IBUF_LINES, Reader, check_batch, check_order
-from numaemu.patching.reader_tasks import LEAVING, ReaderTasks
-from numaemu.patching.sources import USER_FTRACE, USER_KLP, USER_KLP2, PatchOp, SourcePlan, plan_sources, sharing_agreement
+from numaemu.patching.reader import IBUF_LINES, Reader
+from numaemu.patching.reader_tasks import ReaderTasks
+from numaemu.patching.sources import SourcePlan, plan_sources, sharing_agreement
 from numaemu.patching.stress_node import StressNodeConfig
 from numaemu.patching.textmem import TXT_HEADER, TextCopies, TextState, text_segment_size
 from numaemu.runtime.worker import fill_partition
@@ -70,9 +78,6 @@ from numaemu.runtime.worker import fill_partition
 __all__ = ["CheckConfig", "PatchSystem", "LIMITS"]
 
 IMAGE_SCALE = 0.01
-AT_ONCE = ("static_keys", "shared")  # sources whose every node performs each of its ops at once
-# ``shared``: node n's ftrace user of the shared function (two IPMODIFY livepatches, then tracing).
-SHARED_USERS = (USER_KLP, USER_KLP2, USER_FTRACE)
 # The largest size of each dimension the search holds (api/check.py refuses more): measured on
 # the 2-core dev VM, the states grow about tenfold a step in any one of them (README).
 LIMITS = {"nodes": 3, "sites": 3, "tasks": 2, "calls": 2, "requests": 3}
@@ -219,7 +224,7 @@ class PatchSystem:
             if cfg.source != "calls":
                 self.sources.append(NodeSource(self.plan, k, st, np.random.default_rng(n), key_race=cfg.bug == "key-race"))
                 self.tasks.append(ReaderTasks(self._node_config(n, locks), st, r, np.random.default_rng(n), self.sources[-1]))
-                k.idle = functools.partial(self._idle, n)
+                k.idle = functools.partial(actors.idle, self, n)
         # Task n * tasks stays on node n; with 2 tasks, n * tasks + 1 travels to the next node.
         self.held = [list(range(n * cfg.tasks, (n + 1) * cfg.tasks)) for n in range(cfg.nodes)]
         for n, tasks in enumerate(self.held):
@@ -227,8 +232,8 @@ class PatchSystem:
         self.calls_done = 0
         self.busy = [False] * cfg.nodes
         self.left = [cfg.requests] * cfg.nodes  # reader requests each node has left
-        nodes: list[Callable[[], None]] = [functools.partial(self._node, n) for n in range(cfg.nodes)]
-        return nodes + [functools.partial(self._safe_points, n) for n in range(cfg.nodes)]
+        nodes: list[Callable[[], None]] = [functools.partial(actors.node, self, n) for n in range(cfg.nodes)]
+        return nodes + [functools.partial(actors.safe_points, self, n) for n in range(cfg.nodes)]
 
     def _kernel(self, n: int, locks: Locks, flush: Callable[[], None] = lambda: None) -> NodeKernel:
         """Node `n`'s kernel, as a stress node's, but every wait is a scheduling point and never
@@ -237,7 +242,7 @@ class PatchSystem:
         # ivau-local: the I-cache maintenance reaches only the copy this node's page table maps.
         local = page_bases(self.tables[n], self.layout.part_offset) if cfg.bug == "ivau-local" else None
         k = NodeKernel(n, cfg.nodes, self.st, self.copies, self.master, self.mem, self.t, locks, protocol=cfg.protocol, bug=cfg.bug,
-                       shared_core=False, flush=flush, check_alive=_wait_point, ipi_delay_ns=0, text_poke_ns=1,
+                       shared_core=False, flush=flush, check_alive=wait_point, ipi_delay_ns=0, text_poke_ns=1,
                        int3_fix=cfg.int3_fix, data_protocol=cfg.protocol_spec, local_base=local)
         k.wait_timeout_s, k.spin_tries = float("inf"), 1 << 62
         k.count_rmw_ns = 1  # key-race's window between the count's read and write is a point
@@ -296,132 +301,7 @@ class PatchSystem:
             copy = int(np.flatnonzero(differ.any(axis=1))[0])
             raise Failure("copies-differ", {"copy": copy, "detail": f"copy {copy} differs from the master after every call returned"})
         if st.get("failures"):
-            raise _logged(st, None)
-
-    # -- the actors ---------------------------------------------------------------------------
-
-    def _node(self, n: int) -> None:
-        """Node `n`'s CPU: its requests, and its patch calls when their turn comes (module docstring)."""
-        cfg = self.cfg
-        # static_keys, shared: every op at once on every node; else call c by node c mod nodes.
-        mine = [c for c in range(cfg.calls) if cfg.source in AT_ONCE or c % cfg.nodes == n]
-        while mine or self.left[n]:
-            _wait_point()  # the start of this CPU's next request or call
-            if self.busy[n]:  # inside a stop_machine round, from a safe point between two requests
-                continue
-            self.busy[n] = True
-            if mine and cfg.source in AT_ONCE:
-                self._source_op(n, mine.pop(0))
-            elif mine and cfg.source in ("bpf", "module") and self.calls_done == mine[0]:
-                c = mine.pop(0)
-                if cfg.source == "bpf":
-                    self.sources[n].step()  # attach the trampoline, or detach and free it
-                else:
-                    module_source.op(self.sources[n], loading=c % 2 == 1)  # unload first: loaded at the start
-                self.calls_done += 1
-            elif mine and self.calls_done == mine[0]:
-                self._call(n, mine.pop(0))
-            elif self.left[n]:
-                self.left[n] -= 1
-                self._request(n)
-            self.busy[n] = False
-        if self.tasks:
-            self._leave(n)
-
-    def _idle(self, n: int) -> None:
-        """What node `n` runs while its call waits (NodeKernel.idle, stress's readers): a request
-        of its tasks while it has some left, else its tasks leave what they were in (they run
-        on, in stress, and a task preempted inside a trampoline leaves it at its next request)."""
-        if self.left[n]:
-            self.left[n] -= 1
-            self._request(n)  # which begins at a safe point
-        else:
-            self.kernels[n].safe_point()  # as run_batch does before each request
-            self._leave(n)
-
-    def _leave(self, n: int) -> None:
-        """Node `n` has spent its requests: its tasks leave what they were in, once
-        (ReaderTasks.leave_all), and it is done: a task it holds, or that travels to it later
-        (and leaves at once, as ReaderTasks.drain), runs no more requests, so a wait for the
-        tasks counts it as having left (node_source.wait_tasks). Once only: another quiescent
-        state on every wait would make every turn of a wait a new state."""
-        if self.st.nodes["done"][n]:
-            return
-        for t in self.held[n]:
-            self._task_leaves(n, t)
-        self.st.nodes["done"][n] = 1
-
-    def _task_leaves(self, n: int, t: int) -> None:
-        if self.tasks[n].inside(LEAVING, t):
-            raise self._task_failure(n)
-
-    def _task_failure(self, n: int) -> Failure:
-        example = dict(self.tasks[n].examples[-1])
-        return Failure(str(example.pop("kind")), example)
-
-    def _safe_points(self, n: int) -> None:
-        """Node `n` between two requests (or with none left): it takes the IPIs of other nodes'
-        syncs and stop_machine rounds at its safe points until the last call has returned."""
-        k = self.kernels[n]
-        while self.calls_done < self.cfg.total_ops:
-            _wait_point()
-            if not self.busy[n]:
-                self.busy[n] = True
-                k.safe_point()
-                self.busy[n] = False
-
-    def _call(self, n: int, c: int) -> None:
-        old = c % 2
-        k, s = self.kernels[n], self.patched
-        k.patch(s, np.full(len(s), old, np.int64), np.full(len(s), 1 - old, np.int64))
-        self.calls_done += 1
-        if self.st.get("failures"):
-            raise _logged(self.st, n)
-
-    def _source_op(self, n: int, c: int) -> None:
-        """static_keys: static_key_enable (c even) or static_key_disable (c odd) through the
-        node's source; shared: attach (c even) or detach (c odd) the node's ftrace user."""
-        if self.cfg.source == "shared":
-            self.sources[n].shared_op(0, SHARED_USERS[n % len(SHARED_USERS)])
-        else:
-            self.sources[n].perform(PatchOp("static_key_enable" if c % 2 == 0 else "static_key_disable", key=0))
-        self.calls_done += 1
-        if self.st.get("failures"):
-            raise _logged(self.st, n)
-
-    def _request(self, n: int) -> None:
-        """One request of node `n`'s next task: every site of the batch, executed and judged."""
-        k, r, held = self.kernels[n], self.readers[n], self.held[n]
-        k.safe_point()
-        task = held.pop(0)
-        # A module's sites only while it is loaded (as stress's picks); the unload's sync
-        # waits for a request that chose them to end.
-        live = self.batch[(self.batch < self.t.n_core) | (self.st.site_live[self.batch] == 1)]
-        obs = r.execute(live)
-        bad, found = check_batch(obs, self.t, n, 1)
-        if bad:
-            v = found[0]
-            raise Failure(v.kind, {**v.to_json(), "task": task})
-        self.new_then_old += len(check_order(obs, self.t, self.st.task_seen[task]))
-        if self.tasks and self.tasks[n].inside(obs, task):  # a task preempted inside code that was freed
-            raise self._task_failure(n)
-        if self.cfg.source == "shared" and self.tasks[n].ipmodify(obs, task):  # it ran a function with two IPMODIFY users
-            raise self._task_failure(n)
-        if self.sources and self.sources[n].held[0] > 0:
-            # static_key_enabled() is true while a reference is held: the key's sites jump
-            # (reader_tasks._off_while_held, for one key).
-            at = np.isin(obs.sites, self.patched) & obs.handler_ok
-            off = at & ~self.t.holds(obs.sites, 1, obs.observed)
-            if off.any():
-                site = int(obs.sites[np.flatnonzero(off)[0]])
-                raise Failure("key-off-while-held", {"node": n, "task": task, "site": site, "address": hex(int(self.t.offset[site])),
-                                                     "detail": "this node holds a reference on the key, and the key's site ran its NOP"})
-        travels = self.cfg.tasks > 1 and task % self.cfg.tasks == self.cfg.tasks - 1 and self.cfg.nodes > 1
-        dest = (n + 1) % self.cfg.nodes if travels else n
-        self.held[dest].append(task)
-        self.st.task_node[task] = dest
-        if self.tasks and self.st.nodes["done"][dest]:
-            self._task_leaves(dest, task)
+            raise logged(st, None)
 
     def _node_config(self, n: int, locks: Locks) -> StressNodeConfig:
         """What stress's task checks read of a node's config (ReaderTasks): the plan, the sites,
@@ -443,23 +323,6 @@ def _locks() -> Locks:
 
 def _flush(reader: list[Reader]) -> None:
     reader[0].flush()
-
-
-def _logged(st: TextState, node: int | None) -> Failure:
-    """The first failure a patch call logged (copy_check.py): a copy unlike the master after the
-    call, or old bytes not as the call expected (an unexpected op)."""
-    rec = st.failure_log[0]
-    site = int(rec["site"])
-    if site < 0:  # check_copies: -1 - page, and the copy in `found`
-        copy = int(rec["found"][0])
-        return Failure("copy-differs", {"node": int(rec["node"]), "detail": f"after the call, copy {copy} of page {-1 - site} differs from the master"})
-    return Failure("unexpected-op", {"node": int(rec["node"]), "site": site, "detail": "the old bytes were not the state the call expected"})
-
-
-def _wait_point() -> None:
-    """`NodeKernel.check_alive` under check: every iteration of a wait is a scheduling point."""
-    if clock.point is not None:
-        clock.point()
 
 
 def _header_index(name: str) -> int:

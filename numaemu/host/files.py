@@ -21,6 +21,7 @@ from numaemu.host.sysfs import read_sysfs
 from numaemu.model.image import KernelImage
 from numaemu.model.kernelfile import PARAM as IMAGE_PARAM
 from numaemu.model.kernelfile import parse_image_elf
+from numaemu.model.protocol_spec import ProtocolSpec, parse_protocol
 from numaemu.model.symbols import parse_symbol_map
 from numaemu.model.topology import Topology, check_local_ns, with_derived_latency
 from numaemu.model.topology_parse import PRESETS, TOPOLOGY_FILE_SUFFIXES, named_topology, parse_topology_file
@@ -154,6 +155,11 @@ def read_text(path: str | os.PathLike[str], param: str) -> str:
         raise UsageError(param, f"cannot read '{source}': {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(param, f"cannot read '{source}': {exc}") from None
+
+
+def load_protocol(path: str | os.PathLike[str]) -> ProtocolSpec:
+    """The patch protocol of a ``--protocol`` file (TOML, `numaemu.model.protocol_spec`)."""
+    return parse_protocol(read_text(path, "--protocol"), Path(path).name)
 
 
 def read_trace(path: str | os.PathLike[str]) -> TraceText:

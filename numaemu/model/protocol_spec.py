@@ -27,12 +27,11 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from numaemu.errors import UsageError
 
-__all__ = ["Step", "ProtocolSpec", "WRITES", "COPIES", "KERNEL_PROTOCOLS", "load_protocol", "protocol_from_mapping"]
+__all__ = ["Step", "ProtocolSpec", "WRITES", "COPIES", "KERNEL_PROTOCOLS", "parse_protocol", "protocol_from_mapping"]
 
 WRITES = ("int3", "tail", "first", "insn", "word")
 COPIES = ("all", "node0", "others")
@@ -142,15 +141,14 @@ def protocol_from_mapping(doc: Mapping[str, Any], source: str = "protocol") -> P
     return spec
 
 
-def load_protocol(path: str | Path) -> ProtocolSpec:
-    p = Path(path)
+def parse_protocol(text: str, name: str) -> ProtocolSpec:
+    """A protocol file's text (TOML; `name`, the file's, for messages). host.files.load_protocol
+    reads the file."""
     try:
-        doc = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise UsageError("--protocol", f"cannot read {p}: {exc.strerror or exc}") from None
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError("--protocol", f"{p} is not valid TOML: {exc}") from None
-    return protocol_from_mapping(doc, p.name)
+        raise UsageError("--protocol", f"{name} is not valid TOML: {exc}") from None
+    return protocol_from_mapping(doc, name)
 
 
 _W, _S = Step, Step(sync=True)
