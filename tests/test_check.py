@@ -170,7 +170,7 @@ def test_static_keys_on_every_node_at_once_are_clean() -> None:
 @pytest.mark.parametrize("source", ["module", "shared"])
 def test_module_unload_and_shared_functions_are_clean(source) -> None:
     # The unload waits for the task inside the module; the second IPMODIFY user is refused.
-    result = check(check_config(protocol="stop_machine", source=source))
+    result = check(check_config(protocol="stop_machine", source=source, requests=1))
     assert result.verdict == "clean", result.outcome.failure and result.outcome.failure.detail
     assert result.outcome.states > 100
 
