@@ -199,6 +199,7 @@ def test_a_saved_counterexample_replays(tmp_path, capsys) -> None:
     (["--nodes", "4"], "error: --nodes: 4 is more than the search can hold"),
     (["--sites", "0"], "error: --sites: must be an integer >= 1"),
     (["--inject-bug", "module-unload-running", "--source", "shared"], "error: --inject-bug: module-unload-running is a bug of the module source"),
+    (["--inject-bug", "no-sync", "--source", "module"], "error: --inject-bug: no-sync is planted in a protocol's patch call"),
     (["--inject-bug", "key-race", "--source", "calls"], "error: --inject-bug: key-race is a bug of the static_keys source"),
     (["--source", "ftrace"], "error: --source: must be one of calls, static_keys"),
     (["--inject-bug", "early-master"], "error: --inject-bug: early-master is planted in stop_machine"),

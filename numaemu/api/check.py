@@ -125,6 +125,9 @@ def check_config(*, protocol: str | None = None, arch: str | None = None, bug: s
     if bug is not None and bug not in _SOURCE_OF:
         if bug not in BUGS:
             raise UsageError("--inject-bug", f"must be one of {', '.join(BUGS)}, got {bug!r}")
+        if source == "module":
+            raise UsageError("--inject-bug", f"{bug} is planted in a protocol's patch call, and the module source's load and unload "
+                             "write through _write_slot (text_mutex and two syncs), not the protocol; use another --source")
         if protocol not in _BUG_PROTOCOLS[bug]:
             raise UsageError("--inject-bug", f"{bug} is planted in {', '.join(_BUG_PROTOCOLS[bug])}, not in {protocol}")
         if bug == "ivau-local" and arch != "arm64":

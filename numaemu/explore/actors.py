@@ -143,7 +143,7 @@ def _request(system: PatchSystem, n: int) -> None:
         raise _task_failure(system, n)
     if system.cfg.source == "shared" and system.tasks[n].ipmodify(obs, task):  # it ran a function with two IPMODIFY users
         raise _task_failure(system, n)
-    if system.sources and system.sources[n].held[0] > 0:
+    if system.cfg.source == "static_keys" and system.sources[n].held[0] > 0:
         # static_key_enabled() is true while a reference is held: the key's sites jump
         # (reader_tasks._off_while_held, for one key).
         at = np.isin(obs.sites, system.patched) & obs.handler_ok

@@ -1,7 +1,7 @@
 """The system ``numaemu check`` explores: a few nodes of a replicated kernel, in one process, running
 the code ``numaemu stress`` runs.
 
-Each node is one actor: its CPU. It runs its reader requests (the node's `Reader.execute`, judged at
+Each node is two actors (actors.py): its CPU, and its safe points between requests. The CPU runs its reader requests (the node's `Reader.execute`, judged at
 once by `reader.check_batch`, with `reader.check_order` over the task's history) and, when its turn
 comes, a patch call through its `NodeKernel` (the protocols of stop_machine.py, text_poke_bp.py,
 nosync.py or a data protocol), and at its safe points it takes part in the other nodes' syncs and
