@@ -277,10 +277,16 @@ class PatchSystem:
     def finish(self) -> None:
         """The end: every copy of every site equals the master, which holds the last call's state."""
         t, st = self.t, self.st
+        want: int | None = None  # the state every patched site's master bytes must hold
         if self.cfg.source == "bpf":
             want = FTRACE_BPF if self.cfg.calls % 2 else FTRACE_OFF
-        elif self.cfg.source in ("module", "shared"):
-            want = -1  # judged below: the module's liveness, the functions' users
+        elif self.cfg.source == "module":  # unloaded by call 0, loaded again by call 1, ...
+            loaded = self.cfg.calls % 2 == 0
+            if bool(st.site_live[self.patched[0]]) != loaded:
+                raise Failure("not-patched", {"detail": f"the module is {'' if not loaded else 'not '}loaded after every call returned"})
+        elif self.cfg.source == "shared":
+            if problems := sharing_agreement(self.plan, st.share_users, st.site_state):
+                raise Failure("sharing", {"site": int(self.patched[0]), "detail": problems[0]})
         elif self.cfg.source == "static_keys":
             key = int(self.plan.keys[0])
             count, refs = int(st.key_count[key]), int(st.key_refs[:, 0].sum())
@@ -289,11 +295,7 @@ class PatchSystem:
             want = int(count > 0)
         else:
             want = self.cfg.calls % 2
-        if self.cfg.source == "module" and int(st.site_live[self.patched[0]]) != self.cfg.calls % 2 ^ 1:
-            raise Failure("not-patched", {"detail": f"the module is {'not ' * (self.cfg.calls % 2 == 0)}loaded after every call returned"})
-        if self.cfg.source == "shared" and (problems := sharing_agreement(self.plan, st.share_users, st.site_state)):
-            raise Failure("sharing", {"site": int(self.patched[0]), "detail": problems[0]})
-        bad = [int(s) for s in self.patched if want >= 0 and not t.holds(np.array([s]), want, t.read(self.master, np.array([s])))[0]]
+        bad = [] if want is None else [int(s) for s in self.patched if not t.holds(np.array([s]), want, t.read(self.master, np.array([s])))[0]]
         if bad:
             raise Failure("not-patched", {"site": bad[0], "detail": f"the master does not hold state {want} after every call returned"})
         differ = self.master[self.text_idx][None, :] != np.where(self.mem_idx >= 0, self.mem[self.mem_idx], self.master[self.text_idx][None, :])

@@ -81,10 +81,7 @@ def load(src: NodeSource, slot: int, running: bool = True) -> None:
         o, L = int(t.offset[s]) - base, int(t.length[s])
         body[o : o + L] = t.enc[s, 1, :L]
     states[kinds == KIND_ALT] = 1
-    if running:
-        _write_slot(src.k, slot, body)
-    else:
-        src.k.copies.write(src.k.master, src.k.mem, t.module_span(slot), body, st.line_gen)
+    _write_slot(src.k, slot, body, synced=running)
     src.module_loads += 1
     st.site_state[sites] = states
     st.slot_gen[slot] = gen
@@ -108,10 +105,12 @@ def unload(src: NodeSource, slot: int) -> None:
     src.st.node_set(src.k.node, "module_op", 0)
 
 
-def _write_slot(k: NodeKernel, slot: int, body: np.ndarray) -> None:
+def _write_slot(k: NodeKernel, slot: int, body: np.ndarray, synced: bool = True) -> None:
     """Write a module slot in the master and every copy, then sync, so that no node still
-    runs (or holds prefetched) the slot's old contents."""
+    runs (or holds prefetched) the slot's old contents. Not `synced`: no node runs yet."""
     with k.holding(k.locks.text_mutex):
-        k.sync()  # nobody is mid-way through a batch that chose the slot's sites
+        if synced:
+            k.sync()  # nobody is mid-way through a batch that chose the slot's sites
         k.copies.write(k.master, k.mem, k.sites.module_span(slot), body, k.st.line_gen)
-        k.sync()  # and nobody holds its old lines
+        if synced:
+            k.sync()  # and nobody holds its old lines
