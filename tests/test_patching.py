@@ -13,9 +13,10 @@ from numaemu.host.segments import MemoryLayout, Segment, list_segments, new_toke
 from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.model.placement import place
 from numaemu.model.sites import SiteTable, site_table
+from numaemu.patching.copies import TextCopies, byte_ranges
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.protocols import Locks
-from numaemu.patching.textmem import MAX_BATCH, TextCopies, TextState, byte_ranges, text_segment_size
+from numaemu.patching.textmem import MAX_BATCH, TextState, text_segment_size
 from numaemu.runtime.worker import fill_partition
 
 N_COPIES = 2

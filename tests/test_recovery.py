@@ -34,6 +34,7 @@ from numaemu.model.image import MODULE_SLOT_BYTES, synthetic_image, with_module_
 from numaemu.model.placement import place
 from numaemu.model.sites import INT3, site_table
 from numaemu.patching import module_source
+from numaemu.patching.copies import TextCopies
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
@@ -41,7 +42,7 @@ from numaemu.patching.recovery import release_locks, repair_text
 from numaemu.patching.sources import plan_sources
 from numaemu.patching.stop_machine import stop_round
 from numaemu.patching.text_poke_bp import publish_descriptor
-from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, text_segment_size
+from numaemu.patching.textmem import PUBLISHED, TextState, text_segment_size
 from numaemu.runtime.faults import (
     Fault,
     FaultHook,

@@ -8,12 +8,12 @@ import pytest
 from numaemu.host.segments import MemoryLayout, Segment, list_segments, new_token, segment_name
 from numaemu.model.image import PAGE_SIZE, KernelImage, synthetic_image, with_module_area
 from numaemu.model.placement import Placement, place
+from numaemu.patching.copies import TextCopies
 from numaemu.patching.textmem import (
     MAX_BATCH,
     RECENT_SITES,
     TXT_HEADER,
     TXT_NODE,
-    TextCopies,
     TextState,
     text_segment_size,
 )

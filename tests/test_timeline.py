@@ -15,8 +15,8 @@ import pytest
 from numaemu.model.image import PAGE_SIZE, synthetic_image
 from numaemu.model.sites import INT3, KPROBE_ARMED, site_table
 from numaemu.model.timeline import SCALE_MARGIN, Timeline, scale_for, site_ns, timeline_for
+from numaemu.patching.copies import TextCopies
 from numaemu.patching.text_poke_bp import POISON_FREE, poison_descriptor, poke_int3_handler, publish_descriptor
-from numaemu.patching.textmem import TextCopies
 
 
 def x86() -> Timeline:
@@ -189,8 +189,8 @@ def _two_copies(arch: str, ifetch: str = "coherent") -> tuple[Any, ...]:
     from types import SimpleNamespace
 
     from numaemu.model.image import LINE_SIZE
+    from numaemu.patching.copies import TextCopies
     from numaemu.patching.reader import Reader
-    from numaemu.patching.textmem import TextCopies
 
     image = synthetic_image(scale=0.2, arch=arch)
     t = site_table(image)

@@ -65,6 +65,7 @@ from numaemu.model.placement import place
 from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import FTRACE_BPF, FTRACE_OFF, KPROBE_ARMED, site_table
 from numaemu.patching import module_source
+from numaemu.patching.copies import TextCopies
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
@@ -72,7 +73,7 @@ from numaemu.patching.reader import IBUF_LINES, Reader
 from numaemu.patching.reader_tasks import ReaderTasks
 from numaemu.patching.sources import SourcePlan, plan_sources, sharing_agreement
 from numaemu.patching.stress_node import StressNodeConfig
-from numaemu.patching.textmem import TXT_HEADER, TextCopies, TextState, text_segment_size
+from numaemu.patching.textmem import TXT_HEADER, TextState, text_segment_size
 from numaemu.runtime.worker import fill_partition
 
 __all__ = ["CheckConfig", "PatchSystem", "LIMITS"]

@@ -58,7 +58,7 @@ from numaemu.model.node_hardware import NodeHardware, page_kinds, page_shift_for
 from numaemu.model.placement import place
 from numaemu.model.topology import Topology
 from numaemu.model.workloads import Workload
-from numaemu.patching.patch_bench import PatchBench, run_patch_bench
+from numaemu.patching.patch_bench import BP_BATCH, measure_bp_batch_us, measure_patch_round_us
 from numaemu.runtime.inprocess import local_node
 from numaemu.runtime.run_node import BATCH_FETCHES
 from numaemu.runtime.worker import fill_partition
@@ -360,23 +360,6 @@ def measure_replicate_gbps(image: KernelImage, repeats: int) -> float:
             seg.close()
             seg.unlink()
     return layout.image_bytes[0] / statistics.median(times)
-
-
-def measure_patch_round_us(topology: Topology, repeats: int, start_method: str) -> float:
-    """Median one-site stop_machine patch on `topology` (2 nodes), issued by node 0 while node 1
-    waits at a safe point, modeled delays off: what numaemu's mechanism costs."""
-    report = run_patch_bench(topology, PatchBench(repeats, batch=1), protocol="stop_machine", modeled=False, start_method=start_method)
-    return float(statistics.median(report["one_site_ns"])) / 1e3
-
-
-BP_BATCH = 256  # text_poke_bp's batch (TP_VEC_MAX)
-
-
-def measure_bp_batch_us(topology: Topology, repeats: int, start_method: str) -> tuple[float, float]:
-    """Median text_poke_bp call of one site and of BP_BATCH sites, in one run (as
-    ``scripts/patch_speed.py`` times them), modeled delays off."""
-    report = run_patch_bench(topology, PatchBench(repeats, batch=BP_BATCH), protocol="text_poke_bp", modeled=False, start_method=start_method)
-    return float(statistics.median(report["one_site_ns"])) / 1e3, float(statistics.median(report["batch_ns"])) / 1e3
 
 
 def calibrate(image: KernelImage, workload: Workload, topology: Topology, sharing: float, effort: Effort, start_method: str = "fork", progress: Callable[[str], None] | None = None,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from numaemu.patching.copies import byte_ranges
 from numaemu.patching.protocols import SMALL_SITES
-from numaemu.patching.textmem import byte_ranges
 
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel

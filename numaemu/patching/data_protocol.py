@@ -17,10 +17,10 @@ import numpy as np
 
 from numaemu.model.protocol_spec import ProtocolSpec, Step
 from numaemu.model.sites import INT3
+from numaemu.patching.copies import TextCopies, byte_ranges
 from numaemu.patching.protocols import STEPS
 from numaemu.patching.text_poke import TextPoke
 from numaemu.patching.text_poke_bp import publish_descriptor, release_descriptor
-from numaemu.patching.textmem import TextCopies, byte_ranges
 
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel

@@ -25,6 +25,7 @@ from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import SiteTable
 from numaemu.model.timeline import Timeline
 from numaemu.patching import copy_check, data_protocol, nosync, stop_machine, text_poke, text_poke_bp
+from numaemu.patching.copies import TextCopies, byte_ranges
 from numaemu.patching.protocols import (
     SMALL_SITES,
     SPIN_TRIES,
@@ -39,7 +40,7 @@ from numaemu.patching.protocols import (
     PatchTimeout,
 )
 from numaemu.patching.text_poke import TextPoke
-from numaemu.patching.textmem import MAX_BATCH, TextCopies, TextState, byte_ranges
+from numaemu.patching.textmem import MAX_BATCH, TextState
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Lock
@@ -208,7 +209,7 @@ class NodeKernel:
     def resync(self) -> None:
         """After being parked through a recovery: resynchronise and forget every pending IPI (the
         coordinator acknowledged every sync and round on this node's behalf, which this makes
-        true); the buffered lines are as fresh as the repair's stores made them (textmem.invalidate)."""
+        true); the buffered lines are as fresh as the repair's stores made them (copies.invalidate)."""
         self.flush()
         self._due.clear()
         self.resumes += 1

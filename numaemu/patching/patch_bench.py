@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from numaemu.patching.reader_tasks import ReaderTasks
     from numaemu.patching.stress_node import StressNodeConfig
 
-__all__ = ["PatchBench", "run_patch_bench"]
+__all__ = ["PatchBench", "run_patch_bench", "measure_patch_round_us", "measure_bp_batch_us", "BP_BATCH"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +149,20 @@ def run_patch_bench(topology: Topology, bench: PatchBench, *, policy: str = "rep
         raise RuntimeError(f"patching broke a copy: {result['replica_mismatches'][:3]} {result['failures'][:3]}")
     report: dict[str, Any] = result["reports"][0]
     return report
+
+
+def measure_patch_round_us(topology: Topology, repeats: int, start_method: str) -> float:
+    """Median one-site stop_machine patch on `topology` (2 nodes), issued by node 0 while node 1
+    waits at a safe point, modeled delays off: what numaemu's mechanism costs."""
+    report = run_patch_bench(topology, PatchBench(repeats, batch=1), protocol="stop_machine", modeled=False, start_method=start_method)
+    return float(statistics.median(report["one_site_ns"])) / 1e3
+
+
+BP_BATCH = 256  # text_poke_bp's batch (TP_VEC_MAX)
+
+
+def measure_bp_batch_us(topology: Topology, repeats: int, start_method: str) -> tuple[float, float]:
+    """Median text_poke_bp call of one site and of BP_BATCH sites, in one run (as
+    ``scripts/patch_speed.py`` times them), modeled delays off."""
+    report = run_patch_bench(topology, PatchBench(repeats, batch=BP_BATCH), protocol="text_poke_bp", modeled=False, start_method=start_method)
+    return float(statistics.median(report["one_site_ns"])) / 1e3, float(statistics.median(report["batch_ns"])) / 1e3

@@ -4,7 +4,7 @@ A node keeps the 64-byte lines it fetched in an *instruction buffer* (its L1i: d
 `IBUF_LINES` lines), and the architecture's rules decide when a store reaches it (``--ifetch``):
 
 - ``coherent`` (the default): every store to kernel text is made visible to instruction fetch
-  right after it, by physical line (textmem.invalidate): x86 fetch snoops stores (Intel SDM vol.
+  right after it, by physical line (copies.invalidate): x86 fetch snoops stores (Intel SDM vol.
   3, s.11.6, "based on the physical address of the instruction"), arm64's patcher cleans and
   invalidates the line it wrote (``caches_clean_inval_pou``: DC CVAU, IC IVAU, broadcast to the
   inner-shareable domain). A buffered line whose generation moved is fetched again. What stays
@@ -132,7 +132,7 @@ class Reader:
         self.handler_ns = handler_ns
         self.prefetch_ns = 0  # wall ns a fetched batch waits before it executes (the timeline's prefetch_ns)
         self.coherent = ifetch == "coherent"
-        # Each line's generation (textmem.invalidate), and the one each buffered line was read at.
+        # Each line's generation (copies.invalidate), and the one each buffered line was read at.
         self.line_gen = state.line_gen if self.coherent and len(state.line_gen) else None
         self.gen = np.zeros(IBUF_LINES, dtype=np.int32)
         self.refcount = refcount  # the INT3 handler takes a reference (the refcount fix)

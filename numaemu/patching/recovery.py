@@ -53,10 +53,11 @@ from typing import Any
 import numpy as np
 
 from numaemu.model.sites import SiteTable
+from numaemu.patching.copies import TextCopies, byte_ranges
 from numaemu.patching.protocols import STEPS, Locks
 from numaemu.patching.sources import SourcePlan, slot_fill
 from numaemu.patching.text_poke_bp import descriptor_bytes
-from numaemu.patching.textmem import PUBLISHED, TextCopies, TextState, byte_ranges
+from numaemu.patching.textmem import PUBLISHED, TextState
 
 __all__ = ["repair_text", "release_locks", "finish_operation", "reset_protocols"]
 

@@ -44,12 +44,13 @@ from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import SiteTable, site_table
 from numaemu.model.timeline import Timeline, timeline_for
 from numaemu.model.topology import Topology
+from numaemu.patching.copies import TextCopies
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader_tasks import READER_TASKS
 from numaemu.patching.recovery import repair_text
 from numaemu.patching.sources import PatchOp, SourcePlan, key_agreement, plan_sources, sharing_agreement
 from numaemu.patching.stress_node import StressNodeConfig, stress_worker_main
-from numaemu.patching.textmem import TextCopies, TextState, text_segment_size
+from numaemu.patching.textmem import TextState, text_segment_size
 from numaemu.runtime.supervisor import NodeSession
 
 if TYPE_CHECKING:

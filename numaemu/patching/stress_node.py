@@ -30,13 +30,14 @@ from numaemu.model.placement import PageTable
 from numaemu.model.protocol_spec import ProtocolSpec
 from numaemu.model.sites import SiteTable
 from numaemu.model.timeline import Timeline, scale_for
+from numaemu.patching.copies import TextCopies
 from numaemu.patching.kernel import NodeKernel
 from numaemu.patching.node_source import NodeSource
 from numaemu.patching.protocols import Locks
 from numaemu.patching.reader import Reader
 from numaemu.patching.reader_tasks import ReaderTasks
 from numaemu.patching.sources import PatchOp, SourcePlan
-from numaemu.patching.textmem import TextCopies, TextState
+from numaemu.patching.textmem import TextState
 from numaemu.runtime.faults import Launch
 from numaemu.runtime.worker import Aborted, NodeContext, fill_partition, node_shell
 
@@ -160,7 +161,7 @@ def _stress_body(nc: NodeContext) -> StressNodeReport | dict[str, Any]:
         st.node_set(cfg.node, "site_wall_ns", readers.measure())
     start_ns, end_ns = nc.wait_start(Pacer(1.0, cfg.shared_core))
     # Every node has filled its copy now; lines this node's readers read of another node's copy
-    # while timing them may predate that fill, and no store would invalidate them (textmem.invalidate).
+    # while timing them may predate that fill, and no store would invalidate them (copies.invalidate).
     reader.reset()
     tl = run_timeline(cfg.timeline, st)
     kernel.set_timeline(tl)

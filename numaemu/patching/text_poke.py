@@ -10,7 +10,7 @@ the one before it (so a node's copy lags another's by ``text_poke_ns`` a site). 
 CPU writes, the node's other CPUs run its tasks (`TextPoke.meanwhile`): a node is several CPUs,
 of which one patches.
 
-Each store is made visible to instruction fetch right after it (textmem.invalidate): x86 fetch
+Each store is made visible to instruction fetch right after it (copies.invalidate): x86 fetch
 snoops it; arm64's ``aarch64_insn_patch_text_nosync`` cleans and invalidates the line
 (``caches_clean_inval_pou``). That maintenance is by virtual address, and the VA maps the
 patching CPU's own replica: under the ``ivau-local`` bug only the lines of the copy the patching
@@ -31,8 +31,8 @@ import numpy as np
 from numaemu.host.clock import spin
 from numaemu.host.fence import fence
 from numaemu.model.image import LINE_SIZE, PAGE_SIZE
+from numaemu.patching.copies import TextCopies, invalidate
 from numaemu.patching.protocols import POKE_CHUNK, SMALL_WRITE
-from numaemu.patching.textmem import TextCopies, invalidate
 
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel
@@ -49,7 +49,7 @@ class TextPoke:
     def __init__(self, copies: TextCopies, master: np.ndarray, mem: np.ndarray, text_poke_ns: int, check_alive: Callable[[], None],
                  line_gen: np.ndarray | None = None, local_base: np.ndarray | None = None) -> None:
         self.copies = copies
-        self.line_gen = line_gen  # textmem.invalidate's generations (None: no instruction fetch to keep coherent)
+        self.line_gen = line_gen  # copies.invalidate's generations (None: no instruction fetch to keep coherent)
         # The same, for scalar updates (a memoryview element costs ~50 ns, a numpy one ~1 us).
         self.gen_mv = memoryview(line_gen.data).cast("B").cast("i") if line_gen is not None and len(line_gen) else None
         self.local_base = local_base  # ivau-local: the patching node's frame of each page (engine.page_bases)
@@ -149,7 +149,7 @@ class TextPoke:
         gen = self.gen_mv
         for t in self.copies.targets_of(offset):
             self.mem_mv[t : t + L] = data
-            if gen is not None:  # textmem.invalidate, scalar: the lines of [t, t + L)
+            if gen is not None:  # copies.invalidate, scalar: the lines of [t, t + L)
                 fence()
                 for line in range(t // LINE_SIZE, (t + L - 1) // LINE_SIZE + 1):
                     gen[line] += 1

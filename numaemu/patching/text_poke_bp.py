@@ -28,8 +28,9 @@ import numpy as np
 from numaemu.host.clock import spin
 from numaemu.host.fence import fence
 from numaemu.model.sites import INT3, MAX_INSN, SiteTable
+from numaemu.patching.copies import byte_ranges
 from numaemu.patching.protocols import SMALL_SITES, W_INT3
-from numaemu.patching.textmem import TextState, byte_ranges
+from numaemu.patching.textmem import TextState
 
 if TYPE_CHECKING:
     from numaemu.patching.kernel import NodeKernel
